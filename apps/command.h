@@ -1,0 +1,17 @@
+/* CLI verbs. Each apps/cmd_<verb>.c registers itself with HAKD_COMMAND, so adding a verb
+ * touches no other file. The CLI is only a client of the public API (include/hakd). */
+#ifndef HAKD_APP_COMMAND_H
+#define HAKD_APP_COMMAND_H
+
+typedef int (*command_fn)(int argc, char **argv);
+void command_register(const char *name, const char *summary, command_fn fn);
+
+#define HAKD_COMMAND(name, summary, fn)                                                  \
+  __attribute__((constructor)) static void command_register_##fn(void) {                \
+    command_register(name, summary, fn);                                                \
+  }
+
+/* Prints "hakd: <message>" (the library's last error when msg is NULL) and returns 1. */
+int command_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,99 @@
+/* File formats: safetensors, .npy, PNG/JPEG images. Every reader validates its input and
+ * returns a negative hakd_status with a message naming the file and the problem. */
+#ifndef HAKD_IO_H
+#define HAKD_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hakd/error.h"
+
+/* ---- safetensors ---- */
+
+typedef enum {
+  HAKD_ST_F32, HAKD_ST_F16, HAKD_ST_BF16, HAKD_ST_F64, HAKD_ST_I64, HAKD_ST_I32, HAKD_ST_I16, HAKD_ST_I8,
+  HAKD_ST_U8, HAKD_ST_BOOL
+} hakd_st_dtype;
+
+typedef struct {
+  const char *name;
+  hakd_st_dtype dtype;
+  int ndim;
+  int64_t shape[8];
+  uint64_t offset, nbytes; /* inside the data section */
+} hakd_st_tensor;
+
+typedef struct hakd_st_file hakd_st_file;
+
+/* Memory-maps and validates the whole header: JSON well-formed, known dtypes, offsets inside
+ * the file, no overlap, nbytes == dtype size x shape. */
+int hakd_st_open(const char *path, hakd_st_file **out);
+void hakd_st_close(hakd_st_file *f);
+int hakd_st_count(const hakd_st_file *f);
+const hakd_st_tensor *hakd_st_get(const hakd_st_file *f, int i);
+/* NULL when absent (no error set). */
+const hakd_st_tensor *hakd_st_find(const hakd_st_file *f, const char *name);
+/* Value of a __metadata__ string entry, or NULL. */
+const char *hakd_st_metadata(const hakd_st_file *f, const char *key);
+/* Copies tensor `name` converted to float32 (F32/F16/BF16/F64) into dst of exactly n elements;
+ * errors name the tensor when missing, of another size, or non-float. */
+int hakd_st_read_f32(const hakd_st_file *f, const char *name, float *dst, int64_t n);
+/* Integer tensors (I64/I32/I16/I8/U8/BOOL) into int64. */
+int hakd_st_read_i64(const hakd_st_file *f, const char *name, int64_t *dst, int64_t n);
+const char *hakd_st_path(const hakd_st_file *f);
+
+/* Writer: add tensors (data copied or borrowed until write), then write atomically
+ * (temporary file in the same directory, fsync, rename). */
+typedef struct hakd_st_writer hakd_st_writer;
+hakd_st_writer *hakd_st_writer_new(void);
+/* Borrows data until hakd_st_writer_write returns. dtype F32, I64, I32 or U8. */
+int hakd_st_writer_add(hakd_st_writer *w, const char *name, hakd_st_dtype dtype, int ndim, const int64_t *shape,
+                       const void *data);
+int hakd_st_writer_metadata(hakd_st_writer *w, const char *key, const char *value);
+int hakd_st_writer_write(hakd_st_writer *w, const char *path);
+void hakd_st_writer_free(hakd_st_writer *w);
+
+/* ---- .npy (format 1.0 / 2.0, little-endian, C order) ---- */
+
+typedef enum { HAKD_NPY_F32, HAKD_NPY_F64, HAKD_NPY_I32, HAKD_NPY_I64, HAKD_NPY_U8, HAKD_NPY_BOOL } hakd_npy_dtype;
+
+typedef struct {
+  hakd_npy_dtype dtype;
+  int ndim;
+  int64_t shape[8];
+  void *data; /* malloc'ed, numel x dtype size */
+} hakd_npy;
+
+int hakd_npy_read(const char *path, hakd_npy *out);
+/* Converted copies (malloc'ed); any numeric dtype. */
+int hakd_npy_to_f32(const hakd_npy *a, float **out);
+int hakd_npy_to_i32(const hakd_npy *a, int32_t **out);
+int64_t hakd_npy_numel(const hakd_npy *a);
+void hakd_npy_free(hakd_npy *a);
+/* Writes atomically (temporary file + rename). */
+int hakd_npy_write(const char *path, hakd_npy_dtype dtype, int ndim, const int64_t *shape, const void *data);
+
+/* ---- images ---- */
+
+/* An 8-bit image, interleaved (H, W, C), C in {1, 3, 4}. */
+typedef struct {
+  int width, height, channels;
+  uint8_t *pixels; /* malloc'ed */
+} hakd_image;
+
+/* PNG (8/16-bit gray, gray+alpha, RGB, RGBA, palette) or JPEG, chosen by content. Colour
+ * images become RGB (3 channels; alpha dropped); gray stays 1 channel; 16-bit is scaled to 8. */
+int hakd_image_read(const char *path, hakd_image *out);
+/* A label map: PNG whose stored values are the labels. A palette PNG keeps its indices (never
+ * expanded to colours); an 8-bit gray PNG its gray values; 16-bit gray values are kept as is.
+ * out is (H, W) int32, malloc'ed. An RGB label image is an error naming the file. */
+int hakd_label_read(const char *path, int *width, int *height, int32_t **out);
+void hakd_image_free(hakd_image *img);
+/* PNG writers, atomic. */
+int hakd_png_write_rgb(const char *path, int width, int height, const uint8_t *rgb);
+int hakd_png_write_gray(const char *path, int width, int height, const uint8_t *gray);
+/* Indexed PNG with a palette of n_colors RGB triples (class-index masks that keep their values). */
+int hakd_png_write_palette(const char *path, int width, int height, const uint8_t *indices, const uint8_t *palette,
+                           int n_colors);
+
+#endif

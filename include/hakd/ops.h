@@ -1,0 +1,100 @@
+/* Differentiable ops. Each takes the step context, returns a new step tensor (NULL after an
+ * error: any NULL input makes an op return NULL, so a forward pass checks once at the end
+ * with hakd_ctx_status). Every op has a backward rule recorded on the tape.
+ * Layout: NCHW for images, row-major everywhere. Each op names the PyTorch function whose
+ * semantics it copies. */
+#ifndef HAKD_OPS_H
+#define HAKD_OPS_H
+
+#include "hakd/tensor.h"
+
+/* ---- convolution / linear algebra ---- */
+
+/* reference: torch.nn.functional.conv2d. x (N,Cin,H,W), w (Cout,Cin/groups,kh,kw), b (Cout) or NULL. */
+hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b, int stride, int padding,
+                         int dilation, int groups);
+/* reference: F.linear. x (..., in), w (out, in), b (out) or NULL -> (..., out). */
+hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b);
+/* reference: torch.matmul on (B..., M, K) x (B..., K, N), with optional transposes of the last two dims of a / b.
+ * Leading dims must match (no broadcasting) or b is 2-D (shared). */
+hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int transpose_a, int transpose_b);
+
+/* ---- shape ---- */
+
+/* reference: Tensor.reshape (a view; one entry may be -1). */
+hakd_tensor *hakd_reshape(hakd_ctx *ctx, hakd_tensor *x, int ndim, const int64_t *shape);
+/* reference: Tensor.permute(...).contiguous(). */
+hakd_tensor *hakd_permute(hakd_ctx *ctx, hakd_tensor *x, const int *perm);
+/* reference: torch.flatten(x, start_dim, end_dim). */
+hakd_tensor *hakd_flatten(hakd_ctx *ctx, hakd_tensor *x, int start_dim, int end_dim);
+/* reference: torch.cat(xs, dim). */
+hakd_tensor *hakd_concat(hakd_ctx *ctx, int n, hakd_tensor *const *xs, int dim);
+/* reference: x.narrow(dim, start, length).contiguous(). */
+hakd_tensor *hakd_slice(hakd_ctx *ctx, hakd_tensor *x, int dim, int64_t start, int64_t length);
+
+/* ---- normalisation ---- */
+
+/* reference: F.batch_norm. x (N,C,H,W) or (N,C). In training mode (hakd_ctx_training) uses batch
+ * statistics (biased var for normalising) and updates running_mean/var in place with
+ * momentum (unbiased var), else uses the running stats. weight/bias may be NULL. */
+hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias,
+                              hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps);
+/* reference: F.layer_norm over the last dim. weight/bias (D) may be NULL. */
+hakd_tensor *hakd_layernorm(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias, float eps);
+
+/* ---- activations ---- */
+
+hakd_tensor *hakd_relu(hakd_ctx *ctx, hakd_tensor *x);
+hakd_tensor *hakd_relu6(hakd_ctx *ctx, hakd_tensor *x);
+/* reference: F.gelu(approximate="none"), the exact erf form. */
+hakd_tensor *hakd_gelu(hakd_ctx *ctx, hakd_tensor *x);
+hakd_tensor *hakd_sigmoid(hakd_ctx *ctx, hakd_tensor *x);
+/* reference: F.softmax / F.log_softmax along dim (negative counts from the end). */
+hakd_tensor *hakd_softmax(hakd_ctx *ctx, hakd_tensor *x, int dim);
+hakd_tensor *hakd_log_softmax(hakd_ctx *ctx, hakd_tensor *x, int dim);
+/* reference: F.dropout (inverted scaling); identity when not training or p == 0. */
+hakd_tensor *hakd_dropout(hakd_ctx *ctx, hakd_tensor *x, float p);
+
+/* ---- elementwise and reductions ---- */
+
+/* reference: a + b, a * b with broadcasting (numpy rules, up to HAKD_MAX_DIMS). */
+hakd_tensor *hakd_add(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b);
+hakd_tensor *hakd_sub(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b);
+hakd_tensor *hakd_mul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b);
+/* x * s + c */
+hakd_tensor *hakd_affine_scalar(hakd_ctx *ctx, hakd_tensor *x, float s, float c);
+static inline hakd_tensor *hakd_scale(hakd_ctx *ctx, hakd_tensor *x, float s) { return hakd_affine_scalar(ctx, x, s, 0.0f); }
+/* Sum / mean of all elements -> shape (1). */
+hakd_tensor *hakd_sum(hakd_ctx *ctx, hakd_tensor *x);
+hakd_tensor *hakd_mean(hakd_ctx *ctx, hakd_tensor *x);
+/* Sum / mean over one dim, keepdim semantics of torch.sum(x, dim, keepdim). */
+hakd_tensor *hakd_sum_dim(hakd_ctx *ctx, hakd_tensor *x, int dim, int keepdim);
+hakd_tensor *hakd_mean_dim(hakd_ctx *ctx, hakd_tensor *x, int dim, int keepdim);
+
+/* ---- resizing and pooling ---- */
+
+/* reference: F.interpolate(x, size=(oh,ow), mode="bilinear", align_corners=...). x (N,C,H,W). */
+hakd_tensor *hakd_resize_bilinear(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, int64_t out_w, int align_corners);
+/* reference: F.interpolate(mode="nearest"): src = floor(dst * in / out). Works on F32 and I32
+ * (label maps (N,H,W) or (N,C,H,W)); no gradient for I32. */
+hakd_tensor *hakd_resize_nearest(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, int64_t out_w);
+/* reference: F.max_pool2d(kernel, stride, padding) (padding with -inf). */
+hakd_tensor *hakd_maxpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int stride, int padding);
+/* reference: F.avg_pool2d(kernel, stride, padding, count_include_pad=True). */
+hakd_tensor *hakd_avgpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int stride, int padding);
+/* reference: F.adaptive_avg_pool2d(x, (oh, ow)). */
+hakd_tensor *hakd_adaptive_avgpool2d(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, int64_t out_w);
+
+/* ---- losses ---- */
+
+/* reference: F.cross_entropy(logits, labels, ignore_index, reduction="mean").
+ * logits (N,K,H,W) or (N,K); labels I32 (N,H,W) or (N). Mean over valid pixels; exactly 0
+ * (with zero gradient) when none is valid. A label outside [0,K) that is not ignore_index is
+ * an error. Returns shape (1). */
+hakd_tensor *hakd_cross_entropy(hakd_ctx *ctx, hakd_tensor *logits, hakd_tensor *labels, int ignore_index);
+/* KL(softmax(t/T) || softmax(s/T)) summed over the class dim (dim 1) and over pixels, divided by
+ * `divisor` (e.g. N*H*W for a per-pixel mean), times T^2. t is a constant target (no gradient
+ * flows into it). reference: F.kl_div(F.log_softmax(s/T,1), F.softmax(t/T,1), reduction="sum")*T*T/divisor */
+hakd_tensor *hakd_kl_div_softmax(hakd_ctx *ctx, hakd_tensor *s, hakd_tensor *t, float T, double divisor);
+
+#endif

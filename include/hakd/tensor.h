@@ -1,0 +1,153 @@
+/* Tensors, the step context (planned memory + autodiff tape) and persistent parameters.
+ *
+ * A tensor is a contiguous row-major array (float32 activations/weights, int32 label maps).
+ * Step tensors (activations, their gradients, tape nodes) come from the context's arena,
+ * which is rewound by hakd_ctx_reset() at the start of every step; after the first step the
+ * arena is one block sized to the step's high-water mark, so a steady-state step makes no
+ * malloc call (hakd_ctx_stats counts them). Parameters and buffers are persistent and own
+ * their memory (hakd_params). */
+#ifndef HAKD_TENSOR_H
+#define HAKD_TENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hakd/error.h"
+
+#define HAKD_MAX_DIMS 6
+
+typedef enum { HAKD_F32 = 0, HAKD_I32 = 1 } hakd_dtype;
+
+typedef struct hakd_node hakd_node;
+
+typedef struct hakd_tensor {
+  int ndim;
+  int64_t shape[HAKD_MAX_DIMS];
+  hakd_dtype dtype;
+  void *data;        /* numel elements of dtype, contiguous */
+  float *grad;       /* dLoss/dtensor, same numel; NULL until backward needs it */
+  int requires_grad; /* a parameter, or computed from one while grad mode was on */
+  int is_param;      /* persistent: grad lives in hakd_params, not in the arena */
+  hakd_node *node;   /* op that produced it (NULL for leaves and no-grad results) */
+  const char *name;  /* state_dict name for parameters/buffers, else NULL */
+} hakd_tensor;
+
+static inline float *hakd_f32(const hakd_tensor *t) { return (float *)t->data; }
+static inline int32_t *hakd_i32(const hakd_tensor *t) { return (int32_t *)t->data; }
+int64_t hakd_numel(const hakd_tensor *t);
+/* shape[d] with negative d counting from the end. */
+int64_t hakd_dim(const hakd_tensor *t, int d);
+int hakd_same_shape(const hakd_tensor *a, const hakd_tensor *b);
+/* "(2, 3, 4, 4)" into buf; returns buf. */
+const char *hakd_shape_str(const hakd_tensor *t, char *buf, size_t size);
+
+/* ---- step context ------------------------------------------------------------------ */
+
+typedef struct hakd_ctx hakd_ctx;
+
+hakd_ctx *hakd_ctx_new(void);
+void hakd_ctx_free(hakd_ctx *ctx);
+/* Starts a new step: forgets every step tensor and the tape, keeps the arena's memory. */
+void hakd_ctx_reset(hakd_ctx *ctx);
+/* Gradient recording (default on). Off = inference / frozen teacher: ops record nothing. */
+void hakd_ctx_set_grad(hakd_ctx *ctx, int enabled);
+int hakd_ctx_grad(const hakd_ctx *ctx);
+/* Training mode (default on): batchnorm uses batch stats and updates running stats,
+ * dropout drops. A model can be evaluated with training off while grad stays on. */
+void hakd_ctx_set_training(hakd_ctx *ctx, int training);
+int hakd_ctx_training(const hakd_ctx *ctx);
+/* Seed of the context's RNG (dropout). */
+void hakd_ctx_seed(hakd_ctx *ctx, uint64_t seed);
+uint64_t *hakd_ctx_rng(hakd_ctx *ctx);
+
+/* First error recorded by an op in this step (ops return NULL after it), 0 if none. */
+int hakd_ctx_status(const hakd_ctx *ctx);
+
+typedef struct {
+  uint64_t arena_mallocs;  /* malloc calls made by the arena since the context was created */
+  size_t arena_capacity;   /* bytes held */
+  size_t arena_used;       /* bytes used by the current step */
+  size_t arena_peak;       /* high-water mark of one step */
+} hakd_ctx_stats;
+hakd_ctx_stats hakd_ctx_get_stats(const hakd_ctx *ctx);
+
+/* Step memory, 64-byte aligned, uninitialised; NULL (and ctx status set) when out of memory. */
+void *hakd_ctx_alloc(hakd_ctx *ctx, size_t bytes);
+/* A step tensor; data uninitialised. shape has ndim entries. */
+hakd_tensor *hakd_tensor_new(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape);
+hakd_tensor *hakd_tensor_zeros(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape);
+/* Convenience: a 4-D float tensor. */
+hakd_tensor *hakd_tensor4(hakd_ctx *ctx, int64_t n, int64_t c, int64_t h, int64_t w);
+/* A step tensor holding a copy of `data` (numel floats or int32s). */
+hakd_tensor *hakd_tensor_from(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape, const void *data);
+/* A constant view of t that gradients do not flow through (same data). */
+hakd_tensor *hakd_detach(hakd_ctx *ctx, hakd_tensor *t);
+
+/* ---- autodiff ---------------------------------------------------------------------- */
+
+typedef void (*hakd_backward_fn)(hakd_ctx *ctx, hakd_node *node);
+
+#define HAKD_NODE_MAX_INPUTS 6
+/* One recorded op. Forward saves in it exactly what backward needs. */
+struct hakd_node {
+  hakd_backward_fn backward;
+  const char *op; /* op name, for error messages */
+  hakd_tensor *out;
+  hakd_tensor *in[HAKD_NODE_MAX_INPUTS];
+  int n_in;
+  int64_t iarg[12];
+  double farg[6];
+  void *saved[4]; /* step memory saved by forward (e.g. layernorm mean/rstd, argmax indices) */
+  hakd_node *prev;
+};
+
+/* Records an op producing `out` from inputs in[0..n_in) when grad mode is on and some input
+ * requires grad; marks out->requires_grad. Returns the node (to fill iarg/farg/saved) or NULL
+ * when nothing is recorded. */
+hakd_node *hakd_record(hakd_ctx *ctx, const char *op, hakd_backward_fn backward, hakd_tensor *out,
+                       int n_in, hakd_tensor *const *in);
+/* Gradient buffer of t to accumulate into (+=), allocated zeroed on first use; NULL when
+ * t does not require grad. */
+float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t);
+/* Runs the tape backwards from `loss` (seeded with dL/dloss = 1 for every element, so a
+ * scalar loss is the usual case). Parameter grads are accumulated (+=). */
+int hakd_backward(hakd_ctx *ctx, hakd_tensor *loss);
+/* Same, seeded with an explicit dL/dout (numel floats) instead of ones. */
+int hakd_backward_seeded(hakd_ctx *ctx, hakd_tensor *out, const float *seed);
+
+/* Records an error in the context (first one wins) and returns NULL, for ops. */
+hakd_tensor *hakd_ctx_fail(hakd_ctx *ctx, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- persistent parameters and buffers ----------------------------------------------- */
+
+typedef struct hakd_params {
+  hakd_tensor **items;
+  int count, capacity;
+} hakd_params;
+
+void hakd_params_init(hakd_params *p);
+void hakd_params_free(hakd_params *p);
+/* A new zero-initialised parameter (requires_grad, with a zeroed grad buffer) or buffer
+ * (is_buffer: running stats, no grad) named `name` (copied). NULL when out of memory. */
+hakd_tensor *hakd_params_add(hakd_params *p, const char *name, int ndim, const int64_t *shape, int is_buffer);
+hakd_tensor *hakd_params_find(const hakd_params *p, const char *name);
+void hakd_params_zero_grad(hakd_params *p);
+/* Number of trainable scalars. */
+int64_t hakd_params_count(const hakd_params *p);
+
+/* ---- random numbers (deterministic, counter-free xorshift-style generator) ----------- */
+
+uint64_t hakd_rng_next(uint64_t *state);
+/* Uniform in [0, 1). */
+float hakd_rng_uniform(uint64_t *state);
+/* Standard normal. */
+float hakd_rng_normal(uint64_t *state);
+uint64_t hakd_rng_seed(uint64_t seed);
+
+/* ---- threads ------------------------------------------------------------------------- */
+
+/* Sets OpenMP and BLAS threads; n <= 0 keeps OMP_NUM_THREADS or the core count. */
+void hakd_set_threads(int n);
+int hakd_get_threads(void);
+
+#endif

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Installs the Debian packages hakd builds against, only those missing.
+# Called by `make`; root installs with apt-get, anyone else gets the command to run.
+set -e
+PKGS="build-essential cmake pkg-config libopenblas-dev libdnnl-dev libpng-dev libjpeg62-turbo-dev"
+[ "${HAKD_WITH_TORCH:-0}" = 1 ] && PKGS="$PKGS python3-torch python3-torchvision python3-numpy"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+  echo "install-deps: installing$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $missing
+else
+  echo "install-deps: missing Debian packages:$missing" >&2
+  echo "install-deps: run as root: apt-get install$missing" >&2
+  exit 1
+fi
