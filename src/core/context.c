@@ -1,4 +1,5 @@
 /* Step context: a bump arena for everything one step creates, and the autodiff tape. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,4 +218,24 @@ int hakd_backward_seeded(hakd_ctx *ctx, hakd_tensor *loss, const float *seed) {
     if (ctx->status) return ctx->status;
   }
   return 0;
+}
+
+int64_t hakd_tape_macs(const hakd_ctx *ctx) {
+  double macs = 0;
+  for (const hakd_node *node = ctx->tape; node; node = node->prev) {
+    const hakd_tensor *out = node->out;
+    if (!strcmp(node->op, "conv2d")) {
+      const hakd_tensor *w = node->in[1]; /* (Cout, Cin/groups, kh, kw) */
+      macs += (double)hakd_numel(out) * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
+    } else if (!strcmp(node->op, "linear")) {
+      macs += (double)hakd_numel(out) * (double)node->in[1]->shape[1];
+    } else if (!strcmp(node->op, "matmul")) {
+      /* sqrt(|a| |b| |out| / batches(b)) = B*M*N*K whatever the transposes */
+      const hakd_tensor *b = node->in[1];
+      double batches = 1;
+      for (int d = 0; d + 2 < b->ndim; d++) batches *= (double)b->shape[d];
+      macs += sqrt((double)hakd_numel(node->in[0]) * (double)hakd_numel(b) * (double)hakd_numel(out) / batches);
+    }
+  }
+  return (int64_t)(macs + 0.5);
 }

@@ -1,0 +1,89 @@
+#include "models/layers.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+const char *layer_name(char buf[LAYER_NAME_MAX], const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, LAYER_NAME_MAX, fmt, ap);
+  va_end(ap);
+  return buf;
+}
+
+int layer_conv_init(layer_conv *c, hakd_params *p, const char *prefix, int cin, int cout, int kernel, int stride,
+                    int padding, int dilation, int groups, int bias) {
+  char name[LAYER_NAME_MAX];
+  if (groups <= 0 || cin % groups || cout % groups)
+    return hakd_error(HAKD_EINVAL, "%s: %d -> %d channels not divisible by %d groups", prefix, cin, cout, groups);
+  int64_t wshape[4] = {cout, cin / groups, kernel, kernel}, bshape[1] = {cout};
+  c->weight = hakd_params_add(p, layer_name(name, "%s.weight", prefix), 4, wshape, 0);
+  c->bias = bias ? hakd_params_add(p, layer_name(name, "%s.bias", prefix), 1, bshape, 0) : NULL;
+  c->stride = stride;
+  c->padding = padding;
+  c->dilation = dilation;
+  c->groups = groups;
+  return (!c->weight || (bias && !c->bias)) ? HAKD_ENOMEM : 0;
+}
+
+hakd_tensor *layer_conv_forward(hakd_ctx *ctx, const layer_conv *c, hakd_tensor *x) {
+  return hakd_conv2d(ctx, x, c->weight, c->bias, c->stride, c->padding, c->dilation, c->groups);
+}
+
+int layer_bn_init(layer_bn *bn, hakd_params *p, const char *prefix, int channels, float eps, float momentum) {
+  char name[LAYER_NAME_MAX];
+  int64_t shape[1] = {channels};
+  bn->weight = hakd_params_add(p, layer_name(name, "%s.weight", prefix), 1, shape, 0);
+  bn->bias = hakd_params_add(p, layer_name(name, "%s.bias", prefix), 1, shape, 0);
+  bn->running_mean = hakd_params_add(p, layer_name(name, "%s.running_mean", prefix), 1, shape, 1);
+  bn->running_var = hakd_params_add(p, layer_name(name, "%s.running_var", prefix), 1, shape, 1);
+  bn->num_batches_tracked = hakd_params_add(p, layer_name(name, "%s.num_batches_tracked", prefix), 0, shape, 1);
+  bn->eps = eps;
+  bn->momentum = momentum;
+  if (!bn->weight || !bn->bias || !bn->running_mean || !bn->running_var || !bn->num_batches_tracked)
+    return HAKD_ENOMEM;
+  for (int i = 0; i < channels; i++) {
+    hakd_f32(bn->weight)[i] = 1.0f;
+    hakd_f32(bn->running_var)[i] = 1.0f;
+  }
+  return 0;
+}
+
+hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x) {
+  if (x && hakd_ctx_training(ctx)) hakd_f32(bn->num_batches_tracked)[0] += 1.0f;
+  return hakd_batchnorm2d(ctx, x, bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->momentum, bn->eps);
+}
+
+int layer_linear_init(layer_linear *l, hakd_params *p, const char *prefix, int in, int out, int bias) {
+  char name[LAYER_NAME_MAX];
+  int64_t wshape[2] = {out, in}, bshape[1] = {out};
+  l->weight = hakd_params_add(p, layer_name(name, "%s.weight", prefix), 2, wshape, 0);
+  l->bias = bias ? hakd_params_add(p, layer_name(name, "%s.bias", prefix), 1, bshape, 0) : NULL;
+  return (!l->weight || (bias && !l->bias)) ? HAKD_ENOMEM : 0;
+}
+
+hakd_tensor *layer_linear_forward(hakd_ctx *ctx, const layer_linear *l, hakd_tensor *x) {
+  return hakd_linear(ctx, x, l->weight, l->bias);
+}
+
+int layer_ln_init(layer_ln *ln, hakd_params *p, const char *prefix, int dim, float eps) {
+  char name[LAYER_NAME_MAX];
+  int64_t shape[1] = {dim};
+  ln->weight = hakd_params_add(p, layer_name(name, "%s.weight", prefix), 1, shape, 0);
+  ln->bias = hakd_params_add(p, layer_name(name, "%s.bias", prefix), 1, shape, 0);
+  ln->eps = eps;
+  if (!ln->weight || !ln->bias) return HAKD_ENOMEM;
+  for (int i = 0; i < dim; i++) hakd_f32(ln->weight)[i] = 1.0f;
+  return 0;
+}
+
+hakd_tensor *layer_ln_forward(hakd_ctx *ctx, const layer_ln *ln, hakd_tensor *x) {
+  return hakd_layernorm(ctx, x, ln->weight, ln->bias, ln->eps);
+}
+
+int layer_scale_channels(int channels, float width, int divisor) {
+  if (width == 1.0f) return channels;
+  int c = (int)(channels * width + 0.5f);
+  if (divisor > 1) c = ((c + divisor / 2) / divisor) * divisor;
+  return c < divisor ? (divisor > 0 ? divisor : 1) : c;
+}

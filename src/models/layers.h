@@ -1,0 +1,51 @@
+/* Named parameter-holding layers shared by backbones and heads. Every parameter is registered
+ * in the model's hakd_params under its PyTorch state_dict name: `<prefix>.weight`, ... */
+#ifndef HAKD_MODELS_LAYERS_H
+#define HAKD_MODELS_LAYERS_H
+
+#include "hakd/ops.h"
+
+/* snprintf into a fixed buffer: `layer_name(buf, "%s.conv%d", prefix, i)`. */
+#define LAYER_NAME_MAX 160
+const char *layer_name(char buf[LAYER_NAME_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+typedef struct {
+  hakd_tensor *weight, *bias; /* bias NULL when absent */
+  int stride, padding, dilation, groups;
+} layer_conv;
+
+/* Conv2d `prefix`.weight (cout, cin/groups, k, k) [+ `prefix`.bias]. */
+int layer_conv_init(layer_conv *c, hakd_params *p, const char *prefix, int cin, int cout, int kernel, int stride,
+                    int padding, int dilation, int groups, int bias);
+hakd_tensor *layer_conv_forward(hakd_ctx *ctx, const layer_conv *c, hakd_tensor *x);
+
+typedef struct {
+  hakd_tensor *weight, *bias, *running_mean, *running_var, *num_batches_tracked;
+  float eps, momentum;
+} layer_bn;
+
+/* BatchNorm2d with torch's buffers (num_batches_tracked kept as a float scalar buffer and
+ * exported as int64). */
+int layer_bn_init(layer_bn *bn, hakd_params *p, const char *prefix, int channels, float eps, float momentum);
+hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x);
+
+typedef struct {
+  hakd_tensor *weight, *bias;
+} layer_linear;
+
+int layer_linear_init(layer_linear *l, hakd_params *p, const char *prefix, int in, int out, int bias);
+hakd_tensor *layer_linear_forward(hakd_ctx *ctx, const layer_linear *l, hakd_tensor *x);
+
+typedef struct {
+  hakd_tensor *weight, *bias;
+  float eps;
+} layer_ln;
+
+int layer_ln_init(layer_ln *ln, hakd_params *p, const char *prefix, int dim, float eps);
+hakd_tensor *layer_ln_forward(hakd_ctx *ctx, const layer_ln *ln, hakd_tensor *x);
+
+/* Scales a reference channel count by the width multiplier, keeping it >= 1 and a multiple of
+ * `divisor` when the multiplier is not 1. */
+int layer_scale_channels(int channels, float width, int divisor);
+
+#endif

@@ -1,0 +1,176 @@
+/* Model assembly, initialisation and the public model API. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/model_internal.h"
+
+struct hakd_model {
+  char name[64];
+  const model_spec *spec;
+  hakd_model_options opts;
+  hakd_params params;
+  backbone *backbone;
+  head *head, *aux;
+};
+
+void hakd_model_options_default(hakd_model_options *o) {
+  memset(o, 0, sizeof *o);
+  o->num_classes = 19;
+  o->width = 1.0f;
+  o->aux_head = -1;
+  o->bn_momentum = 0.1f;
+  o->dropout = -1.0f;
+}
+
+int hakd_model_count(void) { return model_spec_count(); }
+const char *hakd_model_name_at(int i) { return model_spec_at(i)->name; }
+const char *hakd_model_description(const char *name) {
+  const model_spec *s = model_spec_find(name);
+  return s ? s->description : NULL;
+}
+
+int hakd_model_create(const char *name, const hakd_model_options *opts, hakd_model **out) {
+  *out = NULL;
+  const model_spec *spec = model_spec_find(name);
+  if (!spec) return hakd_error(HAKD_ENOTFOUND, "unknown model '%s' (see `hakd models`)", name);
+  hakd_model_options o;
+  if (opts)
+    o = *opts;
+  else
+    hakd_model_options_default(&o);
+  if (o.num_classes < 1 || o.num_classes > 4096)
+    return hakd_error(HAKD_EINVAL, "model %s: num_classes %d out of range", name, o.num_classes);
+  if (!(o.width > 0.0f && o.width <= 4.0f)) return hakd_error(HAKD_EINVAL, "model %s: width %g out of range", name, o.width);
+  hakd_model *m = calloc(1, sizeof *m);
+  if (!m) return hakd_error(HAKD_ENOMEM, "out of memory creating %s", name);
+  snprintf(m->name, sizeof m->name, "%s", name);
+  m->spec = spec;
+  m->opts = o;
+  hakd_params_init(&m->params);
+  int rc = 0;
+  switch (spec->backbone) {
+    case BACKBONE_RESNET:
+      rc = resnet_create(&m->params, spec->backbone_prefix, spec->variant, spec->output_stride, &o, &m->backbone);
+      break;
+    case BACKBONE_MOBILENETV2:
+      rc = mobilenetv2_create(&m->params, spec->backbone_prefix, spec->output_stride, &o, &m->backbone);
+      break;
+    case BACKBONE_MIT: rc = mit_create(&m->params, spec->backbone_prefix, spec->variant, &o, &m->backbone); break;
+  }
+  if (!rc) switch (spec->head) {
+      case HEAD_ASPP: rc = aspp_head_create(&m->params, spec->head_prefix, m->backbone, &o, &m->head); break;
+      case HEAD_FCN: rc = fcn_head_create(&m->params, spec->head_prefix, m->backbone, 4, &o, &m->head); break;
+      case HEAD_PSP: rc = psp_head_create(&m->params, spec->head_prefix, m->backbone, &o, &m->head); break;
+      case HEAD_SEGFORMER:
+        rc = segformer_head_create(&m->params, spec->head_prefix, m->backbone, spec->variant, &o, &m->head);
+        break;
+    }
+  int want_aux = o.aux_head < 0 ? spec->aux_default : o.aux_head;
+  if (!rc && want_aux) rc = fcn_head_create(&m->params, "aux_classifier", m->backbone, 3, &o, &m->aux);
+  if (rc) {
+    hakd_error_prefix("creating model %s", name);
+    hakd_model_free(m);
+    return rc;
+  }
+  hakd_model_init(m, 0);
+  *out = m;
+  return 0;
+}
+
+void hakd_model_free(hakd_model *m) {
+  if (!m) return;
+  if (m->backbone) m->backbone->destroy(m->backbone);
+  if (m->head) m->head->destroy(m->head);
+  if (m->aux) m->aux->destroy(m->aux);
+  hakd_params_free(&m->params);
+  free(m);
+}
+
+const char *hakd_model_name(const hakd_model *m) { return m->name; }
+hakd_params *hakd_model_params(hakd_model *m) { return &m->params; }
+int hakd_model_num_classes(const hakd_model *m) { return m->opts.num_classes; }
+int hakd_model_stage_channels(const hakd_model *m, int stage) { return m->backbone->channels[stage - 1]; }
+int hakd_model_stage_stride(const hakd_model *m, int stage) { return m->backbone->strides[stage - 1]; }
+int hakd_model_has_aux(const hakd_model *m) { return m->aux != NULL; }
+const char *hakd_model_family(const hakd_model *m) { return m->backbone->family; }
+
+int hakd_model_output_stride(const hakd_model *m) {
+  /* SegFormer decodes at stage 1's stride; DeepLab/FCN/PSP at stage 4's. */
+  return m->spec->head == HEAD_SEGFORMER ? m->backbone->strides[0] : m->backbone->strides[3];
+}
+
+void hakd_model_mean_std(const hakd_model *m, float mean[3], float std[3]) {
+  (void)m;
+  const float imagenet_mean[3] = {123.675f, 116.28f, 103.53f}, imagenet_std[3] = {58.395f, 57.12f, 57.375f};
+  memcpy(mean, imagenet_mean, sizeof imagenet_mean);
+  memcpy(std, imagenet_std, sizeof imagenet_std);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && !strcmp(s + n - k, suffix);
+}
+
+/* Conv weights: kaiming-normal (fan_out, ReLU gain), as torchvision's ResNet/MobileNetV2 and
+ * SegFormer's conv init; linear weights: truncated normal std 0.02 (ViT/SegFormer); biases 0;
+ * norm weights 1; running_var 1. */
+void hakd_model_init(hakd_model *m, uint64_t seed) {
+  uint64_t rng = hakd_rng_seed(seed);
+  for (int i = 0; i < m->params.count; i++) {
+    hakd_tensor *t = m->params.items[i];
+    float *d = hakd_f32(t);
+    int64_t n = hakd_numel(t);
+    if (t->ndim == 4) {
+      double fan_out = (double)t->shape[0] * t->shape[2] * t->shape[3];
+      /* depthwise/grouped: torchvision divides fan_out by groups implicitly through shape[1]==1 */
+      float std = (float)sqrt(2.0 / fan_out);
+      for (int64_t j = 0; j < n; j++) d[j] = std * hakd_rng_normal(&rng);
+    } else if (t->ndim == 2) {
+      for (int64_t j = 0; j < n; j++) {
+        float v;
+        do v = hakd_rng_normal(&rng);
+        while (fabsf(v) > 2.0f);
+        d[j] = 0.02f * v;
+      }
+    } else {
+      float value = (ends_with(t->name, ".running_var") || (ends_with(t->name, ".weight") && t->ndim == 1)) ? 1.0f : 0.0f;
+      for (int64_t j = 0; j < n; j++) d[j] = value;
+    }
+  }
+}
+
+int hakd_model_forward(hakd_model *m, hakd_ctx *ctx, hakd_tensor *x, hakd_model_output *out) {
+  memset(out, 0, sizeof *out);
+  if (!x) return hakd_ctx_status(ctx) ? hakd_ctx_status(ctx) : hakd_error(HAKD_EINVAL, "%s: no input", m->name);
+  if (x->ndim != 4 || x->shape[1] != 3) {
+    char buf[64];
+    return hakd_error(HAKD_ESHAPE, "%s: input must be (N, 3, H, W), got %s", m->name, hakd_shape_str(x, buf, sizeof buf));
+  }
+  int rc = m->backbone->forward(m->backbone, ctx, x, out->stages);
+  if (rc) return rc;
+  out->logits = m->head->forward(m->head, ctx, out->stages);
+  if (m->aux) out->aux = m->aux->forward(m->aux, ctx, out->stages);
+  if (hakd_ctx_status(ctx)) return hakd_ctx_status(ctx);
+  if (!out->logits) return hakd_error(HAKD_EINVAL, "%s: head produced no logits", m->name);
+  return 0;
+}
+
+int64_t hakd_model_macs(hakd_model *m, int h, int w) {
+  hakd_ctx *ctx = hakd_ctx_new();
+  if (!ctx) return -1;
+  hakd_ctx_set_training(ctx, 0);
+  hakd_tensor *x = hakd_tensor4(ctx, 1, 3, h, w);
+  if (!x) {
+    hakd_ctx_free(ctx);
+    return -1;
+  }
+  memset(x->data, 0, (size_t)hakd_numel(x) * sizeof(float));
+  hakd_model_output out;
+  int64_t macs = -1;
+  /* The tape records every op with its shapes; count the multiply-adds of the products. */
+  if (hakd_model_forward(m, ctx, x, &out) == 0) macs = hakd_tape_macs(ctx);
+  hakd_ctx_free(ctx);
+  return macs;
+}

@@ -1,0 +1,57 @@
+/* How a model is assembled: a backbone (stage features 1-4) and a head (logits), plus an
+ * optional FCN auxiliary head on stage 3. Each family lives in its own file. */
+#ifndef HAKD_MODELS_INTERNAL_H
+#define HAKD_MODELS_INTERNAL_H
+
+#include "hakd/model.h"
+#include "models/layers.h"
+
+typedef struct backbone backbone;
+struct backbone {
+  /* Writes stages[0..3]; returns 0 or the context's error. */
+  int (*forward)(backbone *b, hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *stages[4]);
+  void (*destroy)(backbone *b);
+  int channels[4], strides[4];
+  const char *family; /* "cnn" or "transformer" */
+};
+
+typedef struct head head;
+struct head {
+  /* Logits at the head's native resolution from the backbone stages. */
+  hakd_tensor *(*forward)(head *h, hakd_ctx *ctx, hakd_tensor *const stages[4]);
+  void (*destroy)(head *h);
+};
+
+typedef enum { BACKBONE_RESNET, BACKBONE_MOBILENETV2, BACKBONE_MIT } backbone_kind;
+typedef enum { HEAD_ASPP, HEAD_FCN, HEAD_PSP, HEAD_SEGFORMER } head_kind;
+
+typedef struct {
+  const char *name, *description;
+  backbone_kind backbone;
+  int variant;       /* ResNet depth 18/34/50/101; MiT b0..b5 as 0..5 */
+  int output_stride; /* 8, 16 or 32 (dilated CNNs); MiT is always 32 at stage 4 */
+  head_kind head;
+  int aux_default;   /* FCN aux head on stage 3 by default */
+  const char *backbone_prefix, *head_prefix;
+} model_spec;
+
+/* Family constructors (resnet.c, mobilenetv2.c, mit.c; heads in aspp.c, fcn.c, psp.c, segformer_head.c). */
+int resnet_create(hakd_params *p, const char *prefix, int depth, int output_stride, const hakd_model_options *o,
+                  backbone **out);
+int mobilenetv2_create(hakd_params *p, const char *prefix, int output_stride, const hakd_model_options *o,
+                       backbone **out);
+int mit_create(hakd_params *p, const char *prefix, int variant, const hakd_model_options *o, backbone **out);
+/* ASPP head of torchvision's DeepLabHead on stage 4 (rates scaled for output stride 16 as torchvision does not: 12/24/36). */
+int aspp_head_create(hakd_params *p, const char *prefix, const backbone *b, const hakd_model_options *o, head **out);
+/* FCNHead (torchvision) on `stage` (4 for fcn-*, 3 for the aux head). */
+int fcn_head_create(hakd_params *p, const char *prefix, const backbone *b, int stage, const hakd_model_options *o,
+                    head **out);
+int psp_head_create(hakd_params *p, const char *prefix, const backbone *b, const hakd_model_options *o, head **out);
+int segformer_head_create(hakd_params *p, const char *prefix, const backbone *b, int variant,
+                          const hakd_model_options *o, head **out);
+
+const model_spec *model_spec_find(const char *name);
+int model_spec_count(void);
+const model_spec *model_spec_at(int i);
+
+#endif

@@ -1,0 +1,59 @@
+/* The model zoo: every name `hakd models` lists. Prefixes follow the reference state_dicts:
+ * torchvision segmentation models (backbone.*, classifier.*, aux_classifier.*), Hugging Face
+ * SegformerForSemanticSegmentation (segformer.encoder.*, decode_head.*), mmsegmentation's PSPHead
+ * (decode_head.*). */
+#include <string.h>
+
+#include "models/model_internal.h"
+
+static const model_spec specs[] = {
+    {"segformer-b0", "SegFormer-B0: MiT-B0 encoder + all-MLP decoder (256), HF names", BACKBONE_MIT, 0, 32,
+     HEAD_SEGFORMER, 0, "segformer.encoder", "decode_head"},
+    {"segformer-b1", "SegFormer-B1: MiT-B1 + all-MLP decoder (256)", BACKBONE_MIT, 1, 32, HEAD_SEGFORMER, 0,
+     "segformer.encoder", "decode_head"},
+    {"segformer-b2", "SegFormer-B2: MiT-B2 + all-MLP decoder (768)", BACKBONE_MIT, 2, 32, HEAD_SEGFORMER, 0,
+     "segformer.encoder", "decode_head"},
+    {"segformer-b3", "SegFormer-B3: MiT-B3 + all-MLP decoder (768)", BACKBONE_MIT, 3, 32, HEAD_SEGFORMER, 0,
+     "segformer.encoder", "decode_head"},
+    {"segformer-b4", "SegFormer-B4: MiT-B4 + all-MLP decoder (768)", BACKBONE_MIT, 4, 32, HEAD_SEGFORMER, 0,
+     "segformer.encoder", "decode_head"},
+    {"segformer-b5", "SegFormer-B5: MiT-B5 + all-MLP decoder (768)", BACKBONE_MIT, 5, 32, HEAD_SEGFORMER, 0,
+     "segformer.encoder", "decode_head"},
+    {"deeplabv3-r18-d8", "DeepLabV3 (ASPP 12/24/36) on dilated ResNet-18, output stride 8 (the classic student)",
+     BACKBONE_RESNET, 18, 8, HEAD_ASPP, 0, "backbone", "classifier"},
+    {"deeplabv3-r34-d8", "DeepLabV3 on dilated ResNet-34, output stride 8", BACKBONE_RESNET, 34, 8, HEAD_ASPP, 0,
+     "backbone", "classifier"},
+    {"deeplabv3-r50-d8", "DeepLabV3 on dilated ResNet-50, output stride 8 (torchvision deeplabv3_resnet50 names)",
+     BACKBONE_RESNET, 50, 8, HEAD_ASPP, 0, "backbone", "classifier"},
+    {"deeplabv3-r101-d8", "DeepLabV3 on dilated ResNet-101, output stride 8", BACKBONE_RESNET, 101, 8, HEAD_ASPP, 0,
+     "backbone", "classifier"},
+    {"deeplabv3-r18-d16", "DeepLabV3 on ResNet-18, output stride 16", BACKBONE_RESNET, 18, 16, HEAD_ASPP, 0,
+     "backbone", "classifier"},
+    {"deeplabv3-r50-d16", "DeepLabV3 on ResNet-50, output stride 16", BACKBONE_RESNET, 50, 16, HEAD_ASPP, 0,
+     "backbone", "classifier"},
+    {"deeplabv3-r101-d16", "DeepLabV3 on ResNet-101, output stride 16", BACKBONE_RESNET, 101, 16, HEAD_ASPP, 0,
+     "backbone", "classifier"},
+    {"deeplabv3-mbv2", "DeepLabV3 on MobileNetV2 dilated to output stride 8 (torchvision names)",
+     BACKBONE_MOBILENETV2, 0, 8, HEAD_ASPP, 0, "backbone.features", "classifier"},
+    {"deeplabv3-mit-b0", "DeepLabV3 (ASPP) on a MiT-B0 encoder", BACKBONE_MIT, 0, 32, HEAD_ASPP, 0, "backbone",
+     "classifier"},
+    {"deeplabv3-mit-b4", "DeepLabV3 (ASPP) on a MiT-B4 encoder (the paper's Transformer teacher)", BACKBONE_MIT, 4,
+     32, HEAD_ASPP, 0, "backbone", "classifier"},
+    {"pspnet-r18-d8", "PSPNet (pyramid pooling bins 1,2,3,6) on dilated ResNet-18", BACKBONE_RESNET, 18, 8, HEAD_PSP, 0,
+     "backbone", "decode_head"},
+    {"pspnet-r50-d8", "PSPNet on dilated ResNet-50", BACKBONE_RESNET, 50, 8, HEAD_PSP, 0, "backbone", "decode_head"},
+    {"pspnet-r101-d8", "PSPNet on dilated ResNet-101", BACKBONE_RESNET, 101, 8, HEAD_PSP, 0, "backbone",
+     "decode_head"},
+    {"fcn-r50-d8", "FCN on dilated ResNet-50 (torchvision fcn_resnet50 names)", BACKBONE_RESNET, 50, 8, HEAD_FCN, 0,
+     "backbone", "classifier"},
+    {"fcn-r101-d8", "FCN on dilated ResNet-101", BACKBONE_RESNET, 101, 8, HEAD_FCN, 0, "backbone", "classifier"},
+};
+
+int model_spec_count(void) { return (int)(sizeof specs / sizeof specs[0]); }
+const model_spec *model_spec_at(int i) { return &specs[i]; }
+
+const model_spec *model_spec_find(const char *name) {
+  for (int i = 0; i < model_spec_count(); i++)
+    if (!strcmp(specs[i].name, name)) return &specs[i];
+  return NULL;
+}
