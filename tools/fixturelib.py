@@ -35,3 +35,55 @@ def save(path, tensors, metadata=None):
         for b in blobs:
             f.write(b)
     return full
+
+
+# ---- deterministic parameter fill shared with tests/param_fill.h ----------------------------
+# Model parity fixtures would be megabytes if they stored weights, so both sides fill every
+# parameter/buffer from its state_dict name with the same integer hash; fixtures store only
+# inputs and outputs.
+import numpy as _np
+
+
+def _fnv1a32(s):
+    h = 0x811C9DC5
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def _uniform01(name, n):
+    i = _np.arange(n, dtype=_np.uint64)
+    x = (_np.uint64(_fnv1a32(name)) + i * _np.uint64(0x9E3779B1)) & _np.uint64(0xFFFFFFFF)
+    x ^= x >> _np.uint64(16)
+    x = (x * _np.uint64(0x85EBCA6B)) & _np.uint64(0xFFFFFFFF)
+    x ^= x >> _np.uint64(13)
+    x = (x * _np.uint64(0xC2B2AE35)) & _np.uint64(0xFFFFFFFF)
+    x ^= x >> _np.uint64(16)
+    return (x >> _np.uint64(8)).astype(_np.float64) * (1.0 / 16777216.0)
+
+
+def param_fill_value(name, shape):
+    """float32 numpy array for parameter `name` of `shape` (see tests/param_fill.h)."""
+    n = int(_np.prod(shape)) if len(shape) else 1
+    u = _uniform01(name, n)
+    if name.endswith("num_batches_tracked"):
+        v = _np.zeros(n)
+    elif name.endswith("running_var"):
+        v = 0.5 + u
+    elif len(shape) >= 2:
+        fan_in = n // shape[0]
+        v = (2.0 * u - 1.0) * _np.sqrt(3.0 / fan_in)
+    elif name.endswith(".weight"):
+        v = 0.5 + u
+    else:
+        v = (2.0 * u - 1.0) * 0.1
+    return v.astype(_np.float32).reshape(shape)
+
+
+def param_fill(module):
+    """Fills every parameter and buffer of a torch module by name, in place."""
+    with torch.no_grad():
+        for name, t in list(module.state_dict(keep_vars=True).items()):
+            if t.dtype.is_floating_point:
+                t.copy_(torch.from_numpy(param_fill_value(name, list(t.shape))))
