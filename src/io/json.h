@@ -38,7 +38,7 @@ int hakd__json_parse(const char *text, size_t len, const char *what, hakd__json 
 void hakd__json_free(hakd__json *v);
 /* First member named key of an object, or NULL. */
 const hakd__json *hakd__json_get(const hakd__json *object, const char *key);
-/* "string", "number", ... for messages. */
+/* "a string", "an array", ... for messages. */
 const char *hakd__json_type_name(hakd__json_type type);
 
 #endif
