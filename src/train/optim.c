@@ -1,0 +1,185 @@
+#include "hakd/optim.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  hakd_tensor *param;
+  float lr_mult;
+  int decay;
+  float *m, *v; /* SGD: m = momentum buffer; AdamW: exp_avg, exp_avg_sq */
+  char *m_name, *v_name;
+} optim_entry;
+
+struct hakd_optimizer {
+  hakd_optim_config config;
+  optim_entry *entries;
+  int count, capacity;
+  int64_t steps;
+};
+
+void hakd_optim_config_default(hakd_optim_config *c, hakd_optim_kind kind) {
+  memset(c, 0, sizeof *c);
+  c->kind = kind;
+  c->momentum = 0.9f;
+  c->weight_decay = kind == HAKD_OPTIM_SGD ? 1e-4f : 0.01f;
+  c->beta1 = 0.9f;
+  c->beta2 = 0.999f;
+  c->eps = 1e-8f;
+}
+
+hakd_optimizer *hakd_optim_new(const hakd_optim_config *c) {
+  hakd_optimizer *o = calloc(1, sizeof *o);
+  if (o) o->config = *c;
+  return o;
+}
+
+void hakd_optim_free(hakd_optimizer *o) {
+  if (!o) return;
+  for (int i = 0; i < o->count; i++) {
+    free(o->entries[i].m);
+    free(o->entries[i].v);
+    free(o->entries[i].m_name);
+    free(o->entries[i].v_name);
+  }
+  free(o->entries);
+  free(o);
+}
+
+static int optim_has(const hakd_optimizer *o, const hakd_tensor *t) {
+  for (int i = 0; i < o->count; i++)
+    if (o->entries[i].param == t) return 1;
+  return 0;
+}
+
+static char *join_name(const char *a, const char *b) {
+  size_t n = strlen(a) + strlen(b) + 2;
+  char *s = malloc(n);
+  if (s) snprintf(s, n, "%s.%s", a, b);
+  return s;
+}
+
+int hakd_optim_add_group(hakd_optimizer *o, hakd_params *p, const char *prefix, float lr_mult, int no_decay_1d) {
+  int added = 0;
+  size_t plen = prefix ? strlen(prefix) : 0;
+  for (int i = 0; i < p->count; i++) {
+    hakd_tensor *t = p->items[i];
+    if (!t->requires_grad || optim_has(o, t)) continue;
+    if (prefix && strncmp(t->name, prefix, plen) != 0) continue;
+    if (o->count == o->capacity) {
+      int cap = o->capacity ? 2 * o->capacity : 64;
+      optim_entry *e = realloc(o->entries, (size_t)cap * sizeof *e);
+      if (!e) return hakd_error(HAKD_ENOMEM, "out of memory in optimizer");
+      o->entries = e;
+      o->capacity = cap;
+    }
+    optim_entry *e = &o->entries[o->count];
+    memset(e, 0, sizeof *e);
+    e->param = t;
+    e->lr_mult = lr_mult;
+    e->decay = !(no_decay_1d && t->ndim <= 1);
+    size_t bytes = (size_t)hakd_numel(t) * sizeof(float);
+    int adam = o->config.kind == HAKD_OPTIM_ADAMW;
+    e->m = calloc(1, bytes ? bytes : 1);
+    e->m_name = join_name(t->name, adam ? "exp_avg" : "momentum_buffer");
+    if (adam) {
+      e->v = calloc(1, bytes ? bytes : 1);
+      e->v_name = join_name(t->name, "exp_avg_sq");
+    }
+    if (!e->m || !e->m_name || (adam && (!e->v || !e->v_name))) {
+      free(e->m), free(e->v), free(e->m_name), free(e->v_name);
+      return hakd_error(HAKD_ENOMEM, "out of memory in optimizer");
+    }
+    o->count++;
+    added++;
+  }
+  return added;
+}
+
+static double global_grad_norm(const hakd_optimizer *o) {
+  double sq = 0;
+  for (int i = 0; i < o->count; i++) {
+    const float *g = o->entries[i].param->grad;
+    int64_t n = hakd_numel(o->entries[i].param);
+    for (int64_t j = 0; j < n; j++) sq += (double)g[j] * g[j];
+  }
+  return sqrt(sq);
+}
+
+double hakd_optim_step(hakd_optimizer *o, float lr) {
+  const hakd_optim_config *c = &o->config;
+  double norm = global_grad_norm(o);
+  /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1 */
+  float clip_scale = 1.0f;
+  if (c->clip_norm > 0 && norm > 0) {
+    double s = c->clip_norm / (norm + 1e-6);
+    if (s < 1.0) clip_scale = (float)s;
+  }
+  o->steps++;
+  double bias1 = 1.0 - pow(c->beta1, (double)o->steps), bias2 = 1.0 - pow(c->beta2, (double)o->steps);
+  for (int i = 0; i < o->count; i++) {
+    optim_entry *e = &o->entries[i];
+    float *w = hakd_f32(e->param), *g = e->param->grad, *m = e->m, *v = e->v;
+    int64_t n = hakd_numel(e->param);
+    float step_lr = lr * e->lr_mult, wd = e->decay ? c->weight_decay : 0.0f;
+    if (c->kind == HAKD_OPTIM_SGD) {
+      int first = o->steps == 1;
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t j = 0; j < n; j++) {
+        float d = g[j] * clip_scale + wd * w[j];
+        if (c->momentum != 0.0f) {
+          m[j] = first ? d : c->momentum * m[j] + d;
+          d = m[j];
+        }
+        w[j] -= step_lr * d;
+      }
+    } else {
+      float step_size = (float)(step_lr / bias1);
+      float sqrt_bias2 = (float)sqrt(bias2);
+#pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t j = 0; j < n; j++) {
+        float gj = g[j] * clip_scale;
+        w[j] *= 1.0f - step_lr * wd;
+        m[j] = c->beta1 * m[j] + (1.0f - c->beta1) * gj;
+        v[j] = c->beta2 * v[j] + (1.0f - c->beta2) * gj * gj;
+        float denom = sqrtf(v[j]) / sqrt_bias2 + c->eps;
+        w[j] -= step_size * m[j] / denom;
+      }
+    }
+  }
+  return norm;
+}
+
+void hakd_optim_zero_grad(hakd_optimizer *o) {
+  for (int i = 0; i < o->count; i++)
+    memset(o->entries[i].param->grad, 0, (size_t)hakd_numel(o->entries[i].param) * sizeof(float));
+}
+
+int64_t hakd_optim_steps(const hakd_optimizer *o) { return o->steps; }
+void hakd_optim_set_steps(hakd_optimizer *o, int64_t steps) { o->steps = steps; }
+
+int hakd_optim_state_count(const hakd_optimizer *o) {
+  return o->count * (o->config.kind == HAKD_OPTIM_ADAMW ? 2 : 1);
+}
+
+void hakd_optim_state_at(hakd_optimizer *o, int i, const char **name, float **data, int64_t *numel) {
+  int per = o->config.kind == HAKD_OPTIM_ADAMW ? 2 : 1;
+  optim_entry *e = &o->entries[i / per];
+  int second = i % per;
+  *name = second ? e->v_name : e->m_name;
+  *data = second ? e->v : e->m;
+  *numel = hakd_numel(e->param);
+}
+
+float hakd_schedule_lr(const hakd_schedule *s, int64_t iter) {
+  double progress = s->max_iters > 0 ? (double)iter / (double)s->max_iters : 0.0;
+  if (progress > 1.0) progress = 1.0;
+  double lr = (s->base_lr - s->min_lr) * pow(1.0 - progress, s->power) + s->min_lr;
+  if (s->warmup_iters > 0 && iter < s->warmup_iters) {
+    double k = (1.0 - (double)iter / (double)s->warmup_iters) * (1.0 - s->warmup_ratio);
+    lr *= 1.0 - k;
+  }
+  return (float)lr;
+}
