@@ -1,0 +1,75 @@
+/* Fully connected layer on the last dim, through OpenBLAS sgemm. */
+#include <cblas.h>
+
+#include "hakd/ops.h"
+#include "ops/ops_internal.h"
+
+/* y = x w^T + b.
+ * y: (rows, out), x: (rows, in), w: (out, in), b: (out) or NULL. reference: F.linear */
+static void linear_forward(float *y, const float *x, const float *w, const float *b, int64_t rows, int64_t in,
+                           int64_t out) {
+#pragma omp parallel for schedule(static) if (rows * out > OPS_PARALLEL_MIN)
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t o = 0; o < out; o++) y[r * out + o] = b ? b[o] : 0.0f;
+  if (rows > 0 && in > 0 && out > 0)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)in, 1.0f, x, (int)in, w,
+                (int)in, 1.0f, y, (int)out);
+}
+
+/* dx += dy w, dw += dy^T x, db += sum over rows of dy.
+ * dx: (rows, in) or NULL, dw: (out, in) or NULL, db: (out) or NULL, dy: (rows, out). */
+static void linear_backward_kernel(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                                   int64_t rows, int64_t in, int64_t out) {
+  int gemm = rows > 0 && in > 0 && out > 0;
+  if (dx && gemm)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)in, (int)out, 1.0f, dy, (int)out, w,
+                (int)in, 1.0f, dx, (int)in);
+  if (dw && gemm)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)out, (int)in, (int)rows, 1.0f, dy, (int)out, x,
+                (int)in, 1.0f, dw, (int)in);
+  if (db) {
+#pragma omp parallel for schedule(static) if (rows * out > OPS_PARALLEL_MIN)
+    for (int64_t o = 0; o < out; o++) {
+      double acc = 0.0;
+      for (int64_t r = 0; r < rows; r++) acc += (double)dy[r * out + o];
+      db[o] += (float)acc;
+    }
+  }
+}
+
+static void linear_backward(hakd_ctx *ctx, hakd_node *node) {
+  hakd_tensor *x = node->in[0], *w = node->in[1], *b = node->in[2];
+  int64_t rows = node->iarg[0], in = node->iarg[1], out = node->iarg[2];
+  linear_backward_kernel(hakd_grad(ctx, x), hakd_grad(ctx, w), hakd_grad(ctx, b), node->out->grad, hakd_f32(x),
+                         hakd_f32(w), rows, in, out);
+}
+
+hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b) {
+  if (!x || !w) return NULL;
+  char sx[96], sw[96], sb[96];
+  if (x->dtype != HAKD_F32 || w->dtype != HAKD_F32 || (b && b->dtype != HAKD_F32))
+    return hakd_ctx_fail(ctx, HAKD_EINVAL, "linear: inputs must be float32");
+  if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1] ||
+      (b && (b->ndim != 1 || b->shape[0] != w->shape[0])))
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "linear: x %s, weight %s, bias %s do not match (want (..., in), (out, in), (out))",
+                         hakd_shape_str(x, sx, sizeof sx), hakd_shape_str(w, sw, sizeof sw),
+                         b ? hakd_shape_str(b, sb, sizeof sb) : "none");
+  int64_t in = w->shape[1], out = w->shape[0], rows = ops_prod(x->shape, 0, x->ndim - 1);
+  if (rows > 2147483647 || in > 2147483647 || out > 2147483647)
+    return hakd_ctx_fail(ctx, HAKD_EUNSUPPORTED, "linear: x %s too large for 32-bit BLAS",
+                         hakd_shape_str(x, sx, sizeof sx));
+  int64_t shape[HAKD_MAX_DIMS];
+  for (int i = 0; i < x->ndim - 1; i++) shape[i] = x->shape[i];
+  shape[x->ndim - 1] = out;
+  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, shape);
+  if (!y) return NULL;
+  linear_forward(hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, rows, in, out);
+  hakd_tensor *in_tensors[3] = {x, w, b};
+  hakd_node *node = hakd_record(ctx, "linear", linear_backward, y, 3, in_tensors);
+  if (node) {
+    node->iarg[0] = rows;
+    node->iarg[1] = in;
+    node->iarg[2] = out;
+  }
+  return y;
+}

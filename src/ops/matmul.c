@@ -1,0 +1,120 @@
+/* Batched matrix product with optional transposes, through OpenBLAS sgemm. */
+#include <cblas.h>
+
+#include "hakd/ops.h"
+#include "ops/ops_internal.h"
+
+/* Below this many multiply-adds per matrix OpenBLAS runs sgemm on one thread anyway, so the
+ * batch loop is spread over OpenMP threads instead. */
+#define MATMUL_SMALL_MNK (1 << 18)
+
+/* For each batch i: C_i = op(A_i) op(B_i) + beta C_i, row-major; op transposes when the flag is set.
+ * A_i: (M, K) or (K, M) at A + i*stride_a, B_i: (K, N) or (N, K) at B + i*stride_b,
+ * C_i: (M, N) at C + i*stride_c. A stride of 0 shares the matrix across the batch. */
+typedef struct {
+  int trans_a, trans_b;
+  int64_t m, n, k, batch;
+  const float *a, *b;
+  float *c;
+  int64_t lda, ldb, ldc, stride_a, stride_b, stride_c;
+  float beta;
+} batched_gemm;
+
+static void batched_gemm_run(const batched_gemm *g) {
+  if (g->m == 0 || g->n == 0) return;
+  if (g->k == 0) {
+    /* sgemm with k == 0 only scales C by beta; beta is 0 (fresh output) or 1 (accumulate). */
+    if (g->beta == 0.0f)
+      for (int64_t i = 0; i < g->batch; i++)
+        for (int64_t r = 0; r < g->m; r++)
+          for (int64_t q = 0; q < g->n; q++) g->c[i * g->stride_c + r * g->ldc + q] = 0.0f;
+    return;
+  }
+  CBLAS_TRANSPOSE ta = g->trans_a ? CblasTrans : CblasNoTrans, tb = g->trans_b ? CblasTrans : CblasNoTrans;
+  /* A shared output (stride 0) accumulates across the batch, so it must stay serial. */
+  int parallel = g->batch > 1 && g->stride_c != 0 && g->m * g->n * g->k < MATMUL_SMALL_MNK;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t i = 0; i < g->batch; i++)
+    cblas_sgemm(CblasRowMajor, ta, tb, (int)g->m, (int)g->n, (int)g->k, 1.0f, g->a + i * g->stride_a, (int)g->lda,
+                g->b + i * g->stride_b, (int)g->ldb, g->beta, g->c + i * g->stride_c, (int)g->ldc);
+}
+
+/* iarg: batch, m, n, k, transpose_a, transpose_b, b_shared. */
+static void matmul_backward(hakd_ctx *ctx, hakd_node *node) {
+  hakd_tensor *a = node->in[0], *b = node->in[1];
+  int64_t batch = node->iarg[0], m = node->iarg[1], n = node->iarg[2], k = node->iarg[3];
+  int ta = (int)node->iarg[4], tb = (int)node->iarg[5], shared = (int)node->iarg[6];
+  const float *dc = node->out->grad, *av = hakd_f32(a), *bv = hakd_f32(b);
+  int64_t lda = ta ? m : k, ldb = tb ? k : n;
+  int64_t stride_b = shared ? 0 : k * n;
+  float *da = hakd_grad(ctx, a);
+  if (da) {
+    batched_gemm g;
+    if (!ta) /* dA (M,K) += dC op(B)^T */
+      g = (batched_gemm){0, !tb, m, k, n, batch, dc, bv, da, n, ldb, k, m * n, stride_b, m * k, 1.0f};
+    else /* dA (K,M) += op(B) dC^T */
+      g = (batched_gemm){tb, 1, k, m, n, batch, bv, dc, da, ldb, n, m, stride_b, m * n, m * k, 1.0f};
+    batched_gemm_run(&g);
+  }
+  float *db = hakd_grad(ctx, b);
+  if (db) {
+    batched_gemm g;
+    if (!tb) /* dB (K,N) += op(A)^T dC */
+      g = (batched_gemm){!ta, 0, k, n, m, batch, av, dc, db, lda, n, n, m * k, m * n, stride_b, 1.0f};
+    else /* dB (N,K) += dC^T op(A) */
+      g = (batched_gemm){1, ta, n, k, m, batch, dc, av, db, n, lda, k, m * n, m * k, stride_b, 1.0f};
+    batched_gemm_run(&g);
+  }
+}
+
+/* reference: torch.matmul(a.transpose(-1,-2) if transpose_a else a, b.transpose(-1,-2) if transpose_b else b) */
+hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int transpose_a, int transpose_b) {
+  if (!a || !b) return NULL;
+  char sa[96], sb[96];
+  if (a->dtype != HAKD_F32 || b->dtype != HAKD_F32) return hakd_ctx_fail(ctx, HAKD_EINVAL, "matmul: inputs must be float32");
+  int ta = transpose_a != 0, tb = transpose_b != 0;
+  int shapes_ok = a->ndim >= 2 && b->ndim >= 2 && (b->ndim == 2 || b->ndim == a->ndim);
+  if (shapes_ok && b->ndim > 2)
+    for (int i = 0; i < a->ndim - 2; i++)
+      if (a->shape[i] != b->shape[i]) shapes_ok = 0;
+  int64_t m = 0, k = 0, n = 0;
+  if (shapes_ok) {
+    m = hakd_dim(a, ta ? -1 : -2);
+    k = hakd_dim(a, ta ? -2 : -1);
+    n = hakd_dim(b, tb ? -2 : -1);
+    if (hakd_dim(b, tb ? -1 : -2) != k) shapes_ok = 0;
+  }
+  if (!shapes_ok)
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "matmul: a %s%s and b %s%s do not match", hakd_shape_str(a, sa, sizeof sa),
+                         ta ? " (transposed)" : "", hakd_shape_str(b, sb, sizeof sb), tb ? " (transposed)" : "");
+  if (m > 2147483647 || n > 2147483647 || k > 2147483647)
+    return hakd_ctx_fail(ctx, HAKD_EUNSUPPORTED, "matmul: a %s too large for 32-bit BLAS", hakd_shape_str(a, sa, sizeof sa));
+  int64_t shape[HAKD_MAX_DIMS];
+  for (int i = 0; i < a->ndim - 2; i++) shape[i] = a->shape[i];
+  shape[a->ndim - 2] = m;
+  shape[a->ndim - 1] = n;
+  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, a->ndim, shape);
+  if (!y) return NULL;
+  int64_t batch = ops_prod(a->shape, 0, a->ndim - 2);
+  int shared = b->ndim == 2;
+  if (shared && !ta && batch * m <= 2147483647) {
+    /* The batch of a stacks into one tall matrix times the shared b: a single large sgemm. */
+    m *= batch;
+    batch = 1;
+  }
+  batched_gemm g = {ta, tb, m, n, k, batch, hakd_f32(a), hakd_f32(b), hakd_f32(y), ta ? m : k, tb ? k : n, n,
+                    m * k, shared ? 0 : k * n, m * n, 0.0f};
+  batched_gemm_run(&g);
+  hakd_tensor *in[2] = {a, b};
+  hakd_node *node = hakd_record(ctx, "matmul", matmul_backward, y, 2, in);
+  if (node) {
+    node->iarg[0] = batch;
+    node->iarg[1] = m;
+    node->iarg[2] = n;
+    node->iarg[3] = k;
+    node->iarg[4] = ta;
+    node->iarg[5] = tb;
+    node->iarg[6] = shared;
+  }
+  return y;
+}

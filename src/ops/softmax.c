@@ -1,0 +1,102 @@
+/* Softmax and log-softmax along any dim, numerically stable (the max is subtracted). */
+#include <math.h>
+
+#include "hakd/ops.h"
+#include "ops/ops_internal.h"
+
+/* The tensor is viewed as (outer, size, inner) with the reduced dim in the middle. Work is done
+ * on blocks of up to BLOCK neighbouring inner positions, so the loops over the reduced dim walk
+ * contiguous memory whether the dim is the last one (inner == 1) or a channel dim (inner = H*W). */
+#define BLOCK 256
+
+/* y = softmax(x) or log_softmax(x) along the middle dim.
+ * y, x: (outer, size, inner). reference: F.softmax / F.log_softmax */
+static void softmax_forward(float *y, const float *x, int64_t outer, int64_t size, int64_t inner, int log_space) {
+  int64_t blocks_per_outer = (inner + BLOCK - 1) / BLOCK, n_blocks = outer * blocks_per_outer;
+#pragma omp parallel for schedule(static) if (outer * size * inner > OPS_PARALLEL_MIN)
+  for (int64_t blk = 0; blk < n_blocks; blk++) {
+    int64_t o = blk / blocks_per_outer, i0 = (blk % blocks_per_outer) * BLOCK;
+    int64_t w = inner - i0 < BLOCK ? inner - i0 : BLOCK;
+    const float *xb = x + o * size * inner + i0;
+    float *yb = y + o * size * inner + i0;
+    float max[BLOCK], sum[BLOCK];
+    for (int64_t i = 0; i < w; i++) max[i] = -INFINITY, sum[i] = 0.0f;
+    for (int64_t d = 0; d < size; d++)
+      for (int64_t i = 0; i < w; i++) max[i] = fmaxf(max[i], xb[d * inner + i]);
+    /* A row of all -inf would give inf - inf = nan; PyTorch gives nan there too. */
+    for (int64_t d = 0; d < size; d++)
+      for (int64_t i = 0; i < w; i++) {
+        float e = expf(xb[d * inner + i] - max[i]);
+        sum[i] += e;
+        if (!log_space) yb[d * inner + i] = e;
+      }
+    if (log_space) {
+      for (int64_t i = 0; i < w; i++) sum[i] = max[i] + logf(sum[i]);
+      for (int64_t d = 0; d < size; d++)
+        for (int64_t i = 0; i < w; i++) yb[d * inner + i] = xb[d * inner + i] - sum[i];
+    } else {
+      for (int64_t i = 0; i < w; i++) sum[i] = 1.0f / sum[i];
+      for (int64_t d = 0; d < size; d++)
+        for (int64_t i = 0; i < w; i++) yb[d * inner + i] *= sum[i];
+    }
+  }
+}
+
+/* softmax: dx += y * (dy - sum_d dy*y); log_softmax: dx += dy - exp(y) * sum_d dy.
+ * dx, dy, y: (outer, size, inner). */
+static void softmax_backward_kernel(float *dx, const float *dy, const float *y, int64_t outer, int64_t size,
+                                    int64_t inner, int log_space) {
+  int64_t blocks_per_outer = (inner + BLOCK - 1) / BLOCK, n_blocks = outer * blocks_per_outer;
+#pragma omp parallel for schedule(static) if (outer * size * inner > OPS_PARALLEL_MIN)
+  for (int64_t blk = 0; blk < n_blocks; blk++) {
+    int64_t o = blk / blocks_per_outer, i0 = (blk % blocks_per_outer) * BLOCK;
+    int64_t w = inner - i0 < BLOCK ? inner - i0 : BLOCK;
+    int64_t base = o * size * inner + i0;
+    const float *gb = dy + base, *yb = y + base;
+    float *db = dx + base;
+    float dot[BLOCK];
+    for (int64_t i = 0; i < w; i++) dot[i] = 0.0f;
+    for (int64_t d = 0; d < size; d++)
+      for (int64_t i = 0; i < w; i++) dot[i] += log_space ? gb[d * inner + i] : gb[d * inner + i] * yb[d * inner + i];
+    for (int64_t d = 0; d < size; d++)
+      for (int64_t i = 0; i < w; i++) {
+        int64_t k = d * inner + i;
+        db[k] += log_space ? gb[k] - expf(yb[k]) * dot[i] : yb[k] * (gb[k] - dot[i]);
+      }
+  }
+}
+
+/* iarg: outer, size, inner, log_space. */
+static void softmax_backward(hakd_ctx *ctx, hakd_node *node) {
+  float *dx = hakd_grad(ctx, node->in[0]);
+  if (!dx) return;
+  softmax_backward_kernel(dx, node->out->grad, hakd_f32(node->out), node->iarg[0], node->iarg[1], node->iarg[2],
+                          (int)node->iarg[3]);
+}
+
+static hakd_tensor *softmax_any(hakd_ctx *ctx, hakd_tensor *x, int dim, int log_space) {
+  const char *name = log_space ? "log_softmax" : "softmax";
+  if (!x) return NULL;
+  if (x->dtype != HAKD_F32) return hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: input must be float32", name);
+  int d = ops_normalize_dim(dim, x->ndim);
+  if (d < 0) {
+    char sx[96];
+    return hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: dim %d out of range for %s", name, dim,
+                         hakd_shape_str(x, sx, sizeof sx));
+  }
+  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, x->shape);
+  if (!y) return NULL;
+  int64_t outer = ops_prod(x->shape, 0, d), size = x->shape[d], inner = ops_prod(x->shape, d + 1, x->ndim);
+  softmax_forward(hakd_f32(y), hakd_f32(x), outer, size, inner, log_space);
+  hakd_node *node = hakd_record(ctx, name, softmax_backward, y, 1, &x);
+  if (node) {
+    node->iarg[0] = outer;
+    node->iarg[1] = size;
+    node->iarg[2] = inner;
+    node->iarg[3] = log_space;
+  }
+  return y;
+}
+
+hakd_tensor *hakd_softmax(hakd_ctx *ctx, hakd_tensor *x, int dim) { return softmax_any(ctx, x, dim, 0); }
+hakd_tensor *hakd_log_softmax(hakd_ctx *ctx, hakd_tensor *x, int dim) { return softmax_any(ctx, x, dim, 1); }
