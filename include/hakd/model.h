@@ -15,6 +15,8 @@ typedef struct {
   int aux_head;        /* -1 = the model's default, 0 = without, 1 = with an FCN aux head on stage 3 */
   float bn_momentum;   /* 0.1 */
   float dropout;       /* head dropout (SegFormer 0.1, DeepLab none); negative = model default */
+  float drop_path_rate; /* MiT stochastic depth, rising linearly over the blocks to this rate (HF SegFormer
+                           trains with 0.1); 0 = off */
 } hakd_model_options;
 
 /* Reference defaults: num_classes 19, width 1, no deep stem, aux as the model defines. */
@@ -51,5 +53,36 @@ const char *hakd_model_family(const hakd_model *m);
 void hakd_model_mean_std(const hakd_model *m, float mean[3], float std[3]);
 /* Multiply-adds of one forward pass at (1, 3, h, w) (the mmcv / fvcore convention). */
 int64_t hakd_model_macs(hakd_model *m, int h, int w);
+
+
+/* Prefix of the backbone's state_dict names ("backbone", "segformer.encoder", ...). */
+const char *hakd_model_backbone_prefix(const hakd_model *m);
+
+/* ---- weight import ---- */
+
+typedef struct {
+  /* Rewrites file keys before matching: "FROM=TO" replaces a leading FROM with TO
+   * ("=backbone." prepends, "module.=" strips); a value without '=' is prepended. */
+  const char *key_map;
+  int strict;        /* missing or unexpected keys are an error (default on) */
+  int backbone_only; /* load only the backbone (ImageNet-pretrained); other model keys stay */
+} hakd_load_options;
+
+typedef struct {
+  int loaded, missing, unexpected, mismatched, ignored; /* ignored: num_batches_tracked */
+  int targets;                                           /* tensors the load was to fill */
+  char first_missing[160], first_unexpected[160], first_mismatched[320];
+} hakd_load_report;
+
+void hakd_load_options_default(hakd_load_options *o);
+/* Loads a safetensors state_dict into the model by name. Names are taken as torchvision /
+ * Hugging Face write them; mmsegmentation and official MiT names (patch_embed1, block1.0.attn.kv,
+ * norm1, ...) are mapped, kv split into key/value. Shape mismatches are always an error
+ * naming the key; non-finite values too. A load that fills fewer than half of the targets is
+ * refused. On error the model's values are unchanged. */
+int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *opts, hakd_load_report *report);
+/* Writes parameters and buffers as a safetensors state_dict PyTorch loads
+ * (num_batches_tracked as int64 scalars), atomically. */
+int hakd_params_save(const hakd_params *p, const char *path);
 
 #endif
