@@ -57,6 +57,8 @@ int64_t hakd_model_macs(hakd_model *m, int h, int w);
 
 /* Prefix of the backbone's state_dict names ("backbone", "segformer.encoder", ...). */
 const char *hakd_model_backbone_prefix(const hakd_model *m);
+/* Prefix of the decode head ("classifier", "decode_head"), for its learning-rate multiplier. */
+const char *hakd_model_head_prefix(const hakd_model *m);
 
 /* ---- weight import ---- */
 

@@ -80,6 +80,8 @@ hakd_tensor *hakd_tensor_zeros(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const 
 hakd_tensor *hakd_tensor4(hakd_ctx *ctx, int64_t n, int64_t c, int64_t h, int64_t w);
 /* A step tensor holding a copy of `data` (numel floats or int32s). */
 hakd_tensor *hakd_tensor_from(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape, const void *data);
+/* A step tensor viewing caller memory (not copied; the caller keeps it alive for the step). */
+hakd_tensor *hakd_tensor_wrap(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape, void *data);
 /* A constant view of t that gradients do not flow through (same data). */
 hakd_tensor *hakd_detach(hakd_ctx *ctx, hakd_tensor *t);
 

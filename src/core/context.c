@@ -158,6 +158,18 @@ hakd_tensor *hakd_tensor_from(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const i
   return t;
 }
 
+hakd_tensor *hakd_tensor_wrap(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape, void *data) {
+  if (ndim < 0 || ndim > HAKD_MAX_DIMS) return hakd_ctx_fail(ctx, HAKD_EINVAL, "tensor with %d dims", ndim);
+  hakd_tensor *t = hakd_ctx_alloc(ctx, sizeof *t);
+  if (!t) return NULL;
+  memset(t, 0, sizeof *t);
+  t->ndim = ndim;
+  t->dtype = dtype;
+  for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+  t->data = data;
+  return t;
+}
+
 hakd_tensor *hakd_detach(hakd_ctx *ctx, hakd_tensor *t) {
   if (!t) return NULL;
   hakd_tensor *d = hakd_ctx_alloc(ctx, sizeof *d);

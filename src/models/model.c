@@ -96,6 +96,7 @@ int hakd_model_stage_stride(const hakd_model *m, int stage) { return m->backbone
 int hakd_model_has_aux(const hakd_model *m) { return m->aux != NULL; }
 const char *hakd_model_family(const hakd_model *m) { return m->backbone->family; }
 const char *hakd_model_backbone_prefix(const hakd_model *m) { return m->spec->backbone_prefix; }
+const char *hakd_model_head_prefix(const hakd_model *m) { return m->spec->head_prefix; }
 
 int hakd_model_output_stride(const hakd_model *m) {
   /* SegFormer decodes at stage 1's stride; DeepLab/FCN/PSP at stage 4's. */
