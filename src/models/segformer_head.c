@@ -1,0 +1,79 @@
+/* SegFormer's all-MLP decoder with Hugging Face names under `prefix` (`decode_head`):
+ *   linear_c.{i}.proj   Linear(C_i, D) on the tokens of stage i
+ *   linear_fuse         1x1 conv 4D -> D, no bias
+ *   batch_norm          BatchNorm2d(D), then ReLU and dropout
+ *   classifier          1x1 conv D -> K with bias
+ * Each projected stage is upsampled (bilinear, align_corners=False) to stage 1's grid and the
+ * four are concatenated in reverse order (c4, c3, c2, c1), as HF does. Logits come out at
+ * stage 1's stride (4). D = 256 for B0/B1 and 768 for B2-B5, scaled by the width multiplier
+ * (rounded to the nearest integer).
+ * reference: transformers/models/segformer/modeling_segformer.py (SegformerDecodeHead). */
+#include <stdlib.h>
+
+#include "models/model_internal.h"
+
+enum { SEGFORMER_STAGES = 4 };
+
+typedef struct {
+  head base;
+  layer_linear linear_c[SEGFORMER_STAGES];
+  layer_conv fuse;
+  layer_bn bn;
+  layer_conv classifier;
+  float dropout;
+} segformer_head;
+
+/* Linear on the channel dim of an NCHW map: (N, C, H, W) -> (N, D, H, W), as HF's
+ * flatten(2).transpose(1, 2) -> Linear -> permute/reshape back. */
+static hakd_tensor *channel_linear(hakd_ctx *ctx, const layer_linear *l, hakd_tensor *x) {
+  static const int to_nhwc[4] = {0, 2, 3, 1}, to_nchw[4] = {0, 3, 1, 2};
+  return hakd_permute(ctx, layer_linear_forward(ctx, l, hakd_permute(ctx, x, to_nhwc)), to_nchw);
+}
+
+static hakd_tensor *segformer_head_forward(head *base, hakd_ctx *ctx, hakd_tensor *const stages[4]) {
+  segformer_head *h = (segformer_head *)base;
+  if (!stages[0]) return NULL;
+  int64_t out_h = stages[0]->shape[2], out_w = stages[0]->shape[3];
+  hakd_tensor *reversed[SEGFORMER_STAGES];
+  for (int s = 0; s < SEGFORMER_STAGES; s++) {
+    hakd_tensor *projected = channel_linear(ctx, &h->linear_c[s], stages[s]);
+    /* Bilinear resizing to the same size is the identity (align_corners=False). */
+    if (projected && (projected->shape[2] != out_h || projected->shape[3] != out_w))
+      projected = hakd_resize_bilinear(ctx, projected, out_h, out_w, 0);
+    reversed[SEGFORMER_STAGES - 1 - s] = projected;
+  }
+  hakd_tensor *fused = layer_conv_forward(ctx, &h->fuse, hakd_concat(ctx, SEGFORMER_STAGES, reversed, 1));
+  hakd_tensor *activated = hakd_relu(ctx, layer_bn_forward(ctx, &h->bn, fused));
+  return layer_conv_forward(ctx, &h->classifier, hakd_dropout(ctx, activated, h->dropout));
+}
+
+static void segformer_head_destroy(head *base) { free(base); }
+
+int segformer_head_create(hakd_params *p, const char *prefix, const backbone *b, int variant,
+                          const hakd_model_options *o, head **out) {
+  *out = NULL;
+  segformer_head *h = calloc(1, sizeof *h);
+  if (!h) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
+  h->base.forward = segformer_head_forward;
+  h->base.destroy = segformer_head_destroy;
+  h->dropout = o->dropout < 0.0f ? 0.1f : o->dropout;
+  int dim = layer_scale_channels(variant <= 1 ? 256 : 768, o->width, 1);
+  char name[LAYER_NAME_MAX];
+  int rc = 0;
+  for (int s = 0; s < SEGFORMER_STAGES && !rc; s++)
+    rc = layer_linear_init(&h->linear_c[s], p, layer_name(name, "%s.linear_c.%d.proj", prefix, s), b->channels[s], dim,
+                           1);
+  if (!rc)
+    rc = layer_conv_init(&h->fuse, p, layer_name(name, "%s.linear_fuse", prefix), SEGFORMER_STAGES * dim, dim, 1, 1, 0,
+                         1, 1, 0);
+  if (!rc) rc = layer_bn_init(&h->bn, p, layer_name(name, "%s.batch_norm", prefix), dim, 1e-5f, o->bn_momentum);
+  if (!rc)
+    rc = layer_conv_init(&h->classifier, p, layer_name(name, "%s.classifier", prefix), dim, o->num_classes, 1, 1, 0, 1,
+                         1, 1);
+  if (rc) {
+    free(h);
+    return rc == HAKD_ENOMEM ? hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix) : rc;
+  }
+  *out = &h->base;
+  return 0;
+}
