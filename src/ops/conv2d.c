@@ -1,0 +1,506 @@
+/* 2-D convolution, forward and backward, by two implementations:
+ *   gemm: im2col + OpenBLAS cblas_sgemm per (image, group), tiled over output rows so the column
+ *         buffer stays bounded; 1x1 stride-1 convs are one plain GEMM on the input; depthwise
+ *         convs (Cin == groups) use a direct kernel;
+ *   dnnl: oneDNN primitives (conv2d_dnnl.c).
+ * HAKD_CONV=gemm|dnnl|auto (or conv2d_set_path) picks one; auto times both once per shape and
+ * direction at first use and keeps the faster. Scratch memory comes from the step arena. */
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "hakd/ops.h"
+#include "ops/conv2d.h"
+
+/* Largest im2col tile in floats (8 MB): bounds the step memory one conv adds to the arena while
+ * keeping the GEMMs hundreds of columns wide. */
+#define CONV2D_COL_BUDGET ((int64_t)1 << 21)
+/* Shapes whose auto decision is remembered; later shapes use the gemm path without timing. */
+#define CONV2D_MAX_CHOICES 512
+
+static int conv2d_is_depthwise(const conv2d_shape *s) { return s->groups > 1 && s->cin == s->groups; }
+
+static int conv2d_is_pointwise(const conv2d_shape *s) {
+  return s->kh == 1 && s->kw == 1 && s->stride == 1 && s->pad == 0;
+}
+
+/* Output columns ow in [*lo, *hi) read input column ow * stride + off inside [0, w). */
+static void conv2d_valid_columns(int64_t off, int64_t stride, int64_t w, int64_t ow, int64_t *lo, int64_t *hi) {
+  int64_t first = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  int64_t end = w - 1 - off < 0 ? 0 : (w - 1 - off) / stride + 1;
+  if (end > ow) end = ow;
+  if (first > end) first = end;
+  *lo = first;
+  *hi = end;
+}
+
+/* Column matrix of output rows [oh0, oh1): row (c, ki, kj), column (oh - oh0) * ow + ow.
+ * reference: torch.nn.functional.unfold */
+static void conv2d_im2col(float *col,     /* (cin_g * kh * kw, (oh1 - oh0) * ow) */
+                          const float *x, /* (cin_g, h, w) */
+                          const conv2d_shape *s, int64_t cin_g, int64_t oh0, int64_t oh1) {
+  int64_t kk = s->kh * s->kw, ncols = (oh1 - oh0) * s->ow, rows = cin_g * kk;
+#pragma omp parallel for schedule(static) if (rows * ncols > 32768)
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t c = r / kk, ki = (r / s->kw) % s->kh, kj = r % s->kw;
+    int64_t off = kj * s->dilation - s->pad, lo, hi;
+    conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
+    float *dst = col + r * ncols;
+    for (int64_t oh = oh0; oh < oh1; oh++, dst += s->ow) {
+      int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
+      if (ih < 0 || ih >= s->h) {
+        memset(dst, 0, (size_t)s->ow * sizeof(float));
+        continue;
+      }
+      const float *xrow = x + (c * s->h + ih) * s->w;
+      for (int64_t o = 0; o < lo; o++) dst[o] = 0.0f;
+      if (s->stride == 1) {
+        memcpy(dst + lo, xrow + lo + off, (size_t)(hi - lo) * sizeof(float));
+      } else {
+        for (int64_t o = lo; o < hi; o++) dst[o] = xrow[o * s->stride + off];
+      }
+      for (int64_t o = hi; o < s->ow; o++) dst[o] = 0.0f;
+    }
+  }
+}
+
+/* Adjoint of conv2d_im2col: dx += fold(col).
+ * reference: torch.nn.functional.fold */
+static void conv2d_col2im(float *dx,        /* (cin_g, h, w), accumulated */
+                          const float *col, /* (cin_g * kh * kw, (oh1 - oh0) * ow) */
+                          const conv2d_shape *s, int64_t cin_g, int64_t oh0, int64_t oh1) {
+  int64_t kk = s->kh * s->kw, ncols = (oh1 - oh0) * s->ow;
+  /* One channel per iteration: the kernel taps of a channel write to the same plane. */
+#pragma omp parallel for schedule(static) if (cin_g * kk * ncols > 32768)
+  for (int64_t c = 0; c < cin_g; c++) {
+    for (int64_t ki = 0; ki < s->kh; ki++) {
+      for (int64_t kj = 0; kj < s->kw; kj++) {
+        int64_t off = kj * s->dilation - s->pad, lo, hi;
+        conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
+        const float *src = col + ((c * s->kh + ki) * s->kw + kj) * ncols;
+        for (int64_t oh = oh0; oh < oh1; oh++, src += s->ow) {
+          int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
+          if (ih < 0 || ih >= s->h) continue;
+          float *dxrow = dx + (c * s->h + ih) * s->w;
+          for (int64_t o = lo; o < hi; o++) dxrow[o * s->stride + off] += src[o];
+        }
+      }
+    }
+  }
+}
+
+/* Output rows per im2col tile. */
+static int64_t conv2d_tile_rows(const conv2d_shape *s) {
+  int64_t k = s->cin / s->groups * s->kh * s->kw;
+  int64_t rows = CONV2D_COL_BUDGET / (k * s->ow);
+  if (rows < 1) rows = 1;
+  if (rows > s->oh) rows = s->oh;
+  return rows;
+}
+
+/* Depthwise forward: output channel co reads input channel co / (Cout / groups).
+ * reference: torch.nn.functional.conv2d with groups == Cin */
+static void conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
+                                     const float *x, /* (N, Cin, h, w) */
+                                     const float *w, /* (Cout, 1, kh, kw) */
+                                     const float *b, /* (Cout) or NULL */
+                                     const conv2d_shape *s) {
+  int64_t mult = s->cout / s->groups, planes = s->n * s->cout;
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < planes; p++) {
+    int64_t n = p / s->cout, co = p % s->cout;
+    const float *xc = x + (n * s->cin + co / mult) * s->h * s->w;
+    const float *wc = w + co * s->kh * s->kw;
+    float *yc = y + p * s->oh * s->ow;
+    float bias = b ? b[co] : 0.0f;
+    for (int64_t oh = 0; oh < s->oh; oh++) {
+      float *yrow = yc + oh * s->ow;
+      for (int64_t o = 0; o < s->ow; o++) yrow[o] = bias;
+      for (int64_t ki = 0; ki < s->kh; ki++) {
+        int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
+        if (ih < 0 || ih >= s->h) continue;
+        const float *xrow = xc + ih * s->w;
+        for (int64_t kj = 0; kj < s->kw; kj++) {
+          int64_t off = kj * s->dilation - s->pad, lo, hi;
+          conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
+          float wv = wc[ki * s->kw + kj];
+          for (int64_t o = lo; o < hi; o++) yrow[o] += wv * xrow[o * s->stride + off];
+        }
+      }
+    }
+  }
+}
+
+static void conv2d_depthwise_backward(float *dx,       /* (N, Cin, h, w) or NULL, accumulated */
+                                      float *dw,       /* (Cout, 1, kh, kw) or NULL, accumulated */
+                                      const float *x,  /* (N, Cin, h, w) */
+                                      const float *w,  /* (Cout, 1, kh, kw) */
+                                      const float *dy, /* (N, Cout, oh, ow) */
+                                      const conv2d_shape *s) {
+  int64_t mult = s->cout / s->groups, kk = s->kh * s->kw, hw = s->h * s->w, ohw = s->oh * s->ow;
+  if (dx) {
+    /* One input plane per iteration: its `mult` output channels all scatter into it. */
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < s->n * s->cin; p++) {
+      int64_t n = p / s->cin, ci = p % s->cin;
+      float *dxc = dx + p * hw;
+      for (int64_t co = ci * mult; co < (ci + 1) * mult; co++) {
+        const float *dyc = dy + (n * s->cout + co) * ohw;
+        const float *wc = w + co * kk;
+        for (int64_t oh = 0; oh < s->oh; oh++) {
+          const float *dyrow = dyc + oh * s->ow;
+          for (int64_t ki = 0; ki < s->kh; ki++) {
+            int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
+            if (ih < 0 || ih >= s->h) continue;
+            float *dxrow = dxc + ih * s->w;
+            for (int64_t kj = 0; kj < s->kw; kj++) {
+              int64_t off = kj * s->dilation - s->pad, lo, hi;
+              conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
+              float wv = wc[ki * s->kw + kj];
+              for (int64_t o = lo; o < hi; o++) dxrow[o * s->stride + off] += wv * dyrow[o];
+            }
+          }
+        }
+      }
+    }
+  }
+  if (dw) {
+    /* One output channel per iteration (its taps are private); rows summed in float, images and
+     * rows in double, so large planes keep fp32 accuracy. */
+#pragma omp parallel for schedule(static)
+    for (int64_t co = 0; co < s->cout; co++) {
+      double acc[kk];
+      for (int64_t t = 0; t < kk; t++) acc[t] = 0.0;
+      for (int64_t n = 0; n < s->n; n++) {
+        const float *xc = x + (n * s->cin + co / mult) * hw;
+        const float *dyc = dy + (n * s->cout + co) * ohw;
+        for (int64_t oh = 0; oh < s->oh; oh++) {
+          const float *dyrow = dyc + oh * s->ow;
+          for (int64_t ki = 0; ki < s->kh; ki++) {
+            int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
+            if (ih < 0 || ih >= s->h) continue;
+            const float *xrow = xc + ih * s->w;
+            for (int64_t kj = 0; kj < s->kw; kj++) {
+              int64_t off = kj * s->dilation - s->pad, lo, hi;
+              conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
+              float sum = 0.0f;
+              for (int64_t o = lo; o < hi; o++) sum += dyrow[o] * xrow[o * s->stride + off];
+              acc[ki * s->kw + kj] += sum;
+            }
+          }
+        }
+      }
+      for (int64_t t = 0; t < kk; t++) dw[co * kk + t] += (float)acc[t];
+    }
+  }
+}
+
+/* db += sum of dy over images and pixels. */
+static void conv2d_bias_backward(float *db,       /* (Cout), accumulated */
+                                 const float *dy, /* (N, Cout, oh, ow) */
+                                 const conv2d_shape *s) {
+  int64_t ohw = s->oh * s->ow;
+#pragma omp parallel for schedule(static) if (s->n * s->cout * ohw > 32768)
+  for (int64_t co = 0; co < s->cout; co++) {
+    double acc = 0.0;
+    for (int64_t n = 0; n < s->n; n++) {
+      const float *dyc = dy + (n * s->cout + co) * ohw;
+      float sum = 0.0f;
+      for (int64_t i = 0; i < ohw; i++) sum += dyc[i];
+      acc += sum;
+    }
+    db[co] += (float)acc;
+  }
+}
+
+/* y = conv(x, w) + b by im2col + sgemm (direct kernel for depthwise). Returns 0 or a status. */
+static int conv2d_gemm_forward(hakd_ctx *ctx,
+                               float *y,       /* (N, Cout, oh, ow) */
+                               const float *x, /* (N, Cin, h, w) */
+                               const float *w, /* (Cout, Cin / groups, kh, kw) */
+                               const float *b, /* (Cout) or NULL */
+                               const conv2d_shape *s) {
+  if (conv2d_is_depthwise(s)) {
+    conv2d_depthwise_forward(y, x, w, b, s);
+    return 0;
+  }
+  int64_t cin_g = s->cin / s->groups, cout_g = s->cout / s->groups, k = cin_g * s->kh * s->kw;
+  int64_t hw = s->h * s->w, ohw = s->oh * s->ow, tile_rows = conv2d_tile_rows(s);
+  int pointwise = conv2d_is_pointwise(s);
+  float *col = NULL;
+  if (!pointwise) {
+    col = hakd_ctx_alloc(ctx, (size_t)(k * tile_rows * s->ow) * sizeof(float));
+    if (!col) return hakd_ctx_status(ctx);
+  }
+  for (int64_t n = 0; n < s->n; n++) {
+    for (int64_t g = 0; g < s->groups; g++) {
+      const float *xg = x + (n * s->cin + g * cin_g) * hw;
+      const float *wg = w + g * cout_g * k;
+      float *yg = y + (n * s->cout + g * cout_g) * ohw;
+      if (pointwise) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout_g, (int)ohw, (int)cin_g, 1.0f, wg, (int)k,
+                    xg, (int)hw, 0.0f, yg, (int)ohw);
+        continue;
+      }
+      for (int64_t oh0 = 0; oh0 < s->oh; oh0 += tile_rows) {
+        int64_t oh1 = oh0 + tile_rows < s->oh ? oh0 + tile_rows : s->oh, ncols = (oh1 - oh0) * s->ow;
+        conv2d_im2col(col, xg, s, cin_g, oh0, oh1);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout_g, (int)ncols, (int)k, 1.0f, wg, (int)k,
+                    col, (int)ncols, 0.0f, yg + oh0 * s->ow, (int)ohw);
+      }
+    }
+  }
+  if (b) {
+#pragma omp parallel for schedule(static) if (s->n * s->cout * ohw > 32768)
+    for (int64_t p = 0; p < s->n * s->cout; p++) {
+      float *yc = y + p * ohw, bias = b[p % s->cout];
+      for (int64_t i = 0; i < ohw; i++) yc[i] += bias;
+    }
+  }
+  return 0;
+}
+
+/* dx += dL/dx, dw += dL/dw, db += dL/db (each when non-NULL) by sgemm + col2im. */
+static int conv2d_gemm_backward(hakd_ctx *ctx,
+                                float *dx,       /* (N, Cin, h, w) or NULL */
+                                float *dw,       /* (Cout, Cin / groups, kh, kw) or NULL */
+                                float *db,       /* (Cout) or NULL */
+                                const float *x,  /* (N, Cin, h, w) */
+                                const float *w,  /* (Cout, Cin / groups, kh, kw) */
+                                const float *dy, /* (N, Cout, oh, ow) */
+                                const conv2d_shape *s) {
+  if (db) conv2d_bias_backward(db, dy, s);
+  if (!dx && !dw) return 0;
+  if (conv2d_is_depthwise(s)) {
+    conv2d_depthwise_backward(dx, dw, x, w, dy, s);
+    return 0;
+  }
+  int64_t cin_g = s->cin / s->groups, cout_g = s->cout / s->groups, k = cin_g * s->kh * s->kw;
+  int64_t hw = s->h * s->w, ohw = s->oh * s->ow, tile_rows = conv2d_tile_rows(s);
+  int pointwise = conv2d_is_pointwise(s);
+  float *col = NULL;
+  if (!pointwise) {
+    col = hakd_ctx_alloc(ctx, (size_t)(k * tile_rows * s->ow) * sizeof(float));
+    if (!col) return hakd_ctx_status(ctx);
+  }
+  for (int64_t n = 0; n < s->n; n++) {
+    for (int64_t g = 0; g < s->groups; g++) {
+      const float *xg = x + (n * s->cin + g * cin_g) * hw;
+      const float *wg = w + g * cout_g * k;
+      const float *dyg = dy + (n * s->cout + g * cout_g) * ohw;
+      float *dwg = dw ? dw + g * cout_g * k : NULL;
+      float *dxg = dx ? dx + (n * s->cin + g * cin_g) * hw : NULL;
+      if (pointwise) {
+        if (dwg)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout_g, (int)cin_g, (int)ohw, 1.0f, dyg, (int)ohw,
+                      xg, (int)hw, 1.0f, dwg, (int)k);
+        if (dxg)
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cin_g, (int)hw, (int)cout_g, 1.0f, wg, (int)k,
+                      dyg, (int)ohw, 1.0f, dxg, (int)hw);
+        continue;
+      }
+      for (int64_t oh0 = 0; oh0 < s->oh; oh0 += tile_rows) {
+        int64_t oh1 = oh0 + tile_rows < s->oh ? oh0 + tile_rows : s->oh, ncols = (oh1 - oh0) * s->ow;
+        const float *dyt = dyg + oh0 * s->ow;
+        if (dwg) {
+          conv2d_im2col(col, xg, s, cin_g, oh0, oh1);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout_g, (int)k, (int)ncols, 1.0f, dyt, (int)ohw,
+                      col, (int)ncols, 1.0f, dwg, (int)k);
+        }
+        if (dxg) {
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)ncols, (int)cout_g, 1.0f, wg, (int)k,
+                      dyt, (int)ohw, 0.0f, col, (int)ncols);
+          conv2d_col2im(dxg, col, s, cin_g, oh0, oh1);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+/* ---- path selection ---- */
+
+static conv2d_path conv2d_forced_path = CONV2D_PATH_AUTO;
+
+void conv2d_set_path(conv2d_path path) { conv2d_forced_path = path; }
+
+conv2d_path conv2d_get_path(void) {
+  if (conv2d_forced_path != CONV2D_PATH_AUTO) return conv2d_forced_path;
+  const char *env = getenv("HAKD_CONV");
+  if (env && strcmp(env, "gemm") == 0) return CONV2D_PATH_GEMM;
+  if (env && strcmp(env, "dnnl") == 0) return CONV2D_PATH_DNNL;
+  return CONV2D_PATH_AUTO;
+}
+
+static int conv2d_check_env(hakd_ctx *ctx) {
+  const char *env = getenv("HAKD_CONV");
+  if (env && *env && strcmp(env, "gemm") != 0 && strcmp(env, "dnnl") != 0 && strcmp(env, "auto") != 0) {
+    hakd_ctx_fail(ctx, HAKD_EINVAL, "conv2d: HAKD_CONV=%s: expected gemm, dnnl or auto", env);
+    return 0;
+  }
+  return 1;
+}
+
+/* Auto decisions, per shape: [0] forward, [1] backward. Single-threaded callers only. */
+typedef struct {
+  conv2d_shape shape;
+  conv2d_path choice[2];
+} conv2d_choice;
+
+static conv2d_choice conv2d_choices[CONV2D_MAX_CHOICES];
+static int conv2d_n_choices;
+
+static conv2d_choice *conv2d_choice_find(const conv2d_shape *s, int create) {
+  for (int i = 0; i < conv2d_n_choices; i++)
+    if (memcmp(&conv2d_choices[i].shape, s, sizeof *s) == 0) return &conv2d_choices[i];
+  if (!create || conv2d_n_choices == CONV2D_MAX_CHOICES) return NULL;
+  conv2d_choice *c = &conv2d_choices[conv2d_n_choices++];
+  c->shape = *s;
+  c->choice[0] = c->choice[1] = CONV2D_PATH_AUTO;
+  return c;
+}
+
+conv2d_path conv2d_auto_choice(const conv2d_shape *s, int backward) {
+  conv2d_choice *c = conv2d_choice_find(s, 0);
+  return c ? c->choice[backward ? 1 : 0] : CONV2D_PATH_AUTO;
+}
+
+static double conv2d_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Runs the forward on the forced path, or on the remembered/measured faster one. The first auto
+ * call of a shape runs both (gemm first, then dnnl: y ends with dnnl's result, equally valid) and
+ * remembers the faster; a dnnl failure there makes gemm the choice. */
+static int conv2d_forward_dispatch(hakd_ctx *ctx, float *y, const float *x, const float *w, const float *b,
+                                   const conv2d_shape *s) {
+  conv2d_path path = conv2d_get_path();
+  conv2d_choice *choice = NULL;
+  if (path == CONV2D_PATH_AUTO) {
+    choice = conv2d_choice_find(s, 1);
+    path = choice ? choice->choice[0] : CONV2D_PATH_GEMM;
+  }
+  if (path == CONV2D_PATH_GEMM) return conv2d_gemm_forward(ctx, y, x, w, b, s);
+  if (path == CONV2D_PATH_DNNL) return conv2d_dnnl_forward(ctx, y, x, w, b, s);
+  /* First warm-up of oneDNN (primitive creation, JIT) is not timed: run it on y, then time both. */
+  if (conv2d_dnnl_forward(ctx, y, x, w, b, s) != 0) {
+    hakd_error_clear();
+    choice->choice[0] = CONV2D_PATH_GEMM;
+    return conv2d_gemm_forward(ctx, y, x, w, b, s);
+  }
+  double t0 = conv2d_seconds();
+  int rc = conv2d_gemm_forward(ctx, y, x, w, b, s);
+  double t_gemm = conv2d_seconds() - t0;
+  if (rc != 0) return rc;
+  t0 = conv2d_seconds();
+  rc = conv2d_dnnl_forward(ctx, y, x, w, b, s);
+  double t_dnnl = conv2d_seconds() - t0;
+  if (rc != 0) return rc;
+  choice->choice[0] = t_dnnl < t_gemm ? CONV2D_PATH_DNNL : CONV2D_PATH_GEMM;
+  return 0;
+}
+
+/* Backward counterpart: the first auto call of a shape runs gemm into zeroed scratch gradients
+ * (timed), then dnnl into the real gradients (timed) after an untimed warm-up into the scratch. */
+static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
+                                    const float *dy, const conv2d_shape *s) {
+  conv2d_path path = conv2d_get_path();
+  conv2d_choice *choice = NULL;
+  if (path == CONV2D_PATH_AUTO) {
+    choice = conv2d_choice_find(s, 1);
+    path = choice ? choice->choice[1] : CONV2D_PATH_GEMM;
+  }
+  if (path == CONV2D_PATH_GEMM) return conv2d_gemm_backward(ctx, dx, dw, db, x, w, dy, s);
+  if (path == CONV2D_PATH_DNNL) return conv2d_dnnl_backward(ctx, dx, dw, db, x, w, dy, s);
+  size_t nx = (size_t)(s->n * s->cin * s->h * s->w), nw = (size_t)(s->cout * (s->cin / s->groups) * s->kh * s->kw);
+  float *dx_tmp = dx ? hakd_ctx_alloc(ctx, nx * sizeof(float)) : NULL;
+  float *dw_tmp = dw ? hakd_ctx_alloc(ctx, nw * sizeof(float)) : NULL;
+  float *db_tmp = db ? hakd_ctx_alloc(ctx, (size_t)s->cout * sizeof(float)) : NULL;
+  if ((dx && !dx_tmp) || (dw && !dw_tmp) || (db && !db_tmp)) return hakd_ctx_status(ctx);
+  if (conv2d_dnnl_backward(ctx, dx_tmp, dw_tmp, db_tmp, x, w, dy, s) != 0) {
+    hakd_error_clear();
+    choice->choice[1] = CONV2D_PATH_GEMM;
+    return conv2d_gemm_backward(ctx, dx, dw, db, x, w, dy, s);
+  }
+  if (dx_tmp) memset(dx_tmp, 0, nx * sizeof(float));
+  if (dw_tmp) memset(dw_tmp, 0, nw * sizeof(float));
+  if (db_tmp) memset(db_tmp, 0, (size_t)s->cout * sizeof(float));
+  double t0 = conv2d_seconds();
+  int rc = conv2d_gemm_backward(ctx, dx_tmp, dw_tmp, db_tmp, x, w, dy, s);
+  double t_gemm = conv2d_seconds() - t0;
+  if (rc != 0) return rc;
+  t0 = conv2d_seconds();
+  rc = conv2d_dnnl_backward(ctx, dx, dw, db, x, w, dy, s);
+  double t_dnnl = conv2d_seconds() - t0;
+  if (rc != 0) return rc;
+  choice->choice[1] = t_dnnl < t_gemm ? CONV2D_PATH_DNNL : CONV2D_PATH_GEMM;
+  return 0;
+}
+
+/* ---- the op ---- */
+
+static conv2d_shape conv2d_shape_of(const hakd_tensor *x, const hakd_tensor *w, const hakd_tensor *b, int64_t stride,
+                                    int64_t pad, int64_t dilation, int64_t groups) {
+  conv2d_shape s;
+  memset(&s, 0, sizeof s); /* the struct is a cache key compared with memcmp */
+  s.n = x->shape[0], s.cin = x->shape[1], s.h = x->shape[2], s.w = x->shape[3];
+  s.cout = w->shape[0], s.kh = w->shape[2], s.kw = w->shape[3];
+  s.stride = stride, s.pad = pad, s.dilation = dilation, s.groups = groups;
+  s.oh = (s.h + 2 * pad - dilation * (s.kh - 1) - 1) / stride + 1;
+  s.ow = (s.w + 2 * pad - dilation * (s.kw - 1) - 1) / stride + 1;
+  s.has_bias = b != NULL;
+  return s;
+}
+
+static void conv2d_backward(hakd_ctx *ctx, hakd_node *node) {
+  hakd_tensor *x = node->in[0], *w = node->in[1], *b = node->n_in > 2 ? node->in[2] : NULL;
+  conv2d_shape s = conv2d_shape_of(x, w, b, node->iarg[0], node->iarg[1], node->iarg[2], node->iarg[3]);
+  float *dx = hakd_grad(ctx, x), *dw = hakd_grad(ctx, w), *db = b ? hakd_grad(ctx, b) : NULL;
+  if (hakd_ctx_status(ctx) || (!dx && !dw && !db)) return;
+  int rc = conv2d_backward_dispatch(ctx, dx, dw, db, hakd_f32(x), hakd_f32(w), node->out->grad, &s);
+  if (rc != 0) hakd_ctx_fail(ctx, rc, "conv2d backward: %s", hakd_error_message());
+}
+
+hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b, int stride, int padding,
+                         int dilation, int groups) {
+  if (!x || !w || hakd_ctx_status(ctx)) return NULL;
+  char xs[64], ws[64], bs[64];
+  hakd_shape_str(x, xs, sizeof xs);
+  hakd_shape_str(w, ws, sizeof ws);
+  if (x->dtype != HAKD_F32 || x->ndim != 4)
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: input must be float32 (N, Cin, H, W), got %s", xs);
+  if (w->dtype != HAKD_F32 || w->ndim != 4)
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: weight must be float32 (Cout, Cin/groups, kh, kw), got %s", ws);
+  if (stride < 1 || padding < 0 || dilation < 1 || groups < 1)
+    return hakd_ctx_fail(ctx, HAKD_EINVAL, "conv2d: stride %d, padding %d, dilation %d, groups %d out of range", stride,
+                         padding, dilation, groups);
+  if (w->shape[1] < 1 || w->shape[2] < 1 || w->shape[3] < 1)
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: empty weight %s", ws);
+  if (x->shape[1] % groups || w->shape[0] % groups || w->shape[1] * groups != x->shape[1])
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: input %s and weight %s do not match groups %d", xs, ws, groups);
+  if (b && (b->dtype != HAKD_F32 || b->ndim != 1 || b->shape[0] != w->shape[0]))
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: bias %s does not match weight %s", hakd_shape_str(b, bs, sizeof bs),
+                         ws);
+  conv2d_shape s = conv2d_shape_of(x, w, b, stride, padding, dilation, groups);
+  if (s.h + 2 * s.pad < dilation * (s.kh - 1) + 1 || s.w + 2 * s.pad < dilation * (s.kw - 1) + 1)
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: kernel %s with dilation %d larger than padded input %s", ws,
+                         dilation, xs);
+  if (!conv2d_check_env(ctx)) return NULL;
+  hakd_tensor *y = hakd_tensor4(ctx, s.n, s.cout, s.oh, s.ow);
+  if (!y) return NULL;
+  if (s.n == 0 || s.cout == 0) return y;
+  int rc = conv2d_forward_dispatch(ctx, hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, &s);
+  if (rc != 0) return hakd_ctx_fail(ctx, rc, "conv2d %s * %s: %s", xs, ws, hakd_error_message());
+  hakd_tensor *inputs[3] = {x, w, b};
+  hakd_node *node = hakd_record(ctx, "conv2d", conv2d_backward, y, b ? 3 : 2, inputs);
+  if (node) {
+    node->iarg[0] = stride;
+    node->iarg[1] = padding;
+    node->iarg[2] = dilation;
+    node->iarg[3] = groups;
+  }
+  return y;
+}

@@ -1,0 +1,327 @@
+/* conv2d on oneDNN (libdnnl 2.x C API): forward, backward-data and backward-weights primitives,
+ * created once per shape and kept in a small cache with the memory objects that wrap our
+ * pointers. The primitives choose their own layouts (format "any", usually channel-blocked);
+ * reorders convert from/to our NCHW tensors through step scratch, and gradients are accumulated
+ * (+=) by reorders with a sum post-op. oneDNN's scratchpad is user-managed, from the step arena,
+ * so a steady-state call allocates nothing. Single-threaded callers only (the cache has no lock). */
+#include <dnnl.h>
+#include <string.h>
+
+#include "hakd/tensor.h"
+#include "ops/conv2d.h"
+
+#define CONV2D_DNNL_CACHE_SIZE 128
+#define CONV2D_DNNL_MAX_ARGS 4
+
+#define DNNL_TRY(call)                                                                          \
+  do {                                                                                          \
+    dnnl_status_t st_ = (call);                                                                 \
+    if (st_ != dnnl_success) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: %s: status %d", #call, (int)st_); \
+  } while (0)
+
+/* One tensor argument of a primitive: `user` wraps our plain-layout pointer; when the primitive
+ * wants another layout (or the result must be accumulated), `inner` lives in step scratch and
+ * `reorder` converts user -> inner (inputs) or inner -> user (outputs, with += when accumulating). */
+typedef struct {
+  int id; /* DNNL_ARG_* */
+  int is_output;
+  dnnl_memory_t user, inner;
+  dnnl_primitive_t reorder;
+  size_t inner_bytes;
+} conv2d_dnnl_arg;
+
+typedef struct {
+  dnnl_primitive_desc_t pd;
+  dnnl_primitive_t prim;
+  dnnl_memory_t scratchpad;
+  size_t scratchpad_bytes;
+  conv2d_dnnl_arg args[CONV2D_DNNL_MAX_ARGS];
+  int n_args;
+} conv2d_dnnl_op;
+
+typedef struct {
+  conv2d_shape shape;
+  int valid, has_backward;
+  conv2d_dnnl_op forward, backward_data, backward_weights;
+} conv2d_dnnl_entry;
+
+static dnnl_engine_t conv2d_dnnl_engine;
+static dnnl_stream_t conv2d_dnnl_stream;
+static conv2d_dnnl_entry conv2d_dnnl_cache[CONV2D_DNNL_CACHE_SIZE];
+static int conv2d_dnnl_next_slot; /* round-robin eviction when the cache is full */
+
+static void conv2d_dnnl_op_free(conv2d_dnnl_op *op) {
+  for (int i = 0; i < op->n_args; i++) {
+    conv2d_dnnl_arg *a = &op->args[i];
+    if (a->reorder) dnnl_primitive_destroy(a->reorder);
+    if (a->inner) dnnl_memory_destroy(a->inner);
+    if (a->user) dnnl_memory_destroy(a->user);
+  }
+  if (op->scratchpad) dnnl_memory_destroy(op->scratchpad);
+  if (op->prim) dnnl_primitive_destroy(op->prim);
+  if (op->pd) dnnl_primitive_desc_destroy(op->pd);
+  memset(op, 0, sizeof *op);
+}
+
+static void conv2d_dnnl_entry_free(conv2d_dnnl_entry *e) {
+  conv2d_dnnl_op_free(&e->forward);
+  conv2d_dnnl_op_free(&e->backward_data);
+  conv2d_dnnl_op_free(&e->backward_weights);
+  e->valid = e->has_backward = 0;
+}
+
+void conv2d_dnnl_release(void) {
+  for (int i = 0; i < CONV2D_DNNL_CACHE_SIZE; i++) conv2d_dnnl_entry_free(&conv2d_dnnl_cache[i]);
+  if (conv2d_dnnl_stream) dnnl_stream_destroy(conv2d_dnnl_stream);
+  if (conv2d_dnnl_engine) dnnl_engine_destroy(conv2d_dnnl_engine);
+  conv2d_dnnl_stream = NULL;
+  conv2d_dnnl_engine = NULL;
+}
+
+static int conv2d_dnnl_init_engine(void) {
+  if (conv2d_dnnl_engine) return 0;
+  DNNL_TRY(dnnl_engine_create(&conv2d_dnnl_engine, dnnl_cpu, 0));
+  DNNL_TRY(dnnl_stream_create(&conv2d_dnnl_stream, conv2d_dnnl_engine, dnnl_stream_default_flags));
+  return 0;
+}
+
+/* Our plain layouts: activations NCHW, weights (G, Cout/G, Cin/G, kh, kw) == (Cout, Cin/G, kh, kw). */
+typedef struct {
+  dnnl_memory_desc_t src, weights, bias, dst;          /* plain */
+  dnnl_memory_desc_t src_any, weights_any, dst_any;    /* layout left to the primitive */
+  dnnl_dims_t strides, dilates, pad_l, pad_r;
+} conv2d_dnnl_descs;
+
+static int conv2d_dnnl_descs_init(conv2d_dnnl_descs *d, const conv2d_shape *s) {
+  dnnl_dims_t src = {s->n, s->cin, s->h, s->w}, dst = {s->n, s->cout, s->oh, s->ow}, bias = {s->cout};
+  dnnl_dims_t weights = {s->groups, s->cout / s->groups, s->cin / s->groups, s->kh, s->kw};
+  int grouped = s->groups > 1, wdims = grouped ? 5 : 4;
+  const int64_t *wshape = grouped ? weights : weights + 1;
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->src, 4, src, dnnl_f32, dnnl_nchw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dnnl_f32, dnnl_nchw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->bias, 1, bias, dnnl_f32, dnnl_x));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->weights, wdims, wshape, dnnl_f32, grouped ? dnnl_goihw : dnnl_oihw));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->src_any, 4, src, dnnl_f32, dnnl_format_tag_any));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->dst_any, 4, dst, dnnl_f32, dnnl_format_tag_any));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->weights_any, wdims, wshape, dnnl_f32, dnnl_format_tag_any));
+  /* oneDNN counts dilation from 0, and its right padding is whatever makes the PyTorch output
+   * size exact (it may be smaller than the left padding when the last window does not fit). */
+  int64_t in[2] = {s->h, s->w}, out[2] = {s->oh, s->ow}, k[2] = {s->kh, s->kw};
+  for (int i = 0; i < 2; i++) {
+    d->strides[i] = s->stride;
+    d->dilates[i] = s->dilation - 1;
+    d->pad_l[i] = s->pad;
+    d->pad_r[i] = (out[i] - 1) * s->stride + (k[i] - 1) * s->dilation + 1 - in[i] - s->pad;
+  }
+  return 0;
+}
+
+static int conv2d_dnnl_reorder_create(dnnl_primitive_t *reorder, const dnnl_memory_desc_t *from,
+                                      const dnnl_memory_desc_t *to, int accumulate) {
+  dnnl_primitive_attr_t attr = NULL;
+  dnnl_post_ops_t post_ops = NULL;
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_status_t st = dnnl_primitive_attr_create(&attr);
+  if (st == dnnl_success && accumulate) {
+    st = dnnl_post_ops_create(&post_ops);
+    if (st == dnnl_success) st = dnnl_post_ops_append_sum(post_ops, 1.0f);
+    if (st == dnnl_success) st = dnnl_primitive_attr_set_post_ops(attr, post_ops);
+  }
+  if (st == dnnl_success)
+    st = dnnl_reorder_primitive_desc_create(&pd, from, conv2d_dnnl_engine, to, conv2d_dnnl_engine, attr);
+  if (st == dnnl_success) st = dnnl_primitive_create(reorder, pd);
+  if (pd) dnnl_primitive_desc_destroy(pd);
+  if (post_ops) dnnl_post_ops_destroy(post_ops);
+  if (attr) dnnl_primitive_attr_destroy(attr);
+  if (st != dnnl_success) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: reorder creation: status %d", (int)st);
+  return 0;
+}
+
+/* Adds argument `id` of op->pd (queried with `query`) whose user layout is `user_md`. */
+static int conv2d_dnnl_arg_add(conv2d_dnnl_op *op, int id, dnnl_query_t query, int index, const dnnl_memory_desc_t *user_md,
+                               int is_output, int accumulate) {
+  conv2d_dnnl_arg *a = &op->args[op->n_args++];
+  a->id = id;
+  a->is_output = is_output;
+  const dnnl_memory_desc_t *prim_md = dnnl_primitive_desc_query_md(op->pd, query, index);
+  if (!prim_md) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: no memory descriptor for argument %d", id);
+  DNNL_TRY(dnnl_memory_create(&a->user, user_md, conv2d_dnnl_engine, DNNL_MEMORY_NONE));
+  if (dnnl_memory_desc_equal(user_md, prim_md) && !accumulate) return 0;
+  a->inner_bytes = dnnl_memory_desc_get_size(prim_md);
+  DNNL_TRY(dnnl_memory_create(&a->inner, prim_md, conv2d_dnnl_engine, DNNL_MEMORY_NONE));
+  return is_output ? conv2d_dnnl_reorder_create(&a->reorder, prim_md, user_md, accumulate)
+                   : conv2d_dnnl_reorder_create(&a->reorder, user_md, prim_md, 0);
+}
+
+/* Finishes op->pd's primitive and its user-managed scratchpad. */
+static int conv2d_dnnl_op_finish(conv2d_dnnl_op *op) {
+  DNNL_TRY(dnnl_primitive_create(&op->prim, op->pd));
+  const dnnl_memory_desc_t *md = dnnl_primitive_desc_query_md(op->pd, dnnl_query_scratchpad_md, 0);
+  op->scratchpad_bytes = md ? dnnl_memory_desc_get_size(md) : 0;
+  if (op->scratchpad_bytes) DNNL_TRY(dnnl_memory_create(&op->scratchpad, md, conv2d_dnnl_engine, DNNL_MEMORY_NONE));
+  return 0;
+}
+
+static int conv2d_dnnl_pd_create(dnnl_primitive_desc_t *pd, const void *op_desc, const_dnnl_primitive_desc_t hint) {
+  dnnl_primitive_attr_t attr;
+  DNNL_TRY(dnnl_primitive_attr_create(&attr));
+  dnnl_status_t st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+  if (st == dnnl_success) st = dnnl_primitive_desc_create(pd, op_desc, attr, conv2d_dnnl_engine, hint);
+  dnnl_primitive_attr_destroy(attr);
+  if (st != dnnl_success) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: no convolution implementation: status %d", (int)st);
+  return 0;
+}
+
+static int conv2d_dnnl_forward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_descs *d) {
+  const conv2d_shape *s = &e->shape;
+  conv2d_dnnl_op *op = &e->forward;
+  dnnl_convolution_desc_t cd;
+  DNNL_TRY(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &d->src_any,
+                                                      &d->weights_any, s->has_bias ? &d->bias : NULL, &d->dst_any,
+                                                      d->strides, d->dilates, d->pad_l, d->pad_r));
+  int rc = conv2d_dnnl_pd_create(&op->pd, &cd, NULL);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_SRC, dnnl_query_src_md, 0, &d->src, 0, 0);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, &d->weights, 0, 0);
+  if (!rc && s->has_bias) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_BIAS, dnnl_query_weights_md, 1, &d->bias, 0, 0);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DST, dnnl_query_dst_md, 0, &d->dst, 1, 0);
+  return rc ? rc : conv2d_dnnl_op_finish(op);
+}
+
+static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_descs *d) {
+  const conv2d_shape *s = &e->shape;
+  conv2d_dnnl_op *op = &e->backward_data;
+  dnnl_convolution_desc_t cd;
+  DNNL_TRY(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &d->src_any, &d->weights_any,
+                                                            &d->dst_any, d->strides, d->dilates, d->pad_l, d->pad_r));
+  int rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->dst, 0, 0);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, &d->weights, 0, 0);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_SRC, dnnl_query_diff_src_md, 0, &d->src, 1, 1);
+  if (!rc) rc = conv2d_dnnl_op_finish(op);
+  if (rc) return rc;
+  op = &e->backward_weights;
+  DNNL_TRY(dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &d->src_any,
+                                                               &d->weights_any, s->has_bias ? &d->bias : NULL,
+                                                               &d->dst_any, d->strides, d->dilates, d->pad_l, d->pad_r));
+  rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_SRC, dnnl_query_src_md, 0, &d->src, 0, 0);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->dst, 0, 0);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_WEIGHTS, dnnl_query_diff_weights_md, 0, &d->weights, 1, 1);
+  if (!rc && s->has_bias)
+    rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_BIAS, dnnl_query_diff_weights_md, 1, &d->bias, 1, 1);
+  return rc ? rc : conv2d_dnnl_op_finish(op);
+}
+
+/* The cache entry of shape s with its forward (and, when `backward`, backward) primitives. */
+static int conv2d_dnnl_entry_get(const conv2d_shape *s, int backward, conv2d_dnnl_entry **out) {
+  int rc = conv2d_dnnl_init_engine();
+  if (rc) return rc;
+  conv2d_dnnl_entry *e = NULL;
+  for (int i = 0; i < CONV2D_DNNL_CACHE_SIZE && !e; i++)
+    if (conv2d_dnnl_cache[i].valid && memcmp(&conv2d_dnnl_cache[i].shape, s, sizeof *s) == 0) e = &conv2d_dnnl_cache[i];
+  conv2d_dnnl_descs d;
+  if (!e || (backward && !e->has_backward)) {
+    rc = conv2d_dnnl_descs_init(&d, s);
+    if (rc) return rc;
+  }
+  if (!e) {
+    e = &conv2d_dnnl_cache[conv2d_dnnl_next_slot];
+    conv2d_dnnl_next_slot = (conv2d_dnnl_next_slot + 1) % CONV2D_DNNL_CACHE_SIZE;
+    conv2d_dnnl_entry_free(e);
+    e->shape = *s;
+    rc = conv2d_dnnl_forward_create(e, &d);
+    if (rc) {
+      conv2d_dnnl_entry_free(e);
+      return rc;
+    }
+    e->valid = 1;
+  }
+  if (backward && !e->has_backward) {
+    rc = conv2d_dnnl_backward_create(e, &d);
+    if (rc) {
+      conv2d_dnnl_op_free(&e->backward_data);
+      conv2d_dnnl_op_free(&e->backward_weights);
+      return rc;
+    }
+    e->has_backward = 1;
+  }
+  *out = e;
+  return 0;
+}
+
+static int conv2d_dnnl_reorder_run(dnnl_primitive_t reorder, dnnl_memory_t from, dnnl_memory_t to) {
+  dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+  DNNL_TRY(dnnl_primitive_execute(reorder, conv2d_dnnl_stream, 2, args));
+  return 0;
+}
+
+/* Runs op on our buffers ptrs[i] (one per argument, in the order they were added). */
+static int conv2d_dnnl_op_run(hakd_ctx *ctx, conv2d_dnnl_op *op, void *const *ptrs) {
+  dnnl_exec_arg_t args[CONV2D_DNNL_MAX_ARGS + 1];
+  int n = 0;
+  for (int i = 0; i < op->n_args; i++) {
+    conv2d_dnnl_arg *a = &op->args[i];
+    DNNL_TRY(dnnl_memory_set_data_handle(a->user, ptrs[i]));
+    if (a->inner) {
+      void *inner = hakd_ctx_alloc(ctx, a->inner_bytes);
+      if (!inner) return hakd_ctx_status(ctx);
+      DNNL_TRY(dnnl_memory_set_data_handle(a->inner, inner));
+      if (!a->is_output) {
+        int rc = conv2d_dnnl_reorder_run(a->reorder, a->user, a->inner);
+        if (rc) return rc;
+      }
+    }
+    args[n++] = (dnnl_exec_arg_t){a->id, a->inner ? a->inner : a->user};
+  }
+  if (op->scratchpad) {
+    void *scratch = hakd_ctx_alloc(ctx, op->scratchpad_bytes);
+    if (!scratch) return hakd_ctx_status(ctx);
+    DNNL_TRY(dnnl_memory_set_data_handle(op->scratchpad, scratch));
+    args[n++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, op->scratchpad};
+  }
+  DNNL_TRY(dnnl_primitive_execute(op->prim, conv2d_dnnl_stream, n, args));
+  for (int i = 0; i < op->n_args; i++) {
+    conv2d_dnnl_arg *a = &op->args[i];
+    if (a->is_output && a->inner) {
+      int rc = conv2d_dnnl_reorder_run(a->reorder, a->inner, a->user);
+      if (rc) return rc;
+    }
+  }
+  DNNL_TRY(dnnl_stream_wait(conv2d_dnnl_stream));
+  return 0;
+}
+
+int conv2d_dnnl_forward(hakd_ctx *ctx, float *y, const float *x, const float *w, const float *b,
+                        const conv2d_shape *s) {
+  conv2d_dnnl_entry *e;
+  int rc = conv2d_dnnl_entry_get(s, 0, &e);
+  if (rc) return rc;
+  void *ptrs[4] = {(void *)x, (void *)w, (void *)b, y};
+  if (!s->has_bias) ptrs[2] = y; /* arguments: src, weights, [bias,] dst */
+  return conv2d_dnnl_op_run(ctx, &e->forward, ptrs);
+}
+
+static float *conv2d_dnnl_zeros(hakd_ctx *ctx, size_t n) {
+  float *p = hakd_ctx_alloc(ctx, n * sizeof(float));
+  if (p) memset(p, 0, n * sizeof(float));
+  return p;
+}
+
+int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
+                         const float *dy, const conv2d_shape *s) {
+  conv2d_dnnl_entry *e;
+  int rc = conv2d_dnnl_entry_get(s, 1, &e);
+  if (rc) return rc;
+  if (dx) {
+    void *ptrs[3] = {(void *)dy, (void *)w, dx};
+    rc = conv2d_dnnl_op_run(ctx, &e->backward_data, ptrs);
+    if (rc) return rc;
+  }
+  if (!dw && !db) return 0;
+  /* One primitive computes both; a gradient nobody wants goes to throwaway scratch. */
+  size_t nw = (size_t)(s->cout * (s->cin / s->groups) * s->kh * s->kw);
+  if (!dw && !(dw = conv2d_dnnl_zeros(ctx, nw))) return hakd_ctx_status(ctx);
+  if (!db && s->has_bias && !(db = conv2d_dnnl_zeros(ctx, (size_t)s->cout))) return hakd_ctx_status(ctx);
+  void *ptrs[4] = {(void *)x, (void *)dy, dw, db};
+  return conv2d_dnnl_op_run(ctx, &e->backward_weights, ptrs);
+}

@@ -1,0 +1,316 @@
+/* conv2d against PyTorch (tools/gen_ops_conv.py), a double-precision naive reference, and
+ * finite differences, on both paths (gemm, dnnl) and on auto selection. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "gradcheck.h"
+#include "harness.h"
+#include "op_fixture.h"
+#include "hakd/io.h"
+#include "hakd/ops.h"
+#include "ops/conv2d.h"
+
+/* fp32 against PyTorch's fp32: each output is a sum of at most Cin/g*kh*kw = 98 products (and
+ * each weight gradient of at most N*oh*ow = 280), whose rounding error stays near
+ * sqrt(terms) * 6e-8 of the largest value (~1e-6); 1e-5 normalised max error leaves 10x margin
+ * while a wrong tap, offset or missing term gives errors of order 1e-1. */
+#define CONV_TOL 1e-5
+
+static const char *path_name(conv2d_path path) {
+  return path == CONV2D_PATH_GEMM ? "gemm" : path == CONV2D_PATH_DNNL ? "dnnl" : "auto";
+}
+
+/* Gradients are accumulated (+=): they start at GRAD_PREFILL and the fixture is compared
+ * after subtracting it again (exact for the fixture's magnitudes up to one rounding, ~3e-8). */
+#define GRAD_PREFILL 0.5f
+
+static void fill_grads(hakd_params *p, float delta) {
+  for (int i = 0; i < p->count; i++) {
+    hakd_tensor *t = p->items[i];
+    for (int64_t j = 0; j < hakd_numel(t); j++) t->grad[j] = delta < 0 ? t->grad[j] + delta : delta;
+  }
+}
+
+/* Runs every fixture case forward and backward (seeded with the fixture's gy) on `path` and
+ * compares y, gx, gw, gb (accumulated onto GRAD_PREFILL); `repeats` > 1 reruns each case (auto: the first run measures). */
+static void check_fixture_cases(conv2d_path path, int repeats) {
+  hakd_st_file *f;
+  ASSERT_OK(hakd_st_open(test_fixture_path("ops/conv2d.safetensors"), &f));
+  char cases[OP_FIXTURE_MAX_CASES][48];
+  int n_cases = op_fixture_cases(f, "cases", cases, OP_FIXTURE_MAX_CASES);
+  ASSERT_TRUE(n_cases >= 12);
+  conv2d_set_path(path);
+  for (int i = 0; i < n_cases && !test_failed(); i++) {
+    const char *c = cases[i];
+    int64_t prm[5];
+    if (!op_fixture_ints(f, c, prm, 5)) break;
+    hakd_params p;
+    hakd_params_init(&p);
+    hakd_tensor *x = op_fixture_param(&p, f, c, "x", 0);
+    hakd_tensor *w = op_fixture_param(&p, f, c, "w", 0);
+    hakd_tensor *b = prm[4] ? op_fixture_param(&p, f, c, "b", 0) : NULL;
+    int64_t ngy = 0;
+    float *gy = op_fixture_floats(f, c, "gy", &ngy);
+    hakd_ctx *ctx = hakd_ctx_new();
+    for (int r = 0; r < repeats && x && w && gy && !test_failed(); r++) {
+      hakd_ctx_reset(ctx);
+      fill_grads(&p, GRAD_PREFILL);
+      hakd_tensor *y = hakd_conv2d(ctx, x, w, b, (int)prm[0], (int)prm[1], (int)prm[2], (int)prm[3]);
+      if (!y) {
+        test_fail(__FILE__, __LINE__, "%s (%s): conv2d failed: %s", c, path_name(path), hakd_error_message());
+        break;
+      }
+      if (!op_fixture_check(f, c, "y", hakd_f32(y), hakd_numel(y), CONV_TOL)) break;
+      if (ngy != hakd_numel(y) || hakd_backward_seeded(ctx, y, gy) != 0) {
+        test_fail(__FILE__, __LINE__, "%s (%s): backward failed: %s", c, path_name(path), hakd_error_message());
+        break;
+      }
+      fill_grads(&p, -GRAD_PREFILL);
+      if (!op_fixture_check(f, c, "gx", x->grad, hakd_numel(x), CONV_TOL)) break;
+      if (!op_fixture_check(f, c, "gw", w->grad, hakd_numel(w), CONV_TOL)) break;
+      if (b && !op_fixture_check(f, c, "gb", b->grad, hakd_numel(b), CONV_TOL)) break;
+    }
+    free(gy);
+    hakd_ctx_free(ctx);
+    hakd_params_free(&p);
+  }
+  conv2d_set_path(CONV2D_PATH_AUTO);
+  hakd_st_close(f);
+}
+
+TEST(forward_backward_gemm_match_torch) { check_fixture_cases(CONV2D_PATH_GEMM, 1); }
+TEST(forward_backward_dnnl_match_torch) { check_fixture_cases(CONV2D_PATH_DNNL, 2); }
+TEST(forward_backward_auto_match_torch) { check_fixture_cases(CONV2D_PATH_AUTO, 3); }
+
+/* ---- larger shapes against a double-precision naive reference ---- */
+
+typedef struct {
+  int n, cin, h, w, cout, k, stride, pad, dilation, groups;
+} conv_case;
+
+static int64_t out_size(int64_t in, const conv_case *cc) {
+  return (in + 2 * cc->pad - cc->dilation * (cc->k - 1) - 1) / cc->stride + 1;
+}
+
+/* y, dx, dw, db of L = sum(y * gy) in double, by the definition of the convolution. */
+static void naive_conv(double *y, double *dx, double *dw, double *db, const float *x, const float *w,
+                       const float *b, const float *gy, const conv_case *cc) {
+  int64_t oh = out_size(cc->h, cc), ow = out_size(cc->w, cc);
+  int64_t cin_g = cc->cin / cc->groups, cout_g = cc->cout / cc->groups;
+  memset(dx, 0, sizeof(double) * (size_t)(cc->n * cc->cin * cc->h * cc->w));
+  memset(dw, 0, sizeof(double) * (size_t)(cc->cout * cin_g * cc->k * cc->k));
+  memset(db, 0, sizeof(double) * (size_t)cc->cout);
+  for (int64_t n = 0; n < cc->n; n++)
+    for (int64_t co = 0; co < cc->cout; co++)
+      for (int64_t i = 0; i < oh; i++)
+        for (int64_t j = 0; j < ow; j++) {
+          int64_t yi = ((n * cc->cout + co) * oh + i) * ow + j;
+          double acc = b ? b[co] : 0.0, g = gy[yi];
+          db[co] += g;
+          for (int64_t c = 0; c < cin_g; c++) {
+            int64_t ci = co / cout_g * cin_g + c;
+            for (int64_t ki = 0; ki < cc->k; ki++)
+              for (int64_t kj = 0; kj < cc->k; kj++) {
+                int64_t ih = i * cc->stride - cc->pad + ki * cc->dilation;
+                int64_t iw = j * cc->stride - cc->pad + kj * cc->dilation;
+                if (ih < 0 || ih >= cc->h || iw < 0 || iw >= cc->w) continue;
+                int64_t xi = ((n * cc->cin + ci) * cc->h + ih) * cc->w + iw;
+                int64_t wi = ((co * cin_g + c) * cc->k + ki) * cc->k + kj;
+                acc += (double)x[xi] * w[wi];
+                dx[xi] += g * w[wi];
+                dw[wi] += g * x[xi];
+              }
+          }
+          y[yi] = acc;
+        }
+}
+
+static double max_rel_err_d(const float *got, const double *want, int64_t n) {
+  double max_ref = 1e-6, max_diff = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = fabs((double)got[i] - want[i]);
+    if (!(d <= max_diff)) max_diff = d; /* NaN propagates */
+    if (fabs(want[i]) > max_ref) max_ref = fabs(want[i]);
+  }
+  return max_diff / max_ref;
+}
+
+static void fill_normal(float *dst, int64_t n, float scale, uint64_t seed) {
+  uint64_t rng = hakd_rng_seed(seed);
+  for (int64_t i = 0; i < n; i++) dst[i] = scale * hakd_rng_normal(&rng);
+}
+
+/* Shapes the fixtures cannot afford: several im2col tiles (K * ow * oh above the column
+ * budget), a depthwise channel multiplier of 2, and 1x1 with groups. Sums of up to 1152 products
+ * (and 2304 for weight gradients): rounding stays below ~3e-6 of the largest value, so 2e-5. */
+static void check_against_naive(conv2d_path path) {
+  const conv_case cases[] = {
+      {1, 128, 48, 40, 16, 3, 1, 1, 1, 1},  /* K*ow = 46080 floats per output row: 2 tiles */
+      {2, 6, 9, 11, 12, 3, 2, 2, 2, 6},     /* depthwise with channel multiplier 2 */
+      {2, 8, 7, 5, 6, 1, 1, 0, 1, 2},       /* grouped 1x1 */
+      {1, 4, 12, 13, 5, 5, 3, 1, 1, 1},     /* 5x5 stride 3, last window partially outside */
+  };
+  conv2d_set_path(path);
+  for (size_t t = 0; t < sizeof cases / sizeof cases[0] && !test_failed(); t++) {
+    const conv_case *cc = &cases[t];
+    hakd_params p;
+    hakd_params_init(&p);
+    int64_t xs[4] = {cc->n, cc->cin, cc->h, cc->w}, ws[4] = {cc->cout, cc->cin / cc->groups, cc->k, cc->k};
+    int64_t bs[1] = {cc->cout};
+    hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, 0), *w = hakd_params_add(&p, "w", 4, ws, 0);
+    hakd_tensor *b = hakd_params_add(&p, "b", 1, bs, 0);
+    fill_normal(hakd_f32(x), hakd_numel(x), 1.0f, 1 + t);
+    fill_normal(hakd_f32(w), hakd_numel(w), 0.1f, 100 + t);
+    fill_normal(hakd_f32(b), hakd_numel(b), 1.0f, 200 + t);
+    hakd_ctx *ctx = hakd_ctx_new();
+    hakd_tensor *y = hakd_conv2d(ctx, x, w, b, cc->stride, cc->pad, cc->dilation, cc->groups);
+    ASSERT_TRUE(y != NULL);
+    int64_t ny = hakd_numel(y);
+    ASSERT_EQ_INT(ny, cc->n * cc->cout * out_size(cc->h, cc) * out_size(cc->w, cc));
+    float *gy = malloc((size_t)ny * sizeof(float));
+    fill_normal(gy, ny, 1.0f, 300 + t);
+    ASSERT_OK(hakd_backward_seeded(ctx, y, gy));
+    double *ry = malloc((size_t)ny * sizeof(double)), *rdx = malloc((size_t)hakd_numel(x) * sizeof(double));
+    double *rdw = malloc((size_t)hakd_numel(w) * sizeof(double)), *rdb = malloc((size_t)cc->cout * sizeof(double));
+    naive_conv(ry, rdx, rdw, rdb, hakd_f32(x), hakd_f32(w), hakd_f32(b), gy, cc);
+    double ey = max_rel_err_d(hakd_f32(y), ry, ny), edx = max_rel_err_d(x->grad, rdx, hakd_numel(x));
+    double edw = max_rel_err_d(w->grad, rdw, hakd_numel(w)), edb = max_rel_err_d(b->grad, rdb, cc->cout);
+    if (!(ey <= 2e-5 && edx <= 2e-5 && edw <= 2e-5 && edb <= 2e-5))
+      test_fail(__FILE__, __LINE__, "case %zu (%s): rel err y %.3g dx %.3g dw %.3g db %.3g > 2e-5", t, path_name(path),
+                ey, edx, edw, edb);
+    free(gy);
+    free(ry);
+    free(rdx);
+    free(rdw);
+    free(rdb);
+    hakd_ctx_free(ctx);
+    hakd_params_free(&p);
+  }
+  conv2d_set_path(CONV2D_PATH_AUTO);
+}
+
+TEST(gemm_matches_naive_reference) { check_against_naive(CONV2D_PATH_GEMM); }
+TEST(dnnl_matches_naive_reference) { check_against_naive(CONV2D_PATH_DNNL); }
+
+/* ---- finite differences ---- */
+
+static hakd_tensor *build_conv(hakd_ctx *ctx, hakd_tensor **in, void *arg) {
+  const conv_case *cc = arg;
+  return hakd_conv2d(ctx, in[0], in[1], in[2], cc->stride, cc->pad, cc->dilation, cc->groups);
+}
+
+/* conv2d is linear in each input, so central differences have no truncation error; what is left
+ * is fp32 rounding of the outputs, ~sqrt(#outputs) * 6e-8 * |y| / (2 eps) ~ 1e-5 with eps 0.05.
+ * atol 5e-4 and rtol 1e-3 are well above that and far below a wrong gradient (O(0.1)). */
+static void gradcheck_conv(conv2d_path path) {
+  const conv_case cases[] = {
+      {2, 4, 6, 5, 4, 3, 2, 1, 1, 2},  /* groups 2, stride 2 */
+      {1, 3, 7, 7, 3, 3, 1, 2, 2, 3},  /* depthwise, dilation 2 */
+      {1, 2, 9, 8, 3, 7, 4, 3, 1, 1},  /* 7x7 stride 4 */
+      {2, 3, 4, 4, 2, 1, 1, 0, 1, 1},  /* 1x1 */
+  };
+  conv2d_set_path(path);
+  for (size_t t = 0; t < sizeof cases / sizeof cases[0] && !test_failed(); t++) {
+    const conv_case *cc = &cases[t];
+    hakd_params p;
+    hakd_params_init(&p);
+    int64_t xs[4] = {cc->n, cc->cin, cc->h, cc->w}, ws[4] = {cc->cout, cc->cin / cc->groups, cc->k, cc->k};
+    int64_t bs[1] = {cc->cout};
+    hakd_tensor *in[3] = {gradcheck_input(&p, "x", 4, xs, 1.0f, 10 + t), gradcheck_input(&p, "w", 4, ws, 0.5f, 20 + t),
+                          gradcheck_input(&p, "b", 1, bs, 1.0f, 30 + t)};
+    char what[64];
+    snprintf(what, sizeof what, "conv2d case %zu (%s)", t, path_name(path));
+    gradcheck(what, build_conv, (void *)cc, in, 3, 0.05, 5e-4, 1e-3, 40);
+    hakd_params_free(&p);
+  }
+  conv2d_set_path(CONV2D_PATH_AUTO);
+}
+
+TEST(gradcheck_gemm) { gradcheck_conv(CONV2D_PATH_GEMM); }
+TEST(gradcheck_dnnl) { gradcheck_conv(CONV2D_PATH_DNNL); }
+
+/* ---- path selection, memory, errors ---- */
+
+TEST(env_selects_path_and_rejects_unknown) {
+  const conv_case cc = {1, 2, 5, 5, 2, 3, 1, 1, 1, 1};
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t xs[4] = {1, 2, 5, 5}, ws[4] = {2, 2, 3, 3};
+  hakd_tensor *x = gradcheck_input(&p, "x", 4, xs, 1.0f, 1), *w = gradcheck_input(&p, "w", 4, ws, 1.0f, 2);
+  hakd_ctx *ctx = hakd_ctx_new();
+  setenv("HAKD_CONV", "dnnl", 1);
+  ASSERT_EQ_INT(conv2d_get_path(), CONV2D_PATH_DNNL);
+  setenv("HAKD_CONV", "gemm", 1);
+  ASSERT_EQ_INT(conv2d_get_path(), CONV2D_PATH_GEMM);
+  conv2d_set_path(CONV2D_PATH_DNNL); /* the setter overrides the environment */
+  ASSERT_EQ_INT(conv2d_get_path(), CONV2D_PATH_DNNL);
+  conv2d_set_path(CONV2D_PATH_AUTO);
+  setenv("HAKD_CONV", "fast", 1);
+  ASSERT_TRUE(hakd_conv2d(ctx, x, w, NULL, cc.stride, cc.pad, cc.dilation, cc.groups) == NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "HAKD_CONV=fast") != NULL);
+  unsetenv("HAKD_CONV");
+  ASSERT_EQ_INT(conv2d_get_path(), CONV2D_PATH_AUTO);
+  hakd_ctx_reset(ctx);
+  hakd_tensor *y = hakd_conv2d(ctx, x, w, NULL, cc.stride, cc.pad, cc.dilation, cc.groups);
+  ASSERT_TRUE(y != NULL);
+  ASSERT_OK(hakd_backward(ctx, y));
+  /* The first auto call measured both paths and remembered a choice for each direction. */
+  conv2d_shape s = {1, 2, 5, 5, 2, 3, 3, 5, 5, 1, 1, 1, 1, 0};
+  ASSERT_TRUE(conv2d_auto_choice(&s, 0) != CONV2D_PATH_AUTO);
+  ASSERT_TRUE(conv2d_auto_choice(&s, 1) != CONV2D_PATH_AUTO);
+  hakd_ctx_free(ctx);
+  hakd_params_free(&p);
+}
+
+/* After the first step, forward + backward of a small conv net allocates nothing on either path. */
+static void check_steady_state(conv2d_path path) {
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t xs[4] = {2, 3, 32, 32}, w1s[4] = {16, 3, 7, 7}, w2s[4] = {16, 1, 3, 3}, w3s[4] = {8, 16, 1, 1}, bs[1] = {16};
+  hakd_tensor *x = gradcheck_input(&p, "x", 4, xs, 1.0f, 1), *w1 = gradcheck_input(&p, "w1", 4, w1s, 0.1f, 2);
+  hakd_tensor *w2 = gradcheck_input(&p, "w2", 4, w2s, 0.1f, 3), *w3 = gradcheck_input(&p, "w3", 4, w3s, 0.1f, 4);
+  hakd_tensor *b1 = gradcheck_input(&p, "b1", 1, bs, 0.1f, 5);
+  hakd_ctx *ctx = hakd_ctx_new();
+  conv2d_set_path(path);
+  uint64_t mallocs[4];
+  for (int step = 0; step < 4; step++) {
+    hakd_ctx_reset(ctx);
+    hakd_tensor *h = hakd_conv2d(ctx, x, w1, b1, 4, 3, 1, 1);
+    h = hakd_conv2d(ctx, h, w2, NULL, 1, 1, 1, 16);
+    h = hakd_conv2d(ctx, h, w3, NULL, 1, 0, 1, 1);
+    ASSERT_TRUE(h != NULL);
+    ASSERT_OK(hakd_backward(ctx, h));
+    mallocs[step] = hakd_ctx_get_stats(ctx).arena_mallocs;
+  }
+  conv2d_set_path(CONV2D_PATH_AUTO);
+  ASSERT_EQ_INT(mallocs[2], mallocs[1]);
+  ASSERT_EQ_INT(mallocs[3], mallocs[1]);
+  hakd_ctx_free(ctx);
+  hakd_params_free(&p);
+}
+
+TEST(steady_state_does_not_malloc_gemm) { check_steady_state(CONV2D_PATH_GEMM); }
+TEST(steady_state_does_not_malloc_dnnl) { check_steady_state(CONV2D_PATH_DNNL); }
+
+TEST(rejects_bad_shapes) {
+  hakd_ctx *ctx = hakd_ctx_new();
+  int64_t xs[4] = {1, 4, 5, 5}, w_bad_groups[4] = {4, 3, 3, 3}, w_ok[4] = {6, 2, 3, 3}, w_big[4] = {2, 4, 9, 9};
+  int64_t b_bad[1] = {5};
+  hakd_tensor *x = hakd_tensor_zeros(ctx, HAKD_F32, 4, xs);
+  ASSERT_TRUE(hakd_conv2d(ctx, x, hakd_tensor_zeros(ctx, HAKD_F32, 4, w_bad_groups), NULL, 1, 1, 1, 2) == NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "groups 2") != NULL);
+  hakd_ctx_reset(ctx);
+  x = hakd_tensor_zeros(ctx, HAKD_F32, 4, xs);
+  ASSERT_TRUE(hakd_conv2d(ctx, x, hakd_tensor_zeros(ctx, HAKD_F32, 4, w_ok), hakd_tensor_zeros(ctx, HAKD_F32, 1, b_bad),
+                          1, 1, 1, 2) == NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "bias (5)") != NULL);
+  hakd_ctx_reset(ctx);
+  x = hakd_tensor_zeros(ctx, HAKD_F32, 4, xs);
+  ASSERT_TRUE(hakd_conv2d(ctx, x, hakd_tensor_zeros(ctx, HAKD_F32, 4, w_big), NULL, 1, 1, 1, 1) == NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "larger than padded input") != NULL);
+  hakd_ctx_reset(ctx);
+  x = hakd_tensor_zeros(ctx, HAKD_F32, 4, xs);
+  ASSERT_TRUE(hakd_conv2d(ctx, x, hakd_tensor_zeros(ctx, HAKD_F32, 4, w_ok), NULL, 0, 1, 1, 2) == NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "stride 0") != NULL);
+  hakd_ctx_free(ctx);
+}
