@@ -4,9 +4,10 @@
 #include "hakd/ops.h"
 #include "ops/ops_internal.h"
 
-/* y = (x - mean) * rstd * w + b per row; mean/rstd saved for backward.
+/* y = (x - mean) * rstd * w + b per row; mean/rstd saved for backward. The mean stays in double:
+ * rounded to float it would shift rows with a large common offset by up to half an ulp of it.
  * y, x: (rows, dim), mean, rstd: (rows), w, b: (dim) or NULL. reference: F.layer_norm */
-static void layernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b,
+static void layernorm_forward(float *y, double *mean, float *rstd, const float *x, const float *w, const float *b,
                               int64_t rows, int64_t dim, float eps) {
 #pragma omp parallel for schedule(static) if (rows * dim > OPS_PARALLEL_MIN)
   for (int64_t r = 0; r < rows; r++) {
@@ -14,20 +15,20 @@ static void layernorm_forward(float *y, float *mean, float *rstd, const float *x
     float *yr = y + r * dim;
     double sum = 0.0;
     for (int64_t i = 0; i < dim; i++) sum += xr[i];
-    float m = (float)(sum / (double)dim);
+    double m = sum / (double)dim;
     /* Two passes (mean, then squared deviations) avoid the cancellation of E[x^2] - E[x]^2. */
     double sq = 0.0;
     for (int64_t i = 0; i < dim; i++) {
-      double dev = (double)xr[i] - m;
+      double dev = xr[i] - m;
       sq += dev * dev;
     }
-    float s = (float)(1.0 / sqrt(sq / (double)dim + (double)eps));
+    double s = 1.0 / sqrt(sq / (double)dim + (double)eps);
     for (int64_t i = 0; i < dim; i++) {
-      float v = (xr[i] - m) * s;
+      float v = (float)((xr[i] - m) * s);
       yr[i] = v * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
     }
     mean[r] = m;
-    rstd[r] = s;
+    rstd[r] = (float)s;
   }
 }
 
@@ -35,23 +36,24 @@ static void layernorm_forward(float *y, float *mean, float *rstd, const float *x
  * dw += sum_rows dy * n, db += sum_rows dy.
  * dx, x, dy: (rows, dim), dw, db, w: (dim) or NULL, mean, rstd: (rows). */
 static void layernorm_backward_kernel(float *dx, float *dw, float *db, const float *dy, const float *x,
-                                      const float *w, const float *mean, const float *rstd, int64_t rows,
+                                      const float *w, const double *mean, const float *rstd, int64_t rows,
                                       int64_t dim) {
   if (dx) {
 #pragma omp parallel for schedule(static) if (rows * dim > OPS_PARALLEL_MIN)
     for (int64_t r = 0; r < rows; r++) {
       const float *xr = x + r * dim, *gr = dy + r * dim;
       float *dr = dx + r * dim;
-      float m = mean[r], s = rstd[r];
+      double m = mean[r];
+      float s = rstd[r];
       double g_mean = 0.0, gn_mean = 0.0;
       for (int64_t i = 0; i < dim; i++) {
         float g = gr[i] * (w ? w[i] : 1.0f);
         g_mean += g;
-        gn_mean += (double)g * ((xr[i] - m) * s);
+        gn_mean += (double)g * (float)((xr[i] - m) * s);
       }
       float gm = (float)(g_mean / (double)dim), gnm = (float)(gn_mean / (double)dim);
       for (int64_t i = 0; i < dim; i++) {
-        float g = gr[i] * (w ? w[i] : 1.0f), n = (xr[i] - m) * s;
+        float g = gr[i] * (w ? w[i] : 1.0f), n = (float)((xr[i] - m) * s);
         dr[i] += s * (g - gm - n * gnm);
       }
     }
@@ -63,7 +65,7 @@ static void layernorm_backward_kernel(float *dx, float *dw, float *db, const flo
       double acc_w = 0.0, acc_b = 0.0;
       for (int64_t r = 0; r < rows; r++) {
         float g = dy[r * dim + i];
-        acc_w += (double)g * ((x[r * dim + i] - mean[r]) * rstd[r]);
+        acc_w += (double)g * (float)((x[r * dim + i] - mean[r]) * rstd[r]);
         acc_b += g;
       }
       if (dw) dw[i] += (float)acc_w;
@@ -72,7 +74,7 @@ static void layernorm_backward_kernel(float *dx, float *dw, float *db, const flo
   }
 }
 
-/* saved: mean, rstd; iarg: rows, dim. */
+/* saved: mean (double), rstd (float) per row; iarg: rows, dim. */
 static void layernorm_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0], *w = node->in[1], *b = node->in[2];
   layernorm_backward_kernel(hakd_grad(ctx, x), hakd_grad(ctx, w), hakd_grad(ctx, b), node->out->grad, hakd_f32(x),
@@ -93,7 +95,7 @@ hakd_tensor *hakd_layernorm(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, 
                            k ? "bias" : "weight", hakd_shape_str(affine[k], sw, sizeof sw),
                            hakd_shape_str(x, sx, sizeof sx));
   hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, x->shape);
-  float *mean = hakd_ctx_alloc(ctx, (size_t)rows * sizeof(float));
+  double *mean = hakd_ctx_alloc(ctx, (size_t)rows * sizeof(double));
   float *rstd = hakd_ctx_alloc(ctx, (size_t)rows * sizeof(float));
   if (!y || !mean || !rstd) return NULL;
   layernorm_forward(hakd_f32(y), mean, rstd, hakd_f32(x), weight ? hakd_f32(weight) : NULL,

@@ -1,0 +1,147 @@
+/* linear and matmul against PyTorch (tools/gen_ops_basic.py), finite differences, a batched case
+ * large enough for the threaded batch loop, and shape errors. */
+#include "gradcheck.h"
+#include "op_golden.h"
+
+#define LINEAR_FIXTURE "ops/linear.safetensors"
+#define MATMUL_FIXTURE "ops/matmul.safetensors"
+/* Dot products of at most 6 terms (and gradient sums of at most 24): sgemm's blocking changes
+ * the summation order relative to PyTorch, a few ulps; 1e-5 normalised error is ample. */
+#define TOL 1e-5
+
+static hakd_tensor *build_linear(hakd_ctx *ctx, hakd_tensor **in, const golden_args *args) {
+  (void)args;
+  return hakd_linear(ctx, in[0], in[1], in[2]);
+}
+/* params: transpose_a, transpose_b */
+static hakd_tensor *build_matmul(hakd_ctx *ctx, hakd_tensor **in, const golden_args *args) {
+  return hakd_matmul(ctx, in[0], in[1], (int)args->params[0], (int)args->params[1]);
+}
+
+TEST(linear_3d_input_with_bias_matches_torch) { golden_run(LINEAR_FIXTURE, "bias_3d", "x w b", build_linear, TOL); }
+TEST(linear_without_bias_matches_torch) { golden_run(LINEAR_FIXTURE, "nobias_2d", "x w", build_linear, TOL); }
+
+TEST(matmul_batched_matches_torch) { golden_run(MATMUL_FIXTURE, "batched", "a b", build_matmul, TOL); }
+TEST(matmul_transpose_a_matches_torch) { golden_run(MATMUL_FIXTURE, "trans_a", "a b", build_matmul, TOL); }
+TEST(matmul_transpose_b_matches_torch) { golden_run(MATMUL_FIXTURE, "trans_b", "a b", build_matmul, TOL); }
+TEST(matmul_transpose_both_matches_torch) { golden_run(MATMUL_FIXTURE, "trans_ab", "a b", build_matmul, TOL); }
+TEST(matmul_shared_b_matches_torch) { golden_run(MATMUL_FIXTURE, "shared_b", "a b", build_matmul, TOL); }
+TEST(matmul_shared_b_transpose_a_matches_torch) {
+  golden_run(MATMUL_FIXTURE, "shared_b_trans_a", "a b", build_matmul, TOL);
+}
+TEST(matmul_shared_b_transpose_b_matches_torch) {
+  golden_run(MATMUL_FIXTURE, "shared_b_trans_b", "a b", build_matmul, TOL);
+}
+TEST(matmul_2d_matches_torch) { golden_run(MATMUL_FIXTURE, "plain_2d", "a b", build_matmul, TOL); }
+
+/* Both ops are bilinear: central differences are exact up to float rounding of L, so eps 1e-2
+ * with atol/rtol 1e-3 as for the elementwise ops. */
+static hakd_tensor *gc_linear(hakd_ctx *ctx, hakd_tensor **in, void *arg) {
+  (void)arg;
+  return hakd_linear(ctx, in[0], in[1], in[2]);
+}
+
+TEST(linear_gradcheck) {
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t xs[3] = {2, 3, 7}, ws[2] = {4, 7}, bs[1] = {4};
+  hakd_tensor *in[3] = {gradcheck_input(&p, "x", 3, xs, 1.0f, 11), gradcheck_input(&p, "w", 2, ws, 1.0f, 12),
+                        gradcheck_input(&p, "b", 1, bs, 1.0f, 13)};
+  gradcheck("linear", gc_linear, NULL, in, 3, 1e-2, 1e-3, 1e-3, 100);
+  hakd_params_free(&p);
+}
+
+typedef struct {
+  int ta, tb;
+} matmul_flags;
+
+static hakd_tensor *gc_matmul(hakd_ctx *ctx, hakd_tensor **in, void *arg) {
+  const matmul_flags *f = arg;
+  return hakd_matmul(ctx, in[0], in[1], f->ta, f->tb);
+}
+
+TEST(matmul_gradcheck_all_transposes) {
+  for (int shared = 0; shared < 2; shared++)
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++) {
+        hakd_params p;
+        hakd_params_init(&p);
+        int64_t as[3] = {3, ta ? 5 : 4, ta ? 4 : 5}, bs[3] = {3, tb ? 6 : 5, tb ? 5 : 6};
+        hakd_tensor *in[2] = {gradcheck_input(&p, "a", 3, as, 1.0f, 21),
+                              shared ? gradcheck_input(&p, "b", 2, bs + 1, 1.0f, 22)
+                                     : gradcheck_input(&p, "b", 3, bs, 1.0f, 22)};
+        matmul_flags f = {ta, tb};
+        char what[64];
+        snprintf(what, sizeof what, "matmul shared=%d ta=%d tb=%d", shared, ta, tb);
+        gradcheck(what, gc_matmul, &f, in, 2, 1e-2, 1e-3, 1e-3, 60);
+        hakd_params_free(&p);
+      }
+}
+
+/* Attention-shaped batch (64 small matrices: the OpenMP batch loop) against a naive double
+ * reference, forward and both gradients (L = sum(y), so dA = 1 B^T, dB = A^T 1). */
+TEST(matmul_many_small_batches_match_naive) {
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_params p;
+  hakd_params_init(&p);
+  enum { B = 64, M = 9, K = 8, N = 7 };
+  int64_t as[3] = {B, M, K}, bs[3] = {B, N, K}; /* b transposed, as q k^T */
+  hakd_tensor *a = gradcheck_input(&p, "a", 3, as, 1.0f, 31), *b = gradcheck_input(&p, "b", 3, bs, 1.0f, 32);
+  hakd_tensor *y = hakd_matmul(ctx, a, b, 0, 1);
+  ASSERT_TRUE(y != NULL);
+  ASSERT_OK(hakd_backward(ctx, hakd_sum(ctx, y)));
+  static float want_y[B * M * N], want_da[B * M * K], want_db[B * N * K];
+  const float *av = hakd_f32(a), *bv = hakd_f32(b);
+  for (int i = 0; i < B; i++) {
+    for (int m = 0; m < M; m++)
+      for (int n = 0; n < N; n++) {
+        double acc = 0;
+        for (int k = 0; k < K; k++) acc += (double)av[(i * M + m) * K + k] * bv[(i * N + n) * K + k];
+        want_y[(i * M + m) * N + n] = (float)acc;
+      }
+    for (int k = 0; k < K; k++) {
+      for (int m = 0; m < M; m++) {
+        double acc = 0;
+        for (int n = 0; n < N; n++) acc += bv[(i * N + n) * K + k];
+        want_da[(i * M + m) * K + k] = (float)acc;
+      }
+      for (int n = 0; n < N; n++) {
+        double acc = 0;
+        for (int m = 0; m < M; m++) acc += av[(i * M + m) * K + k];
+        want_db[(i * N + n) * K + k] = (float)acc;
+      }
+    }
+  }
+  /* sums of <= 9 products in float vs double: a few ulps */
+  ASSERT_ALLCLOSE(hakd_f32(y), want_y, B * M * N, 1e-5);
+  ASSERT_ALLCLOSE(a->grad, want_da, B * M * K, 1e-5);
+  ASSERT_ALLCLOSE(b->grad, want_db, B * N * K, 1e-5);
+  hakd_params_free(&p);
+  hakd_ctx_free(ctx);
+}
+
+TEST(shape_mismatch_is_an_error_naming_op_and_shapes) {
+  hakd_ctx *ctx = hakd_ctx_new();
+  int64_t xs[3] = {2, 3, 5}, ws[2] = {4, 6}, bs[1] = {3};
+  hakd_tensor *x = hakd_tensor_zeros(ctx, HAKD_F32, 3, xs), *w = hakd_tensor_zeros(ctx, HAKD_F32, 2, ws);
+  const char *linear_msg[] = {"linear", "(2, 3, 5)", "(4, 6)", NULL};
+  ASSERT_TRUE(expect_op_error(ctx, hakd_linear(ctx, x, w, NULL), HAKD_ESHAPE, linear_msg));
+  hakd_ctx_reset(ctx);
+  int64_t ws_ok[2] = {4, 5};
+  x = hakd_tensor_zeros(ctx, HAKD_F32, 3, xs);
+  w = hakd_tensor_zeros(ctx, HAKD_F32, 2, ws_ok);
+  hakd_tensor *b = hakd_tensor_zeros(ctx, HAKD_F32, 1, bs);
+  const char *bias_msg[] = {"linear", "bias (3)", NULL};
+  ASSERT_TRUE(expect_op_error(ctx, hakd_linear(ctx, x, w, b), HAKD_ESHAPE, bias_msg));
+  hakd_ctx_reset(ctx);
+  int64_t as[3] = {2, 4, 5}, bm[3] = {2, 4, 6}, bo[3] = {3, 5, 6};
+  hakd_tensor *a = hakd_tensor_zeros(ctx, HAKD_F32, 3, as), *m = hakd_tensor_zeros(ctx, HAKD_F32, 3, bm);
+  const char *inner_msg[] = {"matmul", "(2, 4, 5)", "(2, 4, 6)", NULL};
+  ASSERT_TRUE(expect_op_error(ctx, hakd_matmul(ctx, a, m, 0, 0), HAKD_ESHAPE, inner_msg));
+  hakd_ctx_reset(ctx);
+  a = hakd_tensor_zeros(ctx, HAKD_F32, 3, as);
+  m = hakd_tensor_zeros(ctx, HAKD_F32, 3, bo);
+  const char *batch_msg[] = {"matmul", "(2, 4, 5)", "(3, 5, 6)", NULL};
+  ASSERT_TRUE(expect_op_error(ctx, hakd_matmul(ctx, a, m, 0, 0), HAKD_ESHAPE, batch_msg));
+  hakd_ctx_free(ctx);
+}
