@@ -11,6 +11,7 @@
 #include "harness.h"
 #include "hakd/io.h"
 
+/* Path inside the case's temporary directory; valid until the next call. */
 static const char *tmp_path(const char *name) {
   static char path[1024];
   snprintf(path, sizeof path, "%s/%s", test_tmpdir(), name);
