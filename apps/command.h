@@ -3,6 +3,8 @@
 #ifndef HAKD_APP_COMMAND_H
 #define HAKD_APP_COMMAND_H
 
+#include "hakd/config.h"
+
 typedef int (*command_fn)(int argc, char **argv);
 void command_register(const char *name, const char *summary, command_fn fn);
 
@@ -13,5 +15,9 @@ void command_register(const char *name, const char *summary, command_fn fn);
 
 /* Prints "hakd: <message>" (the library's last error when msg is NULL) and returns 1. */
 int command_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Fills c from --config FILE and --key value flags of the config key table (distill keys only
+ * when distill). Returns 0, or 1 after printing the error. */
+int command_parse_config(int argc, char **argv, hakd_config *c, int distill);
 
 #endif

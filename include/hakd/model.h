@@ -84,7 +84,8 @@ void hakd_load_options_default(hakd_load_options *o);
  * refused. On error the model's values are unchanged. */
 int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *opts, hakd_load_report *report);
 /* Writes parameters and buffers as a safetensors state_dict PyTorch loads
- * (num_batches_tracked as int64 scalars), atomically. */
-int hakd_params_save(const hakd_params *p, const char *path);
+ * (num_batches_tracked as int64 scalars), atomically, with optional __metadata__ given as
+ * NULL-terminated key, value pairs (metadata may be NULL). */
+int hakd_params_save(const hakd_params *p, const char *path, const char *const *metadata);
 
 #endif

@@ -286,7 +286,7 @@ done:
   return rc;
 }
 
-int hakd_params_save(const hakd_params *p, const char *path) {
+int hakd_params_save(const hakd_params *p, const char *path, const char *const *metadata) {
   hakd_st_writer *w = hakd_st_writer_new();
   if (!w) return hakd_error(HAKD_ENOMEM, "out of memory writing %s", path);
   int64_t *counters = calloc((size_t)p->count + 1, sizeof *counters);
@@ -300,6 +300,8 @@ int hakd_params_save(const hakd_params *p, const char *path) {
       rc = hakd_st_writer_add(w, t->name, HAKD_ST_F32, t->ndim, t->shape, t->data);
     }
   }
+  for (int i = 0; metadata && metadata[i] && metadata[i + 1] && !rc; i += 2)
+    rc = hakd_st_writer_metadata(w, metadata[i], metadata[i + 1]);
   if (!rc) rc = hakd_st_writer_write(w, path);
   hakd_st_writer_free(w);
   free(counters);

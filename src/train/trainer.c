@@ -1,0 +1,502 @@
+/* The training loop shared by `hakd train` and `hakd distill`. */
+#include "hakd/train.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "hakd/data.h"
+#include "hakd/distill.h"
+#include "hakd/evaluate.h"
+#include "hakd/io.h"
+#include "hakd/metrics.h"
+#include "hakd/model.h"
+#include "hakd/ops.h"
+#include "hakd/optim.h"
+#include "train/checkpoint.h"
+#include "train/plot.h"
+#include "train/progress.h"
+
+#define MAX_TERMS 8
+
+typedef struct {
+  const hakd_config *cfg;
+  int distill;
+  FILE *log;
+  FILE *jsonl;
+  char config_text[8192];
+  hakd_dataset *train_ds, *val_ds;
+  hakd_model *student, *teacher;
+  hakd_distiller *distiller;
+  hakd_optimizer *opt;
+  hakd_loader *loader;
+  hakd_schedule sched;
+  hakd_ctx *ctx;
+  int crop_h, crop_w, K;
+  float *images;
+  int32_t *labels;
+  hakd_eval_options eval;
+  /* history for the plots */
+  int n_terms;
+  const char *term_names[MAX_TERMS];
+  double *hist_iter, *hist_terms[MAX_TERMS];
+  int hist_n;
+  double *eval_iter, *eval_miou;
+  int eval_n;
+  double best_miou;
+} trainer;
+
+static int mkdir_p(const char *path) {
+  char buf[HAKD_PATH_MAX];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++)
+    if (*p == '/') {
+      *p = '\0';
+      if (mkdir(buf, 0755) && errno != EEXIST) return hakd_error(HAKD_EIO, "%s: cannot create directory", buf);
+      *p = '/';
+    }
+  if (mkdir(buf, 0755) && errno != EEXIST) return hakd_error(HAKD_EIO, "%s: cannot create directory", buf);
+  return 0;
+}
+
+static double peak_rss_mb(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_maxrss / 1024.0;
+}
+
+static int create_model(const char *name, float width, const hakd_config *c, int num_classes, hakd_model **out) {
+  hakd_model_options o;
+  hakd_model_options_default(&o);
+  o.num_classes = num_classes;
+  o.width = width;
+  o.deep_stem = c->deep_stem;
+  o.aux_head = c->aux;
+  return hakd_model_create(name, &o, out);
+}
+
+static int setup_distiller(trainer *t) {
+  const hakd_config *c = t->cfg;
+  hakd_distill_options o;
+  hakd_distill_options_default(&o);
+  hakd_distill_method method;
+  int rc = hakd_distill_method_parse(c->method, &method);
+  if (!rc) rc = hakd_distill_stages_parse(c->hakd_stages, &o);
+  if (!rc) rc = hakd_reliability_parse(c->reliability, &o.reliability);
+  if (!rc) rc = hakd_kem_axis_parse(c->kem_axis, &o.kem_axis);
+  if (!rc) rc = hakd_grid_parse(c->hakd_grid, &o.grid);
+  if (rc) return rc;
+  o.T = c->T;
+  o.lambda_kd = c->lambda_kd;
+  o.lambda_hakd = c->lambda_hakd;
+  o.lambda_proj = c->lambda_proj;
+  o.lambda_cwd = c->lambda_cwd;
+  o.lambda_fitnet = c->lambda_fitnet;
+  o.kd_T = c->kd_T;
+  o.cwd_T = c->cwd_T;
+  o.warmup_iters = c->warmup_iters;
+  o.no_kmm = c->no_kmm;
+  o.no_kem = c->no_kem;
+  o.proj_relu = c->proj_relu;
+  o.proj_grad_to_student = c->proj_grad_to_student;
+  o.fitnet_stage = c->fitnet_stage;
+  rc = hakd_distiller_create(t->teacher, t->student, method, &o, c->iters, &t->distiller);
+  if (!rc) hakd_distiller_init(t->distiller, (uint64_t)c->seed + 7);
+  return rc;
+}
+
+static void print_metrics(trainer *t, const char *who, const hakd_metrics *m) {
+  fprintf(t->log, "%s on %s/%s:\n", who, hakd_dataset_name(t->val_ds), hakd_dataset_split(t->val_ds));
+  hakd_metrics_print(t->log, m, hakd_dataset_class_names(t->val_ds));
+  fflush(t->log);
+}
+
+/* Evaluates `m` on the val split; fills metrics (caller frees). */
+static int evaluate(trainer *t, hakd_model *m, hakd_metrics *out) {
+  hakd_confusion cm;
+  int rc = hakd_confusion_init(&cm, t->K);
+  if (rc) return rc;
+  rc = hakd_evaluate(m, t->val_ds, &t->eval, &cm);
+  if (!rc) rc = hakd_confusion_compute(out, &cm);
+  hakd_confusion_free(&cm);
+  return rc;
+}
+
+static int setup(trainer *t, hakd_train_result *result) {
+  const hakd_config *c = t->cfg;
+  int rc = hakd_config_validate(c, t->distill);
+  if (rc) return rc;
+  hakd_set_threads(c->threads);
+  if ((rc = mkdir_p(c->work_dir))) return rc;
+  FILE *mem = fmemopen(t->config_text, sizeof t->config_text - 1, "w");
+  if (mem) {
+    hakd_config_write(c, mem);
+    fclose(mem);
+  }
+  char path[HAKD_PATH_MAX + 32];
+  snprintf(path, sizeof path, "%s/config.txt", c->work_dir);
+  if ((rc = hakd_config_save(c, path))) return rc;
+  hakd_parse_size(c->crop, &t->crop_h, &t->crop_w);
+
+  hakd_dataset_config dc = {c->dataset, c->data_root, c->train_split, 0};
+  if ((rc = hakd_dataset_open(&t->train_ds, &dc))) return rc;
+  dc.split = c->val_split;
+  if ((rc = hakd_dataset_open(&t->val_ds, &dc))) return rc;
+  t->K = hakd_dataset_num_classes(t->train_ds);
+  result->num_classes = t->K;
+
+  if ((rc = create_model(c->model, c->width, c, t->K, &t->student))) return rc;
+  hakd_model_init(t->student, (uint64_t)c->seed);
+  if (c->pretrained[0]) {
+    hakd_load_options lo;
+    hakd_load_options_default(&lo);
+    lo.key_map = c->weights_prefix;
+    lo.backbone_only = c->pretrained_backbone;
+    lo.strict = !c->pretrained_backbone;
+    hakd_load_report rep;
+    if ((rc = hakd_model_load(t->student, c->pretrained, &lo, &rep))) return rc;
+    fprintf(t->log, "loaded %s: %d tensors, %d missing, %d unexpected\n", c->pretrained, rep.loaded, rep.missing,
+            rep.unexpected);
+  }
+
+  hakd_eval_options_default(&t->eval);
+  t->eval.norm = strcmp(c->norm, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN;
+  if (c->eval_scale[0]) hakd_parse_size(c->eval_scale, &t->eval.scale_h, &t->eval.scale_w);
+  t->eval.skip_bad = c->skip_bad;
+
+  if (t->distill) {
+    hakd_model_options to;
+    hakd_model_options_default(&to);
+    to.num_classes = t->K;
+    to.width = c->teacher_width;
+    if ((rc = hakd_model_create(c->teacher, &to, &t->teacher))) return rc;
+    hakd_load_options lo;
+    hakd_load_options_default(&lo);
+    hakd_load_report rep;
+    if ((rc = hakd_model_load(t->teacher, c->teacher_weights, &lo, &rep))) return rc;
+    hakd_metrics tm;
+    if ((rc = evaluate(t, t->teacher, &tm))) return rc;
+    char who[160];
+    snprintf(who, sizeof who, "teacher %s (%s)", c->teacher, hakd_model_family(t->teacher));
+    print_metrics(t, who, &tm);
+    result->teacher_miou = tm.miou;
+    for (int k = 0; k < t->K && k < 256; k++) result->teacher_class_iou[k] = tm.iou[k];
+    hakd_metrics_free(&tm);
+    if ((rc = setup_distiller(t))) return rc;
+  }
+
+  hakd_optim_config oc;
+  hakd_optim_config_default(&oc, strcmp(c->optimizer, "adamw") ? HAKD_OPTIM_SGD : HAKD_OPTIM_ADAMW);
+  oc.momentum = c->momentum;
+  oc.weight_decay = c->wd;
+  oc.clip_norm = c->clip_norm;
+  t->opt = hakd_optim_new(&oc);
+  if (!t->opt) return hakd_error(HAKD_ENOMEM, "out of memory");
+  if (hakd_optim_add_group(t->opt, hakd_model_params(t->student), hakd_model_head_prefix(t->student), c->head_lr_mult,
+                           0) < 0 ||
+      hakd_optim_add_group(t->opt, hakd_model_params(t->student), NULL, 1.0f, 0) < 0 ||
+      (t->distiller && hakd_optim_add_group(t->opt, hakd_distiller_params(t->distiller), NULL, 1.0f, 0) < 0))
+    return HAKD_ENOMEM;
+  t->sched = (hakd_schedule){.base_lr = c->lr, .max_iters = c->iters, .power = c->power, .min_lr = c->min_lr,
+                             .warmup_iters = c->warmup_lr_iters, .warmup_ratio = c->warmup_ratio};
+
+  hakd_loader_config lc;
+  memset(&lc, 0, sizeof lc);
+  lc.batch_size = c->batch;
+  lc.num_workers = c->workers;
+  lc.shuffle = 1;
+  lc.drop_last = 1;
+  lc.skip_bad = c->skip_bad;
+  lc.seed = (uint64_t)c->seed;
+  lc.augment = hakd_augment_default(t->crop_h, t->crop_w);
+  lc.augment.ratio_min = c->ratio_min;
+  lc.augment.ratio_max = c->ratio_max;
+  lc.augment.flip = c->flip;
+  lc.augment.photometric = c->photometric;
+  lc.augment.cat_max_ratio = c->cat_max_ratio;
+  lc.augment.norm = t->eval.norm;
+  if ((rc = hakd_loader_new(&t->loader, t->train_ds, &lc))) return rc;
+
+  size_t pixels = (size_t)c->batch * t->crop_h * t->crop_w;
+  t->images = malloc(pixels * 3 * sizeof(float));
+  t->labels = malloc(pixels * sizeof(int32_t));
+  t->ctx = hakd_ctx_new();
+  int64_t hist_cap = c->iters + 2;
+  t->hist_iter = calloc((size_t)hist_cap, sizeof(double));
+  for (int i = 0; i < MAX_TERMS; i++) t->hist_terms[i] = calloc((size_t)hist_cap, sizeof(double));
+  t->eval_iter = calloc((size_t)hist_cap, sizeof(double));
+  t->eval_miou = calloc((size_t)hist_cap, sizeof(double));
+  if (!t->images || !t->labels || !t->ctx || !t->hist_iter || !t->hist_terms[MAX_TERMS - 1] || !t->eval_miou)
+    return hakd_error(HAKD_ENOMEM, "out of memory");
+  hakd_ctx_seed(t->ctx, (uint64_t)c->seed + 13);
+  snprintf(path, sizeof path, "%s/log.jsonl", c->work_dir);
+  t->jsonl = fopen(path, c->resume[0] ? "a" : "w");
+  if (!t->jsonl) return hakd_error(HAKD_EIO, "%s: cannot write", path);
+  return 0;
+}
+
+static void teardown(trainer *t) {
+  if (t->jsonl) fclose(t->jsonl);
+  hakd_loader_free(t->loader);
+  hakd_distiller_free(t->distiller);
+  hakd_optim_free(t->opt);
+  hakd_model_free(t->student);
+  hakd_model_free(t->teacher);
+  hakd_dataset_free(t->train_ds);
+  hakd_dataset_free(t->val_ds);
+  hakd_ctx_free(t->ctx);
+  free(t->images);
+  free(t->labels);
+  free(t->hist_iter);
+  for (int i = 0; i < MAX_TERMS; i++) free(t->hist_terms[i]);
+  free(t->eval_iter);
+  free(t->eval_miou);
+}
+
+static int save_checkpoint(trainer *t, int64_t iter) {
+  char prefix[HAKD_PATH_MAX + 16];
+  snprintf(prefix, sizeof prefix, "%s/latest", t->cfg->work_dir);
+  checkpoint_state st = {iter, hakd_loader_get_state(t->loader), *hakd_ctx_rng(t->ctx), t->best_miou};
+  return checkpoint_save(prefix, t->student, t->distiller ? hakd_distiller_params(t->distiller) : NULL, t->opt, &st,
+                         t->config_text);
+}
+
+static int resume(trainer *t, int64_t *start_iter) {
+  const hakd_config *c = t->cfg;
+  char path[HAKD_PATH_MAX + 32];
+  if (!strcmp(c->resume, "auto")) {
+    snprintf(path, sizeof path, "%s/latest.safetensors", c->work_dir);
+    struct stat sb;
+    if (stat(path, &sb)) {
+      fprintf(t->log, "resume auto: no checkpoint in %s, starting from scratch\n", c->work_dir);
+      return 0;
+    }
+  } else {
+    snprintf(path, sizeof path, "%s", c->resume);
+  }
+  checkpoint_state st;
+  int rc = checkpoint_load(path, t->student, t->distiller ? hakd_distiller_params(t->distiller) : NULL, t->opt, &st);
+  if (rc) return rc;
+  if ((rc = hakd_loader_set_state(t->loader, st.loader))) return rc;
+  *hakd_ctx_rng(t->ctx) = st.rng;
+  t->best_miou = st.best_miou;
+  *start_iter = st.iteration;
+  fprintf(t->log, "resumed from %s at iteration %" PRId64 "\n", path, st.iteration);
+  return 0;
+}
+
+static int run_eval(trainer *t, int64_t iter, hakd_train_result *result) {
+  hakd_metrics m;
+  int rc = evaluate(t, t->student, &m);
+  if (rc) return rc;
+  char who[160];
+  snprintf(who, sizeof who, "iter %" PRId64 ": %s", iter, t->cfg->model);
+  print_metrics(t, who, &m);
+  fprintf(t->jsonl, "{\"iter\": %" PRId64 ", \"mode\": \"val\", \"aAcc\": %.6f, \"mIoU\": %.6f, \"mAcc\": %.6f}\n", iter,
+          m.aacc, m.miou, m.macc);
+  fflush(t->jsonl);
+  t->eval_iter[t->eval_n] = (double)iter;
+  t->eval_miou[t->eval_n++] = m.miou * 100.0;
+  result->final_miou = m.miou;
+  for (int k = 0; k < t->K && k < 256; k++) result->final_class_iou[k] = m.iou[k];
+  if (m.miou > t->best_miou || t->eval_n == 1) {
+    t->best_miou = m.miou;
+    char path[HAKD_PATH_MAX + 32], iter_text[32];
+    snprintf(path, sizeof path, "%s/best.safetensors", t->cfg->work_dir);
+    snprintf(iter_text, sizeof iter_text, "%" PRId64, iter);
+    const char *meta[] = {"iteration", iter_text, "model", t->cfg->model, "format", "pt", NULL};
+    rc = hakd_params_save(hakd_model_params(t->student), path, meta);
+  }
+  result->best_miou = t->best_miou;
+  hakd_metrics_free(&m);
+  return rc;
+}
+
+/* Image | label | KEM weights of the first image of the batch, side by side. */
+static int dump_kem(trainer *t, int64_t iter, const hakd_distill_losses *dl) {
+  if (!dl->n_stages || !dl->kem_weights[0]) return 0;
+  const hakd_tensor *wm = dl->kem_weights[0];
+  int H = t->crop_h, W = t->crop_w, K = t->K;
+  int64_t wh = wm->shape[wm->ndim - 2], ww = wm->shape[wm->ndim - 1];
+  unsigned char *rgb = malloc((size_t)H * W * 3 * 3);
+  float *heat = malloc((size_t)H * W * sizeof(float));
+  if (!rgb || !heat) {
+    free(rgb), free(heat);
+    return hakd_error(HAKD_ENOMEM, "out of memory");
+  }
+  float mean[3] = {123.675f, 116.28f, 103.53f}, std[3] = {58.395f, 57.12f, 57.375f}, max = 0;
+  for (int y = 0; y < H; y++)
+    for (int x = 0; x < W; x++) {
+      unsigned char *px = rgb + 3 * ((size_t)y * 3 * W + x);
+      for (int ch = 0; ch < 3; ch++) {
+        float v = t->images[((size_t)ch * H + y) * W + x];
+        v = t->eval.norm == HAKD_NORM_IMAGENET ? v * std[ch] + mean[ch] : v + (float[]){122.675f, 116.669f, 104.008f}[ch];
+        px[t->eval.norm == HAKD_NORM_IMAGENET ? ch : 2 - ch] = (unsigned char)fminf(255.0f, fmaxf(0.0f, v));
+      }
+      int32_t lab = t->labels[(size_t)y * W + x];
+      const uint8_t *pal = hakd_dataset_palette(t->train_ds);
+      for (int ch = 0; ch < 3; ch++) px[3 * W + ch] = lab >= 0 && lab < K ? pal[3 * lab + ch] : 0;
+      int64_t sy = (int64_t)y * wh / H, sx = (int64_t)x * ww / W;
+      float v = 0;
+      if (wm->ndim == 3)
+        v = hakd_f32(wm)[sy * ww + sx];
+      else
+        for (int k = 0; k < K; k++) v += hakd_f32(wm)[((int64_t)k * wh + sy) * ww + sx];
+      heat[(size_t)y * W + x] = v;
+      if (v > max) max = v;
+    }
+  unsigned char *hm = malloc((size_t)H * W * 3);
+  if (hm) {
+    plot_heatmap(hm, heat, H * W, max);
+    for (int y = 0; y < H; y++) memcpy(rgb + 3 * ((size_t)y * 3 * W + 2 * W), hm + 3 * (size_t)y * W, (size_t)W * 3);
+  }
+  char path[HAKD_PATH_MAX + 48];
+  snprintf(path, sizeof path, "%s/kem_iter%06" PRId64 ".png", t->cfg->dump_kem, iter);
+  int rc = hm ? hakd_png_write_rgb(path, 3 * W, H, rgb) : HAKD_ENOMEM;
+  free(hm);
+  free(rgb);
+  free(heat);
+  return rc;
+}
+
+static void write_plots(trainer *t) {
+  char path[HAKD_PATH_MAX + 32];
+  plot_series s[MAX_TERMS];
+  for (int i = 0; i < t->n_terms; i++) s[i] = (plot_series){t->term_names[i], t->hist_iter, t->hist_terms[i], t->hist_n};
+  snprintf(path, sizeof path, "%s/loss.png", t->cfg->work_dir);
+  if (t->hist_n && plot_write_png(path, "loss", s, t->n_terms, 800, 480))
+    fprintf(t->log, "warning: %s\n", hakd_error_message());
+  plot_series m = {"val miou", t->eval_iter, t->eval_miou, t->eval_n};
+  snprintf(path, sizeof path, "%s/miou.png", t->cfg->work_dir);
+  if (t->eval_n && plot_write_png(path, "val miou (%)", &m, 1, 800, 480))
+    fprintf(t->log, "warning: %s\n", hakd_error_message());
+}
+
+/* One iteration; fills the named loss terms (values) for the log. */
+static int train_step(trainer *t, int64_t iter, float lr, double *terms, double *data_time) {
+  const hakd_config *c = t->cfg;
+  double t0 = progress_now();
+  int n = hakd_loader_next(t->loader, t->images, t->labels);
+  if (n < 0) return n;
+  *data_time = progress_now() - t0;
+  hakd_ctx *ctx = t->ctx;
+  hakd_ctx_reset(ctx);
+  hakd_tensor *x = hakd_tensor_wrap(ctx, HAKD_F32, 4, (int64_t[]){n, 3, t->crop_h, t->crop_w}, t->images);
+  hakd_tensor *y = hakd_tensor_wrap(ctx, HAKD_I32, 3, (int64_t[]){n, t->crop_h, t->crop_w}, t->labels);
+  hakd_model_output tout, sout;
+  int rc = 0;
+  if (t->teacher) {
+    hakd_ctx_set_grad(ctx, 0);
+    hakd_ctx_set_training(ctx, 0);
+    rc = hakd_model_forward(t->teacher, ctx, x, &tout);
+    hakd_ctx_set_grad(ctx, 1);
+    hakd_ctx_set_training(ctx, 1);
+    if (rc) return rc;
+  }
+  if ((rc = hakd_model_forward(t->student, ctx, x, &sout))) return rc;
+  hakd_tensor *ce = hakd_cross_entropy(ctx, hakd_resize_bilinear(ctx, sout.logits, t->crop_h, t->crop_w, 0), y, 255);
+  hakd_tensor *total = ce;
+  hakd_tensor *named[MAX_TERMS];
+  int k = 0;
+  t->term_names[k] = "ce", named[k++] = ce;
+  if (sout.aux) {
+    hakd_tensor *aux = hakd_cross_entropy(ctx, hakd_resize_bilinear(ctx, sout.aux, t->crop_h, t->crop_w, 0), y, 255);
+    total = hakd_add(ctx, total, hakd_scale(ctx, aux, c->aux_weight));
+    t->term_names[k] = "aux_ce", named[k++] = aux;
+  }
+  hakd_distill_losses dl;
+  memset(&dl, 0, sizeof dl);
+  if (t->distiller) {
+    if ((rc = hakd_distiller_forward(t->distiller, ctx, &tout, &sout, y, iter, &dl))) return rc;
+    const char *names[] = {"kd", "hakd", "proj", "cwd", "fitnet"};
+    hakd_tensor *terms_d[] = {dl.kd, dl.hakd, dl.proj, dl.cwd, dl.fitnet};
+    for (int i = 0; i < 5; i++)
+      if (terms_d[i] && k < MAX_TERMS - 1) t->term_names[k] = names[i], named[k++] = terms_d[i];
+    total = hakd_add(ctx, total, dl.total);
+  }
+  t->term_names[k] = "loss", named[k++] = total;
+  t->n_terms = k;
+  if (hakd_ctx_status(ctx)) return hakd_ctx_status(ctx);
+  for (int i = 0; i < k; i++) {
+    terms[i] = hakd_f32(named[i])[0];
+    if (!isfinite(terms[i]))
+      return hakd_error(HAKD_ENUMERIC, "iteration %" PRId64 ": loss term '%s' is %g; stopping (lower the lr or lambda?)",
+                        iter + 1, t->term_names[i], terms[i]);
+  }
+  hakd_params_zero_grad(hakd_model_params(t->student));
+  if (t->distiller) hakd_params_zero_grad(hakd_distiller_params(t->distiller));
+  if ((rc = hakd_backward(ctx, total))) return rc;
+  hakd_optim_step(t->opt, lr);
+  if (t->distiller && c->dump_kem[0] && c->dump_every > 0 && (iter + 1) % c->dump_every == 0) {
+    if ((rc = mkdir_p(c->dump_kem))) return rc;
+    if ((rc = dump_kem(t, iter + 1, &dl))) return rc;
+  }
+  return 0;
+}
+
+static void log_iteration(trainer *t, int64_t iter, float lr, const double *terms, double iter_time, double data_time,
+                          double eta) {
+  char line[1024], eta_text[32];
+  int n = snprintf(line, sizeof line, "iter %" PRId64 "/%" PRId64 "  lr %.3e", iter, t->cfg->iters, (double)lr);
+  for (int i = 0; i < t->n_terms && n < (int)sizeof line; i++)
+    n += snprintf(line + n, sizeof line - (size_t)n, "  %s %.4f", t->term_names[i], terms[i]);
+  progress_format_duration(eta_text, sizeof eta_text, eta);
+  snprintf(line + n, sizeof line - (size_t)n, "  time %.3fs  data %.3fs  eta %s  mem %.0fMB", iter_time, data_time, eta_text,
+           peak_rss_mb());
+  fprintf(t->log, "%s\n", line);
+  fflush(t->log);
+  fprintf(t->jsonl, "{\"iter\": %" PRId64 ", \"lr\": %.6e", iter, (double)lr);
+  for (int i = 0; i < t->n_terms; i++) fprintf(t->jsonl, ", \"%s\": %.6f", t->term_names[i], terms[i]);
+  fprintf(t->jsonl, ", \"time\": %.4f, \"data_time\": %.4f, \"eta_s\": %.0f, \"peak_mem_mb\": %.0f}\n", iter_time,
+          data_time, eta, peak_rss_mb());
+  fflush(t->jsonl);
+}
+
+int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train_result *result) {
+  trainer t;
+  memset(&t, 0, sizeof t);
+  memset(result, 0, sizeof *result);
+  result->teacher_miou = NAN;
+  t.cfg = config;
+  t.distill = distill;
+  t.log = log;
+  int rc = setup(&t, result);
+  int64_t iter = 0;
+  if (!rc && config->resume[0]) rc = resume(&t, &iter);
+  if (!rc)
+    fprintf(log, "%s %s (%s, %.2fM params) on %s/%s: %" PRId64 " iterations, batch %d, crop %dx%d\n",
+            distill ? "distilling into" : "training", config->model, hakd_model_family(t.student),
+            (double)hakd_params_count(hakd_model_params(t.student)) / 1e6, hakd_dataset_name(t.train_ds),
+            config->train_split, config->iters, config->batch, t.crop_h, t.crop_w);
+  double start = progress_now(), window_start = start, window_data = 0;
+  int64_t first_iter = iter, window_iters = 0;
+  while (!rc && iter < config->iters) {
+    float lr = hakd_schedule_lr(&t.sched, iter);
+    double terms[MAX_TERMS], data_time;
+    rc = train_step(&t, iter, lr, terms, &data_time);
+    if (rc) break;
+    iter++;
+    window_iters++;
+    window_data += data_time;
+    t.hist_iter[t.hist_n] = (double)iter;
+    for (int i = 0; i < t.n_terms; i++) t.hist_terms[i][t.hist_n] = terms[i];
+    t.hist_n++;
+    if (iter % (config->log_every > 0 ? config->log_every : 1) == 0 || iter == config->iters || iter == first_iter + 1) {
+      double now = progress_now(), per_iter = (now - window_start) / (double)window_iters;
+      double avg = (now - start) / (double)(iter - first_iter);
+      log_iteration(&t, iter, lr, terms, per_iter, window_data / (double)window_iters, avg * (double)(config->iters - iter));
+      window_start = now, window_iters = 0, window_data = 0;
+    }
+    int last = iter == config->iters;
+    if (config->eval_every > 0 ? (iter % config->eval_every == 0 || last) : last) rc = run_eval(&t, iter, result);
+    if (!rc && (config->save_every > 0 ? (iter % config->save_every == 0 || last) : last)) rc = save_checkpoint(&t, iter);
+  }
+  result->iters_done = iter;
+  if (!rc) write_plots(&t);
+  teardown(&t);
+  return rc;
+}
