@@ -1,0 +1,182 @@
+/* Batch normalisation over (N, C, H, W) or (N, C): statistics per channel C. */
+#include <math.h>
+#include <string.h>
+
+#include "hakd/ops.h"
+
+/* Sums with 8 independent double accumulators: exact enough for millions of fp32 terms and
+ * vectorisable without reassociating (no -ffast-math). */
+static double bn_sum(const float *x, int64_t n) {
+  double acc[8] = {0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) acc[k] += x[i + k];
+  for (; i < n; i++) acc[0] += x[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* sum (x - mean)^2 */
+static double bn_sum_sq_dev(const float *x, int64_t n, double mean) {
+  double acc[8] = {0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) {
+      double d = x[i + k] - mean;
+      acc[k] += d * d;
+    }
+  for (; i < n; i++) acc[0] += (x[i] - mean) * (x[i] - mean);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* sum dy * (x - mean) */
+static double bn_sum_dy_dev(const float *dy, const float *x, int64_t n, double mean) {
+  double acc[8] = {0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) acc[k] += dy[i + k] * (x[i + k] - mean);
+  for (; i < n; i++) acc[0] += dy[i] * (x[i] - mean);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Layout of x as (outer, C, inner): (N, C, H*W) or (N, C, 1). */
+typedef struct {
+  int64_t n, c, hw;
+} bn_layout;
+
+static bn_layout bn_layout_of(const hakd_tensor *x) {
+  bn_layout l = {x->shape[0], x->shape[1], x->ndim == 4 ? x->shape[2] * x->shape[3] : 1};
+  return l;
+}
+
+/* Per-channel batch mean and biased variance (double). (N, C) inputs are strided per channel,
+ * so they are summed element by element. */
+static void bn_batch_stats(double *mean,     /* (C) */
+                           double *var,      /* (C), biased */
+                           const float *x,   /* (N, C, hw) */
+                           bn_layout l) {
+  int64_t m = l.n * l.hw;
+#pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
+  for (int64_t c = 0; c < l.c; c++) {
+    double sum = 0.0, sq = 0.0;
+    for (int64_t n = 0; n < l.n; n++) sum += bn_sum(x + (n * l.c + c) * l.hw, l.hw);
+    double mu = sum / (double)m;
+    for (int64_t n = 0; n < l.n; n++) sq += bn_sum_sq_dev(x + (n * l.c + c) * l.hw, l.hw, mu);
+    mean[c] = mu;
+    var[c] = sq / (double)m;
+  }
+}
+
+/* Forward saved mean/rstd (saved[0], saved[1], floats (C)); iarg[0] = batch statistics used. */
+static void batchnorm_backward(hakd_ctx *ctx, hakd_node *node) {
+  hakd_tensor *x = node->in[0], *weight = node->in[1], *bias = node->in[2];
+  float *dx = hakd_grad(ctx, x), *dw = hakd_grad(ctx, weight), *db = hakd_grad(ctx, bias);
+  if (hakd_ctx_status(ctx)) return;
+  bn_layout l = bn_layout_of(x);
+  const float *xs = hakd_f32(x), *dy = node->out->grad, *w = weight ? hakd_f32(weight) : NULL;
+  const float *mean = node->saved[0], *rstd = node->saved[1];
+  int batch_stats = (int)node->iarg[0];
+  int64_t m = l.n * l.hw;
+#pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
+  for (int64_t c = 0; c < l.c; c++) {
+    double sum_dy = 0.0, sum_dy_dev = 0.0, mu = mean[c];
+    for (int64_t n = 0; n < l.n; n++) {
+      const float *dyp = dy + (n * l.c + c) * l.hw, *xp = xs + (n * l.c + c) * l.hw;
+      sum_dy += bn_sum(dyp, l.hw);
+      sum_dy_dev += bn_sum_dy_dev(dyp, xp, l.hw, mu);
+    }
+    double r = rstd[c], scale = w ? w[c] : 1.0;
+    if (db) db[c] += (float)sum_dy;
+    if (dw) dw[c] += (float)(sum_dy_dev * r);
+    if (!dx) continue;
+    /* Batch statistics: dx = w r (dy - mean(dy) - xhat mean(dy xhat)); running statistics are
+     * constants: dx = w r dy. */
+    double k_dy = scale * r, k_mean = 0.0, k_dev = 0.0;
+    if (batch_stats) {
+      k_mean = -k_dy * sum_dy / (double)m;
+      k_dev = -k_dy * r * r * sum_dy_dev / (double)m;
+    }
+    float a = (float)k_dy, b = (float)k_mean, d = (float)k_dev, muf = mean[c];
+    for (int64_t n = 0; n < l.n; n++) {
+      const float *dyp = dy + (n * l.c + c) * l.hw, *xp = xs + (n * l.c + c) * l.hw;
+      float *dxp = dx + (n * l.c + c) * l.hw;
+      for (int64_t i = 0; i < l.hw; i++) dxp[i] += a * dyp[i] + d * (xp[i] - muf) + b;
+    }
+  }
+}
+
+static int bn_check_vector(hakd_ctx *ctx, const hakd_tensor *t, const char *what, int64_t c) {
+  if (!t) return 1;
+  if (t->dtype != HAKD_F32 || t->ndim != 1 || t->shape[0] != c) {
+    char buf[64];
+    hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d: %s %s must be (%lld)", what, hakd_shape_str(t, buf, sizeof buf),
+                  (long long)c);
+    return 0;
+  }
+  return 1;
+}
+
+hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias,
+                              hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps) {
+  if (!x || hakd_ctx_status(ctx)) return NULL;
+  char xs[64];
+  if (x->dtype != HAKD_F32 || (x->ndim != 2 && x->ndim != 4))
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d: input must be float32 (N, C, H, W) or (N, C), got %s",
+                         hakd_shape_str(x, xs, sizeof xs));
+  bn_layout l = bn_layout_of(x);
+  if (!bn_check_vector(ctx, weight, "weight", l.c) || !bn_check_vector(ctx, bias, "bias", l.c) ||
+      !bn_check_vector(ctx, running_mean, "running_mean", l.c) || !bn_check_vector(ctx, running_var, "running_var", l.c))
+    return NULL;
+  if (!(eps > 0.0f)) return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d: eps %g must be positive", (double)eps);
+  int batch_stats = hakd_ctx_training(ctx);
+  int64_t m = l.n * l.hw;
+  if (batch_stats && m < 2)
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d: training needs more than 1 value per channel, input %s",
+                         hakd_shape_str(x, xs, sizeof xs));
+  if (!batch_stats && (!running_mean || !running_var))
+    return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d: eval mode needs running_mean and running_var");
+  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, x->shape);
+  float *mean = hakd_ctx_alloc(ctx, (size_t)l.c * sizeof(float));
+  float *rstd = hakd_ctx_alloc(ctx, (size_t)l.c * sizeof(float));
+  double *stats = hakd_ctx_alloc(ctx, 2 * (size_t)l.c * sizeof(double));
+  if (!y || !mean || !rstd || !stats) return NULL;
+  double *bmean = stats, *bvar = stats + l.c;
+  if (batch_stats) {
+    bn_batch_stats(bmean, bvar, hakd_f32(x), l);
+    for (int64_t c = 0; c < l.c; c++) {
+      mean[c] = (float)bmean[c];
+      rstd[c] = (float)(1.0 / sqrt(bvar[c] + (double)eps));
+    }
+    if (running_mean && running_var) {
+      /* PyTorch: running = (1 - momentum) running + momentum batch, with the unbiased variance. */
+      float *rm = hakd_f32(running_mean), *rv = hakd_f32(running_var);
+      for (int64_t c = 0; c < l.c; c++) {
+        rm[c] = (float)((1.0 - momentum) * rm[c] + momentum * bmean[c]);
+        rv[c] = (float)((1.0 - momentum) * rv[c] + momentum * bvar[c] * (double)m / (double)(m - 1));
+      }
+    }
+  } else {
+    const float *rm = hakd_f32(running_mean), *rv = hakd_f32(running_var);
+    for (int64_t c = 0; c < l.c; c++) {
+      mean[c] = rm[c];
+      rstd[c] = (float)(1.0 / sqrt((double)rv[c] + (double)eps));
+    }
+  }
+  const float *xd = hakd_f32(x), *w = weight ? hakd_f32(weight) : NULL, *b = bias ? hakd_f32(bias) : NULL;
+  float *yd = hakd_f32(y);
+#pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
+  for (int64_t p = 0; p < l.n * l.c; p++) {
+    int64_t c = p % l.c;
+    float scale = rstd[c] * (w ? w[c] : 1.0f), shift = (b ? b[c] : 0.0f) - mean[c] * scale;
+    const float *xp = xd + p * l.hw;
+    float *yp = yd + p * l.hw;
+    for (int64_t i = 0; i < l.hw; i++) yp[i] = xp[i] * scale + shift;
+  }
+  hakd_tensor *inputs[3] = {x, weight, bias};
+  hakd_node *node = hakd_record(ctx, "batchnorm2d", batchnorm_backward, y, 3, inputs);
+  if (node) {
+    node->iarg[0] = batch_stats;
+    node->saved[0] = mean;
+    node->saved[1] = rstd;
+  }
+  return y;
+}
