@@ -1,0 +1,70 @@
+/* hakd models / hakd info: the zoo, and parameters + FLOPs of one model at one size. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "command.h"
+#include "hakd/config.h"
+#include "hakd/model.h"
+
+static int cmd_models(int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  printf("%-20s %s\n", "name", "description");
+  for (int i = 0; i < hakd_model_count(); i++)
+    printf("%-20s %s\n", hakd_model_name_at(i), hakd_model_description(hakd_model_name_at(i)));
+  printf("\nOptions for small experiments: --width W scales channel counts (see README).\n");
+  return 0;
+}
+
+static int cmd_info(int argc, char **argv) {
+  static const struct option options[] = {{"model", required_argument, 0, 'm'}, {"size", required_argument, 0, 's'},
+                                          {"num-classes", required_argument, 0, 'k'}, {"width", required_argument, 0, 'w'},
+                                          {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+  const char *model = NULL, *size = "512x512";
+  hakd_model_options o;
+  hakd_model_options_default(&o);
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) {
+    switch (c) {
+      case 'm': model = optarg; break;
+      case 's': size = optarg; break;
+      case 'k': o.num_classes = atoi(optarg); break;
+      case 'w': o.width = (float)atof(optarg); break;
+      case 'h':
+        printf("usage: hakd info --model NAME [--size HxW] [--num-classes K] [--width W]\n"
+               "Prints parameters and FLOPs at that input size. FLOPs are counted as multiply-adds\n"
+               "(one multiply-add = one FLOP, the mmcv/fvcore convention) of convolutions, linear\n"
+               "layers and matrix products; normalisation, activations and resizing are not counted.\n");
+        return 0;
+      default: return 2;
+    }
+  }
+  if (!model) return command_fail("--model is required (see hakd models)");
+  int h, w;
+  if (hakd_parse_size(size, &h, &w)) return command_fail(NULL);
+  hakd_model *m;
+  if (hakd_model_create(model, &o, &m)) return command_fail(NULL);
+  int64_t macs = hakd_model_macs(m, h, w);
+  if (macs < 0) {
+    hakd_model_free(m);
+    return command_fail(NULL);
+  }
+  printf("model        %s (%s)\n", model, hakd_model_family(m));
+  printf("classes      %d\n", o.num_classes);
+  printf("input        1x3x%dx%d\n", h, w);
+  printf("params       %.3fM (%lld)\n", (double)hakd_params_count(hakd_model_params(m)) / 1e6,
+         (long long)hakd_params_count(hakd_model_params(m)));
+  printf("FLOPs        %.3fG multiply-adds (%lld)\n", (double)macs / 1e9, (long long)macs);
+  printf("stages       ");
+  for (int s = 1; s <= 4; s++)
+    printf("%s%d: %d ch, stride %d", s > 1 ? "; " : "", s, hakd_model_stage_channels(m, s), hakd_model_stage_stride(m, s));
+  printf("\noutput       stride %d\n", hakd_model_output_stride(m));
+  hakd_model_free(m);
+  return 0;
+}
+
+HAKD_COMMAND("models", "list the model zoo", cmd_models)
+HAKD_COMMAND("info", "parameters and FLOPs of a model at an input size", cmd_info)
