@@ -1,4 +1,4 @@
-/* safetensors reader and writer: round trips, every header validation rule on hand-made
+/* safetensors reader and writer (and its JSON parser): round trips, every header validation rule on hand-made
  * malformed files, F16/BF16 conversion against known bit patterns, and files written by
  * PyTorch (tools/gen_io.py). */
 #include <dirent.h>
@@ -10,6 +10,7 @@
 
 #include "harness.h"
 #include "hakd/io.h"
+#include "io/json.h"
 
 /* Path inside the case's temporary directory; valid until the next call. */
 static const char *tmp_path(const char *name) {
@@ -467,4 +468,101 @@ TEST(half_conversion_matches_torch) {
     }
   }
   hakd_st_close(f);
+}
+
+/* The JSON layer directly: escapes decode to UTF-8, numbers keep exact 64-bit integers, and
+ * the grammar is strict. */
+TEST(json_parser) {
+  const char *text = "{\"a\\u00e9\\ud83d\\ude00\\/\": [\"x\\n\\t\", 9007199254740993, -0, 1e2, 1.5, true, null],"
+                     " \"big\": 18446744073709551616}";
+  hakd__json v;
+  ASSERT_OK(hakd__json_parse(text, strlen(text), "test", &v));
+  ASSERT_EQ_INT(v.type, HAKD__JSON_OBJECT);
+  ASSERT_EQ_INT(v.count, 2);
+  ASSERT_TRUE(strcmp(v.keys[0], "a\xc3\xa9\xf0\x9f\x98\x80/") == 0);
+  const hakd__json *arr = &v.items[0];
+  ASSERT_EQ_INT(arr->count, 7);
+  ASSERT_TRUE(strcmp(arr->items[0].string, "x\n\t") == 0);
+  ASSERT_TRUE(arr->items[1].is_int);
+  ASSERT_EQ_INT(arr->items[1].integer, 9007199254740993LL); /* not representable as a double */
+  ASSERT_TRUE(arr->items[2].is_int && arr->items[2].integer == 0);
+  ASSERT_TRUE(!arr->items[3].is_int && arr->items[3].number == 100.0);
+  ASSERT_TRUE(!arr->items[4].is_int && arr->items[4].number == 1.5);
+  ASSERT_EQ_INT(arr->items[5].type, HAKD__JSON_BOOL);
+  ASSERT_EQ_INT(arr->items[6].type, HAKD__JSON_NULL);
+  const hakd__json *big = hakd__json_get(&v, "big");
+  ASSERT_TRUE(big != NULL && !big->is_int); /* beyond int64: only the double */
+  hakd__json_free(&v);
+
+  static const char *const invalid[] = {"01", "-", "1.", ".5", "1e", "+1", "[1,]", "{\"a\" 1}", "{\"a\":1,}", "[",
+                                        "\"abc", "tru", "nul", "[1 2]", "{1:2}", "\"\\ud800x\"", "\"\\u12G4\"", ""};
+  for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; i++) {
+    int status = hakd__json_parse(invalid[i], strlen(invalid[i]), "case", &v);
+    if (status != HAKD_EFORMAT || !strstr(hakd_error_message(), "case: invalid JSON")) {
+      test_fail(__FILE__, __LINE__, "'%s' parsed with status %d (%s)", invalid[i], status, hakd_error_message());
+      return;
+    }
+  }
+  char deep[200];
+  memset(deep, '[', sizeof deep);
+  ASSERT_EQ_INT(hakd__json_parse(deep, sizeof deep, "deep", &v), HAKD_EFORMAT);
+  ASSERT_TRUE(strstr(hakd_error_message(), "nesting too deep") != NULL);
+}
+
+/* Random byte flips in a valid file: each open either succeeds or fails with a message that
+ * names the file; never crashes or reads out of bounds (checked under ASan). */
+TEST(mutated_files_never_crash) {
+  float v[6] = {1, 2, 3, 4, 5, 6};
+  int64_t shape[2] = {2, 3}, ids[2] = {4, 5}, ids_shape[1] = {2};
+  hakd_st_writer *w = hakd_st_writer_new();
+  ASSERT_OK(hakd_st_writer_add(w, "a.weight", HAKD_ST_F32, 2, shape, v));
+  ASSERT_OK(hakd_st_writer_add(w, "b.ids", HAKD_ST_I64, 1, ids_shape, ids));
+  ASSERT_OK(hakd_st_writer_metadata(w, "k", "v"));
+  const char *good = tmp_path("good.safetensors");
+  ASSERT_OK(hakd_st_writer_write(w, good));
+  hakd_st_writer_free(w);
+  FILE *fp = fopen(good, "rb");
+  ASSERT_TRUE(fp != NULL);
+  uint8_t original[512];
+  size_t size = fread(original, 1, sizeof original, fp);
+  fclose(fp);
+  ASSERT_TRUE(size > 100 && size < sizeof original);
+  uint32_t state = 2463534242u;
+  int opened = 0;
+  for (int iter = 0; iter < 400; iter++) {
+    uint8_t bytes[512];
+    memcpy(bytes, original, size);
+    for (int k = 0; k < 1 + iter % 3; k++) { /* xorshift32 picks positions and values */
+      state ^= state << 13;
+      state ^= state >> 17;
+      state ^= state << 5;
+      bytes[state % size] = (uint8_t)(state >> 24);
+    }
+    size_t n = iter % 7 == 6 ? state % size : size; /* sometimes also cut the file */
+    const char *path = tmp_path("mutant.safetensors");
+    fp = fopen(path, "wb");
+    ASSERT_TRUE(fp != NULL);
+    fwrite(bytes, 1, n, fp);
+    fclose(fp);
+    hakd_st_file *f;
+    int status = hakd_st_open(path, &f);
+    if (status == 0) {
+      opened++;
+      for (int i = 0; i < hakd_st_count(f); i++) { /* reading every tensor stays in bounds */
+        const hakd_st_tensor *t = hakd_st_get(f, i);
+        int64_t numel = 1;
+        for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
+        if (numel > 64) continue;
+        float fbuf[64];
+        int64_t ibuf[64];
+        (void)hakd_st_read_f32(f, t->name, fbuf, numel);
+        (void)hakd_st_read_i64(f, t->name, ibuf, numel);
+      }
+      hakd_st_close(f);
+    } else if (status > 0 || !strstr(hakd_error_message(), "mutant.safetensors")) {
+      test_fail(__FILE__, __LINE__, "iteration %d: status %d, message \"%s\"", iter, status, hakd_error_message());
+      return;
+    }
+  }
+  ASSERT_TRUE(opened > 0 && opened < 400); /* flips in the data section keep the file valid */
 }

@@ -61,7 +61,7 @@ struct hakd_st_file {
   hakd__json header;   /* owns the tensor names and metadata strings */
   int n_tensors;
   hakd_st_tensor *tensors; /* header order */
-  int *by_name;            /* tensor indices sorted by name, for lookups */
+  const hakd_st_tensor **by_name; /* the tensors sorted by name, for lookups */
   const hakd__json *metadata;
 };
 
@@ -73,10 +73,8 @@ static void format_shape(char *buf, size_t size, int ndim, const int64_t *shape)
   if (used < size) snprintf(buf + used, size - used, ndim == 1 ? ",)" : ")");
 }
 
-static const hakd_st_file *sort_file; /* qsort has no context argument; lookups are read-only */
-
 static int compare_names(const void *a, const void *b) {
-  return strcmp(sort_file->tensors[*(const int *)a].name, sort_file->tensors[*(const int *)b].name);
+  return strcmp((*(const hakd_st_tensor *const *)a)->name, (*(const hakd_st_tensor *const *)b)->name);
 }
 
 static int compare_offsets(const void *a, const void *b) {
@@ -224,15 +222,14 @@ static int parse_header(hakd_st_file *f, const char *header_text, size_t header_
       continue;
     }
     if ((status = parse_tensor_entry(f, key, &root->items[i], &f->tensors[f->n_tensors]))) return status;
-    f->by_name[f->n_tensors] = f->n_tensors;
+    f->by_name[f->n_tensors] = &f->tensors[f->n_tensors];
     f->n_tensors++;
   }
-  sort_file = f;
   qsort(f->by_name, (size_t)f->n_tensors, sizeof *f->by_name, compare_names);
   for (int i = 1; i < f->n_tensors; i++)
-    if (strcmp(f->tensors[f->by_name[i]].name, f->tensors[f->by_name[i - 1]].name) == 0)
+    if (strcmp(f->by_name[i]->name, f->by_name[i - 1]->name) == 0)
       return hakd_error(HAKD_EFORMAT, "%s: tensor '%s' appears twice in the header", f->path,
-                        f->tensors[f->by_name[i]].name);
+                        f->by_name[i]->name);
   return check_no_overlap(f);
 }
 
@@ -303,7 +300,7 @@ const hakd_st_tensor *hakd_st_find(const hakd_st_file *f, const char *name) {
   int lo = 0, hi = f->n_tensors - 1;
   while (lo <= hi) {
     int mid = lo + (hi - lo) / 2;
-    const hakd_st_tensor *t = &f->tensors[f->by_name[mid]];
+    const hakd_st_tensor *t = f->by_name[mid];
     int c = strcmp(name, t->name);
     if (c == 0) return t;
     if (c < 0) hi = mid - 1;
