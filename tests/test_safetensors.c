@@ -205,6 +205,9 @@ TEST(writer_rejects_bad_tensors) {
   ASSERT_EQ_INT(hakd_st_writer_add(w, "__metadata__", HAKD_ST_F32, 1, ok, &v), HAKD_EINVAL);
   ASSERT_EQ_INT(hakd_st_writer_add(w, "", HAKD_ST_F32, 1, ok, &v), HAKD_EINVAL);
   ASSERT_EQ_INT(hakd_st_writer_add(w, "deep", HAKD_ST_F32, 9, ok, &v), HAKD_EINVAL);
+  ASSERT_EQ_INT(hakd_st_writer_add(w, "bad\xff", HAKD_ST_F32, 1, ok, &v), HAKD_EINVAL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "not valid UTF-8") != NULL);
+  ASSERT_EQ_INT(hakd_st_writer_metadata(w, "k", "\xc3("), HAKD_EINVAL);
   hakd_st_writer_free(w);
 }
 

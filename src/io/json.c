@@ -420,6 +420,18 @@ const hakd__json *hakd__json_get(const hakd__json *object, const char *key) {
   return NULL;
 }
 
+int hakd__json_utf8_valid(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  size_t n = strlen(s);
+  while (n) {
+    size_t len = utf8_sequence_length(p, n);
+    if (!len) return 0;
+    p += len;
+    n -= len;
+  }
+  return 1;
+}
+
 const char *hakd__json_type_name(hakd__json_type type) {
   switch (type) {
     case HAKD__JSON_NULL: return "null";

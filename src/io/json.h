@@ -38,6 +38,8 @@ int hakd__json_parse(const char *text, size_t len, const char *what, hakd__json 
 void hakd__json_free(hakd__json *v);
 /* First member named key of an object, or NULL. */
 const hakd__json *hakd__json_get(const hakd__json *object, const char *key);
+/* 1 when the NUL-terminated s is well-formed UTF-8 (what the parser accepts in strings). */
+int hakd__json_utf8_valid(const char *s);
 /* "a string", "an array", ... for messages. */
 const char *hakd__json_type_name(hakd__json_type type);
 

@@ -357,7 +357,7 @@ static float half_to_float(uint16_t h) {
 int hakd_st_read_f32(const hakd_st_file *f, const char *name, float *dst, int64_t n) {
   const hakd_st_tensor *t;
   int status = lookup_sized(f, name, n, &t);
-  if (status) return status;
+  if (status || n == 0) return status;
   const uint8_t *src = f->data + t->offset;
   switch (t->dtype) {
     case HAKD_ST_F32: memcpy(dst, src, (size_t)n * sizeof(float)); return 0;
@@ -392,7 +392,7 @@ int hakd_st_read_f32(const hakd_st_file *f, const char *name, float *dst, int64_
 int hakd_st_read_i64(const hakd_st_file *f, const char *name, int64_t *dst, int64_t n) {
   const hakd_st_tensor *t;
   int status = lookup_sized(f, name, n, &t);
-  if (status) return status;
+  if (status || n == 0) return status;
   const uint8_t *src = f->data + t->offset;
   switch (t->dtype) {
     case HAKD_ST_I64: memcpy(dst, src, (size_t)n * sizeof(int64_t)); return 0;
@@ -466,6 +466,8 @@ int hakd_st_writer_add(hakd_st_writer *w, const char *name, hakd_st_dtype dtype,
   const st_dtype_info *info = dtype_by_enum(dtype);
   if (!name || !name[0] || strcmp(name, ST_METADATA_KEY) == 0)
     return hakd_error(HAKD_EINVAL, "safetensors writer: invalid tensor name '%s'", name ? name : "(null)");
+  if (!hakd__json_utf8_valid(name))
+    return hakd_error(HAKD_EINVAL, "safetensors writer: tensor name '%s' is not valid UTF-8", name);
   if (!info) return hakd_error(HAKD_EINVAL, "safetensors writer: tensor '%s': unknown dtype %d", name, (int)dtype);
   if (ndim < 0 || ndim > ST_MAX_NDIM)
     return hakd_error(HAKD_EINVAL, "safetensors writer: tensor '%s': ndim %d outside [0, %d]", name, ndim, ST_MAX_NDIM);
@@ -502,6 +504,8 @@ int hakd_st_writer_add(hakd_st_writer *w, const char *name, hakd_st_dtype dtype,
 
 int hakd_st_writer_metadata(hakd_st_writer *w, const char *key, const char *value) {
   if (!key || !value) return hakd_error(HAKD_EINVAL, "safetensors writer: NULL metadata key or value");
+  if (!hakd__json_utf8_valid(key) || !hakd__json_utf8_valid(value))
+    return hakd_error(HAKD_EINVAL, "safetensors writer: metadata '%s' is not valid UTF-8", key);
   for (int i = 0; i < w->n_metadata; i++) {
     if (strcmp(w->metadata[i].key, key) == 0) { /* a later value replaces the earlier one */
       char *copy = strdup(value);
