@@ -90,13 +90,18 @@ int cmd_predict(int argc, char **argv) {
     if (hakd_image_read(input, &img)) goto fail;
     H = img.height, W = img.width;
     x_data = malloc((size_t)3 * H * W * sizeof(float));
-    if (!x_data) goto fail;
-    hakd_norm norm = strcmp(norm_name, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN;
-    for (int64_t p = 0; p < (int64_t)H * W; p++) {
-      uint8_t rgb[3];
-      for (int ch = 0; ch < 3; ch++) rgb[ch] = img.pixels[p * img.channels + (img.channels >= 3 ? ch : 0)];
-      hakd_normalize_pixel(&x_data[p], &x_data[(int64_t)H * W + p], &x_data[2 * (int64_t)H * W + p], rgb, norm);
+    uint8_t *rgb = malloc((size_t)3 * H * W);
+    if (!x_data || !rgb) {
+      free(rgb);
+      hakd_error(HAKD_ENOMEM, "out of memory");
+      goto fail;
     }
+    for (int64_t p = 0; p < (int64_t)H * W; p++)
+      for (int ch = 0; ch < 3; ch++) rgb[3 * p + ch] = img.pixels[p * img.channels + (img.channels >= 3 ? ch : 0)];
+    hakd_sample sample = {W, H, rgb, NULL};
+    int trc = hakd_eval_transform(x_data, &sample, 0, 0, strcmp(norm_name, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN);
+    free(rgb);
+    if (trc) goto fail;
   }
   ctx = hakd_ctx_new();
   hakd_ctx_set_grad(ctx, 0);

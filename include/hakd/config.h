@@ -34,7 +34,7 @@ typedef struct {
   int64_t warmup_lr_iters;
   /* bookkeeping */
   char work_dir[HAKD_PATH_MAX], resume[HAKD_PATH_MAX];
-  int64_t eval_every, save_every, log_every;
+  int64_t eval_every, save_every, log_every, stop_after;
   int64_t seed;
   int threads;
   /* distillation */

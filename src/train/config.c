@@ -53,6 +53,8 @@ static const hakd_config_key keys[] = {
     {"eval_every", NUM(HAKD_KEY_INT64, eval_every), "0", "evaluate every N iterations (0: at the end)", 0},
     {"save_every", NUM(HAKD_KEY_INT64, save_every), "0", "checkpoint every N iterations (0: at the end)", 0},
     {"log_every", NUM(HAKD_KEY_INT64, log_every), "10", "log line every N iterations", 0},
+    {"stop_after", NUM(HAKD_KEY_INT64, stop_after), "0",
+     "stop (with a checkpoint) at this iteration, to continue later with --resume (0: run to the end)", 0},
     {"seed", NUM(HAKD_KEY_INT64, seed), "0", "random seed (weights, data order, augmentation)", 0},
     {"threads", NUM(HAKD_KEY_INT, threads), "0", "compute threads (0: OMP_NUM_THREADS or all cores)", 0},
     {"teacher", STR(teacher), "", "teacher model name", 1},

@@ -474,7 +474,8 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
             config->train_split, config->iters, config->batch, t.crop_h, t.crop_w);
   double start = progress_now(), window_start = start, window_data = 0;
   int64_t first_iter = iter, window_iters = 0;
-  while (!rc && iter < config->iters) {
+  int64_t end = config->stop_after > 0 && config->stop_after < config->iters ? config->stop_after : config->iters;
+  while (!rc && iter < end) {
     float lr = hakd_schedule_lr(&t.sched, iter);
     double terms[MAX_TERMS], data_time;
     rc = train_step(&t, iter, lr, terms, &data_time);
@@ -491,7 +492,7 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
       log_iteration(&t, iter, lr, terms, per_iter, window_data / (double)window_iters, avg * (double)(config->iters - iter));
       window_start = now, window_iters = 0, window_data = 0;
     }
-    int last = iter == config->iters;
+    int last = iter == config->iters || iter == config->stop_after;
     if (config->eval_every > 0 ? (iter % config->eval_every == 0 || last) : last) rc = run_eval(&t, iter, result);
     if (!rc && (config->save_every > 0 ? (iter % config->save_every == 0 || last) : last)) rc = save_checkpoint(&t, iter);
   }

@@ -1,0 +1,294 @@
+/* The trainer end to end on tiny models and a tiny synthetic dataset: every distillation
+ * method runs, checkpoints, resumes bit-identically, evaluates; bad configs fail clearly. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "harness.h"
+#include "hakd/config.h"
+#include "hakd/data.h"
+#include "hakd/evaluate.h"
+#include "hakd/io.h"
+#include "hakd/model.h"
+#include "hakd/train.h"
+
+static const char *make_dataset(void) {
+  static char root[600];
+  snprintf(root, sizeof root, "%s/synth", test_tmpdir());
+  struct stat sb;
+  if (stat(root, &sb) == 0) return root;
+  hakd_synth_config sc = {root, 12, 4, 32, 32, 3};
+  if (hakd_synth_write(&sc)) return NULL;
+  return root;
+}
+
+static void tiny_config(hakd_config *c, const char *root, const char *model, const char *work) {
+  hakd_config_default(c);
+  snprintf(c->model, sizeof c->model, "%s", model);
+  snprintf(c->dataset, sizeof c->dataset, "generic");
+  snprintf(c->data_root, sizeof c->data_root, "%s", root);
+  snprintf(c->crop, sizeof c->crop, "32x32");
+  snprintf(c->work_dir, sizeof c->work_dir, "%s/%s", test_tmpdir(), work);
+  c->width = 0.125f;
+  c->batch = 2;
+  c->iters = 4;
+  c->workers = 1;
+  c->lr = 0.01f;
+  c->log_every = 2;
+}
+
+static FILE *quiet_log(void) {
+  FILE *f = fopen("/dev/null", "w");
+  return f ? f : stdout;
+}
+
+static int file_exists(const char *dir, const char *name) {
+  char path[1200];
+  struct stat sb;
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  return stat(path, &sb) == 0;
+}
+
+/* The tiny teacher every distillation test reads (trained once per process). */
+static const char *teacher_weights(const char *root) {
+  static char path[1200];
+  hakd_config c;
+  tiny_config(&c, root, "deeplabv3-r18-d8", "teacher");
+  snprintf(path, sizeof path, "%s/best.safetensors", c.work_dir);
+  struct stat sb;
+  if (stat(path, &sb) == 0) return path;
+  hakd_train_result r;
+  FILE *log = quiet_log();
+  int rc = hakd_train_run(&c, 0, log, &r);
+  fclose(log);
+  return rc ? NULL : path;
+}
+
+TEST(train_writes_checkpoints_logs_and_plots) {
+  const char *root = make_dataset();
+  ASSERT_TRUE(root != NULL);
+  hakd_config c;
+  tiny_config(&c, root, "segformer-b0", "train");
+  snprintf(c.optimizer, sizeof c.optimizer, "adamw");
+  c.lr = 1e-3f;
+  hakd_train_result r;
+  FILE *log = quiet_log();
+  int rc = hakd_train_run(&c, 0, log, &r);
+  fclose(log);
+  ASSERT_OK(rc);
+  ASSERT_EQ_INT(r.iters_done, 4);
+  ASSERT_TRUE(r.final_miou >= 0 && r.final_miou <= 1);
+  const char *files[] = {"config.txt", "log.jsonl", "latest.safetensors", "latest.state.safetensors",
+                         "best.safetensors", "loss.png", "miou.png"};
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    if (!file_exists(c.work_dir, files[i])) test_fail(__FILE__, __LINE__, "missing %s/%s", c.work_dir, files[i]);
+  }
+  /* The exported weights load back strictly into the same model. */
+  hakd_model_options mo;
+  hakd_model_options_default(&mo);
+  mo.num_classes = r.num_classes;
+  mo.width = c.width;
+  hakd_model *m;
+  ASSERT_OK(hakd_model_create("segformer-b0", &mo, &m));
+  char path[1200];
+  snprintf(path, sizeof path, "%s/best.safetensors", c.work_dir);
+  ASSERT_OK(hakd_model_load(m, path, NULL, NULL));
+  hakd_model_free(m);
+}
+
+TEST(every_distill_method_runs) {
+  const char *root = make_dataset();
+  ASSERT_TRUE(root != NULL);
+  const char *tw = teacher_weights(root);
+  if (!tw) test_fail(__FILE__, __LINE__, "teacher training failed: %s", hakd_error_message());
+  ASSERT_TRUE(tw != NULL);
+  const char *methods[] = {"none", "kd", "cwd", "fitnet", "heteroakd"};
+  for (int i = 0; i < 5; i++) {
+    hakd_config c;
+    tiny_config(&c, root, "segformer-b0", methods[i]);
+    snprintf(c.teacher, sizeof c.teacher, "deeplabv3-r18-d8");
+    c.teacher_width = 0.125f;
+    snprintf(c.teacher_weights, sizeof c.teacher_weights, "%s", tw);
+    snprintf(c.method, sizeof c.method, "%s", methods[i]);
+    snprintf(c.optimizer, sizeof c.optimizer, "adamw");
+    c.lr = 1e-3f;
+    c.warmup_iters = 1;
+    snprintf(c.dump_kem, sizeof c.dump_kem, "%s/kem", c.work_dir);
+    c.dump_every = 2;
+    hakd_train_result r;
+    FILE *log = quiet_log();
+    int rc = hakd_train_run(&c, 1, log, &r);
+    fclose(log);
+    if (rc) test_fail(__FILE__, __LINE__, "method %s: %s", methods[i], hakd_error_message());
+    ASSERT_OK(rc);
+    ASSERT_TRUE(r.teacher_miou >= 0 && r.teacher_miou <= 1);
+    ASSERT_TRUE(file_exists(c.work_dir, "latest.state.safetensors"));
+    if (!strcmp(methods[i], "heteroakd")) ASSERT_TRUE(file_exists(c.work_dir, "kem/kem_iter000004.png"));
+  }
+}
+
+static int read_all_floats(const char *path, float **out, int64_t *n) {
+  hakd_st_file *f;
+  int rc = hakd_st_open(path, &f);
+  if (rc) return rc;
+  int64_t total = 0;
+  for (int i = 0; i < hakd_st_count(f); i++) {
+    const hakd_st_tensor *t = hakd_st_get(f, i);
+    if (t->dtype != HAKD_ST_F32) continue;
+    total += (int64_t)(t->nbytes / 4);
+  }
+  float *buf = malloc((size_t)total * sizeof(float) + 1);
+  int64_t at = 0;
+  for (int i = 0; i < hakd_st_count(f) && !rc; i++) {
+    const hakd_st_tensor *t = hakd_st_get(f, i);
+    if (t->dtype != HAKD_ST_F32) continue;
+    rc = hakd_st_read_f32(f, t->name, buf + at, (int64_t)(t->nbytes / 4));
+    at += (int64_t)(t->nbytes / 4);
+  }
+  hakd_st_close(f);
+  *out = buf;
+  *n = total;
+  return rc;
+}
+
+/* N iterations straight == N/2, stop, resume, N/2: same weights, same optimizer state. */
+TEST(resume_is_bit_identical) {
+  const char *root = make_dataset();
+  ASSERT_TRUE(root != NULL);
+  const char *tw = teacher_weights(root);
+  ASSERT_TRUE(tw != NULL);
+  hakd_config a, b;
+  tiny_config(&a, root, "segformer-b0", "straight");
+  snprintf(a.teacher, sizeof a.teacher, "deeplabv3-r18-d8");
+  a.teacher_width = 0.125f;
+  snprintf(a.teacher_weights, sizeof a.teacher_weights, "%s", tw);
+  snprintf(a.method, sizeof a.method, "heteroakd");
+  snprintf(a.optimizer, sizeof a.optimizer, "adamw");
+  a.lr = 1e-3f;
+  a.iters = 6;
+  a.warmup_iters = 2;
+  b = a;
+  snprintf(b.work_dir, sizeof b.work_dir, "%s/staged", test_tmpdir());
+  b.stop_after = 3;
+  hakd_train_result r;
+  FILE *log = quiet_log();
+  ASSERT_OK(hakd_train_run(&a, 1, log, &r));
+  ASSERT_OK(hakd_train_run(&b, 1, log, &r));
+  ASSERT_EQ_INT(r.iters_done, 3);
+  b.stop_after = 0;
+  snprintf(b.resume, sizeof b.resume, "auto");
+  ASSERT_OK(hakd_train_run(&b, 1, log, &r));
+  fclose(log);
+  ASSERT_EQ_INT(r.iters_done, 6);
+  const char *files[] = {"latest.safetensors", "latest.state.safetensors"};
+  for (int f = 0; f < 2; f++) {
+    char pa[1200], pb[1200];
+    snprintf(pa, sizeof pa, "%s/%s", a.work_dir, files[f]);
+    snprintf(pb, sizeof pb, "%s/%s", b.work_dir, files[f]);
+    float *va, *vb;
+    int64_t na, nb;
+    ASSERT_OK(read_all_floats(pa, &va, &na));
+    ASSERT_OK(read_all_floats(pb, &vb, &nb));
+    ASSERT_EQ_INT(na, nb);
+    ASSERT_TRUE(na > 0);
+    int same = memcmp(va, vb, (size_t)na * sizeof(float)) == 0;
+    if (!same) test_fail(__FILE__, __LINE__, "%s differs between the straight and the resumed run", files[f]);
+    free(va);
+    free(vb);
+  }
+}
+
+TEST(evaluate_scores_saved_predictions) {
+  const char *root = make_dataset();
+  ASSERT_TRUE(root != NULL);
+  const char *tw = teacher_weights(root);
+  ASSERT_TRUE(tw != NULL);
+  hakd_dataset_config dc = {"generic", root, "val", 0};
+  hakd_dataset *ds;
+  ASSERT_OK(hakd_dataset_open(&ds, &dc));
+  hakd_model_options mo;
+  hakd_model_options_default(&mo);
+  mo.num_classes = hakd_dataset_num_classes(ds);
+  mo.width = 0.125f;
+  hakd_model *m;
+  ASSERT_OK(hakd_model_create("deeplabv3-r18-d8", &mo, &m));
+  ASSERT_OK(hakd_model_load(m, tw, NULL, NULL));
+  hakd_eval_options o;
+  hakd_eval_options_default(&o);
+  char pred_dir[700];
+  snprintf(pred_dir, sizeof pred_dir, "%s/pred", test_tmpdir());
+  o.save_pred_dir = pred_dir;
+  hakd_confusion whole, slide;
+  ASSERT_OK(hakd_confusion_init(&whole, mo.num_classes));
+  ASSERT_OK(hakd_confusion_init(&slide, mo.num_classes));
+  ASSERT_OK(hakd_evaluate(m, ds, &o, &whole));
+  /* A slide window covering the whole image gives the whole-image result. */
+  o.save_pred_dir = NULL;
+  o.mode = HAKD_EVAL_SLIDE;
+  o.crop_h = o.crop_w = 32;
+  o.stride_h = o.stride_w = 16;
+  ASSERT_OK(hakd_evaluate(m, ds, &o, &slide));
+  uint64_t total = 0;
+  for (int i = 0; i < mo.num_classes * mo.num_classes; i++) {
+    ASSERT_EQ_INT(whole.counts[i], slide.counts[i]);
+    total += whole.counts[i];
+  }
+  ASSERT_TRUE(total > 0);
+  /* Saved masks are named after the images and have their size. */
+  const char *img = hakd_dataset_image_path(ds, 0);
+  const char *base = strrchr(img, '/') ? strrchr(img, '/') + 1 : img;
+  char mask_path[1400];
+  snprintf(mask_path, sizeof mask_path, "%s/%.*s.png", pred_dir, (int)(strrchr(base, '.') - base), base);
+  int w, h;
+  int32_t *mask;
+  ASSERT_OK(hakd_label_read(mask_path, &w, &h, &mask));
+  ASSERT_EQ_INT(w, 32);
+  ASSERT_EQ_INT(h, 32);
+  free(mask);
+  hakd_confusion_free(&whole);
+  hakd_confusion_free(&slide);
+  hakd_model_free(m);
+  hakd_dataset_free(ds);
+}
+
+TEST(nan_loss_stops_with_iteration_and_term) {
+  const char *root = make_dataset();
+  ASSERT_TRUE(root != NULL);
+  hakd_config c;
+  tiny_config(&c, root, "deeplabv3-r18-d8", "nan");
+  c.lr = 1e30f;
+  c.iters = 6;
+  hakd_train_result r;
+  FILE *log = quiet_log();
+  int rc = hakd_train_run(&c, 0, log, &r);
+  fclose(log);
+  ASSERT_EQ_INT(rc, HAKD_ENUMERIC);
+  ASSERT_TRUE(strstr(hakd_error_message(), "iteration") != NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "'ce'") != NULL || strstr(hakd_error_message(), "'loss'") != NULL);
+}
+
+TEST(config_file_unknown_key_and_flags) {
+  char path[700];
+  snprintf(path, sizeof path, "%s/bad.cfg", test_tmpdir());
+  FILE *f = fopen(path, "w");
+  fprintf(f, "# comment\nmodel = segformer-b0\nbatch = 4\nlearning_rate = 0.1\n");
+  fclose(f);
+  hakd_config c;
+  hakd_config_default(&c);
+  ASSERT_EQ_INT(hakd_config_load(&c, path), HAKD_EINVAL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "bad.cfg:4") != NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "learning_rate") != NULL);
+  f = fopen(path, "w");
+  fprintf(f, "model = \"segformer-b0\"\nbatch = 4\nlambda_hakd = 0.5\n");
+  fclose(f);
+  hakd_config_default(&c);
+  ASSERT_OK(hakd_config_load(&c, path));
+  ASSERT_EQ_INT(c.batch, 4);
+  ASSERT_TRUE(!strcmp(c.model, "segformer-b0"));
+  ASSERT_NEAR(c.lambda_hakd, 0.5, 0);
+  ASSERT_OK(hakd_config_set(&c, "lambda-hakd", "2"));
+  ASSERT_NEAR(c.lambda_hakd, 2.0, 0);
+  ASSERT_EQ_INT(hakd_config_set(&c, "batch", "four"), HAKD_EINVAL);
+  ASSERT_EQ_INT(hakd_config_set(&c, "T", "nan"), HAKD_EINVAL);
+}
