@@ -46,7 +46,8 @@ static inline int golden_compare(hakd_st_file *f, const char *case_name, const c
   double err = ok ? test_max_rel_err(got, want, n, 1e-6) : 0.0;
   if (ok && !(err <= tol)) {
     test_fail(__FILE__, __LINE__, "%s: max normalised error %.3g > %.3g", key, err, tol);
-    for (int64_t i = 0; i < n && i < 6; i++) fprintf(stderr, "  [%lld] got %.7g want %.7g\n", (long long)i, got[i], want[i]);
+    for (int64_t i = 0; i < n && i < 6; i++)
+      fprintf(stderr, "  [%lld] got %.7g want %.7g\n", (long long)i, got[i], want[i]);
     ok = 0;
   }
   free(want);

@@ -8,10 +8,22 @@
  * error is ample; a wrong formula or clip point gives O(1e-2) or more. */
 #define TOL 1e-5
 
-static hakd_tensor *build_relu(hakd_ctx *ctx, hakd_tensor **in, const golden_args *a) { (void)a; return hakd_relu(ctx, in[0]); }
-static hakd_tensor *build_relu6(hakd_ctx *ctx, hakd_tensor **in, const golden_args *a) { (void)a; return hakd_relu6(ctx, in[0]); }
-static hakd_tensor *build_gelu(hakd_ctx *ctx, hakd_tensor **in, const golden_args *a) { (void)a; return hakd_gelu(ctx, in[0]); }
-static hakd_tensor *build_sigmoid(hakd_ctx *ctx, hakd_tensor **in, const golden_args *a) { (void)a; return hakd_sigmoid(ctx, in[0]); }
+static hakd_tensor *build_relu(hakd_ctx *ctx, hakd_tensor **in, const golden_args *args) {
+  (void)args;
+  return hakd_relu(ctx, in[0]);
+}
+static hakd_tensor *build_relu6(hakd_ctx *ctx, hakd_tensor **in, const golden_args *args) {
+  (void)args;
+  return hakd_relu6(ctx, in[0]);
+}
+static hakd_tensor *build_gelu(hakd_ctx *ctx, hakd_tensor **in, const golden_args *args) {
+  (void)args;
+  return hakd_gelu(ctx, in[0]);
+}
+static hakd_tensor *build_sigmoid(hakd_ctx *ctx, hakd_tensor **in, const golden_args *args) {
+  (void)args;
+  return hakd_sigmoid(ctx, in[0]);
+}
 
 TEST(relu_matches_torch) { golden_run(FIXTURE, "relu", "x", build_relu, TOL); }
 TEST(relu6_matches_torch) { golden_run(FIXTURE, "relu6", "x", build_relu6, TOL); }

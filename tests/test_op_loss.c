@@ -97,7 +97,10 @@ TEST(cross_entropy_large_matches_naive_reference) {
       for (int k = 0; k < K; k++) mx = fmax(mx, xv[(n * K + k) * S + s]);
       for (int k = 0; k < K; k++) sum += exp(xv[(n * K + k) * S + s] - mx);
       double lse = mx + log(sum);
-      for (int k = 0; k < K; k++) want_grad[(n * K + k) * S + s] = lab == 255 ? 0.0f : (float)(exp(xv[(n * K + k) * S + s] - lse) - (k == lab));
+      for (int k = 0; k < K; k++) {
+        double prob = exp(xv[(n * K + k) * S + s] - lse);
+        want_grad[(n * K + k) * S + s] = lab == 255 ? 0.0f : (float)(prob - (k == lab));
+      }
       if (lab == 255) continue;
       total += lse - xv[(n * K + lab) * S + s];
       valid++;

@@ -74,7 +74,8 @@ TEST(shape_ops_gradcheck) {
   hakd_tensor *in[2] = {gradcheck_input(&p, "x", 4, xs, 1.0f, 41), gradcheck_input(&p, "y", 4, ys, 1.0f, 42)};
   const char *what[] = {"permute", "concat", "slice", "reshape"};
   /* y^2 has a constant second derivative: central differences remain exact up to rounding. */
-  for (int kind = 0; kind < 4; kind++) gradcheck(what[kind], gc_shape, &kind, in, kind == 1 ? 2 : 1, 1e-2, 1e-3, 1e-3, 100);
+  for (int kind = 0; kind < 4; kind++)
+    gradcheck(what[kind], gc_shape, &kind, in, kind == 1 ? 2 : 1, 1e-2, 1e-3, 1e-3, 100);
   hakd_params_free(&p);
 }
 

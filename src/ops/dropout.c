@@ -21,7 +21,8 @@ static void dropout_backward(hakd_ctx *ctx, hakd_node *node) {
 hakd_tensor *hakd_dropout(hakd_ctx *ctx, hakd_tensor *x, float p) {
   if (!x) return NULL;
   if (x->dtype != HAKD_F32) return hakd_ctx_fail(ctx, HAKD_EINVAL, "dropout: input must be float32");
-  if (!(p >= 0.0f && p <= 1.0f)) return hakd_ctx_fail(ctx, HAKD_EINVAL, "dropout: probability %g outside [0, 1]", (double)p);
+  if (!(p >= 0.0f && p <= 1.0f))
+    return hakd_ctx_fail(ctx, HAKD_EINVAL, "dropout: probability %g outside [0, 1]", (double)p);
   if (!hakd_ctx_training(ctx) || p == 0.0f) return x;
   int64_t n = hakd_numel(x);
   hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, x->shape);

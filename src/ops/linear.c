@@ -51,7 +51,8 @@ hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "linear: inputs must be float32");
   if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1] ||
       (b && (b->ndim != 1 || b->shape[0] != w->shape[0])))
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "linear: x %s, weight %s, bias %s do not match (want (..., in), (out, in), (out))",
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE,
+                         "linear: x %s, weight %s, bias %s do not match (want (..., in), (out, in), (out))",
                          hakd_shape_str(x, sx, sizeof sx), hakd_shape_str(w, sw, sizeof sw),
                          b ? hakd_shape_str(b, sb, sizeof sb) : "none");
   int64_t in = w->shape[1], out = w->shape[0], rows = ops_prod(x->shape, 0, x->ndim - 1);

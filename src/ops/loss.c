@@ -92,7 +92,9 @@ hakd_tensor *hakd_cross_entropy(hakd_ctx *ctx, hakd_tensor *logits, hakd_tensor 
   for (int i = 2; shapes_ok && i < logits->ndim; i++)
     if (labels->shape[i - 1] != logits->shape[i]) shapes_ok = 0;
   if (!shapes_ok)
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "cross_entropy: logits %s and labels %s do not match (want (N,K,H,W) and (N,H,W), or (N,K) and (N))",
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE,
+                         "cross_entropy: logits %s and labels %s do not match (want (N,K,H,W) and (N,H,W), or (N,K) "
+                         "and (N))",
                          hakd_shape_str(logits, sx, sizeof sx), hakd_shape_str(labels, sl, sizeof sl));
   int64_t n_img = logits->shape[0], k_classes = logits->shape[1], s_pixels = ops_prod(logits->shape, 2, logits->ndim);
   const int32_t *lab = hakd_i32(labels);
@@ -123,7 +125,8 @@ hakd_tensor *hakd_cross_entropy(hakd_ctx *ctx, hakd_tensor *logits, hakd_tensor 
   float *lse = hakd_ctx_alloc(ctx, (size_t)n_labels * sizeof(float));
   double *partial = hakd_ctx_alloc(ctx, (size_t)n_blocks * sizeof(double));
   if (!y || !lse || !partial) return NULL;
-  if (k_classes > 0) cross_entropy_forward(lse, partial, hakd_f32(logits), lab, n_img, k_classes, s_pixels, ignore_index);
+  if (k_classes > 0)
+    cross_entropy_forward(lse, partial, hakd_f32(logits), lab, n_img, k_classes, s_pixels, ignore_index);
   /* No valid pixel: exactly 0 (PyTorch gives 0/0 = nan), so a batch of pure ignore is harmless. */
   hakd_f32(y)[0] = valid ? (float)(sum_partials(partial, n_blocks) / (double)valid) : 0.0f;
   hakd_tensor *in[2] = {logits, labels};
@@ -227,7 +230,8 @@ hakd_tensor *hakd_kl_div_softmax(hakd_ctx *ctx, hakd_tensor *s, hakd_tensor *t, 
   if (s->dtype != HAKD_F32 || t->dtype != HAKD_F32)
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "kl_div_softmax: inputs must be float32");
   if (s->ndim < 2 || !hakd_same_shape(s, t))
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "kl_div_softmax: student %s and teacher %s must have the same (N, K, ...) shape",
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE,
+                         "kl_div_softmax: student %s and teacher %s must have the same (N, K, ...) shape",
                          hakd_shape_str(s, ss, sizeof ss), hakd_shape_str(t, st, sizeof st));
   if (!(T > 0.0f) || !(divisor > 0.0))
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "kl_div_softmax: temperature %g and divisor %g must be positive", (double)T,

@@ -71,7 +71,8 @@ static void matmul_backward(hakd_ctx *ctx, hakd_node *node) {
 hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int transpose_a, int transpose_b) {
   if (!a || !b) return NULL;
   char sa[96], sb[96];
-  if (a->dtype != HAKD_F32 || b->dtype != HAKD_F32) return hakd_ctx_fail(ctx, HAKD_EINVAL, "matmul: inputs must be float32");
+  if (a->dtype != HAKD_F32 || b->dtype != HAKD_F32)
+    return hakd_ctx_fail(ctx, HAKD_EINVAL, "matmul: inputs must be float32");
   int ta = transpose_a != 0, tb = transpose_b != 0;
   int shapes_ok = a->ndim >= 2 && b->ndim >= 2 && (b->ndim == 2 || b->ndim == a->ndim);
   if (shapes_ok && b->ndim > 2)
@@ -85,10 +86,12 @@ hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int tran
     if (hakd_dim(b, tb ? -1 : -2) != k) shapes_ok = 0;
   }
   if (!shapes_ok)
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "matmul: a %s%s and b %s%s do not match", hakd_shape_str(a, sa, sizeof sa),
-                         ta ? " (transposed)" : "", hakd_shape_str(b, sb, sizeof sb), tb ? " (transposed)" : "");
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "matmul: a %s%s and b %s%s do not match",
+                         hakd_shape_str(a, sa, sizeof sa), ta ? " (transposed)" : "", hakd_shape_str(b, sb, sizeof sb),
+                         tb ? " (transposed)" : "");
   if (m > 2147483647 || n > 2147483647 || k > 2147483647)
-    return hakd_ctx_fail(ctx, HAKD_EUNSUPPORTED, "matmul: a %s too large for 32-bit BLAS", hakd_shape_str(a, sa, sizeof sa));
+    return hakd_ctx_fail(ctx, HAKD_EUNSUPPORTED, "matmul: a %s too large for 32-bit BLAS",
+                         hakd_shape_str(a, sa, sizeof sa));
   int64_t shape[HAKD_MAX_DIMS];
   for (int i = 0; i < a->ndim - 2; i++) shape[i] = a->shape[i];
   shape[a->ndim - 2] = m;
