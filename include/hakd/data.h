@@ -175,6 +175,10 @@ void hakd_synth_render(uint8_t *rgb,   /* (H, W, 3) */
                        uint8_t *label, /* (H, W) class ids or 255 */
                        int height, int width, uint64_t seed, int64_t index);
 
+/* Validation image i of a written set is rendered at index HAKD_SYNTH_VAL_INDEX + i (train
+ * image i at index i), so the number of training images never changes the validation set. */
+#define HAKD_SYNTH_VAL_INDEX ((int64_t)1 << 40)
+
 typedef struct {
   const char *out_dir;
   int n_train, n_val;

@@ -3,6 +3,7 @@
  * the colour of the image's border frame), so a CNN student with a small receptive field
  * and a teacher that sees the whole image differ in what they get right. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,16 +169,93 @@ void hakd_synth_render(uint8_t *rgb, uint8_t *label, int height, int width, uint
   }
 }
 
-static int write_list_file(const char *path, const char *split, int n) {
-  FILE *fp = fopen(path, "w");
-  if (!fp) return hakd_error(HAKD_EIO, "%s: cannot create", path);
-  for (int i = 0; i < n; i++) fprintf(fp, "images/%s/%05d.png labels/%s/%05d.png\n", split, i, split, i);
-  if (fclose(fp) != 0) return hakd_error(HAKD_EIO, "%s: write error", path);
-  return 0;
+static const char *const synth_splits[2] = {"train", "val"};
+
+/* Files are written by several threads: each PNG writer fsyncs (atomic writes), and
+ * overlapping those waits is what makes a few hundred files quick. Output does not depend on
+ * the thread count: image t is a pure function of (seed, t). */
+enum { SYNTH_WRITERS = 8 };
+
+typedef struct {
+  const hakd_synth_config *config;
+  uint8_t palette[256 * 3];
+  pthread_mutex_t mutex;
+  int64_t next; /* next image to write: train 0..n_train-1, then val */
+  int status;   /* first error, with its message */
+  char message[1024];
+} synth_job;
+
+static int write_image(const hakd_synth_config *config, const uint8_t *palette, int split, int i, uint8_t *rgb,
+                       uint8_t *label) {
+  hakd_synth_render(rgb, label, config->height, config->width, config->seed, (split ? HAKD_SYNTH_VAL_INDEX : 0) + i);
+  char *path = hakd__strdup_printf("%s/images/%s/%05d.png", config->out_dir, synth_splits[split], i);
+  int status = path ? hakd_png_write_rgb(path, config->width, config->height, rgb)
+                    : hakd_error(HAKD_ENOMEM, "synth: out of memory");
+  free(path);
+  if (status) return status;
+  path = hakd__strdup_printf("%s/labels/%s/%05d.png", config->out_dir, synth_splits[split], i);
+  status = path ? hakd_png_write_palette(path, config->width, config->height, label, palette, 256)
+                : hakd_error(HAKD_ENOMEM, "synth: out of memory");
+  free(path);
+  return status;
 }
 
-/* Val images come from their own part of the stream, so --train N never changes them. */
-#define SYNTH_VAL_INDEX_BASE ((int64_t)1 << 40)
+static void *synth_writer(void *arg) {
+  synth_job *job = arg;
+  const hakd_synth_config *config = job->config;
+  size_t n_pixels = (size_t)config->height * config->width;
+  uint8_t *rgb = malloc(n_pixels * 3), *label = malloc(n_pixels);
+  int status = rgb && label ? 0 : hakd_error(HAKD_ENOMEM, "synth: out of memory");
+  for (;;) {
+    pthread_mutex_lock(&job->mutex);
+    int64_t t = job->next++;
+    int stop = job->status != 0 || t >= (int64_t)config->n_train + config->n_val;
+    pthread_mutex_unlock(&job->mutex);
+    if (stop || status) break;
+    int split = t >= config->n_train;
+    status = write_image(config, job->palette, split, (int)(split ? t - config->n_train : t), rgb, label);
+  }
+  if (status) {
+    pthread_mutex_lock(&job->mutex);
+    if (!job->status) {
+      job->status = status;
+      snprintf(job->message, sizeof job->message, "%s", hakd_error_message());
+    }
+    pthread_mutex_unlock(&job->mutex);
+  }
+  free(rgb);
+  free(label);
+  return NULL;
+}
+
+static int write_list_file(const char *out, const char *split, int n) {
+  char *path = hakd__strdup_printf("%s/%s.txt", out, split);
+  FILE *fp = path ? fopen(path, "w") : NULL;
+  if (!fp) {
+    int status = hakd_error(HAKD_EIO, "%s/%s.txt: cannot create", out, split);
+    free(path);
+    return status;
+  }
+  for (int i = 0; i < n; i++) fprintf(fp, "images/%s/%05d.png labels/%s/%05d.png\n", split, i, split, i);
+  int status = fclose(fp) != 0 ? hakd_error(HAKD_EIO, "%s: write error", path) : 0;
+  free(path);
+  return status;
+}
+
+static int write_classes_file(const char *out) {
+  char *path = hakd__strdup_printf("%s/classes.txt", out);
+  FILE *fp = path ? fopen(path, "w") : NULL;
+  if (!fp) {
+    free(path);
+    return hakd_error(HAKD_EIO, "%s/classes.txt: cannot create", out);
+  }
+  for (int k = 0; k < HAKD_SYNTH_NUM_CLASSES; k++)
+    fprintf(fp, "%s %d %d %d\n", synth_classes[k], synth_palette[3 * k], synth_palette[3 * k + 1],
+            synth_palette[3 * k + 2]);
+  int status = fclose(fp) != 0 ? hakd_error(HAKD_EIO, "%s: write error", path) : 0;
+  free(path);
+  return status;
+}
 
 int hakd_synth_write(const hakd_synth_config *config) {
   const char *out = config->out_dir;
@@ -187,59 +265,29 @@ int hakd_synth_write(const hakd_synth_config *config) {
   if (config->n_train < 0 || config->n_val < 0 || config->n_train > 1000000 || config->n_val > 1000000)
     return hakd_error(HAKD_EINVAL, "synth: image counts %d/%d out of range", config->n_train, config->n_val);
 
-  uint8_t palette[256 * 3] = {0};
-  memcpy(palette, synth_palette, sizeof synth_palette);
-  palette[3 * 255] = palette[3 * 255 + 1] = palette[3 * 255 + 2] = 255; /* ignore shows white */
-  size_t n_pixels = (size_t)config->height * config->width;
-  uint8_t *rgb = malloc(n_pixels * 3), *label = malloc(n_pixels);
-  char *path = NULL;
-  int status = rgb && label ? 0 : hakd_error(HAKD_ENOMEM, "synth: out of memory");
-
-  static const char *const splits[2] = {"train", "val"};
-  const int counts[2] = {config->n_train, config->n_val};
-  for (int s = 0; s < 2 && !status; s++) {
+  int status = 0;
+  for (int s = 0; s < 2 && !status; s++)
     for (int kind = 0; kind < 2 && !status; kind++) {
-      path = hakd__strdup_printf("%s/%s/%s", out, kind ? "labels" : "images", splits[s]);
-      status = path ? hakd__make_dirs(path) : hakd_error(HAKD_ENOMEM, "synth: out of memory");
-      free(path);
-      path = NULL;
+      char *dir = hakd__strdup_printf("%s/%s/%s", out, kind ? "labels" : "images", synth_splits[s]);
+      status = dir ? hakd__make_dirs(dir) : hakd_error(HAKD_ENOMEM, "synth: out of memory");
+      free(dir);
     }
-    for (int i = 0; i < counts[s] && !status; i++) {
-      hakd_synth_render(rgb, label, config->height, config->width, config->seed,
-                        (s ? SYNTH_VAL_INDEX_BASE : 0) + i);
-      path = hakd__strdup_printf("%s/images/%s/%05d.png", out, splits[s], i);
-      status = path ? hakd_png_write_rgb(path, config->width, config->height, rgb)
-                    : hakd_error(HAKD_ENOMEM, "synth: out of memory");
-      free(path);
-      path = NULL;
-      if (status) break;
-      path = hakd__strdup_printf("%s/labels/%s/%05d.png", out, splits[s], i);
-      status = path ? hakd_png_write_palette(path, config->width, config->height, label, palette, 256)
-                    : hakd_error(HAKD_ENOMEM, "synth: out of memory");
-      free(path);
-      path = NULL;
-    }
-    if (!status) {
-      path = hakd__strdup_printf("%s/%s.txt", out, splits[s]);
-      status = path ? write_list_file(path, splits[s], counts[s]) : hakd_error(HAKD_ENOMEM, "synth: out of memory");
-      free(path);
-      path = NULL;
-    }
-  }
-  if (!status) {
-    path = hakd__strdup_printf("%s/classes.txt", out);
-    FILE *fp = path ? fopen(path, "w") : NULL;
-    if (!fp) {
-      status = hakd_error(HAKD_EIO, "%s: cannot create", path ? path : out);
-    } else {
-      for (int k = 0; k < HAKD_SYNTH_NUM_CLASSES; k++)
-        fprintf(fp, "%s %d %d %d\n", synth_classes[k], synth_palette[3 * k], synth_palette[3 * k + 1],
-                synth_palette[3 * k + 2]);
-      if (fclose(fp) != 0) status = hakd_error(HAKD_EIO, "%s: write error", path);
-    }
-    free(path);
-  }
-  free(rgb);
-  free(label);
+  if (status) return status;
+
+  synth_job job = {.config = config};
+  memcpy(job.palette, synth_palette, sizeof synth_palette);
+  job.palette[3 * 255] = job.palette[3 * 255 + 1] = job.palette[3 * 255 + 2] = 255; /* ignore shows white */
+  pthread_mutex_init(&job.mutex, NULL);
+  pthread_t threads[SYNTH_WRITERS];
+  int started = 0;
+  for (; started < SYNTH_WRITERS; started++)
+    if (pthread_create(&threads[started], NULL, synth_writer, &job) != 0) break;
+  if (started == 0) synth_writer(&job);
+  for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
+  pthread_mutex_destroy(&job.mutex);
+  if (job.status) return hakd_error(job.status, "%s", job.message);
+
+  for (int s = 0; s < 2 && !status; s++) status = write_list_file(out, synth_splits[s], s ? config->n_val : config->n_train);
+  if (!status) status = write_classes_file(out);
   return status;
 }
