@@ -1,0 +1,132 @@
+/* maxpool2d, avgpool2d and adaptive_avgpool2d against PyTorch (tools/gen_ops_conv.py) and finite
+ * differences. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "gradcheck.h"
+#include "harness.h"
+#include "op_fixture.h"
+#include "hakd/io.h"
+#include "hakd/ops.h"
+
+/* Max pooling copies values (exact); averages sum at most 35 values and divide, where the
+ * summation order may differ from PyTorch's by a few ulps (~3e-7 of the largest value); 1e-6
+ * still fails on any wrong window, divisor or bin (errors O(0.1)). */
+#define POOL_TOL 1e-6
+
+static hakd_tensor *run_pool(hakd_ctx *ctx, const char *c, hakd_tensor *x, const int64_t *prm) {
+  if (strncmp(c, "max", 3) == 0) return hakd_maxpool2d(ctx, x, (int)prm[0], (int)prm[1], (int)prm[2]);
+  if (strncmp(c, "avg", 3) == 0) return hakd_avgpool2d(ctx, x, (int)prm[0], (int)prm[1], (int)prm[2]);
+  return hakd_adaptive_avgpool2d(ctx, x, prm[0], prm[1]);
+}
+
+/* Every fixture case whose name starts with `kind`: output and input gradient. */
+static void check_cases(const char *kind) {
+  hakd_st_file *f;
+  ASSERT_OK(hakd_st_open(test_fixture_path("ops/pool.safetensors"), &f));
+  char cases[OP_FIXTURE_MAX_CASES][48];
+  int n_cases = op_fixture_cases(f, "cases", cases, OP_FIXTURE_MAX_CASES), checked = 0;
+  for (int i = 0; i < n_cases && !test_failed(); i++) {
+    const char *c = cases[i];
+    if (strncmp(c, kind, strlen(kind)) != 0) continue;
+    int64_t prm[3];
+    if (!op_fixture_ints(f, c, prm, 3)) break;
+    hakd_params p;
+    hakd_params_init(&p);
+    hakd_tensor *x = op_fixture_param(&p, f, c, "x", 0);
+    int64_t ngy = 0;
+    float *gy = op_fixture_floats(f, c, "gy", &ngy);
+    hakd_ctx *ctx = hakd_ctx_new();
+    hakd_tensor *y = x ? run_pool(ctx, c, x, prm) : NULL;
+    double tol = kind[0] == 'm' ? 0.0 : POOL_TOL;
+    if (!y) test_fail(__FILE__, __LINE__, "%s: pooling failed: %s", c, hakd_error_message());
+    int ok = y && gy && ngy == hakd_numel(y) && op_fixture_check(f, c, "y", hakd_f32(y), hakd_numel(y), tol);
+    if (ok && hakd_backward_seeded(ctx, y, gy) != 0) {
+      test_fail(__FILE__, __LINE__, "%s: backward failed: %s", c, hakd_error_message());
+      ok = 0;
+    }
+    /* overlapping windows sum several gradients per input: a few ulps even for max */
+    ok = ok && op_fixture_check(f, c, "gx", x->grad, hakd_numel(x), POOL_TOL);
+    checked += ok;
+    free(gy);
+    hakd_ctx_free(ctx);
+    hakd_params_free(&p);
+  }
+  ASSERT_TRUE(checked >= 3);
+  hakd_st_close(f);
+}
+
+TEST(maxpool_matches_torch) { check_cases("max"); }
+TEST(avgpool_count_include_pad_matches_torch) { check_cases("avg"); }
+/* out sizes 1, 2, 3, 6 from 7x10 (non-divisible), 5 -> 6 (bins overlap), 6x6 -> 3x2 */
+TEST(adaptive_avgpool_matches_torch) { check_cases("adaptive"); }
+
+/* Ties go to the first maximum in scan order (PyTorch's CPU kernel), so its gradient lands there;
+ * a NaN in a window propagates. */
+TEST(maxpool_ties_and_nan) {
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t xs[4] = {1, 1, 2, 4};
+  hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, 0);
+  const float v[8] = {1, 3, 3, 2, 3, 0, NAN, 5};
+  memcpy(hakd_f32(x), v, sizeof v);
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_tensor *y = hakd_maxpool2d(ctx, x, 2, 2, 0);
+  ASSERT_TRUE(y != NULL);
+  ASSERT_NEAR(hakd_f32(y)[0], 3.0f, 0);
+  ASSERT_TRUE(isnan(hakd_f32(y)[1]));
+  ASSERT_OK(hakd_backward(ctx, y));
+  const float want[8] = {0, 1, 0, 0, 0, 0, 1, 0};
+  for (int i = 0; i < 8; i++) ASSERT_NEAR(x->grad[i], want[i], 0);
+  hakd_ctx_free(ctx);
+  hakd_params_free(&p);
+}
+
+/* ---- finite differences ---- */
+
+typedef struct {
+  int kind; /* 0 max, 1 avg, 2 adaptive */
+  int a, b, c;
+} pool_arg;
+
+static hakd_tensor *build_pool(hakd_ctx *ctx, hakd_tensor **in, void *arg) {
+  const pool_arg *p = arg;
+  if (p->kind == 0) return hakd_maxpool2d(ctx, in[0], p->a, p->b, p->c);
+  if (p->kind == 1) return hakd_avgpool2d(ctx, in[0], p->a, p->b, p->c);
+  return hakd_adaptive_avgpool2d(ctx, in[0], p->a, p->b);
+}
+
+/* Average pools are linear (central differences exact up to fp32 rounding, ~1e-5 with eps 0.01);
+ * max pooling is piecewise linear and, with distinct N(0,1) inputs, eps 0.01 rarely crosses a
+ * switch (a gap under 2 eps between a window's top two values): the fixed seed avoids it, and a
+ * wrong argmax gives O(1) errors. atol 2e-4 + rtol 1e-3. */
+TEST(gradcheck_pools) {
+  const pool_arg cases[] = {{0, 3, 2, 1}, {0, 2, 2, 0}, {1, 3, 2, 1}, {1, 2, 1, 0}, {2, 3, 2, 0}, {2, 6, 6, 0}};
+  for (size_t t = 0; t < sizeof cases / sizeof cases[0] && !test_failed(); t++) {
+    hakd_params p;
+    hakd_params_init(&p);
+    int64_t xs[4] = {2, 2, 5, 7};
+    hakd_tensor *x = gradcheck_input(&p, "x", 4, xs, 1.0f, 40 + t);
+    char what[64];
+    snprintf(what, sizeof what, "pool kind %d (%d, %d, %d)", cases[t].kind, cases[t].a, cases[t].b, cases[t].c);
+    gradcheck(what, build_pool, (void *)&cases[t], &x, 1, 0.01, 2e-4, 1e-3, 140);
+    hakd_params_free(&p);
+  }
+}
+
+TEST(rejects_bad_windows) {
+  hakd_ctx *ctx = hakd_ctx_new();
+  int64_t xs[4] = {1, 1, 4, 4};
+  hakd_tensor *x = hakd_tensor_zeros(ctx, HAKD_F32, 4, xs);
+  ASSERT_TRUE(hakd_maxpool2d(ctx, x, 2, 2, 2) == NULL); /* padding > kernel / 2 */
+  ASSERT_TRUE(strstr(hakd_error_message(), "padding 2 out of range") != NULL);
+  hakd_ctx_reset(ctx);
+  x = hakd_tensor_zeros(ctx, HAKD_F32, 4, xs);
+  ASSERT_TRUE(hakd_avgpool2d(ctx, x, 5, 1, 0) == NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "larger than padded input") != NULL);
+  hakd_ctx_reset(ctx);
+  x = hakd_tensor_zeros(ctx, HAKD_F32, 4, xs);
+  ASSERT_TRUE(hakd_adaptive_avgpool2d(ctx, x, 0, 2) == NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "must be positive") != NULL);
+  hakd_ctx_free(ctx);
+}
