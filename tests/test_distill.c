@@ -438,3 +438,263 @@ TEST(option_parsers) {
   ASSERT_EQ_INT(g, HAKD_GRID_TEACHER);
   ASSERT_EQ_INT(hakd_grid_parse("image", &g), HAKD_EINVAL);
 }
+
+/* ---- the distiller on two tiny heterogeneous models ---- */
+
+#define E2E_K 5
+#define E2E_SIZE 64
+#define E2E_N 2 /* DeepLabV3's image-pooling BN needs more than one value per channel in training */
+
+typedef struct {
+  hakd_model *teacher, *student;
+  float x[E2E_N * 3 * E2E_SIZE * E2E_SIZE];
+  int32_t labels[E2E_N * E2E_SIZE * E2E_SIZE];
+} e2e_pair;
+
+/* Width-0.25 registry models, K = 5, random 2x3x64x64 images and labels with ~10% ignored. */
+static int e2e_setup(e2e_pair *p, const char *teacher, const char *student) {
+  hakd_model_options mo;
+  hakd_model_options_default(&mo);
+  mo.num_classes = E2E_K;
+  mo.width = 0.25f;
+  p->teacher = p->student = NULL;
+  if (hakd_model_create(teacher, &mo, &p->teacher) || hakd_model_create(student, &mo, &p->student)) return -1;
+  hakd_model_init(p->teacher, 1);
+  hakd_model_init(p->student, 2);
+  uint64_t rng = hakd_rng_seed(3);
+  for (int i = 0; i < E2E_N * 3 * E2E_SIZE * E2E_SIZE; i++) p->x[i] = hakd_rng_normal(&rng);
+  for (int i = 0; i < E2E_N * E2E_SIZE * E2E_SIZE; i++)
+    p->labels[i] = hakd_rng_uniform(&rng) < 0.1f ? 255 : (int32_t)((i % E2E_SIZE) * E2E_K / E2E_SIZE);
+  return 0;
+}
+
+static void e2e_free(e2e_pair *p) {
+  hakd_model_free(p->teacher);
+  hakd_model_free(p->student);
+}
+
+/* One training step as the trainer runs it: teacher (grad as asked, eval mode), student
+ * (grad, training), distiller. teacher_grad 1 simulates a caller that forgot no-grad. */
+static int e2e_step(hakd_ctx *ctx, e2e_pair *p, hakd_distiller *d, int64_t iter, int teacher_grad,
+                    hakd_model_output *sout, hakd_distill_losses *out) {
+  hakd_ctx_reset(ctx);
+  int64_t xshape[4] = {E2E_N, 3, E2E_SIZE, E2E_SIZE}, yshape[3] = {E2E_N, E2E_SIZE, E2E_SIZE};
+  hakd_tensor *x = hakd_tensor_from(ctx, HAKD_F32, 4, xshape, p->x);
+  hakd_tensor *y = hakd_tensor_from(ctx, HAKD_I32, 3, yshape, p->labels);
+  hakd_model_output tout;
+  hakd_ctx_set_grad(ctx, teacher_grad);
+  hakd_ctx_set_training(ctx, 0);
+  int rc = hakd_model_forward(p->teacher, ctx, x, &tout);
+  hakd_ctx_set_grad(ctx, 1);
+  hakd_ctx_set_training(ctx, 1);
+  if (!rc) rc = hakd_model_forward(p->student, ctx, x, sout);
+  if (!rc) rc = hakd_distiller_forward(d, ctx, &tout, sout, y, iter, out);
+  return rc;
+}
+
+/* Largest |grad| over the parameters whose name starts with prefix (all when ""). */
+static double max_grad(const hakd_params *params, const char *prefix) {
+  double m = 0;
+  for (int i = 0; i < params->count; i++) {
+    const hakd_tensor *t = params->items[i];
+    if (!t->grad || strncmp(t->name, prefix, strlen(prefix))) continue;
+    for (int64_t j = 0; j < hakd_numel(t); j++) m = fmax(m, fabs(t->grad[j]));
+  }
+  return m;
+}
+
+static void zero_all_grads(e2e_pair *p, hakd_distiller *d) {
+  hakd_params_zero_grad(hakd_model_params(p->teacher));
+  hakd_params_zero_grad(hakd_model_params(p->student));
+  hakd_params_zero_grad(hakd_distiller_params(d));
+}
+
+static double value(const hakd_tensor *t) { return t ? hakd_f32(t)[0] : NAN; }
+
+TEST(distiller_heteroakd_cnn_teacher_transformer_student) {
+  e2e_pair p;
+  ASSERT_OK(e2e_setup(&p, "deeplabv3-r18-d8", "segformer-b0"));
+  hakd_distill_options o;
+  hakd_distill_options_default(&o);
+  hakd_distiller *d = NULL;
+  ASSERT_OK(hakd_distiller_create(p.teacher, p.student, HAKD_DISTILL_HETEROAKD, &o, 100, &d));
+  ASSERT_EQ_INT(hakd_distiller_warmup_iters(d), 10); /* 10% of the schedule */
+  hakd_params *dp = hakd_distiller_params(d);
+  const hakd_tensor *ps = hakd_params_find(dp, "distill.proj_s.4.0.weight");
+  const hakd_tensor *pt = hakd_params_find(dp, "distill.proj_t.4.0.weight");
+  ASSERT_TRUE(ps && pt && hakd_params_find(dp, "distill.proj_s.4.1.running_var") &&
+              hakd_params_find(dp, "distill.proj_t.4.1.num_batches_tracked"));
+  ASSERT_EQ_INT(ps->shape[0], E2E_K);
+  ASSERT_EQ_INT(ps->shape[1], hakd_model_stage_channels(p.student, 4));
+  ASSERT_EQ_INT(pt->shape[1], hakd_model_stage_channels(p.teacher, 4));
+  ASSERT_EQ_INT(dp->count, 12); /* two (conv, BN weight/bias/mean/var/count) projectors */
+
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_model_output sout;
+  hakd_distill_losses l;
+  /* after warm-up: every HeteroAKD term, weighted 0.1 / 1 / 1 */
+  ASSERT_OK(e2e_step(ctx, &p, d, 10, 1, &sout, &l));
+  ASSERT_TRUE(!l.warmup && l.kd && l.hakd && l.proj && !l.cwd && !l.fitnet && l.total);
+  ASSERT_TRUE(isfinite(value(l.kd)) && value(l.hakd) > 0 && value(l.proj) > 0);
+  ASSERT_NEAR(value(l.total), 0.1 * value(l.kd) + value(l.hakd) + value(l.proj), 1e-5 * value(l.total));
+  ASSERT_EQ_INT(l.n_stages, 1);
+  ASSERT_EQ_INT(l.stages[0], 4);
+  /* the common grid defaults to the student's logits (stride 4: 16x16) */
+  const hakd_tensor *w = l.kem_weights[0];
+  ASSERT_TRUE(w && w->ndim == 3 && w->shape[1] == sout.logits->shape[2] && w->shape[2] == sout.logits->shape[3]);
+  double wsum = 0;
+  for (int64_t i = 0; i < hakd_numel(w); i++) wsum += hakd_f32(w)[i];
+  ASSERT_NEAR(wsum, E2E_N, 1e-5); /* 1 per image; float rounding of 256 terms each */
+  zero_all_grads(&p, d);
+  ASSERT_OK(hakd_backward(ctx, l.total));
+  ASSERT_TRUE(max_grad(dp, "distill.proj_s.4.0.") > 0 && max_grad(dp, "distill.proj_t.4.0.") > 0);
+  ASSERT_TRUE(max_grad(dp, "distill.proj_s.4.1.weight") > 0 && max_grad(dp, "distill.proj_t.4.1.weight") > 0);
+  ASSERT_TRUE(max_grad(hakd_model_params(p.student), "segformer.encoder") > 0);
+  /* the teacher is frozen even when its forward pass recorded a tape */
+  ASSERT_TRUE(max_grad(hakd_model_params(p.teacher), "") == 0.0);
+
+  /* warm-up: KD and L_hakd computed for the log but weighted 0; L_proj trains both projectors
+   * and, through the stop-gradient, nothing of the student */
+  ASSERT_OK(e2e_step(ctx, &p, d, 9, 0, &sout, &l));
+  ASSERT_TRUE(l.warmup && l.lambda_kd == 0.0f && l.lambda_hakd == 0.0f && l.lambda_proj == 1.0f);
+  ASSERT_TRUE(l.kd && l.hakd && value(l.hakd) > 0);
+  ASSERT_NEAR(value(l.total), value(l.proj), 1e-6 * value(l.proj));
+  zero_all_grads(&p, d);
+  ASSERT_OK(hakd_backward(ctx, l.total));
+  ASSERT_TRUE(max_grad(dp, "distill.proj_s.4.0.") > 0 && max_grad(dp, "distill.proj_t.4.0.") > 0);
+  ASSERT_TRUE(max_grad(hakd_model_params(p.student), "") == 0.0);
+  hakd_distiller_free(d);
+
+  /* --proj-grad-to-student: the same warm-up step now reaches the student backbone */
+  o.proj_grad_to_student = 1;
+  o.warmup_iters = 5;
+  ASSERT_OK(hakd_distiller_create(p.teacher, p.student, HAKD_DISTILL_HETEROAKD, &o, 100, &d));
+  ASSERT_EQ_INT(hakd_distiller_warmup_iters(d), 5);
+  ASSERT_OK(e2e_step(ctx, &p, d, 0, 0, &sout, &l));
+  zero_all_grads(&p, d);
+  ASSERT_OK(hakd_backward(ctx, l.total));
+  ASSERT_TRUE(max_grad(hakd_model_params(p.student), "segformer.encoder") > 0);
+  hakd_distiller_free(d);
+  hakd_ctx_free(ctx);
+  e2e_free(&p);
+}
+
+TEST(distiller_heteroakd_transformer_teacher_cnn_student_options) {
+  e2e_pair p;
+  ASSERT_OK(e2e_setup(&p, "segformer-b0", "deeplabv3-r18-d8"));
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_model_output sout;
+  hakd_distill_losses l;
+  /* grid x reliability x stages: each W lives on the chosen grid with the reliability's shape */
+  for (int grid = 0; grid < 3; grid++) {
+    hakd_distill_options o;
+    hakd_distill_options_default(&o);
+    ASSERT_OK(hakd_distill_stages_parse("2,3,4", &o));
+    o.grid = (hakd_grid)grid;
+    o.reliability = grid == 1 ? HAKD_RELIABILITY_BCE : HAKD_RELIABILITY_CE;
+    o.kem_axis = grid == 1 ? HAKD_KEM_AXIS_CLASS : HAKD_KEM_AXIS_SPATIAL;
+    o.no_kmm = grid == 2;
+    o.proj_relu = grid == 2;
+    hakd_distiller *d = NULL;
+    ASSERT_OK(hakd_distiller_create(p.teacher, p.student, HAKD_DISTILL_HETEROAKD, &o, 0, &d));
+    ASSERT_EQ_INT(hakd_distiller_params(d)->count, 36);
+    ASSERT_OK(e2e_step(ctx, &p, d, 0, 0, &sout, &l));
+    ASSERT_TRUE(!l.warmup); /* 10% of 0 iterations */
+    ASSERT_EQ_INT(l.n_stages, 3);
+    for (int i = 0; i < 3; i++) {
+      int s = l.stages[i];
+      hakd_model *grid_model = grid == 2 ? p.teacher : p.student;
+      int64_t want_h = grid == 0 ? sout.logits->shape[2] : E2E_SIZE / hakd_model_stage_stride(grid_model, s);
+      const hakd_tensor *w = l.kem_weights[i];
+      ASSERT_TRUE(w != NULL);
+      ASSERT_EQ_INT(w->ndim, grid == 1 ? 4 : 3);
+      ASSERT_EQ_INT(w->shape[w->ndim - 2], want_h);
+    }
+    zero_all_grads(&p, d);
+    ASSERT_OK(hakd_backward(ctx, l.total));
+    for (int i = 0; i < 3; i++) {
+      char prefix[64];
+      snprintf(prefix, sizeof prefix, "distill.proj_s.%d.0.", l.stages[i]);
+      ASSERT_TRUE(max_grad(hakd_distiller_params(d), prefix) > 0);
+      snprintf(prefix, sizeof prefix, "distill.proj_t.%d.0.", l.stages[i]);
+      ASSERT_TRUE(max_grad(hakd_distiller_params(d), prefix) > 0);
+    }
+    ASSERT_TRUE(max_grad(hakd_model_params(p.student), "backbone") > 0);
+    hakd_distiller_free(d);
+  }
+  hakd_ctx_free(ctx);
+  e2e_free(&p);
+}
+
+TEST(distiller_baselines) {
+  e2e_pair p;
+  ASSERT_OK(e2e_setup(&p, "segformer-b0", "deeplabv3-r18-d8"));
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_model_output sout;
+  hakd_distill_losses l;
+  const hakd_distill_method methods[4] = {HAKD_DISTILL_NONE, HAKD_DISTILL_KD, HAKD_DISTILL_CWD, HAKD_DISTILL_FITNET};
+  for (int m = 0; m < 4; m++) {
+    hakd_distill_options o;
+    hakd_distill_options_default(&o);
+    o.cwd_feature = 1;
+    hakd_distiller *d = NULL;
+    ASSERT_OK(hakd_distiller_create(m ? p.teacher : NULL, p.student, methods[m], &o, 50, &d));
+    hakd_params *dp = hakd_distiller_params(d);
+    const char *param = m == 2 ? "distill.cwd_align.bias" : m == 3 ? "distill.fitnet.1.running_mean" : NULL;
+    ASSERT_EQ_INT(dp->count, m == 2 ? 2 : m == 3 ? 6 : 0);
+    if (param) ASSERT_TRUE(hakd_params_find(dp, param) != NULL);
+    /* warm-up (iter 4 of 5): the term is there for the log, the total a constant 0 */
+    ASSERT_OK(e2e_step(ctx, &p, d, 4, 0, &sout, &l));
+    hakd_tensor *term = m == 1 ? l.kd : m == 2 ? l.cwd : m == 3 ? l.fitnet : NULL;
+    ASSERT_TRUE(!l.hakd && !l.proj && (m == 0 || (term && value(term) > 0)));
+    ASSERT_TRUE(value(l.total) == 0.0f && !l.total->requires_grad);
+    /* after warm-up: total = lambda * term; gradients reach the student and the aligner */
+    ASSERT_OK(e2e_step(ctx, &p, d, 5, 0, &sout, &l));
+    term = m == 1 ? l.kd : m == 2 ? l.cwd : m == 3 ? l.fitnet : NULL;
+    double lambda = m == 1 ? 0.1 : m == 2 ? 3.0 : 1.0;
+    if (m == 0) {
+      ASSERT_TRUE(value(l.total) == 0.0f && !l.total->requires_grad);
+    } else {
+      ASSERT_NEAR(value(l.total), lambda * value(term), 1e-6 * value(l.total));
+      zero_all_grads(&p, d);
+      ASSERT_OK(hakd_backward(ctx, l.total));
+      ASSERT_TRUE(max_grad(hakd_model_params(p.student), "backbone") > 0);
+      if (param) ASSERT_TRUE(max_grad(dp, m == 2 ? "distill.cwd_align.weight" : "distill.fitnet.0.weight") > 0);
+    }
+    hakd_distiller_free(d);
+  }
+  hakd_ctx_free(ctx);
+  e2e_free(&p);
+}
+
+TEST(distiller_rejects_bad_setups) {
+  hakd_model_options mo;
+  hakd_model_options_default(&mo);
+  mo.width = 0.25f;
+  mo.num_classes = 5;
+  hakd_model *a = NULL, *b = NULL;
+  ASSERT_OK(hakd_model_create("segformer-b0", &mo, &a));
+  mo.num_classes = 6;
+  ASSERT_OK(hakd_model_create("segformer-b0", &mo, &b));
+  hakd_distill_options o;
+  hakd_distill_options_default(&o);
+  hakd_distiller *d = NULL;
+  ASSERT_EQ_INT(hakd_distiller_create(b, a, HAKD_DISTILL_HETEROAKD, &o, 10, &d), HAKD_ESHAPE);
+  ASSERT_TRUE(strstr(hakd_error_message(), "6 classes") != NULL);
+  ASSERT_EQ_INT(hakd_distiller_create(NULL, a, HAKD_DISTILL_KD, &o, 10, &d), HAKD_EINVAL);
+  o.kem_axis = HAKD_KEM_AXIS_CLASS;
+  ASSERT_EQ_INT(hakd_distiller_create(a, a, HAKD_DISTILL_HETEROAKD, &o, 10, &d), HAKD_EINVAL);
+  hakd_distill_options_default(&o);
+  o.stages[0] = 5;
+  ASSERT_EQ_INT(hakd_distiller_create(a, a, HAKD_DISTILL_HETEROAKD, &o, 10, &d), HAKD_EINVAL);
+  hakd_distill_options_default(&o);
+  o.T = 0;
+  ASSERT_EQ_INT(hakd_distiller_create(a, a, HAKD_DISTILL_HETEROAKD, &o, 10, &d), HAKD_EINVAL);
+  ASSERT_TRUE(d == NULL);
+  /* FitNet only needs matching features, not classes */
+  hakd_distill_options_default(&o);
+  ASSERT_OK(hakd_distiller_create(b, a, HAKD_DISTILL_FITNET, &o, 10, &d));
+  hakd_distiller_free(d);
+  hakd_model_free(a);
+  hakd_model_free(b);
+}
