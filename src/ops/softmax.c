@@ -12,6 +12,29 @@
 /* y = softmax(x) or log_softmax(x) along the middle dim.
  * y, x: (outer, size, inner). reference: F.softmax / F.log_softmax */
 static void softmax_forward(float *y, const float *x, int64_t outer, int64_t size, int64_t inner, int log_space) {
+  if (inner == 1) {
+    /* Last dim (attention rows): each row is contiguous. */
+#pragma omp parallel for schedule(static) if (outer * size > OPS_PARALLEL_MIN)
+    for (int64_t o = 0; o < outer; o++) {
+      const float *xr = x + o * size;
+      float *yr = y + o * size;
+      float max = -INFINITY, sum = 0.0f;
+      for (int64_t d = 0; d < size; d++) max = fmaxf(max, xr[d]);
+      for (int64_t d = 0; d < size; d++) {
+        float e = expf(xr[d] - max);
+        sum += e;
+        yr[d] = e;
+      }
+      if (log_space) {
+        float log_z = max + logf(sum);
+        for (int64_t d = 0; d < size; d++) yr[d] = xr[d] - log_z;
+      } else {
+        float inv = 1.0f / sum;
+        for (int64_t d = 0; d < size; d++) yr[d] *= inv;
+      }
+    }
+    return;
+  }
   int64_t blocks_per_outer = (inner + BLOCK - 1) / BLOCK, n_blocks = outer * blocks_per_outer;
 #pragma omp parallel for schedule(static) if (outer * size * inner > OPS_PARALLEL_MIN)
   for (int64_t blk = 0; blk < n_blocks; blk++) {
@@ -46,6 +69,22 @@ static void softmax_forward(float *y, const float *x, int64_t outer, int64_t siz
  * dx, dy, y: (outer, size, inner). */
 static void softmax_backward_kernel(float *dx, const float *dy, const float *y, int64_t outer, int64_t size,
                                     int64_t inner, int log_space) {
+  if (inner == 1) {
+#pragma omp parallel for schedule(static) if (outer * size > OPS_PARALLEL_MIN)
+    for (int64_t o = 0; o < outer; o++) {
+      const float *gr = dy + o * size, *yr = y + o * size;
+      float *dr = dx + o * size;
+      float dot = 0.0f;
+      if (log_space) {
+        for (int64_t d = 0; d < size; d++) dot += gr[d];
+        for (int64_t d = 0; d < size; d++) dr[d] += gr[d] - expf(yr[d]) * dot;
+      } else {
+        for (int64_t d = 0; d < size; d++) dot += gr[d] * yr[d];
+        for (int64_t d = 0; d < size; d++) dr[d] += yr[d] * (gr[d] - dot);
+      }
+    }
+    return;
+  }
   int64_t blocks_per_outer = (inner + BLOCK - 1) / BLOCK, n_blocks = outer * blocks_per_outer;
 #pragma omp parallel for schedule(static) if (outer * size * inner > OPS_PARALLEL_MIN)
   for (int64_t blk = 0; blk < n_blocks; blk++) {
