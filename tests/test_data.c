@@ -475,3 +475,38 @@ TEST(eval_size_keeps_ratio) {
         ASSERT_NEAR(same[c * 12 + y * 4 + x], (pattern_value(x, y, c, 0) - imagenet_mean[c]) / imagenet_std[c], 1e-5);
   hakd_sample_free(&s);
 }
+
+TEST(photometric_keeps_gray_gray_and_labels) {
+  /* A gray image stays gray: saturation and hue act on S = 0 pixels as the identity, and
+   * brightness/contrast treat the channels alike. Labels and padding are untouched. */
+  hakd_sample s = make_sample(9, 7);
+  for (int p = 0; p < 63; p++) s.rgb[3 * p + 1] = s.rgb[3 * p + 2] = s.rgb[3 * p];
+  hakd_augment aug = hakd_augment_default(8, 10);
+  aug.photometric = 1;
+  hakd_augment plain_aug = aug;
+  plain_aug.photometric = 0;
+  float image[3 * 80], plain[3 * 80];
+  int32_t label[80], plain_label[80];
+  int changed = 0;
+  for (int index = 0; index < 16; index++) {
+    ASSERT_OK(hakd_augment_sample(image, label, &s, &aug, 3, 1, index));
+    ASSERT_OK(hakd_augment_sample(plain, plain_label, &s, &plain_aug, 3, 1, index));
+    ASSERT_TRUE(!memcmp(label, plain_label, sizeof label));
+    changed += memcmp(image, plain, sizeof image) != 0;
+    for (int o = 0; o < 80; o++) {
+      if (label[o] == 255) {
+        for (int c = 0; c < 3; c++) ASSERT_TRUE(image[c * 80 + o] == 0.0f);
+        continue;
+      }
+      /* back to 0..255: equal channels up to float rounding of normalise/denormalise */
+      double r = image[o] * imagenet_std[0] + imagenet_mean[0], g = image[80 + o] * imagenet_std[1] + imagenet_mean[1];
+      double b = image[160 + o] * imagenet_std[2] + imagenet_mean[2];
+      ASSERT_NEAR(r, g, 1e-3);
+      ASSERT_NEAR(r, b, 1e-3);
+    }
+  }
+  /* Each of the four steps fires with p = 0.5: most of 16 samples change (fixed seed). */
+  ASSERT_TRUE(changed >= 8);
+
+  hakd_sample_free(&s);
+}

@@ -145,13 +145,14 @@ TEST(epochs_are_shuffled_permutations) {
 
 typedef struct {
   int calls;
-  char last[1200];
+  char all[8192]; /* the warnings, one a line */
 } log_capture;
 
 static void capture_log(void *user, const char *message) {
   log_capture *log = user;
   log->calls++;
-  snprintf(log->last, sizeof log->last, "%s", message);
+  size_t used = strlen(log->all);
+  snprintf(log->all + used, sizeof log->all - used, "%s\n", message);
 }
 
 TEST(bad_file_error_and_skip_bad) {
@@ -175,25 +176,42 @@ TEST(bad_file_error_and_skip_bad) {
     hakd_loader_free(loader);
   }
 
-  /* skip_bad: same batches with 1 and 2 workers, one warning naming the file, count 1. */
-  enum { N = 6 };
+  /* More kinds of bad item: label missing, label of another size, label value 9 >= K = 8. */
+  char missing[1024];
+  snprintf(missing, sizeof missing, "%s", hakd_dataset_label_path(ds, 7));
+  ASSERT_EQ_INT(remove(missing), 0);
+  uint8_t values[16 * 20];
+  memset(values, 9, sizeof values);
+  ASSERT_OK(hakd_png_write_gray(hakd_dataset_label_path(ds, 9), 20, 16, values));
+  ASSERT_OK(hakd_png_write_gray(hakd_dataset_label_path(ds, 2), 20, 15, values));
+
+  /* skip_bad over one whole epoch (no drop_last: batches of 3, 3, 3, 2): one warning per
+   * bad file naming it, a count of 4, and the same batches with 1 and 2 workers. */
+  enum { N = 4 };
   static batch runs[2][N];
   for (int r = 0; r < 2; r++) {
     log_capture log = {0};
     hakd_loader_config config = train_config(r + 1);
     config.skip_bad = 1;
+    config.drop_last = 0;
     config.log = capture_log;
     config.log_user = &log;
     hakd_loader *loader;
     ASSERT_OK(hakd_loader_new(&loader, ds, &config));
     for (int i = 0; i < N; i++)
-      ASSERT_EQ_INT(hakd_loader_next(loader, runs[r][i].images, runs[r][i].labels), BATCH);
-    ASSERT_EQ_INT(hakd_loader_skipped(loader), 1);
-    ASSERT_EQ_INT(log.calls, 1);
-    ASSERT_TRUE(strstr(log.last, bad) != NULL);
+      ASSERT_EQ_INT(hakd_loader_next(loader, runs[r][i].images, runs[r][i].labels), i < 3 ? BATCH : 2);
+    ASSERT_EQ_INT(hakd_loader_skipped(loader), 4);
+    ASSERT_EQ_INT(log.calls, 4);
+    const char *names[4] = {bad, missing, hakd_dataset_label_path(ds, 9), hakd_dataset_label_path(ds, 2)};
+    for (int k = 0; k < 4; k++) {
+      if (!strstr(log.all, names[k])) {
+        test_fail(__FILE__, __LINE__, "no warning names %s; warnings:\n%s", names[k], log.all);
+        return;
+      }
+    }
     hakd_loader_free(loader);
   }
-  for (int i = 0; i < N; i++) ASSERT_TRUE(!memcmp(runs[0][i].images, runs[1][i].images, sizeof runs[0][i].images));
+  for (int i = 0; i < N; i++) ASSERT_TRUE(!memcmp(&runs[0][i], &runs[1][i], sizeof runs[0][i]));
   hakd_dataset_free(ds);
 }
 

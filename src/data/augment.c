@@ -3,6 +3,7 @@
  * resize. Only the crop window of the rescaled image is ever computed: resampling is
  * pointwise, so that equals rescaling the whole image and cropping it. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,9 +74,11 @@ static void bilinear_taps(tap *taps, int begin, int count, int src_size, int dst
   }
 }
 
-/* Rows [y0, y0+rh) and columns [x0, x0+rw) of src (H, W, 3) resized to (nh, nw), into dst (rh, rw, 3). */
-static int resize_window(uint8_t *dst, const uint8_t *src, int height, int width, int nh, int nw, int y0, int rh,
-                         int x0, int rw) {
+/* Rows [y0, y0+rh) and columns [x0, x0+rw) of src resized to (nh, nw), rounded to uint8.
+ * reference: torch.nn.functional.interpolate(mode='bilinear', align_corners=False) (cv2.resize INTER_LINEAR) */
+static int resize_window(uint8_t *dst,       /* (rh, rw, 3) */
+                         const uint8_t *src, /* (H, W, 3) */
+                         int height, int width, int nh, int nw, int y0, int rh, int x0, int rw) {
   if (nh == height && nw == width) {
     for (int y = 0; y < rh; y++) memcpy(dst + (size_t)y * rw * 3, src + ((size_t)(y0 + y) * width + x0) * 3, (size_t)rw * 3);
     return 0;
@@ -106,7 +109,8 @@ static int resize_window(uint8_t *dst, const uint8_t *src, int height, int width
   return 0;
 }
 
-/* Nearest-neighbour source index of each destination index (cv2 INTER_NEAREST: floor(i * src/dst)). */
+/* Nearest-neighbour source index of each destination index: floor(i * src / dst).
+ * reference: torch.nn.functional.interpolate(mode='nearest') (cv2.resize INTER_NEAREST) */
 static void nearest_map(int *map, int dst_size, int src_size) {
   for (int i = 0; i < dst_size; i++) {
     int s = (int)((int64_t)i * src_size / dst_size);
@@ -122,28 +126,35 @@ static void scale_shift(uint8_t *rgb, size_t n, double alpha, double beta) {
   for (size_t i = 0; i < n; i++) rgb[i] = clip_truncate(rgb[i] * alpha + beta);
 }
 
-/* OpenCV's 8-bit HSV: H in [0, 180), S and V in [0, 255]. */
+/* 1/i for i in 1..255 (index 0 unused): the divisions of the HSV conversion. */
+static float reciprocal[256];
+
+static void init_reciprocal(void) {
+  for (int i = 1; i < 256; i++) reciprocal[i] = 1.0f / (float)i;
+}
+
+/* OpenCV's 8-bit HSV: H in [0, 180) (degrees / 2), S and V in [0, 255]. */
 static void rgb_to_hsv(uint8_t *hsv, const uint8_t *rgb) {
   int r = rgb[0], g = rgb[1], b = rgb[2];
   int v = r > g ? (r > b ? r : b) : (g > b ? g : b), mn = r < g ? (r < b ? r : b) : (g < b ? g : b), diff = v - mn;
-  double h = 0;
+  float h = 0.0f;
   if (diff > 0) {
-    if (v == r) h = 60.0 * (g - b) / diff;
-    else if (v == g) h = 120.0 + 60.0 * (b - r) / diff;
-    else h = 240.0 + 60.0 * (r - g) / diff;
-    if (h < 0) h += 360.0;
+    if (v == r) h = 30.0f * (float)(g - b) * reciprocal[diff];
+    else if (v == g) h = 60.0f + 30.0f * (float)(b - r) * reciprocal[diff];
+    else h = 120.0f + 30.0f * (float)(r - g) * reciprocal[diff];
+    if (h < 0.0f) h += 180.0f;
   }
-  int h8 = (int)lround(h / 2.0);
+  int h8 = (int)(h + 0.5f);
   hsv[0] = (uint8_t)(h8 >= 180 ? h8 - 180 : h8);
-  hsv[1] = (uint8_t)(v ? lround(255.0 * diff / v) : 0);
+  hsv[1] = (uint8_t)(v ? (int)(255.0f * (float)diff * reciprocal[v] + 0.5f) : 0);
   hsv[2] = (uint8_t)v;
 }
 
 static void hsv_to_rgb(uint8_t *rgb, const uint8_t *hsv) {
-  double h = hsv[0] * 2.0 / 60.0, s = hsv[1] / 255.0, v = hsv[2];
-  int sector = (int)h % 6;
-  double f = h - floor(h), p = v * (1 - s), q = v * (1 - s * f), t = v * (1 - s * (1 - f));
-  double r, g, b;
+  float h = (float)hsv[0] * (1.0f / 30.0f), s = (float)hsv[1] * (1.0f / 255.0f), v = (float)hsv[2];
+  int sector = (int)h;
+  float f = h - (float)sector, p = v * (1 - s), q = v * (1 - s * f), t = v * (1 - s * (1 - f));
+  float r, g, b;
   switch (sector) {
     case 0: r = v, g = t, b = p; break;
     case 1: r = q, g = v, b = p; break;
@@ -152,9 +163,9 @@ static void hsv_to_rgb(uint8_t *rgb, const uint8_t *hsv) {
     case 4: r = t, g = p, b = v; break;
     default: r = v, g = p, b = q; break;
   }
-  rgb[0] = (uint8_t)lround(r);
-  rgb[1] = (uint8_t)lround(g);
-  rgb[2] = (uint8_t)lround(b);
+  rgb[0] = (uint8_t)(r + 0.5f);
+  rgb[1] = (uint8_t)(g + 0.5f);
+  rgb[2] = (uint8_t)(b + 0.5f);
 }
 
 static void saturation_scale(uint8_t *rgb, size_t n_pixels, double alpha) {
@@ -178,6 +189,8 @@ static void hue_shift(uint8_t *rgb, size_t n_pixels, int delta) {
 /* mmseg order: brightness, contrast first or last (random mode), saturation, hue; each
  * step applied with p = 0.5. */
 static void photometric_distortion(uint8_t *rgb, size_t n_pixels, uint64_t *rng) {
+  static pthread_once_t reciprocal_once = PTHREAD_ONCE_INIT;
+  pthread_once(&reciprocal_once, init_reciprocal);
   if (hakd__rng_below(rng, 2)) scale_shift(rgb, 3 * n_pixels, 1.0, hakd__rng_range(rng, -32, 32));
   int contrast_first = (int)hakd__rng_below(rng, 2);
   if (contrast_first && hakd__rng_below(rng, 2)) scale_shift(rgb, 3 * n_pixels, hakd__rng_range(rng, 0.5, 1.5), 0);

@@ -62,6 +62,8 @@ static double nanmean(const double *v, int n) {
   return defined ? sum / defined : NAN;
 }
 
+/* reference: mmseg.evaluation.metrics.IoUMetric (intersect_and_union summed over the set, then
+ * total_area_to_metrics with nanmean). */
 int hakd_confusion_compute(hakd_metrics *out, const hakd_confusion *cm) {
   const int k = cm->num_classes;
   memset(out, 0, sizeof *out);
