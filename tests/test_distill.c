@@ -698,3 +698,189 @@ TEST(distiller_rejects_bad_setups) {
   hakd_model_free(a);
   hakd_model_free(b);
 }
+
+/* ---- the `hakd loss` CLI ---- */
+
+/* A path in the case's temporary directory; each call gets its own buffer (a few per case). */
+static const char *tmp_file(const char *name) {
+  static char paths[32][512];
+  static int next;
+  char *p = paths[next++ % 32];
+  snprintf(p, 512, "%s/%s", test_tmpdir(), name);
+  return p;
+}
+
+/* Runs `$HAKD_CLI loss <args>`; stdout and stderr land in out/err (NUL-terminated, truncated).
+ * Returns the exit status, or -1 when the CLI could not be run. */
+static int run_cli(const char *args, char *out, size_t out_size, char *err, size_t err_size) {
+  const char *cli = getenv("HAKD_CLI");
+  out[0] = err[0] = 0;
+  if (!cli || !*cli) {
+    test_fail(__FILE__, __LINE__, "HAKD_CLI is not set (ctest sets it to the built hakd)");
+    return -1;
+  }
+  char out_path[600], err_path[600], cmd[4096];
+  snprintf(out_path, sizeof out_path, "%s/cli.out", test_tmpdir());
+  snprintf(err_path, sizeof err_path, "%s/cli.err", test_tmpdir());
+  snprintf(cmd, sizeof cmd, "'%s' loss %s >'%s' 2>'%s'", cli, args, out_path, err_path);
+  int status = system(cmd);
+  const char *paths[2] = {out_path, err_path};
+  char *bufs[2] = {out, err};
+  size_t sizes[2] = {out_size, err_size};
+  for (int i = 0; i < 2; i++) {
+    bufs[i][0] = 0;
+    FILE *fp = fopen(paths[i], "rb");
+    if (!fp) continue;
+    size_t n = fread(bufs[i], 1, sizes[i] - 1, fp);
+    bufs[i][n] = 0;
+    fclose(fp);
+  }
+  return status == -1 || !WIFEXITED(status) ? -1 : WEXITSTATUS(status);
+}
+
+/* Writes fixture tensor `name` to path as float32 .npy (or uint8 labels). */
+static int fixture_to_npy(hakd_st_file *f, const char *name, const char *path, int as_labels) {
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_tensor *t = load_tensor(ctx, f, name, as_labels ? HAKD_I32 : HAKD_F32);
+  int rc = -1;
+  if (t && as_labels) {
+    int64_t n = hakd_numel(t);
+    uint8_t *u8 = malloc((size_t)n);
+    for (int64_t i = 0; i < n; i++) u8[i] = (uint8_t)hakd_i32(t)[i];
+    rc = hakd_npy_write(path, HAKD_NPY_U8, t->ndim, t->shape, u8);
+    free(u8);
+  } else if (t) {
+    rc = hakd_npy_write(path, HAKD_NPY_F32, t->ndim, t->shape, t->data);
+  }
+  hakd_ctx_free(ctx);
+  return rc;
+}
+
+/* Normalised max error of a written .npy against fixture tensor `name` (shapes must match). */
+static double npy_err(const char *path, hakd_st_file *f, const char *name) {
+  hakd_npy a;
+  if (hakd_npy_read(path, &a)) return INFINITY;
+  const hakd_st_tensor *info = hakd_st_find(f, name);
+  double err = INFINITY;
+  int same = info && a.dtype == HAKD_NPY_F32 && a.ndim == info->ndim;
+  for (int d = 0; same && d < a.ndim; d++) same = a.shape[d] == info->shape[d];
+  if (same) {
+    int64_t n = hakd_npy_numel(&a);
+    float *want = malloc((size_t)n * sizeof(float));
+    if (!hakd_st_read_f32(f, name, want, n)) err = test_max_rel_err(a.data, want, n, 1e-6);
+    free(want);
+  }
+  hakd_npy_free(&a);
+  return err;
+}
+
+/* The JSON value of "loss" in the CLI's output, or NAN. */
+static double json_loss(const char *out) {
+  const char *p = strstr(out, "{\"loss\": ");
+  return p ? strtod(p + 9, NULL) : NAN;
+}
+
+TEST(cli_loss_matches_fixtures) {
+  hakd_st_file *ce = NULL, *bce = NULL, *base = NULL;
+  ASSERT_OK(hakd_st_open(test_fixture_path("distill/hakd_ce.safetensors"), &ce));
+  ASSERT_OK(hakd_st_open(test_fixture_path("distill/hakd_bce.safetensors"), &bce));
+  ASSERT_OK(hakd_st_open(test_fixture_path("distill/baselines.safetensors"), &base));
+  const char *s = tmp_file("s.npy"), *t = tmp_file("t.npy"), *y = tmp_file("y.npy");
+  const char *g = tmp_file("g.npy"), *w = tmp_file("w.npy");
+  static const struct {
+    int bce;
+    const char *c, *flags;
+  } cases[] = {
+      {0, "ce_kmm1_kem1_T4", ""},
+      {0, "ce_kmm0_kem1_T1", "--T 1 --no-kmm"},
+      {0, "ce_kmm1_kem0_T4", "--T 4 --no-kem --ignore-index 255"},
+      {1, "bce_spatial_kmm1_kem1_T4", "--reliability bce"},
+      {1, "bce_class_kmm0_kem1_T1", "--reliability bce --kem-axis class --no-kmm --T 1"},
+  };
+  char out[4096], err[4096], args[2048];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    hakd_st_file *f = cases[i].bce ? bce : ce; /* each file has its own inputs */
+    ASSERT_OK(fixture_to_npy(f, "z_s", s, 0));
+    ASSERT_OK(fixture_to_npy(f, "z_t", t, 0));
+    ASSERT_OK(fixture_to_npy(f, "labels", y, 1)); /* uint8 labels: any integer dtype is accepted */
+    snprintf(args, sizeof args, "--method heteroakd --student '%s' --teacher '%s' --labels '%s' %s --grad-out '%s' --weights-out '%s'",
+             s, t, y, cases[i].flags, g, w);
+    int rc = run_cli(args, out, sizeof out, err, sizeof err);
+    if (rc != 0) test_fail(__FILE__, __LINE__, "case %s: exit %d: %s", cases[i].c, rc, err);
+    float want;
+    ASSERT_OK(hakd_st_read_f32(f, key(cases[i].c, "loss"), &want, 1));
+    double got = json_loss(out);
+    ASSERT_NEAR(got, want, VALUE_TOL * fabs(want));
+    double gerr = npy_err(g, f, key(cases[i].c, "grad")), werr = npy_err(w, f, key(cases[i].c, "weights"));
+    if (!(gerr <= GRAD_TOL) || !(werr <= WEIGHT_TOL))
+      test_fail(__FILE__, __LINE__, "case %s: grad err %.3g, weights err %.3g", cases[i].c, gerr, werr);
+  }
+  /* KD and CWD with the teacher on another grid */
+  const char *bases[2][3] = {{"kd_T2_resize", "kd", "2"}, {"cwd_T4_resize", "cwd", "4"}};
+  for (int i = 0; i < 2; i++) {
+    ASSERT_OK(fixture_to_npy(base, key(bases[i][0], "s"), s, 0));
+    ASSERT_OK(fixture_to_npy(base, key(bases[i][0], "t"), t, 0));
+    snprintf(args, sizeof args, "--method %s --student '%s' --teacher '%s' --T %s --grad-out '%s'", bases[i][1], s, t,
+             bases[i][2], g);
+    ASSERT_EQ_INT(run_cli(args, out, sizeof out, err, sizeof err), 0);
+    float want;
+    ASSERT_OK(hakd_st_read_f32(base, key(bases[i][0], "loss"), &want, 1));
+    ASSERT_NEAR(json_loss(out), want, VALUE_TOL * fabs(want));
+    ASSERT_TRUE(npy_err(g, base, key(bases[i][0], "grad")) <= GRAD_TOL);
+  }
+  hakd_st_close(ce);
+  hakd_st_close(bce);
+  hakd_st_close(base);
+}
+
+TEST(cli_loss_errors) {
+  hakd_st_file *ce = NULL;
+  ASSERT_OK(hakd_st_open(test_fixture_path("distill/hakd_ce.safetensors"), &ce));
+  const char *s = tmp_file("s.npy"), *t = tmp_file("t.npy"), *y = tmp_file("y.npy"), *bad = tmp_file("bad.npy");
+  ASSERT_OK(fixture_to_npy(ce, "z_s", s, 0));
+  ASSERT_OK(fixture_to_npy(ce, "z_t", t, 0));
+  ASSERT_OK(fixture_to_npy(ce, "labels", y, 1));
+  hakd_st_close(ce);
+  char out[4096], err[4096], args[2048];
+  const char *missing = tmp_file("missing.npy");
+
+  snprintf(args, sizeof args, "--method heteroakd --student '%s' --teacher '%s' --labels '%s'", s, missing, y);
+  ASSERT_EQ_INT(run_cli(args, out, sizeof out, err, sizeof err), 1);
+  ASSERT_TRUE(strstr(err, "missing.npy") != NULL);
+
+  /* teacher with another class count */
+  float zeros[2 * 5 * 3 * 6] = {0};
+  int64_t kshape[4] = {2, 5, 3, 6};
+  ASSERT_OK(hakd_npy_write(bad, HAKD_NPY_F32, 4, kshape, zeros));
+  snprintf(args, sizeof args, "--method heteroakd --student '%s' --teacher '%s' --labels '%s'", s, bad, y);
+  ASSERT_EQ_INT(run_cli(args, out, sizeof out, err, sizeof err), 1);
+  ASSERT_TRUE(strstr(err, "bad.npy") && strstr(err, "(2, 5, 3, 6)") && strstr(err, "s.npy"));
+
+  /* labels of another batch size, float labels, a label out of range, 3-D logits */
+  int64_t yshape[3] = {1, 4, 5}, sshape[3] = {3, 4, 5};
+  uint8_t labels[20] = {0};
+  ASSERT_OK(hakd_npy_write(bad, HAKD_NPY_U8, 3, yshape, labels));
+  snprintf(args, sizeof args, "--method heteroakd --student '%s' --teacher '%s' --labels '%s'", s, t, bad);
+  ASSERT_EQ_INT(run_cli(args, out, sizeof out, err, sizeof err), 1);
+  ASSERT_TRUE(strstr(err, "bad.npy") && strstr(err, "N = 3"));
+  ASSERT_OK(hakd_npy_write(bad, HAKD_NPY_F32, 3, sshape, zeros));
+  ASSERT_EQ_INT(run_cli(args, out, sizeof out, err, sizeof err), 1);
+  ASSERT_TRUE(strstr(err, "bad.npy") && strstr(err, "float32"));
+  uint8_t out_of_range[60] = {0};
+  out_of_range[27] = 4;
+  ASSERT_OK(hakd_npy_write(bad, HAKD_NPY_U8, 3, sshape, out_of_range));
+  ASSERT_EQ_INT(run_cli(args, out, sizeof out, err, sizeof err), 1);
+  ASSERT_TRUE(strstr(err, "bad.npy") && strstr(err, "label 4 at (1, 1, 2)"));
+  snprintf(args, sizeof args, "--method kd --student '%s' --teacher '%s'", bad, t);
+  ASSERT_EQ_INT(run_cli(args, out, sizeof out, err, sizeof err), 1);
+  ASSERT_TRUE(strstr(err, "bad.npy") && strstr(err, "expected float32 logits"));
+
+  /* usage errors */
+  snprintf(args, sizeof args, "--method heteroakd --student '%s' --teacher '%s'", s, t);
+  ASSERT_EQ_INT(run_cli(args, out, sizeof out, err, sizeof err), 1);
+  ASSERT_TRUE(strstr(err, "needs --labels") != NULL);
+  ASSERT_EQ_INT(run_cli("--method kd --bogus 1", out, sizeof out, err, sizeof err), 2);
+  ASSERT_TRUE(strstr(err, "--bogus") != NULL);
+  ASSERT_EQ_INT(run_cli("--help", out, sizeof out, err, sizeof err), 0);
+  ASSERT_TRUE(strstr(out, "--weights-out") != NULL);
+}
