@@ -124,12 +124,15 @@ static int write_json(const char *path, const hakd_dataset *ds, const hakd_metri
 }
 
 static int cmd_miou(int argc, char **argv) {
-  static const struct option options[] = {
-      {"dataset", required_argument, NULL, 'd'}, {"data-root", required_argument, NULL, 'r'},
-      {"split", required_argument, NULL, 's'},   {"pred-dir", required_argument, NULL, 'p'},
-      {"json", required_argument, NULL, 'j'},    {"aug", no_argument, NULL, 'a'},
-      {"skip-bad", no_argument, NULL, 'b'},      {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0}};
+  static const struct option options[] = {{"dataset", required_argument, NULL, 'd'},
+                                          {"data-root", required_argument, NULL, 'r'},
+                                          {"split", required_argument, NULL, 's'},
+                                          {"pred-dir", required_argument, NULL, 'p'},
+                                          {"json", required_argument, NULL, 'j'},
+                                          {"aug", no_argument, NULL, 'a'},
+                                          {"skip-bad", no_argument, NULL, 'b'},
+                                          {"help", no_argument, NULL, 'h'},
+                                          {NULL, 0, NULL, 0}};
   hakd_dataset_config config = {.split = "val"};
   const char *pred_dir = NULL, *json_path = NULL;
   int skip_bad = 0, opt;

@@ -33,11 +33,13 @@ static int parse_int(const char *text, const char *option, long min, long max, l
 }
 
 static int cmd_synth(int argc, char **argv) {
-  static const struct option options[] = {
-      {"out", required_argument, NULL, 'o'},  {"train", required_argument, NULL, 't'},
-      {"val", required_argument, NULL, 'v'},  {"size", required_argument, NULL, 's'},
-      {"seed", required_argument, NULL, 'S'}, {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0}};
+  static const struct option options[] = {{"out", required_argument, NULL, 'o'},
+                                          {"train", required_argument, NULL, 't'},
+                                          {"val", required_argument, NULL, 'v'},
+                                          {"size", required_argument, NULL, 's'},
+                                          {"seed", required_argument, NULL, 'S'},
+                                          {"help", no_argument, NULL, 'h'},
+                                          {NULL, 0, NULL, 0}};
   hakd_synth_config config = {.n_train = 200, .n_val = 50, .height = 64, .width = 64};
   long value = 0;
   int opt;

@@ -27,8 +27,13 @@ static hakd_augment cityscapes_augment(void) {
 
 /* images/s of the loader with `workers` threads over `batches` batches (after one warm-up). */
 static double loader_rate(const hakd_dataset *ds, int workers, int batches, float *images, int32_t *labels) {
-  hakd_loader_config config = {.batch_size = BATCH, .num_workers = workers, .prefetch = 2, .shuffle = 1,
-                               .drop_last = 1, .seed = 1, .augment = cityscapes_augment()};
+  hakd_loader_config config = {.batch_size = BATCH,
+                               .num_workers = workers,
+                               .prefetch = 2,
+                               .shuffle = 1,
+                               .drop_last = 1,
+                               .seed = 1,
+                               .augment = cityscapes_augment()};
   hakd_loader *loader;
   if (hakd_loader_new(&loader, ds, &config)) return -1;
   double t0 = 0;
@@ -60,8 +65,8 @@ int main(int argc, char **argv) {
   float *images = malloc(sizeof(float) * BATCH * 3 * CROP_H * CROP_W);
   int32_t *labels = malloc(sizeof(int32_t) * BATCH * CROP_H * CROP_W);
   double t0 = now();
-  hakd_synth_config synth = {.out_dir = dir, .n_train = n_images, .n_val = 0, .height = HEIGHT, .width = WIDTH,
-                             .seed = 1};
+  hakd_synth_config synth = {
+      .out_dir = dir, .n_train = n_images, .n_val = 0, .height = HEIGHT, .width = WIDTH, .seed = 1};
   hakd_dataset_config config = {.name = "generic", .root = dir, .split = "train"};
   if (!images || !labels || hakd_synth_write(&synth) || hakd_dataset_open(&ds, &config)) {
     fprintf(stderr, "bench_loader: %s\n", hakd_error_message());

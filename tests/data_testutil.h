@@ -40,7 +40,9 @@ static inline int make_parent(const char *path) {
 }
 
 /* A deterministic RGB test pattern: pixel (x, y) channel c = (x * 7 + y * 13 + c * 50 + salt) % 256. */
-static inline uint8_t pattern_value(int x, int y, int c, int salt) { return (uint8_t)((x * 7 + y * 13 + c * 50 + salt) % 256); }
+static inline uint8_t pattern_value(int x, int y, int c, int salt) {
+  return (uint8_t)((x * 7 + y * 13 + c * 50 + salt) % 256);
+}
 
 static inline int write_pattern_png(const char *path, int width, int height, int salt) {
   uint8_t *rgb = malloc((size_t)width * height * 3);

@@ -28,19 +28,24 @@ TEST(cityscapes_label_ids_to_train_ids) {
   char root[1024];
   snprintf(root, sizeof root, "%s", tmp_path("cityscapes"));
   /* 5x5 labelIds: every evaluated id, then unlabelled ids and one out of the table. */
-  static const uint8_t ids[25] = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33,
-                                  0, 1, 6, 9, 34, 255};
-  static const int32_t want[25] = {0,  1,  2,  3,  4,   5,   6,   7,   8,   9,   10,  11,  12,
-                                   13, 14, 15, 16, 17,  18,  255, 255, 255, 255, 255, 255};
-  ASSERT_OK(write_pattern_png(tmp_path("cityscapes/leftImg8bit/val/zurich/zurich_000001_000019_leftImg8bit.png"), 5, 5, 1));
-  ASSERT_OK(write_gray_png(tmp_path("cityscapes/gtFine/val/zurich/zurich_000001_000019_gtFine_labelIds.png"), 5, 5, ids));
+  static const uint8_t ids[25] = {7,  8,  11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25,
+                                  26, 27, 28, 31, 32, 33, 0,  1,  6,  9,  34, 255};
+  static const int32_t want[25] = {0,  1,  2,  3,  4,  5,  6,   7,   8,   9,   10,  11, 12,
+                                   13, 14, 15, 16, 17, 18, 255, 255, 255, 255, 255, 255};
+  ASSERT_OK(
+      write_pattern_png(tmp_path("cityscapes/leftImg8bit/val/zurich/zurich_000001_000019_leftImg8bit.png"), 5, 5, 1));
+  ASSERT_OK(
+      write_gray_png(tmp_path("cityscapes/gtFine/val/zurich/zurich_000001_000019_gtFine_labelIds.png"), 5, 5, ids));
   /* A second city whose labelTrainIds file must win over its labelIds file. */
   uint8_t train_ids[25], decoy[25];
   for (int p = 0; p < 25; p++) train_ids[p] = (uint8_t)(p % 19), decoy[p] = 0;
   train_ids[24] = 255;
-  ASSERT_OK(write_pattern_png(tmp_path("cityscapes/leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png"), 5, 5, 2));
-  ASSERT_OK(write_gray_png(tmp_path("cityscapes/gtFine/val/aachen/aachen_000000_000019_gtFine_labelTrainIds.png"), 5, 5, train_ids));
-  ASSERT_OK(write_gray_png(tmp_path("cityscapes/gtFine/val/aachen/aachen_000000_000019_gtFine_labelIds.png"), 5, 5, decoy));
+  ASSERT_OK(
+      write_pattern_png(tmp_path("cityscapes/leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png"), 5, 5, 2));
+  ASSERT_OK(write_gray_png(tmp_path("cityscapes/gtFine/val/aachen/aachen_000000_000019_gtFine_labelTrainIds.png"), 5, 5,
+                           train_ids));
+  ASSERT_OK(
+      write_gray_png(tmp_path("cityscapes/gtFine/val/aachen/aachen_000000_000019_gtFine_labelIds.png"), 5, 5, decoy));
   /* Not an image of the layout: ignored. */
   ASSERT_OK(write_text(tmp_path("cityscapes/leftImg8bit/val/aachen/notes.txt"), "x"));
 
@@ -53,8 +58,12 @@ TEST(cityscapes_label_ids_to_train_ids) {
   ASSERT_TRUE(!strcmp(hakd_dataset_class_name(ds, 0), "road"));
   ASSERT_TRUE(!strcmp(hakd_dataset_class_name(ds, 18), "bicycle"));
   const uint8_t *pal = hakd_dataset_palette(ds);
-  ASSERT_EQ_INT(pal[0], 128); ASSERT_EQ_INT(pal[1], 64); ASSERT_EQ_INT(pal[2], 128);
-  ASSERT_EQ_INT(pal[3 * 18], 119); ASSERT_EQ_INT(pal[3 * 18 + 1], 11); ASSERT_EQ_INT(pal[3 * 18 + 2], 32);
+  ASSERT_EQ_INT(pal[0], 128);
+  ASSERT_EQ_INT(pal[1], 64);
+  ASSERT_EQ_INT(pal[2], 128);
+  ASSERT_EQ_INT(pal[3 * 18], 119);
+  ASSERT_EQ_INT(pal[3 * 18 + 1], 11);
+  ASSERT_EQ_INT(pal[3 * 18 + 2], 32);
   /* Sorted: aachen before zurich. */
   ASSERT_TRUE(ends_with(hakd_dataset_image_path(ds, 0), "aachen/aachen_000000_000019_leftImg8bit.png"));
   ASSERT_TRUE(ends_with(hakd_dataset_label_path(ds, 0), "aachen_000000_000019_gtFine_labelTrainIds.png"));
@@ -97,7 +106,9 @@ TEST(voc_palette_indices_and_aug_set) {
   ASSERT_EQ_INT(hakd_dataset_num_classes(ds), 21);
   ASSERT_TRUE(!strcmp(hakd_dataset_class_name(ds, 15), "person"));
   const uint8_t *pal = hakd_dataset_palette(ds);
-  ASSERT_EQ_INT(pal[3 * 15], 192); ASSERT_EQ_INT(pal[3 * 15 + 1], 128); ASSERT_EQ_INT(pal[3 * 15 + 2], 128);
+  ASSERT_EQ_INT(pal[3 * 15], 192);
+  ASSERT_EQ_INT(pal[3 * 15 + 1], 128);
+  ASSERT_EQ_INT(pal[3 * 15 + 2], 128);
   ASSERT_EQ_INT(hakd_dataset_count(ds), 1);
   ASSERT_TRUE(ends_with(hakd_dataset_image_path(ds, 0), "JPEGImages/2007_000032.jpg"));
   hakd_sample s;
@@ -141,11 +152,13 @@ TEST(ade20k_reduce_zero_label) {
   static const int32_t want[8] = {255, 0, 1, 149, 255, 74, 255, 9};
   ASSERT_OK(write_pattern_jpeg(tmp_path("ade/ADEChallengeData2016/images/validation/ADE_val_00000002.jpg"), 4, 2, 5));
   ASSERT_OK(write_pattern_jpeg(tmp_path("ade/ADEChallengeData2016/images/validation/ADE_val_00000001.jpg"), 4, 2, 6));
-  ASSERT_OK(write_gray_png(tmp_path("ade/ADEChallengeData2016/annotations/validation/ADE_val_00000001.png"), 4, 2, stored));
+  ASSERT_OK(
+      write_gray_png(tmp_path("ade/ADEChallengeData2016/annotations/validation/ADE_val_00000001.png"), 4, 2, stored));
   uint8_t bad[8];
   memcpy(bad, stored, sizeof bad);
   bad[3] = 151; /* reduces to 150: not one of the 150 classes */
-  ASSERT_OK(write_gray_png(tmp_path("ade/ADEChallengeData2016/annotations/validation/ADE_val_00000002.png"), 4, 2, bad));
+  ASSERT_OK(
+      write_gray_png(tmp_path("ade/ADEChallengeData2016/annotations/validation/ADE_val_00000002.png"), 4, 2, bad));
 
   hakd_dataset *ds = open_dataset("ade20k", root, "val", 0);
   ASSERT_TRUE(ds != NULL);
@@ -217,9 +230,13 @@ TEST(generic_list_and_classes) {
   ASSERT_TRUE(!strcmp(hakd_dataset_class_name(ds, 1), "thing one"));
   ASSERT_TRUE(!strcmp(hakd_dataset_class_name(ds, 2), "other"));
   const uint8_t *pal = hakd_dataset_palette(ds);
-  ASSERT_EQ_INT(pal[3], 10); ASSERT_EQ_INT(pal[4], 20); ASSERT_EQ_INT(pal[5], 30);
+  ASSERT_EQ_INT(pal[3], 10);
+  ASSERT_EQ_INT(pal[4], 20);
+  ASSERT_EQ_INT(pal[5], 30);
   /* No colour given: the VOC colour of the index. */
-  ASSERT_EQ_INT(pal[6], 0); ASSERT_EQ_INT(pal[7], 128); ASSERT_EQ_INT(pal[8], 0);
+  ASSERT_EQ_INT(pal[6], 0);
+  ASSERT_EQ_INT(pal[7], 128);
+  ASSERT_EQ_INT(pal[8], 0);
   /* List order is kept (not sorted). */
   ASSERT_EQ_INT(hakd_dataset_count(ds), 2);
   ASSERT_TRUE(ends_with(hakd_dataset_image_path(ds, 0), "generic/img/b.png"));
@@ -331,8 +348,7 @@ TEST(augment_pads_with_zero_and_ignore) {
       int o = y * 10 + x;
       if (y < 6 && x < 5) {
         ASSERT_EQ_INT(label[o], (x + y) % 3);
-        for (int c = 0; c < 3; c++)
-          /* float32 arithmetic of one subtraction and one division */
+        for (int c = 0; c < 3; c++) /* float32 arithmetic of one subtraction and one division */
           ASSERT_NEAR(image[c * 80 + o], (pattern_value(x, y, c, 0) - imagenet_mean[c]) / imagenet_std[c], 1e-5);
       } else {
         ASSERT_EQ_INT(label[o], 255);

@@ -10,8 +10,8 @@ enum { N_ITEMS = 11, CROP_H = 12, CROP_W = 14, BATCH = 3 };
 
 /* A synthetic generic dataset of N_ITEMS 16x20 training images. */
 static hakd_dataset *make_dataset(void) {
-  hakd_synth_config synth = {.out_dir = tmp_path("synth"), .n_train = N_ITEMS, .n_val = 1, .height = 16,
-                             .width = 20, .seed = 5};
+  hakd_synth_config synth = {
+      .out_dir = tmp_path("synth"), .n_train = N_ITEMS, .n_val = 1, .height = 16, .width = 20, .seed = 5};
   if (hakd_synth_write(&synth)) return NULL;
   hakd_dataset_config config = {.name = "generic", .root = synth.out_dir, .split = "train"};
   hakd_dataset *ds = NULL;
@@ -20,8 +20,8 @@ static hakd_dataset *make_dataset(void) {
 }
 
 static hakd_loader_config train_config(int workers) {
-  hakd_loader_config c = {.batch_size = BATCH, .num_workers = workers, .prefetch = 2, .shuffle = 1, .drop_last = 1,
-                          .seed = 1234};
+  hakd_loader_config c = {
+      .batch_size = BATCH, .num_workers = workers, .prefetch = 2, .shuffle = 1, .drop_last = 1, .seed = 1234};
   c.augment = hakd_augment_default(CROP_H, CROP_W);
   c.augment.photometric = 1;
   c.augment.cat_max_ratio = 0.75f;
@@ -35,7 +35,8 @@ typedef struct {
 } batch;
 
 /* n batches from a new loader (starting at `start` when non-NULL). */
-static int collect(batch *out, int n, const hakd_dataset *ds, hakd_loader_config config, const hakd_loader_state *start) {
+static int collect(batch *out, int n, const hakd_dataset *ds, hakd_loader_config config,
+                   const hakd_loader_state *start) {
   hakd_loader *loader;
   int status = hakd_loader_new(&loader, ds, &config);
   if (status) return status;
@@ -127,8 +128,8 @@ TEST(epochs_are_shuffled_permutations) {
       ASSERT_EQ_INT(got.count, b < 3 ? BATCH : N_ITEMS % BATCH); /* no drop_last: a last batch of 2 */
       for (int j = 0; j < got.count; j++, position++) {
         for (int i = 0; i < N_ITEMS; i++)
-          ASSERT_OK(hakd_augment_sample(candidates[i], scratch, &samples[i], &config.augment, config.seed, epoch,
-                                        position));
+          ASSERT_OK(
+              hakd_augment_sample(candidates[i], scratch, &samples[i], &config.augment, config.seed, epoch, position));
         int item = identify(&got, j, candidates);
         ASSERT_TRUE(item >= 0);
         seen[item]++;

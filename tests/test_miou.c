@@ -17,7 +17,8 @@ static int make_case(void) {
   if (write_text(tmp_path("ds/empty.txt"), "")) return -1;
   if (write_pattern_jpeg(tmp_path("ds/img/one.jpg"), 2, 2, 0) || write_pattern_png(tmp_path("ds/img/two.png"), 2, 2, 0))
     return -1;
-  if (write_palette_png(tmp_path("ds/lab/one.png"), 2, 2, label1) || write_gray_png(tmp_path("ds/lab/two.png"), 2, 2, label2))
+  if (write_palette_png(tmp_path("ds/lab/one.png"), 2, 2, label1) ||
+      write_gray_png(tmp_path("ds/lab/two.png"), 2, 2, label2))
     return -1;
   /* Predictions as a palette PNG and as a gray PNG: both keep their indices. */
   if (write_palette_png(tmp_path("pred/one.png"), 2, 2, pred1) || write_gray_png(tmp_path("pred/two.png"), 2, 2, pred2))
@@ -27,8 +28,8 @@ static int make_case(void) {
 
 static char *miou_args(const char *extra) {
   static char args[2048];
-  snprintf(args, sizeof args, "miou --dataset generic --data-root '%s' --split val --pred-dir '%s' %s",
-           tmp_path("ds"), tmp_path("pred"), extra);
+  snprintf(args, sizeof args, "miou --dataset generic --data-root '%s' --split val --pred-dir '%s' %s", tmp_path("ds"),
+           tmp_path("pred"), extra);
   return args;
 }
 

@@ -25,7 +25,7 @@ TEST(render_is_deterministic_with_all_classes_and_context_rules) {
     for (int v = 0; v < 256; v++) images_with[v] += present[v];
     /* Frame colour decides warm vs cold discs: red frame (r high, b low) or blue. The frame
      * pixel has +-12 noise around (200, 60, 40) or (40, 60, 200). */
-    int red_frame = rgb[0] > 150 && rgb[2] < 90, blue_frame = rgb[2] > 150 && rgb[0] < 90;
+    int red_frame = rgb[0] > 150 && rgb[2]<90, blue_frame = rgb[2]> 150 && rgb[0] < 90;
     ASSERT_TRUE(red_frame != blue_frame);
     ASSERT_TRUE(!(present[HAKD_SYNTH_WARM] && present[HAKD_SYNTH_COLD]));
     if (present[HAKD_SYNTH_WARM]) ASSERT_TRUE(red_frame);
@@ -71,8 +71,8 @@ static int same_file(const char *a, const char *b) {
 }
 
 TEST(write_is_quick_and_deterministic) {
-  hakd_synth_config config = {.out_dir = tmp_path("a"), .n_train = 200, .n_val = 50, .height = 64, .width = 64,
-                              .seed = 11};
+  hakd_synth_config config = {
+      .out_dir = tmp_path("a"), .n_train = 200, .n_val = 50, .height = 64, .width = 64, .seed = 11};
   /* Rendering is the CPU part: 250 images of 64x64 take ~20 ms in a Release build; the bound
    * leaves room for sanitizer builds on a loaded machine. */
   static uint8_t rgb[64 * 64 * 3], label[64 * 64];
@@ -88,8 +88,9 @@ TEST(write_is_quick_and_deterministic) {
   ASSERT_TRUE(write < 20.0);
   config.out_dir = tmp_path("b");
   ASSERT_OK(hakd_synth_write(&config));
-  static const char *const files[] = {"train.txt", "val.txt", "classes.txt", "images/train/00000.png",
-                                      "images/train/00199.png", "labels/val/00049.png"};
+  static const char *const files[] = {
+      "train.txt",           "val.txt", "classes.txt", "images/train/00000.png", "images/train/00199.png",
+      "labels/val/00049.png"};
   for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
     ASSERT_TRUE(same_file(tmp_path("a/%s", files[i]), tmp_path("b/%s", files[i])));
   char *classes = read_text(tmp_path("a/classes.txt"));

@@ -98,8 +98,7 @@ hakd_augment hakd_augment_default(int crop_h, int crop_w);
  * All draws from an RNG seeded by (seed, epoch, index). */
 int hakd_augment_sample(float *image,   /* (3, crop_h, crop_w) */
                         int32_t *label, /* (crop_h, crop_w) */
-                        const hakd_sample *in, const hakd_augment *aug, uint64_t seed, int64_t epoch,
-                        int64_t index);
+                        const hakd_sample *in, const hakd_augment *aug, uint64_t seed, int64_t epoch, int64_t index);
 
 /* Validation size: the whole image when scale_h/scale_w are 0, else resized keeping the ratio
  * to fit within (scale_h, scale_w) as mmseg's Resize keep_ratio (the long edge bound is the

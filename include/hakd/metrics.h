@@ -20,7 +20,7 @@ void hakd_confusion_reset(hakd_confusion *cm);
 /* Counts n pixels; pixels whose label is ignore_index are left out. A label or prediction
  * outside 0..K-1 (other than an ignored label) is HAKD_ERANGE and nothing is counted. */
 int hakd_confusion_add(hakd_confusion *cm, const int32_t *pred, /* (n) */
-                       const int32_t *label,                     /* (n) */
+                       const int32_t *label,                    /* (n) */
                        int64_t n, int ignore_index);
 /* dst += src (same K). */
 int hakd_confusion_merge(hakd_confusion *dst, const hakd_confusion *src);

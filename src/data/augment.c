@@ -80,7 +80,8 @@ static int resize_window(uint8_t *dst,       /* (rh, rw, 3) */
                          const uint8_t *src, /* (H, W, 3) */
                          int height, int width, int nh, int nw, int y0, int rh, int x0, int rw) {
   if (nh == height && nw == width) {
-    for (int y = 0; y < rh; y++) memcpy(dst + (size_t)y * rw * 3, src + ((size_t)(y0 + y) * width + x0) * 3, (size_t)rw * 3);
+    for (int y = 0; y < rh; y++)
+      memcpy(dst + (size_t)y * rw * 3, src + ((size_t)(y0 + y) * width + x0) * 3, (size_t)rw * 3);
     return 0;
   }
   tap *row_taps = malloc((size_t)rh * sizeof *row_taps), *col_taps = malloc((size_t)rw * sizeof *col_taps);
@@ -139,9 +140,12 @@ static void rgb_to_hsv(uint8_t *hsv, const uint8_t *rgb) {
   int v = r > g ? (r > b ? r : b) : (g > b ? g : b), mn = r < g ? (r < b ? r : b) : (g < b ? g : b), diff = v - mn;
   float h = 0.0f;
   if (diff > 0) {
-    if (v == r) h = 30.0f * (float)(g - b) * reciprocal[diff];
-    else if (v == g) h = 60.0f + 30.0f * (float)(b - r) * reciprocal[diff];
-    else h = 120.0f + 30.0f * (float)(r - g) * reciprocal[diff];
+    if (v == r)
+      h = 30.0f * (float)(g - b) * reciprocal[diff];
+    else if (v == g)
+      h = 60.0f + 30.0f * (float)(b - r) * reciprocal[diff];
+    else
+      h = 120.0f + 30.0f * (float)(r - g) * reciprocal[diff];
     if (h < 0.0f) h += 180.0f;
   }
   int h8 = (int)(h + 0.5f);

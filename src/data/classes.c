@@ -5,8 +5,8 @@
 
 /* Cityscapes, in trainId order. */
 static const char *const cityscapes_classes[19] = {
-    "road",  "sidewalk", "building", "wall",  "fence", "pole",  "traffic light", "traffic sign", "vegetation", "terrain",
-    "sky",   "person",   "rider",    "car",   "truck", "bus",   "train",         "motorcycle",   "bicycle"};
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation", "terrain",
+    "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"};
 static const uint8_t cityscapes_palette[19 * 3] = {
     128, 64, 128, 244, 35, 232, 70, 70, 70, 102, 102, 156, 190, 153, 153, 153, 153, 153, 250, 170, 30,
     220, 220, 0, 107, 142, 35, 152, 251, 152, 70, 130, 180, 220, 20, 60, 255, 0, 0, 0, 0, 142, 0, 0, 70,
@@ -14,8 +14,8 @@ static const uint8_t cityscapes_palette[19 * 3] = {
 };
 
 static const char *const voc_classes[21] = {
-    "background", "aeroplane", "bicycle", "bird",  "boat",        "bottle", "bus",   "car",  "cat",   "chair", "cow",
-    "diningtable", "dog",      "horse",   "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"};
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"};
 
 /* The VOC colour map: the bits of the index spread over the high bits of r, g, b
  * (hakd__voc_palette computes the same for any index). */
@@ -26,7 +26,7 @@ static const uint8_t voc_palette[21 * 3] = {
 };
 
 /* CamVid, the 11 classes of the SegNet release (label 11 = void). */
-static const char *const camvid_classes[11] = {"sky",  "building", "pole", "road",       "pavement", "tree",
+static const char *const camvid_classes[11] = {"sky",   "building", "pole", "road",       "pavement", "tree",
                                                "signsymbol", "fence", "car", "pedestrian", "bicyclist"};
 static const uint8_t camvid_palette[11 * 3] = {
     128, 128, 128, 128, 0, 0, 192, 192, 128, 128, 64, 128, 60, 40, 222, 128, 128, 0, 192, 128, 128, 64, 64, 128,

@@ -10,10 +10,10 @@
 
 /* How stored label values become train ids. */
 typedef enum {
-  LABEL_AS_IS,           /* values are train ids already (VOC, generic, Cityscapes labelTrainIds) */
-  LABEL_CITYSCAPES_IDS,  /* Cityscapes labelIds: 19 evaluated ids -> 0..18, the rest -> 255 */
-  LABEL_REDUCE_ZERO,     /* ADE20K: 0 -> 255, k -> k-1 (255 stays ignore) */
-  LABEL_CAMVID           /* CamVid SegNet: 11 (void) -> 255 */
+  LABEL_AS_IS,          /* values are train ids already (VOC, generic, Cityscapes labelTrainIds) */
+  LABEL_CITYSCAPES_IDS, /* Cityscapes labelIds: 19 evaluated ids -> 0..18, the rest -> 255 */
+  LABEL_REDUCE_ZERO,    /* ADE20K: 0 -> 255, k -> k-1 (255 stays ignore) */
+  LABEL_CAMVID          /* CamVid SegNet: 11 (void) -> 255 */
 } label_mapping;
 
 struct hakd_dataset {
@@ -74,8 +74,8 @@ static int list_cityscapes(hakd_dataset *ds, const char *root) {
     for (int64_t f = 0; !status && f < files.count; f++) {
       const char *name = files.items[f];
       int stem_len = (int)(strlen(name) - strlen(suffix[0]));
-      char *train_ids = hakd__strdup_printf("%s/%s/%.*s_gtFine_labelTrainIds.png", label_dir, cities.items[c],
-                                            stem_len, name);
+      char *train_ids =
+          hakd__strdup_printf("%s/%s/%.*s_gtFine_labelTrainIds.png", label_dir, cities.items[c], stem_len, name);
       char *ids = hakd__strdup_printf("%s/%s/%.*s_gtFine_labelIds.png", label_dir, cities.items[c], stem_len, name);
       char *image = hakd__strdup_printf("%s/%s", city_dir, name);
       int have_train_ids = train_ids && hakd__is_file(train_ids);
@@ -107,8 +107,7 @@ static int list_voc(hakd_dataset *ds, const char *root, int aug) {
   hakd__strings ids = {0};
   int status = !list_path || !aug_dir ? hakd_error(HAKD_ENOMEM, "out of memory") : 0;
   if (!status && aug) status = require_dir(aug_dir);
-  if (!status && !hakd__is_file(list_path))
-    status = hakd_error(HAKD_ENOTFOUND, "%s: split list not found", list_path);
+  if (!status && !hakd__is_file(list_path)) status = hakd_error(HAKD_ENOTFOUND, "%s: split list not found", list_path);
   if (!status) status = hakd__read_lines(&ids, NULL, list_path);
   for (int64_t i = 0; !status && i < ids.count; i++) {
     const char *id = ids.items[i];
@@ -266,8 +265,9 @@ static int list_generic(hakd_dataset *ds, const char *root) {
 
 static const char *canonical_name(const char *name) {
   static const char *const aliases[][2] = {
-      {"cityscapes", "cityscapes"}, {"voc", "voc"},       {"pascal_voc", "voc"}, {"ade20k", "ade20k"},
-      {"ade", "ade20k"},            {"camvid", "camvid"}, {"generic", "generic"}, {"synth", "generic"},
+      {"cityscapes", "cityscapes"}, {"voc", "voc"},       {"pascal_voc", "voc"},
+      {"ade20k", "ade20k"},         {"ade", "ade20k"},    {"camvid", "camvid"},
+      {"generic", "generic"},       {"synth", "generic"},
   };
   for (size_t i = 0; i < sizeof aliases / sizeof aliases[0]; i++)
     if (!strcmp(name, aliases[i][0])) return aliases[i][1];
@@ -298,11 +298,16 @@ int hakd_dataset_open(hakd_dataset **out, const hakd_dataset_config *config) {
     ds->class_names = table->class_names;
     ds->palette = table->palette;
   }
-  if (!strcmp(name, "cityscapes")) status = list_cityscapes(ds, config->root);
-  else if (!strcmp(name, "voc")) status = list_voc(ds, config->root, config->voc_aug);
-  else if (!strcmp(name, "ade20k")) status = list_ade20k(ds, config->root);
-  else if (!strcmp(name, "camvid")) status = list_camvid(ds, config->root);
-  else status = list_generic(ds, config->root);
+  if (!strcmp(name, "cityscapes"))
+    status = list_cityscapes(ds, config->root);
+  else if (!strcmp(name, "voc"))
+    status = list_voc(ds, config->root, config->voc_aug);
+  else if (!strcmp(name, "ade20k"))
+    status = list_ade20k(ds, config->root);
+  else if (!strcmp(name, "camvid"))
+    status = list_camvid(ds, config->root);
+  else
+    status = list_generic(ds, config->root);
   if (!status && ds->images.count == 0)
     status = hakd_error(HAKD_ENOTFOUND, "%s: split '%s' of %s has no items", config->root, ds->split, name);
   if (status) {
@@ -344,7 +349,8 @@ const char *hakd_dataset_label_path(const hakd_dataset *ds, int64_t i) { return 
 /* ---- loading ------------------------------------------------------------------------- */
 
 /* Cityscapes labelIds of the 19 evaluated classes, in trainId order. */
-static const uint8_t cityscapes_eval_ids[19] = {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33};
+static const uint8_t cityscapes_eval_ids[19] = {7,  8,  11, 12, 13, 17, 19, 20, 21, 22,
+                                                23, 24, 25, 26, 27, 28, 31, 32, 33};
 
 /* Maps stored values to train ids in place and checks every result is a class or ignore. */
 static int map_label(int32_t *label, int64_t n, int width, label_mapping mapping, int num_classes, const char *path) {
@@ -362,8 +368,8 @@ static int map_label(int32_t *label, int64_t n, int width, label_mapping mapping
       case LABEL_CAMVID: v = v == 11 ? HAKD_IGNORE_INDEX : v; break;
     }
     if ((v < 0 || v >= num_classes) && v != HAKD_IGNORE_INDEX)
-      return hakd_error(HAKD_ERANGE, "%s: label value %d at (x=%lld, y=%lld) is not a class 0..%d or ignore %d",
-                        path, (int)label[p], (long long)(p % width), (long long)(p / width), num_classes - 1,
+      return hakd_error(HAKD_ERANGE, "%s: label value %d at (x=%lld, y=%lld) is not a class 0..%d or ignore %d", path,
+                        (int)label[p], (long long)(p % width), (long long)(p / width), num_classes - 1,
                         HAKD_IGNORE_INDEX);
     label[p] = v;
   }

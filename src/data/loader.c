@@ -19,15 +19,15 @@
 #include "hakd/data.h"
 
 typedef struct {
-  int64_t seq;            /* batch number (from the last restart) this slot holds or will hold */
+  int64_t seq; /* batch number (from the last restart) this slot holds or will hold */
   int64_t epoch, position;
-  int count;              /* samples in the batch; -1 until its first sample is claimed */
-  int done;               /* samples finished */
-  int error_sample;       /* lowest sample index that failed (so the error reported is deterministic) */
+  int count;        /* samples in the batch; -1 until its first sample is claimed */
+  int done;         /* samples finished */
+  int error_sample; /* lowest sample index that failed (so the error reported is deterministic) */
   int status;
   char message[1024];
-  float *images;          /* (B, 3, H, W) */
-  int32_t *labels;        /* (B, H, W) */
+  float *images;   /* (B, 3, H, W) */
+  int32_t *labels; /* (B, H, W) */
 } slot;
 
 struct hakd_loader {
@@ -161,8 +161,8 @@ static void *worker_main(void *arg) {
     }
     pthread_mutex_unlock(&l->mutex);
 
-    int status = fill_sample(l, s->images + j * l->sample_floats, s->labels + j * l->sample_labels, item, epoch,
-                             position, 1);
+    int status =
+        fill_sample(l, s->images + j * l->sample_floats, s->labels + j * l->sample_labels, item, epoch, position, 1);
 
     pthread_mutex_lock(&l->mutex);
     if (status != 0 && j < s->error_sample) {

@@ -17,7 +17,7 @@ static const char *const synth_classes[HAKD_SYNTH_NUM_CLASSES] = {
     "background", "stripes", "checker", "dots", "largest_disc", "warm_disc", "cold_disc", "rare_marker"};
 
 static const uint8_t synth_palette[HAKD_SYNTH_NUM_CLASSES * 3] = {
-    0,  0,   0,   230, 25, 75, 60, 180, 75, 255, 225, 25, 0, 130, 200, 245, 130, 48, 145, 30, 180, 70, 240, 240,
+    0, 0, 0, 230, 25, 75, 60, 180, 75, 255, 225, 25, 0, 130, 200, 245, 130, 48, 145, 30, 180, 70, 240, 240,
 };
 
 const char *hakd_synth_class_name(int k) { return k >= 0 && k < HAKD_SYNTH_NUM_CLASSES ? synth_classes[k] : NULL; }
@@ -148,7 +148,8 @@ void hakd_synth_render(uint8_t *rgb, uint8_t *label, int height, int width, uint
     for (int x = 0; x < width; x++) {
       uint8_t *l = &label[(size_t)y * width + x];
       int right = x + 1 < width ? l[1] : *l, below = y + 1 < height ? l[width] : *l;
-      if ((right != *l && right != HAKD_IGNORE_INDEX) || (below != *l && below != HAKD_IGNORE_INDEX)) *l = HAKD_IGNORE_INDEX;
+      if ((right != *l && right != HAKD_IGNORE_INDEX) || (below != *l && below != HAKD_IGNORE_INDEX))
+        *l = HAKD_IGNORE_INDEX;
     }
 
   /* The rare class: a small yellow plus sign in about a quarter of the images. */
@@ -287,7 +288,8 @@ int hakd_synth_write(const hakd_synth_config *config) {
   pthread_mutex_destroy(&job.mutex);
   if (job.status) return hakd_error(job.status, "%s", job.message);
 
-  for (int s = 0; s < 2 && !status; s++) status = write_list_file(out, synth_splits[s], s ? config->n_val : config->n_train);
+  for (int s = 0; s < 2 && !status; s++)
+    status = write_list_file(out, synth_splits[s], s ? config->n_val : config->n_train);
   if (!status) status = write_classes_file(out);
   return status;
 }

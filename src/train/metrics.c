@@ -35,8 +35,8 @@ int hakd_confusion_add(hakd_confusion *cm, const int32_t *pred, const int32_t *l
       return hakd_error(HAKD_ERANGE, "confusion matrix: label %d at pixel %lld is not a class 0..%d or ignore %d",
                         (int)label[i], (long long)i, k - 1, ignore_index);
     if (pred[i] < 0 || pred[i] >= k)
-      return hakd_error(HAKD_ERANGE, "confusion matrix: prediction %d at pixel %lld is not a class 0..%d",
-                        (int)pred[i], (long long)i, k - 1);
+      return hakd_error(HAKD_ERANGE, "confusion matrix: prediction %d at pixel %lld is not a class 0..%d", (int)pred[i],
+                        (long long)i, k - 1);
   }
   for (int64_t i = 0; i < n; i++)
     if (label[i] != ignore_index) cm->counts[(size_t)label[i] * k + pred[i]]++;
@@ -45,8 +45,7 @@ int hakd_confusion_add(hakd_confusion *cm, const int32_t *pred, const int32_t *l
 
 int hakd_confusion_merge(hakd_confusion *dst, const hakd_confusion *src) {
   if (dst->num_classes != src->num_classes)
-    return hakd_error(HAKD_ESHAPE, "confusion matrix: merging %d classes into %d", src->num_classes,
-                      dst->num_classes);
+    return hakd_error(HAKD_ESHAPE, "confusion matrix: merging %d classes into %d", src->num_classes, dst->num_classes);
   for (size_t i = 0; i < (size_t)dst->num_classes * dst->num_classes; i++) dst->counts[i] += src->counts[i];
   return 0;
 }
