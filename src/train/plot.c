@@ -93,7 +93,7 @@ int plot_write_png(const char *path, const char *title, const plot_series *serie
   }
   for (int t = 0; t <= 4; t++) {
     int x = left + (right - left) * t / 4;
-    snprintf(label, sizeof label, "%.0f", xmin + (xmax - xmin) * t / 4);
+    snprintf(label, sizeof label, "%.4g", xmin + (xmax - xmin) * t / 4);
     text(&c, x - 8, bottom + 10, label, 2, black);
   }
   line(&c, left, top, left, bottom, black);
