@@ -292,3 +292,31 @@ TEST(config_file_unknown_key_and_flags) {
   ASSERT_EQ_INT(hakd_config_set(&c, "batch", "four"), HAKD_EINVAL);
   ASSERT_EQ_INT(hakd_config_set(&c, "T", "nan"), HAKD_EINVAL);
 }
+
+/* Every shipped config parses with the key table and passes the cross-key checks. */
+TEST(shipped_configs_are_valid) {
+  const char *names[] = {
+      "heteroakd_deeplabv3-mit-b4_to_deeplabv3-mbv2_cityscapes-512x1024.cfg",
+      "heteroakd_deeplabv3-mit-b4_to_deeplabv3-mbv2_voc-512x512.cfg",
+      "heteroakd_deeplabv3-mit-b4_to_deeplabv3-mbv2_ade20k-512x512.cfg",
+      "heteroakd_deeplabv3-mit-b4_to_deeplabv3-r18-d8_cityscapes-512x1024.cfg",
+      "heteroakd_deeplabv3-r101-d8_to_segformer-b0_cityscapes-512x1024.cfg",
+      "heteroakd_deeplabv3-r101-d8_to_segformer-b0_voc-512x512.cfg",
+      "heteroakd_deeplabv3-r101-d8_to_segformer-b0_ade20k-512x512.cfg",
+      "demo_teacher_deeplabv3-r18-d8_synth-64x64.cfg",
+      "demo_heteroakd_deeplabv3-r18-d8_to_segformer-b0_synth-64x64.cfg",
+  };
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/configs/%s", HAKD_SOURCE_DIR, names[i]);
+    hakd_config c;
+    hakd_config_default(&c);
+    int rc = hakd_config_load(&c, path);
+    if (!rc) rc = hakd_config_validate(&c, strstr(names[i], "teacher_") == NULL);
+    if (rc) test_fail(__FILE__, __LINE__, "%s: %s", names[i], hakd_error_message());
+    ASSERT_OK(rc);
+    hakd_model_options mo;
+    hakd_model_options_default(&mo);
+    ASSERT_TRUE(hakd_model_description(c.model) != NULL);
+  }
+}
