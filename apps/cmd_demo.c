@@ -84,6 +84,11 @@ static void student_config(hakd_config *c, const demo_options *o, const char *da
   c->no_kem = m->no_kem;
   snprintf(c->work_dir, sizeof c->work_dir, "%s/%s%s%s", o->out, m->method, m->no_kmm ? "_no_kmm" : "",
            m->no_kem ? "_no_kem" : "");
+  if (!strcmp(m->method, "heteroakd") && !m->no_kem) {
+    /* KEM weight maps beside image and label: does W highlight boundaries and rare classes? */
+    snprintf(c->dump_kem, sizeof c->dump_kem, "%s/kem", c->work_dir);
+    c->dump_every = c->iters / 4 > 0 ? c->iters / 4 : 1;
+  }
 }
 
 static int run_one(const hakd_config *c, int distill, const char *what, hakd_train_result *r) {
