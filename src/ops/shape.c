@@ -137,7 +137,7 @@ static void permute_plan_make(permute_plan *plan, const int64_t *shape, const in
 
 #define TRANSPOSE_BLOCK 32
 
-/* dst (rows_out = cols, rows) [+]= src (rows, cols)^T, blocked so both sides stay in cache.
+/* dst = src^T, in square tiles so both the reads and the writes stay in cache.
  * dst: (cols, rows), src: (rows, cols). */
 static void transpose_2d(element *dst, const element *src, int64_t rows, int64_t cols) {
   for (int64_t r0 = 0; r0 < rows; r0 += TRANSPOSE_BLOCK)
@@ -149,6 +149,7 @@ static void transpose_2d(element *dst, const element *src, int64_t rows, int64_t
     }
 }
 
+/* dst += src^T (the gradient of a transpose). dst: (cols, rows), src: (rows, cols). */
 static void transpose_2d_accumulate(float *dst, const float *src, int64_t rows, int64_t cols) {
   for (int64_t r0 = 0; r0 < rows; r0 += TRANSPOSE_BLOCK)
     for (int64_t c0 = 0; c0 < cols; c0 += TRANSPOSE_BLOCK) {
