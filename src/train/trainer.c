@@ -91,7 +91,7 @@ static int setup_distiller(trainer *t) {
   if (!rc) rc = hakd_grid_parse(c->hakd_grid, &o.grid);
   if (rc) return rc;
   o.T = c->T;
-  o.lambda_kd = c->lambda_kd;
+  o.lambda_kd = c->lambda_kd >= 0 ? c->lambda_kd : (method == HAKD_DISTILL_KD ? 1.0f : 0.1f);
   o.lambda_hakd = c->lambda_hakd;
   o.lambda_proj = c->lambda_proj;
   o.lambda_cwd = c->lambda_cwd;
