@@ -4,6 +4,7 @@
  * the decode head's BatchNorm running stats), parameter names and counts, stage shapes of every
  * MiT model, stochastic depth and the registry. Parameters are filled from their names on both
  * sides (tests/param_fill.h). */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,9 +91,35 @@ TEST(segformer_b0_logits_match_pytorch) { check_inference("segformer-b0", "model
 
 TEST(segformer_b2_logits_match_pytorch) { check_inference("segformer-b2", "models/segformer-b2.safetensors"); }
 
-/* One training step of segformer-b0 at width 0.1 (hidden 3, 6, 15, 24; D 26), batch 2, dropout
- * off: HF's loss (logits upsampled to the labels, cross-entropy ignoring 255), every parameter
- * gradient and the decode head's BatchNorm running stats. */
+/* The generator's hashed_input: 2u - 1 with u the param_fill hash of the name "input". */
+static hakd_tensor *hashed_input(hakd_ctx *ctx, const int64_t shape[4]) {
+  hakd_tensor *t = hakd_tensor_new(ctx, HAKD_F32, 4, shape);
+  if (!t) return NULL;
+  uint32_t h = param_fill_fnv1a32("input");
+  for (int64_t i = 0; i < hakd_numel(t); i++) hakd_f32(t)[i] = (float)(2.0 * param_fill_uniform(h, i) - 1.0);
+  return t;
+}
+
+/* Gradients that are zero in exact arithmetic, so only rounding noise is compared: a key bias
+ * adds the same q.b to every score of a query row (softmax ignores it), and the decoder's
+ * linear_c biases and the last stage norm's bias add per-channel constants that training-mode
+ * BatchNorm subtracts again. */
+static int gradient_is_exactly_zero(const char *name) {
+  return param_fill_ends(name, ".attention.self.key.bias") ||
+         (!strncmp(name, "decode_head.linear_c.", 21) && param_fill_ends(name, ".proj.bias")) ||
+         !strcmp(name, "segformer.encoder.layer_norm.3.bias");
+}
+
+static double max_abs(const float *x, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
+  return m;
+}
+
+/* One training step of segformer-b0 at width 0.125 (hidden 4, 8, 20, 32; D 32), batch 2 at 66x70
+ * (every attention has 4 or more keys), dropout off: HF's loss (logits upsampled to the labels,
+ * cross-entropy ignoring 255), every parameter gradient and the decode head's BatchNorm running
+ * stats. */
 TEST(segformer_b0_training_step_matches_pytorch) {
   hakd_st_file *f = NULL;
   ASSERT_OK(hakd_st_open(test_fixture_path("models/segformer-b0-train.safetensors"), &f));
@@ -101,10 +128,16 @@ TEST(segformer_b0_training_step_matches_pytorch) {
   ASSERT_TRUE(m != NULL);
   hakd_params *params = hakd_model_params(m);
   ASSERT_EQ_INT(hakd_params_count(params), atoll(hakd_st_metadata(f, "params")));
-  ASSERT_EQ_INT(hakd_model_stage_channels(m, 1), 3);
-  ASSERT_EQ_INT(hakd_model_stage_channels(m, 4), 24);
+  ASSERT_EQ_INT(hakd_model_stage_channels(m, 1), 4);
+  ASSERT_EQ_INT(hakd_model_stage_channels(m, 4), 32);
   hakd_ctx *ctx = hakd_ctx_new();
-  hakd_tensor *x = load_f32(ctx, f, "input");
+  int64_t input_shape[4];
+  const char *shape_text = hakd_st_metadata(f, "input_shape");
+  ASSERT_TRUE(shape_text != NULL);
+  ASSERT_EQ_INT(sscanf(shape_text, "%" SCNd64 ",%" SCNd64 ",%" SCNd64 ",%" SCNd64, &input_shape[0], &input_shape[1],
+                       &input_shape[2], &input_shape[3]),
+                4);
+  hakd_tensor *x = hashed_input(ctx, input_shape);
   hakd_tensor *labels = load_labels(ctx, f, "labels");
   ASSERT_TRUE(x && labels);
   hakd_model_output out;
@@ -114,35 +147,53 @@ TEST(segformer_b0_training_step_matches_pytorch) {
   ASSERT_TRUE(loss != NULL);
   ASSERT_OK(hakd_backward(ctx, loss));
 
-  hakd_tensor *ref_logits = load_f32(ctx, f, "logits"), *ref_loss = load_f32(ctx, f, "loss");
-  ASSERT_TRUE(ref_logits && ref_loss && hakd_numel(out.logits) == hakd_numel(ref_logits));
-  double err_logits = test_max_rel_err(hakd_f32(out.logits), hakd_f32(ref_logits), hakd_numel(ref_logits), 1e-6);
-  printf("train logits max rel err %.3g, loss %.7g vs %.7g\n", err_logits, hakd_f32(loss)[0], hakd_f32(ref_loss)[0]);
-  /* Batch-statistics BatchNorm in the head; same float32 reasoning as the inference tests. */
-  ASSERT_ALLCLOSE(hakd_f32(out.logits), hakd_f32(ref_logits), hakd_numel(ref_logits), 1e-4);
+  hakd_tensor *ref_loss = load_f32(ctx, f, "loss");
+  ASSERT_TRUE(ref_loss != NULL);
+  printf("loss %.8g vs PyTorch %.8g\n", hakd_f32(loss)[0], hakd_f32(ref_loss)[0]);
+  /* A mean of float32 log-probabilities over ~7400 pixels. */
   ASSERT_NEAR(hakd_f32(loss)[0], hakd_f32(ref_loss)[0], 1e-5 * fabs(hakd_f32(ref_loss)[0]));
 
-  int compared = 0;
-  double worst = 0;
-  const char *worst_name = "";
   char key[256];
+  double largest_ref = 0;
+  for (int i = 0; i < hakd_st_count(f); i++) {
+    const hakd_st_tensor *info = hakd_st_get(f, i);
+    if (strncmp(info->name, "grad.", 5)) continue;
+    hakd_tensor *ref = load_f32(ctx, f, info->name);
+    ASSERT_TRUE(ref != NULL);
+    double m = max_abs(hakd_f32(ref), hakd_numel(ref));
+    largest_ref = m > largest_ref ? m : largest_ref;
+  }
+  /* Rounding noise of a gradient that is zero in exact arithmetic, relative to the largest one. */
+  double zero_bound = 1e-6 * largest_ref;
+  int compared = 0, zeros = 0;
+  double worst = 0, worst_zero = 0;
+  const char *worst_name = "";
   for (int i = 0; i < params->count; i++) {
     hakd_tensor *p = params->items[i];
     if (!p->requires_grad) continue;
     snprintf(key, sizeof key, "grad.%s", p->name);
-    const hakd_st_tensor *info = hakd_st_find(f, key);
-    if (!info) test_fail(__FILE__, __LINE__, "fixture has no gradient for parameter %s", p->name);
-    ASSERT_TRUE(info != NULL);
     hakd_tensor *ref = load_f32(ctx, f, key);
+    if (!ref) test_fail(__FILE__, __LINE__, "fixture has no gradient for parameter %s", p->name);
     ASSERT_TRUE(ref != NULL && hakd_numel(ref) == hakd_numel(p));
+    compared++;
+    if (gradient_is_exactly_zero(p->name)) {
+      double mine = max_abs(p->grad, hakd_numel(p)), theirs = max_abs(hakd_f32(ref), hakd_numel(ref));
+      worst_zero = mine > worst_zero ? mine : worst_zero;
+      if (!(mine <= zero_bound && theirs <= zero_bound))
+        test_fail(__FILE__, __LINE__, "gradient of %s should be zero: max |grad| %.3g (PyTorch %.3g) > %.3g", p->name,
+                  mine, theirs, zero_bound);
+      zeros++;
+      continue;
+    }
     double err = test_max_rel_err(p->grad, hakd_f32(ref), hakd_numel(ref), 1e-6);
     if (err > worst) worst = err, worst_name = p->name;
     /* Per-tensor max|diff| / max|ref|: gradients pass back through 8 blocks of softmax,
      * LayerNorm and GELU in float32; 1e-3 is the bound the task sets. */
     if (!(err <= 1e-3)) test_fail(__FILE__, __LINE__, "gradient of %s: max rel err %.3g > 1e-3", p->name, err);
-    compared++;
   }
-  printf("compared %d parameter gradients, worst %s: %.3g\n", compared, worst_name, worst);
+  printf("compared %d parameter gradients: worst %s %.3g; %d exactly-zero ones, max |grad| %.3g (bound %.3g)\n",
+         compared, worst_name, worst, zeros, worst_zero, zero_bound);
+  ASSERT_EQ_INT(zeros, 8 + 4 + 1);
   ASSERT_TRUE(!test_failed());
   int fixture_grads = 0;
   for (int i = 0; i < hakd_st_count(f); i++)
@@ -260,14 +311,17 @@ TEST(drop_path_is_stochastic_only_in_training) {
     hakd_ctx_reset(ctx);
     hakd_ctx_seed(ctx, (uint64_t)(run % 2 + 1));
     hakd_model_output out;
-    ASSERT_OK(hakd_model_forward(run < 2 ? plain : dropping, ctx, hakd_tensor_from(ctx, HAKD_F32, 4, shape, input), &out));
+    hakd_tensor *x = hakd_tensor_from(ctx, HAKD_F32, 4, shape, input);
+    ASSERT_OK(hakd_model_forward(run < 2 ? plain : dropping, ctx, x, &out));
     n4 = hakd_numel(out.stages[3]);
     stage4[run] = malloc((size_t)n4 * sizeof(float));
     memcpy(stage4[run], out.stages[3]->data, (size_t)n4 * sizeof(float));
   }
-  ASSERT_TRUE(!memcmp(stage4[0], stage4[1], (size_t)n4 * sizeof(float)));
-  ASSERT_TRUE(memcmp(stage4[2], stage4[3], (size_t)n4 * sizeof(float)) != 0);
-  ASSERT_TRUE(memcmp(stage4[0], stage4[2], (size_t)n4 * sizeof(float)) != 0);
+  /* Equal up to rounding (conv2d may pick another kernel path per call), far apart when blocks
+   * are dropped. */
+  ASSERT_ALLCLOSE(stage4[1], stage4[0], n4, 1e-5);
+  ASSERT_TRUE(test_max_rel_err(stage4[3], stage4[2], n4, 1e-6) > 1e-2);
+  ASSERT_TRUE(test_max_rel_err(stage4[2], stage4[0], n4, 1e-6) > 1e-2);
   /* Eval mode: the dropping model is the plain one. */
   hakd_ctx_set_training(ctx, 0);
   float *eval_out[2];
@@ -278,7 +332,7 @@ TEST(drop_path_is_stochastic_only_in_training) {
     eval_out[run] = malloc((size_t)n4 * sizeof(float));
     memcpy(eval_out[run], out.stages[3]->data, (size_t)n4 * sizeof(float));
   }
-  ASSERT_TRUE(!memcmp(eval_out[0], eval_out[1], (size_t)n4 * sizeof(float)));
+  ASSERT_ALLCLOSE(eval_out[1], eval_out[0], n4, 1e-5);
   for (int run = 0; run < 4; run++) free(stage4[run]);
   free(eval_out[0]);
   free(eval_out[1]);

@@ -174,7 +174,8 @@ static int block_init(mit_block *b, hakd_params *p, const char *prefix, int dim,
   if (!rc && sr_ratio > 1) {
     rc = layer_conv_init(&b->sr, p, layer_name(name, "%s.attention.self.sr", prefix), dim, dim, sr_ratio, sr_ratio, 0,
                          1, 1, 1);
-    if (!rc) rc = layer_ln_init(&b->sr_norm, p, layer_name(name, "%s.attention.self.layer_norm", prefix), dim, MIT_LN_EPS);
+    if (!rc)
+      rc = layer_ln_init(&b->sr_norm, p, layer_name(name, "%s.attention.self.layer_norm", prefix), dim, MIT_LN_EPS);
   }
   if (!rc) rc = layer_linear_init(&b->attn_out, p, layer_name(name, "%s.attention.output.dense", prefix), dim, dim, 1);
   if (!rc) rc = layer_ln_init(&b->norm2, p, layer_name(name, "%s.layer_norm_2", prefix), dim, MIT_LN_EPS);
@@ -189,7 +190,8 @@ static int block_init(mit_block *b, hakd_params *p, const char *prefix, int dim,
 
 int mit_create(hakd_params *p, const char *prefix, int variant, const hakd_model_options *o, backbone **out) {
   *out = NULL;
-  if (variant < 0 || variant > 5) return hakd_error(HAKD_EINVAL, "%s: MiT variant b%d does not exist (b0..b5)", prefix, variant);
+  if (variant < 0 || variant > 5)
+    return hakd_error(HAKD_EINVAL, "%s: MiT variant b%d does not exist (b0..b5)", prefix, variant);
   if (o->drop_path_rate < 0.0f || o->drop_path_rate >= 1.0f)
     return hakd_error(HAKD_EINVAL, "%s: drop_path_rate %g outside [0, 1)", prefix, o->drop_path_rate);
   mit *m = calloc(1, sizeof *m);
