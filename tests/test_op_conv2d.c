@@ -32,7 +32,8 @@ static void fill_grads(hakd_params *p, float delta) {
 }
 
 /* Runs every fixture case forward and backward (seeded with the fixture's gy) on `path` and
- * compares y, gx, gw, gb (accumulated onto GRAD_PREFILL); `repeats` > 1 reruns each case (auto: the first run measures). */
+ * compares y, gx, gw, gb (accumulated onto GRAD_PREFILL); `repeats` > 1 reruns each case (auto: the
+ * first run measures). */
 static void check_fixture_cases(conv2d_path path, int repeats) {
   hakd_st_file *f;
   ASSERT_OK(hakd_st_open(test_fixture_path("ops/conv2d.safetensors"), &f));

@@ -114,7 +114,8 @@ typedef struct {
 
 static hakd_tensor *build_resize(hakd_ctx *ctx, hakd_tensor **in, void *arg) {
   const resize_arg *a = arg;
-  return a->mode ? hakd_resize_bilinear(ctx, in[0], a->oh, a->ow, a->mode == 2) : hakd_resize_nearest(ctx, in[0], a->oh, a->ow);
+  if (a->mode) return hakd_resize_bilinear(ctx, in[0], a->oh, a->ow, a->mode == 2);
+  return hakd_resize_nearest(ctx, in[0], a->oh, a->ow);
 }
 
 /* Resizing is linear in x: central differences are exact up to fp32 rounding of the outputs,

@@ -124,7 +124,8 @@ hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight
                          hakd_shape_str(x, xs, sizeof xs));
   bn_layout l = bn_layout_of(x);
   if (!bn_check_vector(ctx, weight, "weight", l.c) || !bn_check_vector(ctx, bias, "bias", l.c) ||
-      !bn_check_vector(ctx, running_mean, "running_mean", l.c) || !bn_check_vector(ctx, running_var, "running_var", l.c))
+      !bn_check_vector(ctx, running_mean, "running_mean", l.c) ||
+      !bn_check_vector(ctx, running_var, "running_var", l.c))
     return NULL;
   if (!(eps > 0.0f)) return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d: eps %g must be positive", (double)eps);
   int batch_stats = hakd_ctx_training(ctx);

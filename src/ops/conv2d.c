@@ -6,6 +6,7 @@
  * HAKD_CONV=gemm|dnnl|auto (or conv2d_set_path) picks one; auto times both once per shape and
  * direction at first use and keeps the faster. Scratch memory comes from the step arena. */
 #include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -33,6 +34,12 @@ static void conv2d_valid_columns(int64_t off, int64_t stride, int64_t w, int64_t
   if (first > end) first = end;
   *lo = first;
   *hi = end;
+}
+
+/* conv2d_valid_columns of every kernel column kj (hoisted out of the row loops: two divisions). */
+static void conv2d_tap_columns(int64_t *lo, int64_t *hi, const conv2d_shape *s) {
+  for (int64_t kj = 0; kj < s->kw; kj++)
+    conv2d_valid_columns(kj * s->dilation - s->pad, s->stride, s->w, s->ow, &lo[kj], &hi[kj]);
 }
 
 /* Column matrix of output rows [oh0, oh1): row (c, ki, kj), column (oh - oh0) * ow + ow.
@@ -99,6 +106,36 @@ static int64_t conv2d_tile_rows(const conv2d_shape *s) {
   return rows;
 }
 
+/* y[o] += a * x[o * stride] for o in [0, n): the inner loop of the depthwise kernels. */
+static inline void conv2d_row_axpy(float *restrict y, const float *restrict x, float a, int64_t n, int64_t stride) {
+  if (stride == 1) {
+    for (int64_t o = 0; o < n; o++) y[o] += a * x[o];
+  } else {
+    for (int64_t o = 0; o < n; o++) y[o] += a * x[o * stride];
+  }
+}
+
+/* y[o * stride] += a * x[o] (adjoint of conv2d_row_axpy). */
+static inline void conv2d_row_axpy_scatter(float *restrict y, const float *restrict x, float a, int64_t n,
+                                           int64_t stride) {
+  if (stride == 1) {
+    for (int64_t o = 0; o < n; o++) y[o] += a * x[o];
+  } else {
+    for (int64_t o = 0; o < n; o++) y[o * stride] += a * x[o];
+  }
+}
+
+/* acc[o] += dy[o] * x[o * stride]: lane-wise partial sums, so the loop vectorises without
+ * reassociating a single running sum. */
+static inline void conv2d_row_fma(float *restrict acc, const float *restrict dy, const float *restrict x, int64_t n,
+                                  int64_t stride) {
+  if (stride == 1) {
+    for (int64_t o = 0; o < n; o++) acc[o] += dy[o] * x[o];
+  } else {
+    for (int64_t o = 0; o < n; o++) acc[o] += dy[o] * x[o * stride];
+  }
+}
+
 /* Depthwise forward: output channel co reads input channel co / (Cout / groups).
  * reference: torch.nn.functional.conv2d with groups == Cin */
 static void conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
@@ -114,6 +151,8 @@ static void conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
     const float *wc = w + co * s->kh * s->kw;
     float *yc = y + p * s->oh * s->ow;
     float bias = b ? b[co] : 0.0f;
+    int64_t lo[s->kw], hi[s->kw];
+    conv2d_tap_columns(lo, hi, s);
     for (int64_t oh = 0; oh < s->oh; oh++) {
       float *yrow = yc + oh * s->ow;
       for (int64_t o = 0; o < s->ow; o++) yrow[o] = bias;
@@ -122,22 +161,23 @@ static void conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
         if (ih < 0 || ih >= s->h) continue;
         const float *xrow = xc + ih * s->w;
         for (int64_t kj = 0; kj < s->kw; kj++) {
-          int64_t off = kj * s->dilation - s->pad, lo, hi;
-          conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
-          float wv = wc[ki * s->kw + kj];
-          for (int64_t o = lo; o < hi; o++) yrow[o] += wv * xrow[o * s->stride + off];
+          int64_t off = kj * s->dilation - s->pad;
+          if (hi[kj] > lo[kj])
+            conv2d_row_axpy(yrow + lo[kj], xrow + lo[kj] * s->stride + off, wc[ki * s->kw + kj], hi[kj] - lo[kj],
+                            s->stride);
         }
       }
     }
   }
 }
 
-static void conv2d_depthwise_backward(float *dx,       /* (N, Cin, h, w) or NULL, accumulated */
-                                      float *dw,       /* (Cout, 1, kh, kw) or NULL, accumulated */
-                                      const float *x,  /* (N, Cin, h, w) */
-                                      const float *w,  /* (Cout, 1, kh, kw) */
-                                      const float *dy, /* (N, Cout, oh, ow) */
-                                      const conv2d_shape *s) {
+static int conv2d_depthwise_backward(hakd_ctx *ctx,
+                                     float *dx,       /* (N, Cin, h, w) or NULL, accumulated */
+                                     float *dw,       /* (Cout, 1, kh, kw) or NULL, accumulated */
+                                     const float *x,  /* (N, Cin, h, w) */
+                                     const float *w,  /* (Cout, 1, kh, kw) */
+                                     const float *dy, /* (N, Cout, oh, ow) */
+                                     const conv2d_shape *s) {
   int64_t mult = s->cout / s->groups, kk = s->kh * s->kw, hw = s->h * s->w, ohw = s->oh * s->ow;
   if (dx) {
     /* One input plane per iteration: its `mult` output channels all scatter into it. */
@@ -145,6 +185,8 @@ static void conv2d_depthwise_backward(float *dx,       /* (N, Cin, h, w) or NULL
     for (int64_t p = 0; p < s->n * s->cin; p++) {
       int64_t n = p / s->cin, ci = p % s->cin;
       float *dxc = dx + p * hw;
+      int64_t lo[s->kw], hi[s->kw];
+      conv2d_tap_columns(lo, hi, s);
       for (int64_t co = ci * mult; co < (ci + 1) * mult; co++) {
         const float *dyc = dy + (n * s->cout + co) * ohw;
         const float *wc = w + co * kk;
@@ -155,45 +197,58 @@ static void conv2d_depthwise_backward(float *dx,       /* (N, Cin, h, w) or NULL
             if (ih < 0 || ih >= s->h) continue;
             float *dxrow = dxc + ih * s->w;
             for (int64_t kj = 0; kj < s->kw; kj++) {
-              int64_t off = kj * s->dilation - s->pad, lo, hi;
-              conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
-              float wv = wc[ki * s->kw + kj];
-              for (int64_t o = lo; o < hi; o++) dxrow[o * s->stride + off] += wv * dyrow[o];
+              int64_t off = kj * s->dilation - s->pad;
+              if (hi[kj] > lo[kj])
+                conv2d_row_axpy_scatter(dxrow + lo[kj] * s->stride + off, dyrow + lo[kj], wc[ki * s->kw + kj],
+                                        hi[kj] - lo[kj], s->stride);
             }
           }
         }
       }
     }
   }
-  if (dw) {
-    /* One output channel per iteration (its taps are private); rows summed in float, images and
-     * rows in double, so large planes keep fp32 accuracy. */
-#pragma omp parallel for schedule(static)
-    for (int64_t co = 0; co < s->cout; co++) {
-      double acc[kk];
-      for (int64_t t = 0; t < kk; t++) acc[t] = 0.0;
-      for (int64_t n = 0; n < s->n; n++) {
-        const float *xc = x + (n * s->cin + co / mult) * hw;
-        const float *dyc = dy + (n * s->cout + co) * ohw;
-        for (int64_t oh = 0; oh < s->oh; oh++) {
-          const float *dyrow = dyc + oh * s->ow;
-          for (int64_t ki = 0; ki < s->kh; ki++) {
-            int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
-            if (ih < 0 || ih >= s->h) continue;
-            const float *xrow = xc + ih * s->w;
-            for (int64_t kj = 0; kj < s->kw; kj++) {
-              int64_t off = kj * s->dilation - s->pad, lo, hi;
-              conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
-              float sum = 0.0f;
-              for (int64_t o = lo; o < hi; o++) sum += dyrow[o] * xrow[o * s->stride + off];
-              acc[ki * s->kw + kj] += sum;
-            }
+  if (!dw) return 0;
+  /* One output channel per iteration (its taps are private). Each tap keeps a row of lane sums
+   * (kh * kw * ow floats per thread, step memory) over the rows of one image; images are summed
+   * in double, so large maps keep fp32 accuracy. */
+  int threads = omp_get_max_threads();
+  float *lanes_all = hakd_ctx_alloc(ctx, (size_t)(threads * kk * s->ow) * sizeof(float));
+  double *acc_all = hakd_ctx_alloc(ctx, (size_t)(threads * kk) * sizeof(double));
+  if (!lanes_all || !acc_all) return hakd_ctx_status(ctx);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t co = 0; co < s->cout; co++) {
+    float *lanes = lanes_all + (int64_t)omp_get_thread_num() * kk * s->ow;
+    double *acc = acc_all + (int64_t)omp_get_thread_num() * kk;
+    int64_t lo[s->kw], hi[s->kw];
+    conv2d_tap_columns(lo, hi, s);
+    for (int64_t t = 0; t < kk; t++) acc[t] = 0.0;
+    for (int64_t n = 0; n < s->n; n++) {
+      const float *xc = x + (n * s->cin + co / mult) * hw;
+      const float *dyc = dy + (n * s->cout + co) * ohw;
+      memset(lanes, 0, (size_t)(kk * s->ow) * sizeof(float));
+      for (int64_t oh = 0; oh < s->oh; oh++) {
+        const float *dyrow = dyc + oh * s->ow;
+        for (int64_t ki = 0; ki < s->kh; ki++) {
+          int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
+          if (ih < 0 || ih >= s->h) continue;
+          const float *xrow = xc + ih * s->w;
+          for (int64_t kj = 0; kj < s->kw; kj++) {
+            int64_t off = kj * s->dilation - s->pad;
+            if (hi[kj] > lo[kj])
+              conv2d_row_fma(lanes + (ki * s->kw + kj) * s->ow + lo[kj], dyrow + lo[kj],
+                             xrow + lo[kj] * s->stride + off, hi[kj] - lo[kj], s->stride);
           }
         }
       }
-      for (int64_t t = 0; t < kk; t++) dw[co * kk + t] += (float)acc[t];
+      for (int64_t t = 0; t < kk; t++) {
+        double sum = 0.0;
+        for (int64_t o = 0; o < s->ow; o++) sum += lanes[t * s->ow + o];
+        acc[t] += sum;
+      }
     }
+    for (int64_t t = 0; t < kk; t++) dw[co * kk + t] += (float)acc[t];
   }
+  return 0;
 }
 
 /* db += sum of dy over images and pixels. */
@@ -272,10 +327,7 @@ static int conv2d_gemm_backward(hakd_ctx *ctx,
                                 const conv2d_shape *s) {
   if (db) conv2d_bias_backward(db, dy, s);
   if (!dx && !dw) return 0;
-  if (conv2d_is_depthwise(s)) {
-    conv2d_depthwise_backward(dx, dw, x, w, dy, s);
-    return 0;
-  }
+  if (conv2d_is_depthwise(s)) return conv2d_depthwise_backward(ctx, dx, dw, x, w, dy, s);
   int64_t cin_g = s->cin / s->groups, cout_g = s->cout / s->groups, k = cin_g * s->kh * s->kw;
   int64_t hw = s->h * s->w, ohw = s->oh * s->ow, tile_rows = conv2d_tile_rows(s);
   int pointwise = conv2d_is_pointwise(s);

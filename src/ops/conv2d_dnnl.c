@@ -138,8 +138,8 @@ static int conv2d_dnnl_reorder_create(dnnl_primitive_t *reorder, const dnnl_memo
 }
 
 /* Adds argument `id` of op->pd (queried with `query`) whose user layout is `user_md`. */
-static int conv2d_dnnl_arg_add(conv2d_dnnl_op *op, int id, dnnl_query_t query, int index, const dnnl_memory_desc_t *user_md,
-                               int is_output, int accumulate) {
+static int conv2d_dnnl_arg_add(conv2d_dnnl_op *op, int id, dnnl_query_t query, int index,
+                               const dnnl_memory_desc_t *user_md, int is_output, int accumulate) {
   conv2d_dnnl_arg *a = &op->args[op->n_args++];
   a->id = id;
   a->is_output = is_output;
@@ -168,7 +168,8 @@ static int conv2d_dnnl_pd_create(dnnl_primitive_desc_t *pd, const void *op_desc,
   dnnl_status_t st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
   if (st == dnnl_success) st = dnnl_primitive_desc_create(pd, op_desc, attr, conv2d_dnnl_engine, hint);
   dnnl_primitive_attr_destroy(attr);
-  if (st != dnnl_success) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: no convolution implementation: status %d", (int)st);
+  if (st != dnnl_success)
+    return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: no convolution implementation: status %d", (int)st);
   return 0;
 }
 
@@ -200,9 +201,9 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
   if (!rc) rc = conv2d_dnnl_op_finish(op);
   if (rc) return rc;
   op = &e->backward_weights;
-  DNNL_TRY(dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &d->src_any,
-                                                               &d->weights_any, s->has_bias ? &d->bias : NULL,
-                                                               &d->dst_any, d->strides, d->dilates, d->pad_l, d->pad_r));
+  DNNL_TRY(dnnl_dilated_convolution_backward_weights_desc_init(
+      &cd, dnnl_convolution_direct, &d->src_any, &d->weights_any, s->has_bias ? &d->bias : NULL, &d->dst_any,
+      d->strides, d->dilates, d->pad_l, d->pad_r));
   rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_SRC, dnnl_query_src_md, 0, &d->src, 0, 0);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->dst, 0, 0);

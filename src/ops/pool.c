@@ -21,10 +21,11 @@ static hakd_tensor *pool_output(hakd_ctx *ctx, const char *op, hakd_tensor *x, i
   if (kernel < 1 || stride < 1 || padding < 0 || 2 * padding > kernel)
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: kernel %d, stride %d, padding %d out of range", op, kernel, stride,
                          padding);
-  int64_t oh = (x->shape[2] + 2 * padding - kernel) / stride + 1, ow = (x->shape[3] + 2 * padding - kernel) / stride + 1;
   if (x->shape[2] + 2 * padding < kernel || x->shape[3] + 2 * padding < kernel)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "%s: kernel %d larger than padded input %s", op, kernel,
                          hakd_shape_str(x, xs, sizeof xs));
+  int64_t oh = (x->shape[2] + 2 * padding - kernel) / stride + 1;
+  int64_t ow = (x->shape[3] + 2 * padding - kernel) / stride + 1;
   return hakd_tensor4(ctx, x->shape[0], x->shape[1], oh, ow);
 }
 

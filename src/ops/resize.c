@@ -112,7 +112,8 @@ hakd_tensor *hakd_resize_bilinear(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, 
       float lh0 = th[i].l0, lh1 = th[i].l1;
       for (int64_t j = 0; j < out_w; j++) {
         const resize_tap *t = &tw[j];
-        yp[i * out_w + j] = lh0 * (t->l0 * r0[t->i0] + t->l1 * r0[t->i1]) + lh1 * (t->l0 * r1[t->i0] + t->l1 * r1[t->i1]);
+        yp[i * out_w + j] =
+            lh0 * (t->l0 * r0[t->i0] + t->l1 * r0[t->i1]) + lh1 * (t->l0 * r1[t->i0] + t->l1 * r1[t->i1]);
       }
     }
   }

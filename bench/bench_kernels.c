@@ -1,0 +1,136 @@
+/* Kernel benchmark: GFLOP/s of hakd_conv2d forward and backward on the conv shapes of ResNet-18
+ * (dilated, output stride 8) and SegFormer-B0 layers, batch 2, for both conv paths (HAKD_CONV=gemm
+ * and dnnl), next to the measured sgemm peak (2048^3) and the plain sgemm of each layer's GEMM
+ * shape (M = Cout/groups, N = oh*ow, K = Cin/groups*kh*kw; one image and group).
+ *
+ * usage: bench_kernels [filter]   (only layers whose name contains filter)
+ * Threads: OMP_NUM_THREADS (default: all cores). */
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "hakd/ops.h"
+
+typedef struct {
+  const char *name;
+  int n, cin, h, w, cout, k, stride, pad, dilation, groups, bias;
+  int input_grad; /* 0 for layers reading the image: their backward computes only dw (and db) */
+} bench_conv;
+
+static const bench_conv bench_convs[] = {
+    {"r18.stem 7x7 s2 3->64 @512", 2, 3, 512, 512, 64, 7, 2, 3, 1, 1, 0, 0},
+    {"r18.layer1 3x3 64->64 @128", 2, 64, 128, 128, 64, 3, 1, 1, 1, 1, 0, 1},
+    {"r18.layer3 3x3 128->128 d2 @64", 2, 128, 64, 64, 128, 3, 1, 2, 2, 1, 0, 1},
+    {"r18.layer4 3x3 512->512 d4 @64", 2, 512, 64, 64, 512, 3, 1, 4, 4, 1, 0, 1},
+    {"r18.down 1x1 s2 64->128 @128", 2, 64, 128, 128, 128, 1, 2, 0, 1, 1, 0, 1},
+    {"b0.patch 7x7 s4 3->32 @512", 2, 3, 512, 512, 32, 7, 4, 3, 1, 1, 1, 0},
+    {"b0.dwconv 3x3 128ch @128", 2, 128, 128, 128, 128, 3, 1, 1, 1, 128, 1, 1},
+    {"b0.sr 8x8 s8 32->32 @128", 2, 32, 128, 128, 32, 8, 8, 0, 1, 1, 1, 1},
+    {"b0.fuse 1x1 256->256 @128", 2, 256, 128, 128, 256, 1, 1, 0, 1, 1, 0, 1},
+};
+
+static double bench_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void bench_fill(float *x, int64_t n, uint64_t seed) {
+  uint64_t rng = hakd_rng_seed(seed);
+  for (int64_t i = 0; i < n; i++) x[i] = hakd_rng_uniform(&rng) - 0.5f;
+}
+
+/* GFLOP/s of cblas_sgemm(m, n, k), best of a few runs of at least ~0.2 s in total. */
+static double bench_sgemm(int m, int n, int k) {
+  float *a = malloc((size_t)m * k * sizeof(float)), *b = malloc((size_t)k * n * sizeof(float));
+  float *c = malloc((size_t)m * n * sizeof(float));
+  bench_fill(a, (int64_t)m * k, 1);
+  bench_fill(b, (int64_t)k * n, 2);
+  double flops = 2.0 * m * n * k, best = 1e30, total = 0;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
+  for (int r = 0; r < 50 && (r < 3 || total < 0.2); r++) {
+    double t0 = bench_now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n);
+    double t = bench_now() - t0;
+    total += t;
+    if (t < best) best = t;
+  }
+  free(a);
+  free(b);
+  free(c);
+  return flops / best * 1e-9;
+}
+
+/* Best forward and backward seconds of one conv layer on the path set in HAKD_CONV. */
+static int bench_conv_run(const bench_conv *bc, double *fwd, double *bwd) {
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t xs[4] = {bc->n, bc->cin, bc->h, bc->w}, ws[4] = {bc->cout, bc->cin / bc->groups, bc->k, bc->k};
+  int64_t bs[1] = {bc->cout};
+  hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, !bc->input_grad), *w = hakd_params_add(&p, "w", 4, ws, 0);
+  hakd_tensor *b = bc->bias ? hakd_params_add(&p, "b", 1, bs, 0) : NULL;
+  if (!x || !w || (bc->bias && !b)) return -1;
+  bench_fill(hakd_f32(x), hakd_numel(x), 3);
+  bench_fill(hakd_f32(w), hakd_numel(w), 4);
+  hakd_ctx *ctx = hakd_ctx_new();
+  *fwd = *bwd = 1e30;
+  double total = 0;
+  int rc = 0;
+  for (int r = 0; r < 20 && (r < 3 || total < 1.0); r++) { /* run 0 warms up (primitives, arena) */
+    hakd_ctx_reset(ctx);
+    double t0 = bench_now();
+    hakd_tensor *y = hakd_conv2d(ctx, x, w, b, bc->stride, bc->pad, bc->dilation, bc->groups);
+    double t1 = bench_now();
+    if (!y || hakd_backward(ctx, y) != 0) {
+      rc = -1;
+      break;
+    }
+    double t2 = bench_now();
+    if (r == 0) continue;
+    total += t2 - t0;
+    if (t1 - t0 < *fwd) *fwd = t1 - t0;
+    if (t2 - t1 < *bwd) *bwd = t2 - t1;
+  }
+  hakd_ctx_free(ctx);
+  hakd_params_free(&p);
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  const char *filter = argc > 1 ? argv[1] : NULL;
+  hakd_set_threads(0);
+  printf("threads: %d\n", hakd_get_threads());
+  double peak = bench_sgemm(2048, 2048, 2048);
+  printf("sgemm peak 2048^3: %.1f GFLOP/s\n\n", peak);
+  printf("%-32s %-20s %7s | %8s %8s | %8s %8s | %s\n", "layer (batch 2)", "gemm M x N x K", "sgemm", "fwd gemm",
+         "fwd dnnl", "bwd gemm", "bwd dnnl", "GFLOP/s; winner fwd/bwd");
+  for (size_t i = 0; i < sizeof bench_convs / sizeof bench_convs[0]; i++) {
+    const bench_conv *bc = &bench_convs[i];
+    if (filter && !strstr(bc->name, filter)) continue;
+    int oh = (bc->h + 2 * bc->pad - bc->dilation * (bc->k - 1) - 1) / bc->stride + 1;
+    int ow = (bc->w + 2 * bc->pad - bc->dilation * (bc->k - 1) - 1) / bc->stride + 1;
+    int m = bc->cout / bc->groups, n = oh * ow, k = bc->cin / bc->groups * bc->k * bc->k;
+    /* forward; backward computes dw and (unless input_grad is 0) dx, each as much again */
+    double flops = 2.0 * bc->n * bc->groups * (double)m * n * k, bwd_flops = (bc->input_grad ? 2 : 1) * flops;
+    double gemm_rate = bench_sgemm(m, n, k);
+    double t[2][2]; /* [path][fwd, bwd] */
+    const char *paths[2] = {"gemm", "dnnl"};
+    for (int pth = 0; pth < 2; pth++) {
+      setenv("HAKD_CONV", paths[pth], 1);
+      if (bench_conv_run(bc, &t[pth][0], &t[pth][1]) != 0) {
+        fprintf(stderr, "%s (%s): %s\n", bc->name, paths[pth], hakd_error_message());
+        return 1;
+      }
+    }
+    char shape[32];
+    snprintf(shape, sizeof shape, "%dx%dx%d", m, n, k);
+    printf("%-32s %-20s %7.1f | %8.1f %8.1f | %8.1f %8.1f | %s/%s\n", bc->name, shape, gemm_rate,
+           flops / t[0][0] * 1e-9, flops / t[1][0] * 1e-9, bwd_flops / t[0][1] * 1e-9, bwd_flops / t[1][1] * 1e-9,
+           t[0][0] <= t[1][0] ? "gemm" : "dnnl", t[0][1] <= t[1][1] ? "gemm" : "dnnl");
+    fflush(stdout);
+  }
+  unsetenv("HAKD_CONV");
+  return 0;
+}
