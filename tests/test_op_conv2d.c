@@ -83,6 +83,51 @@ TEST(forward_backward_gemm_match_torch) { check_fixture_cases(CONV2D_PATH_GEMM, 
 TEST(forward_backward_dnnl_match_torch) { check_fixture_cases(CONV2D_PATH_DNNL, 2); }
 TEST(forward_backward_auto_match_torch) { check_fixture_cases(CONV2D_PATH_AUTO, 3); }
 
+/* Frozen inputs: the image (no dx), a frozen weight with a trained bias (only db; the dnnl path
+ * must still run its weight primitive into scratch). */
+static void check_partial_grads(conv2d_path path) {
+  hakd_st_file *f;
+  ASSERT_OK(hakd_st_open(test_fixture_path("ops/conv2d.safetensors"), &f));
+  conv2d_set_path(path);
+  const char *c = "patch7x7_s4";
+  int64_t prm[5];
+  ASSERT_TRUE(op_fixture_ints(f, c, prm, 5));
+  for (int frozen_weight = 0; frozen_weight < 2 && !test_failed(); frozen_weight++) {
+    hakd_params p;
+    hakd_params_init(&p);
+    hakd_tensor *x = op_fixture_param(&p, f, c, "x", 1);
+    hakd_tensor *w = op_fixture_param(&p, f, c, "w", frozen_weight);
+    hakd_tensor *b = op_fixture_param(&p, f, c, "b", 0);
+    int64_t ngy = 0;
+    float *gy = op_fixture_floats(f, c, "gy", &ngy);
+    hakd_ctx *ctx = hakd_ctx_new();
+    hakd_tensor *y = x && w && b ? hakd_conv2d(ctx, x, w, b, (int)prm[0], (int)prm[1], (int)prm[2], (int)prm[3]) : NULL;
+    if (!y || !gy || ngy != hakd_numel(y) || hakd_backward_seeded(ctx, y, gy) != 0)
+      test_fail(__FILE__, __LINE__, "%s (%s): conv2d failed: %s", c, path_name(path), hakd_error_message());
+    else if (x->grad || (frozen_weight && w->grad))
+      test_fail(__FILE__, __LINE__, "%s (%s): gradient of a frozen input", c, path_name(path));
+    else if (frozen_weight || op_fixture_check(f, c, "gw", w->grad, hakd_numel(w), CONV_TOL))
+      op_fixture_check(f, c, "gb", b->grad, hakd_numel(b), CONV_TOL);
+    free(gy);
+    hakd_ctx_free(ctx);
+    hakd_params_free(&p);
+  }
+  conv2d_set_path(CONV2D_PATH_AUTO);
+  hakd_st_close(f);
+}
+
+TEST(frozen_inputs_gemm) { check_partial_grads(CONV2D_PATH_GEMM); }
+TEST(frozen_inputs_dnnl) { check_partial_grads(CONV2D_PATH_DNNL); }
+
+/* Releasing the oneDNN cache (tools do it at exit) leaves later calls working: primitives are
+ * rebuilt on demand. */
+TEST(dnnl_cache_release_and_rebuild) {
+  check_fixture_cases(CONV2D_PATH_DNNL, 1);
+  conv2d_dnnl_release();
+  check_fixture_cases(CONV2D_PATH_DNNL, 1);
+  conv2d_dnnl_release();
+}
+
 /* ---- larger shapes against a double-precision naive reference ---- */
 
 typedef struct {
