@@ -1,0 +1,80 @@
+/* DeepLabV3 head with torchvision's DeepLabHead names under `<prefix>` (= `classifier`):
+ * `0` ASPP (`0.convs.0` 1x1, `0.convs.1..3` 3x3 atrous rates 12/24/36, `0.convs.4` image pooling,
+ * `0.project` 1x1 on their concatenation + Dropout 0.5), `1` 3x3 conv, `2` BN, ReLU, `4` 1x1 conv to
+ * K classes with bias. Every conv but the last is bias-free and followed by BN + ReLU. The 256
+ * channels are scaled by the width multiplier; opts->dropout >= 0 replaces the 0.5. */
+#include <stdlib.h>
+
+#include "models/model_internal.h"
+
+#define ASPP_BN_EPS 1e-5f
+#define ASPP_BRANCHES 5 /* 1x1, three atrous 3x3, image pooling */
+
+typedef struct {
+  head base;
+  layer_conv branch_conv[ASPP_BRANCHES];
+  layer_bn branch_bn[ASPP_BRANCHES];
+  layer_conv project_conv, conv, classifier;
+  layer_bn project_bn, bn;
+  float dropout;
+} aspp_head;
+
+static hakd_tensor *conv_bn_relu(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x) {
+  return hakd_relu(ctx, layer_bn_forward(ctx, bn, layer_conv_forward(ctx, c, x)));
+}
+
+static hakd_tensor *aspp_forward(head *base, hakd_ctx *ctx, hakd_tensor *const stages[4]) {
+  aspp_head *h = (aspp_head *)base;
+  hakd_tensor *x = stages[3], *branches[ASPP_BRANCHES];
+  if (!x) return NULL;
+  for (int i = 0; i < ASPP_BRANCHES - 1; i++) branches[i] = conv_bn_relu(ctx, &h->branch_conv[i], &h->branch_bn[i], x);
+  /* ASPPPooling: global average, 1x1 conv + BN + ReLU, bilinear (align_corners=False) back to the map size. */
+  hakd_tensor *pooled = hakd_adaptive_avgpool2d(ctx, x, 1, 1);
+  pooled = conv_bn_relu(ctx, &h->branch_conv[ASPP_BRANCHES - 1], &h->branch_bn[ASPP_BRANCHES - 1], pooled);
+  branches[ASPP_BRANCHES - 1] = hakd_resize_bilinear(ctx, pooled, x->shape[2], x->shape[3], 0);
+  hakd_tensor *y = hakd_concat(ctx, ASPP_BRANCHES, branches, 1);
+  y = hakd_dropout(ctx, conv_bn_relu(ctx, &h->project_conv, &h->project_bn, y), h->dropout);
+  y = conv_bn_relu(ctx, &h->conv, &h->bn, y);
+  return layer_conv_forward(ctx, &h->classifier, y);
+}
+
+static void aspp_destroy(head *h) { free(h); }
+
+int aspp_head_create(hakd_params *p, const char *prefix, const backbone *b, const hakd_model_options *o, head **out) {
+  static const int rates[3] = {12, 24, 36};
+  *out = NULL;
+  aspp_head *h = calloc(1, sizeof *h);
+  if (!h) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
+  h->base.forward = aspp_forward;
+  h->base.destroy = aspp_destroy;
+  h->dropout = o->dropout >= 0.0f ? o->dropout : 0.5f;
+  int in = b->channels[3], ch = layer_scale_channels(256, o->width, 1), rc = 0;
+  char name[LAYER_NAME_MAX];
+  float m = o->bn_momentum;
+  /* convs.0: 1x1; convs.1..3: 3x3 with padding = dilation = rate. */
+  for (int i = 0; i < ASPP_BRANCHES - 1 && !rc; i++) {
+    int k = i == 0 ? 1 : 3, d = i == 0 ? 1 : rates[i - 1];
+    rc = layer_conv_init(&h->branch_conv[i], p, layer_name(name, "%s.0.convs.%d.0", prefix, i), in, ch, k, 1,
+                         i == 0 ? 0 : d, d, 1, 0);
+    if (!rc) rc = layer_bn_init(&h->branch_bn[i], p, layer_name(name, "%s.0.convs.%d.1", prefix, i), ch, ASPP_BN_EPS, m);
+  }
+  /* convs.4 is Sequential(AdaptiveAvgPool2d, Conv2d, BN, ReLU): conv at .1, BN at .2. */
+  if (!rc)
+    rc = layer_conv_init(&h->branch_conv[4], p, layer_name(name, "%s.0.convs.4.1", prefix), in, ch, 1, 1, 0, 1, 1, 0);
+  if (!rc) rc = layer_bn_init(&h->branch_bn[4], p, layer_name(name, "%s.0.convs.4.2", prefix), ch, ASPP_BN_EPS, m);
+  if (!rc)
+    rc = layer_conv_init(&h->project_conv, p, layer_name(name, "%s.0.project.0", prefix), ASPP_BRANCHES * ch, ch, 1, 1,
+                         0, 1, 1, 0);
+  if (!rc) rc = layer_bn_init(&h->project_bn, p, layer_name(name, "%s.0.project.1", prefix), ch, ASPP_BN_EPS, m);
+  if (!rc) rc = layer_conv_init(&h->conv, p, layer_name(name, "%s.1", prefix), ch, ch, 3, 1, 1, 1, 1, 0);
+  if (!rc) rc = layer_bn_init(&h->bn, p, layer_name(name, "%s.2", prefix), ch, ASPP_BN_EPS, m);
+  if (!rc)
+    rc = layer_conv_init(&h->classifier, p, layer_name(name, "%s.4", prefix), ch, o->num_classes, 1, 1, 0, 1, 1, 1);
+  if (rc) {
+    free(h);
+    if (rc == HAKD_ENOMEM) return hakd_error(HAKD_ENOMEM, "%s: out of memory creating the ASPP head", prefix);
+    return rc;
+  }
+  *out = &h->base;
+  return 0;
+}
