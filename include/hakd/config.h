@@ -15,7 +15,7 @@ typedef struct {
   /* what to train, on what */
   char model[HAKD_NAME_MAX], dataset[HAKD_NAME_MAX], data_root[HAKD_PATH_MAX];
   char train_split[HAKD_NAME_MAX], val_split[HAKD_NAME_MAX];
-  float width;
+  float width, drop_path;
   int deep_stem, aux; /* aux: -1 = model default */
   char pretrained[HAKD_PATH_MAX], weights_prefix[HAKD_NAME_MAX];
   int pretrained_backbone;

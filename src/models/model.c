@@ -126,7 +126,7 @@ void hakd_model_init(hakd_model *m, uint64_t seed) {
     int64_t n = hakd_numel(t);
     if (t->ndim == 4) {
       double fan_out = (double)t->shape[0] * t->shape[2] * t->shape[3];
-      /* depthwise/grouped: torchvision divides fan_out by groups implicitly through shape[1]==1 */
+      /* fan_out = out_channels * k * k whatever the groups, as torch's kaiming_normal_ computes it */
       float std = (float)sqrt(2.0 / fan_out);
       for (int64_t j = 0; j < n; j++) d[j] = std * hakd_rng_normal(&rng);
     } else if (t->ndim == 2) {

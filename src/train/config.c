@@ -19,6 +19,7 @@ static const hakd_config_key keys[] = {
     {"train_split", STR(train_split), "train", "training split", 0},
     {"val_split", STR(val_split), "val", "evaluation split", 0},
     {"width", NUM(HAKD_KEY_FLOAT, width), "1", "channel width multiplier of the model (small experiments)", 0},
+    {"drop_path", NUM(HAKD_KEY_FLOAT, drop_path), "0.1", "stochastic depth rate of MiT encoders (HF/mmseg: 0.1)", 0},
     {"deep_stem", NUM(HAKD_KEY_BOOL, deep_stem), "0", "ResNet deep stem (ResNetV1c)", 0},
     {"aux", NUM(HAKD_KEY_INT, aux), "-1", "FCN aux head on stage 3: 1 on, 0 off, -1 model default", 0},
     {"pretrained", STR(pretrained), "", "initial weights (safetensors state_dict)", 0},

@@ -76,6 +76,7 @@ static int create_model(const char *name, float width, const hakd_config *c, int
   o.width = width;
   o.deep_stem = c->deep_stem;
   o.aux_head = c->aux;
+  o.drop_path_rate = c->drop_path;
   return hakd_model_create(name, &o, out);
 }
 
