@@ -119,13 +119,14 @@ static void check_partial_grads(conv2d_path path) {
 TEST(frozen_inputs_gemm) { check_partial_grads(CONV2D_PATH_GEMM); }
 TEST(frozen_inputs_dnnl) { check_partial_grads(CONV2D_PATH_DNNL); }
 
-/* Releasing the oneDNN cache (tools do it at exit) leaves later calls working: primitives are
- * rebuilt on demand. */
-TEST(dnnl_cache_release_and_rebuild) {
+/* Releasing the scratch block and the oneDNN cache (tools do it at exit) leaves later calls
+ * working: both are rebuilt on demand. */
+TEST(release_and_rebuild) {
   check_fixture_cases(CONV2D_PATH_DNNL, 1);
-  conv2d_dnnl_release();
+  conv2d_release();
   check_fixture_cases(CONV2D_PATH_DNNL, 1);
-  conv2d_dnnl_release();
+  check_fixture_cases(CONV2D_PATH_GEMM, 1);
+  conv2d_release();
 }
 
 /* ---- larger shapes against a double-precision naive reference ---- */
@@ -308,7 +309,9 @@ TEST(env_selects_path_and_rejects_unknown) {
   hakd_params_free(&p);
 }
 
-/* After the first step, forward + backward of a small conv net allocates nothing on either path. */
+/* After the first step, forward + backward of a small conv net allocates nothing on either path:
+ * neither in the arena nor in the conv scratch block, which stays the size of the largest
+ * single call instead of growing with the number of layers. */
 static void check_steady_state(conv2d_path path) {
   hakd_params p;
   hakd_params_init(&p);
@@ -318,7 +321,7 @@ static void check_steady_state(conv2d_path path) {
   hakd_tensor *b1 = gradcheck_input(&p, "b1", 1, bs, 0.1f, 5);
   hakd_ctx *ctx = hakd_ctx_new();
   conv2d_set_path(path);
-  uint64_t mallocs[4];
+  uint64_t mallocs[4], growths[4];
   for (int step = 0; step < 4; step++) {
     hakd_ctx_reset(ctx);
     hakd_tensor *h = hakd_conv2d(ctx, x, w1, b1, 4, 3, 1, 1);
@@ -327,10 +330,13 @@ static void check_steady_state(conv2d_path path) {
     ASSERT_TRUE(h != NULL);
     ASSERT_OK(hakd_backward(ctx, h));
     mallocs[step] = hakd_ctx_get_stats(ctx).arena_mallocs;
+    growths[step] = conv2d_scratch_growths();
   }
   conv2d_set_path(CONV2D_PATH_AUTO);
   ASSERT_EQ_INT(mallocs[2], mallocs[1]);
   ASSERT_EQ_INT(mallocs[3], mallocs[1]);
+  ASSERT_EQ_INT(growths[1], growths[0]);
+  ASSERT_EQ_INT(growths[3], growths[0]);
   hakd_ctx_free(ctx);
   hakd_params_free(&p);
 }

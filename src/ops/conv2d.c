@@ -4,7 +4,7 @@
  *         convs (Cin == groups) use a direct kernel;
  *   dnnl: oneDNN primitives (conv2d_dnnl.c).
  * HAKD_CONV=gemm|dnnl|auto (or conv2d_set_path) picks one; auto times both once per shape and
- * direction at first use and keeps the faster. Scratch memory comes from the step arena. */
+ * direction at first use and keeps the faster. Temporaries live in one reused scratch block. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -171,8 +171,7 @@ static void conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
   }
 }
 
-static int conv2d_depthwise_backward(hakd_ctx *ctx,
-                                     float *dx,       /* (N, Cin, h, w) or NULL, accumulated */
+static int conv2d_depthwise_backward(float *dx,       /* (N, Cin, h, w) or NULL, accumulated */
                                      float *dw,       /* (Cout, 1, kh, kw) or NULL, accumulated */
                                      const float *x,  /* (N, Cin, h, w) */
                                      const float *w,  /* (Cout, 1, kh, kw) */
@@ -212,9 +211,10 @@ static int conv2d_depthwise_backward(hakd_ctx *ctx,
    * (kh * kw * ow floats per thread, step memory) over the rows of one image; images are summed
    * in double, so large maps keep fp32 accuracy. */
   int threads = omp_get_max_threads();
-  float *lanes_all = hakd_ctx_alloc(ctx, (size_t)(threads * kk * s->ow) * sizeof(float));
-  double *acc_all = hakd_ctx_alloc(ctx, (size_t)(threads * kk) * sizeof(double));
-  if (!lanes_all || !acc_all) return hakd_ctx_status(ctx);
+  size_t acc_bytes = conv2d_scratch_round((size_t)(threads * kk) * sizeof(double));
+  double *acc_all = conv2d_scratch(acc_bytes + (size_t)(threads * kk * s->ow) * sizeof(float));
+  if (!acc_all) return HAKD_ENOMEM;
+  float *lanes_all = (float *)((unsigned char *)acc_all + acc_bytes);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t co = 0; co < s->cout; co++) {
     float *lanes = lanes_all + (int64_t)omp_get_thread_num() * kk * s->ow;
@@ -270,8 +270,7 @@ static void conv2d_bias_backward(float *db,       /* (Cout), accumulated */
 }
 
 /* y = conv(x, w) + b by im2col + sgemm (direct kernel for depthwise). Returns 0 or a status. */
-static int conv2d_gemm_forward(hakd_ctx *ctx,
-                               float *y,       /* (N, Cout, oh, ow) */
+static int conv2d_gemm_forward(float *y,       /* (N, Cout, oh, ow) */
                                const float *x, /* (N, Cin, h, w) */
                                const float *w, /* (Cout, Cin / groups, kh, kw) */
                                const float *b, /* (Cout) or NULL */
@@ -285,8 +284,8 @@ static int conv2d_gemm_forward(hakd_ctx *ctx,
   int pointwise = conv2d_is_pointwise(s);
   float *col = NULL;
   if (!pointwise) {
-    col = hakd_ctx_alloc(ctx, (size_t)(k * tile_rows * s->ow) * sizeof(float));
-    if (!col) return hakd_ctx_status(ctx);
+    col = conv2d_scratch((size_t)(k * tile_rows * s->ow) * sizeof(float));
+    if (!col) return HAKD_ENOMEM;
   }
   for (int64_t n = 0; n < s->n; n++) {
     for (int64_t g = 0; g < s->groups; g++) {
@@ -317,8 +316,7 @@ static int conv2d_gemm_forward(hakd_ctx *ctx,
 }
 
 /* dx += dL/dx, dw += dL/dw, db += dL/db (each when non-NULL) by sgemm + col2im. */
-static int conv2d_gemm_backward(hakd_ctx *ctx,
-                                float *dx,       /* (N, Cin, h, w) or NULL */
+static int conv2d_gemm_backward(float *dx,       /* (N, Cin, h, w) or NULL */
                                 float *dw,       /* (Cout, Cin / groups, kh, kw) or NULL */
                                 float *db,       /* (Cout) or NULL */
                                 const float *x,  /* (N, Cin, h, w) */
@@ -327,14 +325,14 @@ static int conv2d_gemm_backward(hakd_ctx *ctx,
                                 const conv2d_shape *s) {
   if (db) conv2d_bias_backward(db, dy, s);
   if (!dx && !dw) return 0;
-  if (conv2d_is_depthwise(s)) return conv2d_depthwise_backward(ctx, dx, dw, x, w, dy, s);
+  if (conv2d_is_depthwise(s)) return conv2d_depthwise_backward(dx, dw, x, w, dy, s);
   int64_t cin_g = s->cin / s->groups, cout_g = s->cout / s->groups, k = cin_g * s->kh * s->kw;
   int64_t hw = s->h * s->w, ohw = s->oh * s->ow, tile_rows = conv2d_tile_rows(s);
   int pointwise = conv2d_is_pointwise(s);
   float *col = NULL;
   if (!pointwise) {
-    col = hakd_ctx_alloc(ctx, (size_t)(k * tile_rows * s->ow) * sizeof(float));
-    if (!col) return hakd_ctx_status(ctx);
+    col = conv2d_scratch((size_t)(k * tile_rows * s->ow) * sizeof(float));
+    if (!col) return HAKD_ENOMEM;
   }
   for (int64_t n = 0; n < s->n; n++) {
     for (int64_t g = 0; g < s->groups; g++) {
@@ -369,6 +367,35 @@ static int conv2d_gemm_backward(hakd_ctx *ctx,
     }
   }
   return 0;
+}
+
+/* ---- call scratch (see conv2d.h) ---- */
+
+static unsigned char *conv2d_scratch_base;
+static size_t conv2d_scratch_capacity;
+static uint64_t conv2d_scratch_grown;
+
+void *conv2d_scratch(size_t bytes) {
+  if (bytes <= conv2d_scratch_capacity && conv2d_scratch_base) return conv2d_scratch_base;
+  size_t capacity = conv2d_scratch_round(bytes ? bytes : 1);
+  free(conv2d_scratch_base); /* contents need not survive: callers carve after reserving */
+  conv2d_scratch_base = aligned_alloc(64, capacity);
+  conv2d_scratch_capacity = conv2d_scratch_base ? capacity : 0;
+  if (!conv2d_scratch_base) {
+    hakd_error(HAKD_ENOMEM, "conv2d: out of memory for %zu bytes of scratch", capacity);
+    return NULL;
+  }
+  conv2d_scratch_grown++;
+  return conv2d_scratch_base;
+}
+
+uint64_t conv2d_scratch_growths(void) { return conv2d_scratch_grown; }
+
+void conv2d_release(void) {
+  free(conv2d_scratch_base);
+  conv2d_scratch_base = NULL;
+  conv2d_scratch_capacity = 0;
+  conv2d_dnnl_release();
 }
 
 /* ---- path selection ---- */
@@ -427,7 +454,7 @@ static double conv2d_seconds(void) {
 /* Runs the forward on the forced path, or on the remembered/measured faster one. The first auto
  * call of a shape runs both (gemm first, then dnnl: y ends with dnnl's result, equally valid) and
  * remembers the faster; a dnnl failure there makes gemm the choice. */
-static int conv2d_forward_dispatch(hakd_ctx *ctx, float *y, const float *x, const float *w, const float *b,
+static int conv2d_forward_dispatch(float *y, const float *x, const float *w, const float *b,
                                    const conv2d_shape *s) {
   conv2d_path path = conv2d_get_path();
   conv2d_choice *choice = NULL;
@@ -435,20 +462,20 @@ static int conv2d_forward_dispatch(hakd_ctx *ctx, float *y, const float *x, cons
     choice = conv2d_choice_find(s, 1);
     path = choice ? choice->choice[0] : CONV2D_PATH_GEMM;
   }
-  if (path == CONV2D_PATH_GEMM) return conv2d_gemm_forward(ctx, y, x, w, b, s);
-  if (path == CONV2D_PATH_DNNL) return conv2d_dnnl_forward(ctx, y, x, w, b, s);
+  if (path == CONV2D_PATH_GEMM) return conv2d_gemm_forward(y, x, w, b, s);
+  if (path == CONV2D_PATH_DNNL) return conv2d_dnnl_forward(y, x, w, b, s);
   /* First warm-up of oneDNN (primitive creation, JIT) is not timed: run it on y, then time both. */
-  if (conv2d_dnnl_forward(ctx, y, x, w, b, s) != 0) {
+  if (conv2d_dnnl_forward(y, x, w, b, s) != 0) {
     hakd_error_clear();
     choice->choice[0] = CONV2D_PATH_GEMM;
-    return conv2d_gemm_forward(ctx, y, x, w, b, s);
+    return conv2d_gemm_forward(y, x, w, b, s);
   }
   double t0 = conv2d_seconds();
-  int rc = conv2d_gemm_forward(ctx, y, x, w, b, s);
+  int rc = conv2d_gemm_forward(y, x, w, b, s);
   double t_gemm = conv2d_seconds() - t0;
   if (rc != 0) return rc;
   t0 = conv2d_seconds();
-  rc = conv2d_dnnl_forward(ctx, y, x, w, b, s);
+  rc = conv2d_dnnl_forward(y, x, w, b, s);
   double t_dnnl = conv2d_seconds() - t0;
   if (rc != 0) return rc;
   choice->choice[0] = t_dnnl < t_gemm ? CONV2D_PATH_DNNL : CONV2D_PATH_GEMM;
@@ -465,7 +492,7 @@ static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *
     choice = conv2d_choice_find(s, 1);
     path = choice ? choice->choice[1] : CONV2D_PATH_GEMM;
   }
-  if (path == CONV2D_PATH_GEMM) return conv2d_gemm_backward(ctx, dx, dw, db, x, w, dy, s);
+  if (path == CONV2D_PATH_GEMM) return conv2d_gemm_backward(dx, dw, db, x, w, dy, s);
   if (path == CONV2D_PATH_DNNL) return conv2d_dnnl_backward(ctx, dx, dw, db, x, w, dy, s);
   size_t nx = (size_t)(s->n * s->cin * s->h * s->w), nw = (size_t)(s->cout * (s->cin / s->groups) * s->kh * s->kw);
   float *dx_tmp = dx ? hakd_ctx_alloc(ctx, nx * sizeof(float)) : NULL;
@@ -475,13 +502,13 @@ static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *
   if (conv2d_dnnl_backward(ctx, dx_tmp, dw_tmp, db_tmp, x, w, dy, s) != 0) {
     hakd_error_clear();
     choice->choice[1] = CONV2D_PATH_GEMM;
-    return conv2d_gemm_backward(ctx, dx, dw, db, x, w, dy, s);
+    return conv2d_gemm_backward(dx, dw, db, x, w, dy, s);
   }
   if (dx_tmp) memset(dx_tmp, 0, nx * sizeof(float));
   if (dw_tmp) memset(dw_tmp, 0, nw * sizeof(float));
   if (db_tmp) memset(db_tmp, 0, (size_t)s->cout * sizeof(float));
   double t0 = conv2d_seconds();
-  int rc = conv2d_gemm_backward(ctx, dx_tmp, dw_tmp, db_tmp, x, w, dy, s);
+  int rc = conv2d_gemm_backward(dx_tmp, dw_tmp, db_tmp, x, w, dy, s);
   double t_gemm = conv2d_seconds() - t0;
   if (rc != 0) return rc;
   t0 = conv2d_seconds();
@@ -544,7 +571,7 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
   hakd_tensor *y = hakd_tensor4(ctx, s.n, s.cout, s.oh, s.ow);
   if (!y) return NULL;
   if (s.n == 0 || s.cout == 0) return y;
-  int rc = conv2d_forward_dispatch(ctx, hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, &s);
+  int rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, &s);
   if (rc != 0) return hakd_ctx_fail(ctx, rc, "conv2d %s * %s: %s", xs, ws, hakd_error_message());
   hakd_tensor *inputs[3] = {x, w, b};
   hakd_node *node = hakd_record(ctx, "conv2d", conv2d_backward, y, b ? 3 : 2, inputs);

@@ -3,6 +3,7 @@
 #ifndef HAKD_OPS_CONV2D_H
 #define HAKD_OPS_CONV2D_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "hakd/tensor.h"
@@ -31,15 +32,30 @@ conv2d_path conv2d_get_path(void);
  * not decided yet. For benchmarks and tests. */
 conv2d_path conv2d_auto_choice(const conv2d_shape *s, int backward);
 
+/* Temporaries of one conv2d call (im2col tiles, depthwise partial sums, oneDNN reorders and
+ * scratchpad) live in one grow-only block shared by all calls: the convs of a network would
+ * otherwise pile activation-sized temporaries up in the step arena until the step ends. After
+ * the first step the block has its high-water size and calls allocate nothing. The block is
+ * valid until the next conv2d_scratch call; single-threaded callers only (like the oneDNN cache).
+ * Returns at least `bytes`, 64-byte aligned, or NULL with an error set when out of memory. */
+void *conv2d_scratch(size_t bytes);
+/* Bytes a carve of `bytes` takes inside the scratch block (keeps 64-byte alignment). */
+static inline size_t conv2d_scratch_round(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+/* How often the scratch block grew (each growth is one malloc). */
+uint64_t conv2d_scratch_growths(void);
+/* Frees the scratch block and every cached oneDNN primitive (tools call it at exit; later calls
+ * rebuild what they need). */
+void conv2d_release(void);
+
 /* ---- oneDNN path (conv2d_dnnl.c). Return 0 or a negative hakd_status with a message. ---- */
 
-/* y = conv(x, w) + b, overwriting y. Scratch (reordered tensors, oneDNN scratchpad) comes from ctx. */
-int conv2d_dnnl_forward(hakd_ctx *ctx, float *y, const float *x, const float *w, const float *b,
-                        const conv2d_shape *s);
-/* dx += conv_transpose(dy, w) when dx != NULL; dw += dL/dw, db += dL/db when non-NULL. */
+/* y = conv(x, w) + b, overwriting y. */
+int conv2d_dnnl_forward(float *y, const float *x, const float *w, const float *b, const conv2d_shape *s);
+/* dx += conv_transpose(dy, w) when dx != NULL; dw += dL/dw, db += dL/db when non-NULL (a gradient
+ * computed but not wanted goes to step memory from ctx). */
 int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s);
-/* Frees every cached oneDNN primitive (tests and tools call it at exit to keep leak checkers quiet). */
+/* Frees every cached oneDNN primitive (conv2d_release calls it). */
 void conv2d_dnnl_release(void);
 
 #endif

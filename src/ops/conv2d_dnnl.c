@@ -2,8 +2,9 @@
  * created once per shape and kept in a small cache with the memory objects that wrap our
  * pointers. The primitives choose their own layouts (format "any", usually channel-blocked);
  * reorders convert from/to our NCHW tensors through step scratch, and gradients are accumulated
- * (+=) by reorders with a sum post-op. oneDNN's scratchpad is user-managed, from the step arena,
- * so a steady-state call allocates nothing. Single-threaded callers only (the cache has no lock). */
+ * (+=) by reorders with a sum post-op. Reordered tensors and oneDNN's (user-managed) scratchpad
+ * live in the conv2d scratch block, so a steady-state call allocates nothing. Single-threaded
+ * callers only (the cache has no lock). */
 #include <dnnl.h>
 #include <string.h>
 
@@ -257,16 +258,19 @@ static int conv2d_dnnl_reorder_run(dnnl_primitive_t reorder, dnnl_memory_t from,
 }
 
 /* Runs op on our buffers ptrs[i] (one per argument, in the order they were added). */
-static int conv2d_dnnl_op_run(hakd_ctx *ctx, conv2d_dnnl_op *op, void *const *ptrs) {
+static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs) {
+  size_t total = conv2d_scratch_round(op->scratchpad_bytes);
+  for (int i = 0; i < op->n_args; i++) total += conv2d_scratch_round(op->args[i].inner_bytes);
+  unsigned char *scratch = conv2d_scratch(total);
+  if (!scratch) return HAKD_ENOMEM;
   dnnl_exec_arg_t args[CONV2D_DNNL_MAX_ARGS + 1];
   int n = 0;
   for (int i = 0; i < op->n_args; i++) {
     conv2d_dnnl_arg *a = &op->args[i];
     DNNL_TRY(dnnl_memory_set_data_handle(a->user, ptrs[i]));
     if (a->inner) {
-      void *inner = hakd_ctx_alloc(ctx, a->inner_bytes);
-      if (!inner) return hakd_ctx_status(ctx);
-      DNNL_TRY(dnnl_memory_set_data_handle(a->inner, inner));
+      DNNL_TRY(dnnl_memory_set_data_handle(a->inner, scratch));
+      scratch += conv2d_scratch_round(a->inner_bytes);
       if (!a->is_output) {
         int rc = conv2d_dnnl_reorder_run(a->reorder, a->user, a->inner);
         if (rc) return rc;
@@ -275,8 +279,6 @@ static int conv2d_dnnl_op_run(hakd_ctx *ctx, conv2d_dnnl_op *op, void *const *pt
     args[n++] = (dnnl_exec_arg_t){a->id, a->inner ? a->inner : a->user};
   }
   if (op->scratchpad) {
-    void *scratch = hakd_ctx_alloc(ctx, op->scratchpad_bytes);
-    if (!scratch) return hakd_ctx_status(ctx);
     DNNL_TRY(dnnl_memory_set_data_handle(op->scratchpad, scratch));
     args[n++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, op->scratchpad};
   }
@@ -292,14 +294,13 @@ static int conv2d_dnnl_op_run(hakd_ctx *ctx, conv2d_dnnl_op *op, void *const *pt
   return 0;
 }
 
-int conv2d_dnnl_forward(hakd_ctx *ctx, float *y, const float *x, const float *w, const float *b,
-                        const conv2d_shape *s) {
+int conv2d_dnnl_forward(float *y, const float *x, const float *w, const float *b, const conv2d_shape *s) {
   conv2d_dnnl_entry *e;
   int rc = conv2d_dnnl_entry_get(s, 0, &e);
   if (rc) return rc;
   void *ptrs[4] = {(void *)x, (void *)w, (void *)b, y};
   if (!s->has_bias) ptrs[2] = y; /* arguments: src, weights, [bias,] dst */
-  return conv2d_dnnl_op_run(ctx, &e->forward, ptrs);
+  return conv2d_dnnl_op_run(&e->forward, ptrs);
 }
 
 static float *conv2d_dnnl_zeros(hakd_ctx *ctx, size_t n) {
@@ -315,7 +316,7 @@ int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const f
   if (rc) return rc;
   if (dx) {
     void *ptrs[3] = {(void *)dy, (void *)w, dx};
-    rc = conv2d_dnnl_op_run(ctx, &e->backward_data, ptrs);
+    rc = conv2d_dnnl_op_run(&e->backward_data, ptrs);
     if (rc) return rc;
   }
   if (!dw && !db) return 0;
@@ -324,5 +325,5 @@ int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const f
   if (!dw && !(dw = conv2d_dnnl_zeros(ctx, nw))) return hakd_ctx_status(ctx);
   if (!db && s->has_bias && !(db = conv2d_dnnl_zeros(ctx, (size_t)s->cout))) return hakd_ctx_status(ctx);
   void *ptrs[4] = {(void *)x, (void *)dy, dw, db};
-  return conv2d_dnnl_op_run(ctx, &e->backward_weights, ptrs);
+  return conv2d_dnnl_op_run(&e->backward_weights, ptrs);
 }
