@@ -23,7 +23,8 @@ static char *state_dict_string(const hakd_params *p) {
     const hakd_tensor *t = p->items[i];
     char entry[256];
     int n = snprintf(entry, sizeof entry, "%s%s:", i ? ";" : "", t->name);
-    for (int d = 0; d < t->ndim; d++) n += snprintf(entry + n, sizeof entry - (size_t)n, "%s%lld", d ? "x" : "", (long long)t->shape[d]);
+    for (int d = 0; d < t->ndim; d++)
+      n += snprintf(entry + n, sizeof entry - (size_t)n, "%s%lld", d ? "x" : "", (long long)t->shape[d]);
     if (len + (size_t)n + 1 > cap) {
       while (len + (size_t)n + 1 > cap) cap *= 2;
       char *grown = realloc(s, cap);
@@ -191,7 +192,8 @@ TEST(deeplabv3_r18_d8_train_step_matches_pytorch) {
   hakd_ctx_set_training(ctx, 1);
   hakd_tensor *x = fixture_input(ctx, f);
   ASSERT_TRUE(x != NULL);
-  int64_t label_shape[3] = {x->shape[0], x->shape[2], x->shape[3]}, n_labels = label_shape[0] * label_shape[1] * label_shape[2];
+  int64_t h = x->shape[2], w = x->shape[3];
+  int64_t label_shape[3] = {x->shape[0], h, w}, n_labels = x->shape[0] * h * w;
   int64_t *raw = malloc((size_t)n_labels * sizeof *raw);
   ASSERT_TRUE(raw != NULL);
   ASSERT_OK(hakd_st_read_i64(f, "labels", raw, n_labels));
@@ -202,8 +204,8 @@ TEST(deeplabv3_r18_d8_train_step_matches_pytorch) {
 
   hakd_model_output out;
   ASSERT_OK(hakd_model_forward(m, ctx, x, &out));
-  hakd_tensor *ce = hakd_cross_entropy(ctx, hakd_resize_bilinear(ctx, out.logits, x->shape[2], x->shape[3], 0), labels, 255);
-  hakd_tensor *ce_aux = hakd_cross_entropy(ctx, hakd_resize_bilinear(ctx, out.aux, x->shape[2], x->shape[3], 0), labels, 255);
+  hakd_tensor *ce = hakd_cross_entropy(ctx, hakd_resize_bilinear(ctx, out.logits, h, w, 0), labels, 255);
+  hakd_tensor *ce_aux = hakd_cross_entropy(ctx, hakd_resize_bilinear(ctx, out.aux, h, w, 0), labels, 255);
   hakd_tensor *loss = hakd_add(ctx, ce, hakd_scale(ctx, ce_aux, 0.4f));
   ASSERT_OK(hakd_ctx_status(ctx));
   /* Train-mode BN normalises with batch statistics: float32 reductions in another order. */

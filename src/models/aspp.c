@@ -56,7 +56,8 @@ int aspp_head_create(hakd_params *p, const char *prefix, const backbone *b, cons
     int k = i == 0 ? 1 : 3, d = i == 0 ? 1 : rates[i - 1];
     rc = layer_conv_init(&h->branch_conv[i], p, layer_name(name, "%s.0.convs.%d.0", prefix, i), in, ch, k, 1,
                          i == 0 ? 0 : d, d, 1, 0);
-    if (!rc) rc = layer_bn_init(&h->branch_bn[i], p, layer_name(name, "%s.0.convs.%d.1", prefix, i), ch, ASPP_BN_EPS, m);
+    if (!rc)
+      rc = layer_bn_init(&h->branch_bn[i], p, layer_name(name, "%s.0.convs.%d.1", prefix, i), ch, ASPP_BN_EPS, m);
   }
   /* convs.4 is Sequential(AdaptiveAvgPool2d, Conv2d, BN, ReLU): conv at .1, BN at .2. */
   if (!rc)

@@ -63,8 +63,8 @@ static int block_init(inverted_residual *b, hakd_params *p, const char *prefix, 
                             stride, dilation, dilation, hidden, 0)) ||
       (rc = layer_bn_init(&b->depthwise_bn, p, layer_name(name, "%s.conv.%d.1", prefix, index), hidden, MBV2_BN_EPS,
                           momentum)) ||
-      (rc = layer_conv_init(&b->project_conv, p, layer_name(name, "%s.conv.%d", prefix, index + 1), hidden, oup, 1, 1, 0,
-                            1, 1, 0)) ||
+      (rc = layer_conv_init(&b->project_conv, p, layer_name(name, "%s.conv.%d", prefix, index + 1), hidden, oup, 1, 1,
+                            0, 1, 1, 0)) ||
       (rc = layer_bn_init(&b->project_bn, p, layer_name(name, "%s.conv.%d", prefix, index + 2), oup, MBV2_BN_EPS,
                           momentum)))
     return rc;
@@ -73,7 +73,8 @@ static int block_init(inverted_residual *b, hakd_params *p, const char *prefix, 
 
 static hakd_tensor *block_forward(hakd_ctx *ctx, inverted_residual *b, hakd_tensor *x) {
   hakd_tensor *y = x;
-  if (b->has_expand) y = hakd_relu6(ctx, layer_bn_forward(ctx, &b->expand_bn, layer_conv_forward(ctx, &b->expand_conv, y)));
+  if (b->has_expand)
+    y = hakd_relu6(ctx, layer_bn_forward(ctx, &b->expand_bn, layer_conv_forward(ctx, &b->expand_conv, y)));
   y = hakd_relu6(ctx, layer_bn_forward(ctx, &b->depthwise_bn, layer_conv_forward(ctx, &b->depthwise_conv, y)));
   y = layer_bn_forward(ctx, &b->project_bn, layer_conv_forward(ctx, &b->project_conv, y));
   return b->use_residual ? hakd_add(ctx, x, y) : y;
@@ -85,7 +86,7 @@ static int mobilenetv2_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, ha
   int stage = 0;
   for (int i = 0; i < MBV2_BLOCKS; i++) {
     x = block_forward(ctx, &m->blocks[i], x);
-    if (i + 1 == stage_end[stage]) stages[stage++] = x;
+    if (stage < 4 && i + 1 == stage_end[stage]) stages[stage++] = x;
   }
   return hakd_ctx_status(ctx);
 }
@@ -121,7 +122,7 @@ int mobilenetv2_create(hakd_params *p, const char *prefix, int output_stride, co
       rc = block_init(&m->blocks[index], p, layer_name(name, "%s.%d", prefix, index + 1), inp, oup, i == 0 ? stride : 1,
                       dilation, setting[g][0], o->bn_momentum);
       inp = oup;
-      if (index + 1 == stage_end[stage]) {
+      if (stage < 4 && index + 1 == stage_end[stage]) {
         m->base.channels[stage] = oup;
         m->base.strides[stage] = stride_so_far;
         stage++;

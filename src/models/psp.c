@@ -49,11 +49,13 @@ int psp_head_create(hakd_params *p, const char *prefix, const backbone *b, const
   int in = b->channels[3], ch = in / 4 > 0 ? in / 4 : 1;
   char name[LAYER_NAME_MAX];
   float m = o->bn_momentum;
-  int rc = layer_conv_init(&h->conv_seg, p, layer_name(name, "%s.conv_seg", prefix), ch, o->num_classes, 1, 1, 0, 1, 1, 1);
+  int rc =
+      layer_conv_init(&h->conv_seg, p, layer_name(name, "%s.conv_seg", prefix), ch, o->num_classes, 1, 1, 0, 1, 1, 1);
   for (int i = 0; i < PSP_BINS && !rc; i++) {
     rc = layer_conv_init(&h->pool_conv[i], p, layer_name(name, "%s.psp_modules.%d.1.conv", prefix, i), in, ch, 1, 1, 0,
                          1, 1, 0);
-    if (!rc) rc = layer_bn_init(&h->pool_bn[i], p, layer_name(name, "%s.psp_modules.%d.1.bn", prefix, i), ch, PSP_BN_EPS, m);
+    if (!rc)
+      rc = layer_bn_init(&h->pool_bn[i], p, layer_name(name, "%s.psp_modules.%d.1.bn", prefix, i), ch, PSP_BN_EPS, m);
   }
   if (!rc)
     rc = layer_conv_init(&h->bottleneck_conv, p, layer_name(name, "%s.bottleneck.conv", prefix), in + PSP_BINS * ch, ch,

@@ -41,7 +41,8 @@ static int block_init(resnet_block *b, hakd_params *p, const char *prefix, int i
   int expansion = is_bottleneck ? 4 : 1, rc;
   b->is_bottleneck = is_bottleneck;
   if (is_bottleneck) {
-    if ((rc = layer_conv_init(&b->conv1, p, layer_name(name, "%s.conv1", prefix), inplanes, planes, 1, 1, 0, 1, 1, 0)) ||
+    if ((rc = layer_conv_init(&b->conv1, p, layer_name(name, "%s.conv1", prefix), inplanes, planes, 1, 1, 0, 1, 1,
+                              0)) ||
         (rc = layer_bn_init(&b->bn1, p, layer_name(name, "%s.bn1", prefix), planes, RESNET_BN_EPS, momentum)) ||
         (rc = layer_conv_init(&b->conv2, p, layer_name(name, "%s.conv2", prefix), planes, planes, 3, stride, dilation,
                               dilation, 1, 0)) ||
