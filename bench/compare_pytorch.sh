@@ -1,0 +1,112 @@
+#!/bin/sh
+# Side-by-side throughput of hakd and PyTorch on this CPU: for each case, `hakd bench` and
+# bench/pytorch_bench.py run the same step (same model, shapes, losses, optimizer, thread count)
+# alternately for several rounds (hakd first in odd rounds, PyTorch first in even ones); the table
+# shows each side's median images/s, the median of the per-round ratios hakd/PyTorch, each side's
+# peak RSS (largest over the rounds; PyTorch's includes the interpreter and libtorch, ~250 MB on
+# its own) and hakd's achieved GFLOP/s (convention: hakd bench --help).
+#
+# usage: bench/compare_pytorch.sh [--quick] [--rounds R] [--iters N] [--warmup W] [--threads T]
+#                                 [--build DIR] [--out FILE.jsonl]
+#   --quick   small sizes (64x64; 64x128 for the 512x1024 case), 2 rounds of 1 + 2 iterations,
+#             to check the script in about a minute.
+# Every JSON line of both sides is appended to --out (default: a temporary file that is removed).
+# Needs Debian's python3-torch (/usr/bin/python3) and a Release build (default: build/).
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+build="$root/build"
+rounds=3 iters=3 warmup=2 quick=0 threads=$(nproc) out=""
+python=${PYTHON:-/usr/bin/python3}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --rounds) rounds=$2; shift ;;
+    --iters) iters=$2; shift ;;
+    --warmup) warmup=$2; shift ;;
+    --threads) threads=$2; shift ;;
+    --build) build=$2; shift ;;
+    --out) out=$2; shift ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "compare_pytorch.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$quick" = 1 ]; then
+  rounds=2 iters=2 warmup=1 square=64x64 wide=64x128
+else
+  square=512x512 wide=512x1024
+fi
+hakd="$build/hakd"
+[ -x "$hakd" ] || { echo "compare_pytorch.sh: no $hakd; build first (or pass --build DIR)" >&2; exit 1; }
+"$python" -c "import torch" 2>/dev/null || { echo "compare_pytorch.sh: $python has no torch" >&2; exit 1; }
+results=${out:-$(mktemp)}
+[ -n "$out" ] || trap 'rm -f "$results"' EXIT
+
+# case name | hakd bench / pytorch_bench.py arguments
+cases="segformer-b0 train|--model segformer-b0 --mode train --size $square --batch 2
+segformer-b0 infer|--model segformer-b0 --mode infer --size $square --batch 1
+deeplabv3-r18-d8 train|--model deeplabv3-r18-d8 --mode train --size $square --batch 2
+deeplabv3-mbv2 train|--model deeplabv3-mbv2 --mode train --size $square --batch 2
+deeplabv3-r50-d8 infer|--model deeplabv3-r50-d8 --mode infer --size $wide --batch 1
+distill r50-d8 -> segformer-b0 (HeteroAKD)|--model segformer-b0 --teacher deeplabv3-r50-d8 --mode distill --method heteroakd --size $square --batch 2"
+
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads $threads;" \
+  "$rounds rounds of $warmup warm-up + $iters timed iterations; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+peak_line=""
+if [ -x "$build/bench_kernels" ]; then
+  peak_line=$(OMP_NUM_THREADS=$threads "$build/bench_kernels" __no_layer__ 2>/dev/null | grep 'sgemm peak' || true)
+fi
+torch_peak=$("$python" "$here/pytorch_bench.py" --sgemm-peak --threads "$threads" | sed 's/.*gflops": \([0-9.]*\).*/\1/')
+echo "sgemm: hakd's OpenBLAS ${peak_line:-(bench_kernels not built)}; torch.mm 2048^3: $torch_peak GFLOP/s"
+
+run_side() { # side case args
+  side=$1 name=$2
+  shift 2
+  if [ "$side" = hakd ]; then
+    line=$("$hakd" bench "$@" --iters "$iters" --warmup "$warmup" --threads "$threads")
+  else
+    line=$("$python" "$here/pytorch_bench.py" "$@" --iters "$iters" --warmup "$warmup" --threads "$threads")
+  fi
+  echo "{\"side\": \"$side\", \"case\": \"$name\", \"round\": $round, \"result\": $line}" >>"$results"
+  echo "  $side: $line" >&2
+}
+
+round=1
+while [ "$round" -le "$rounds" ]; do
+  echo "round $round/$rounds (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+  printf '%s\n' "$cases" | while IFS='|' read -r name args; do
+    # shellcheck disable=SC2086 # args is a word list
+    if [ $((round % 2)) = 1 ]; then
+      run_side hakd "$name" $args
+      run_side torch "$name" $args
+    else
+      run_side torch "$name" $args
+      run_side hakd "$name" $args
+    fi
+  done
+  round=$((round + 1))
+done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+"$python" - "$results" <<'EOF'
+import collections, json, statistics, sys
+
+rows = collections.OrderedDict()
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    rows.setdefault(r["case"], collections.defaultdict(dict))[r["side"]][r["round"]] = r["result"]
+print()
+print("| case | size x batch | hakd img/s | torch img/s | ratio | hakd RSS | torch RSS | hakd GFLOP/s |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+for case, sides in rows.items():
+    h, t = sides["hakd"], sides["torch"]
+    rounds = sorted(set(h) & set(t))
+    ratio = statistics.median(h[k]["images_per_s"] / t[k]["images_per_s"] for k in rounds)
+    med = lambda side, key: statistics.median(side[k][key] for k in rounds)
+    first = h[rounds[0]]
+    print("| %s | %s x %d | %.3f | %.3f | %.2f | %.0f MB | %.0f MB | %.1f |" % (
+        case, first["size"], first["batch"], med(h, "images_per_s"), med(t, "images_per_s"), ratio,
+        max(h[k]["peak_rss_mb"] for k in rounds), max(t[k]["peak_rss_mb"] for k in rounds), med(h, "gflops")))
+EOF
