@@ -1,7 +1,9 @@
 /* 2-D convolution, forward and backward, by two implementations:
- *   gemm: im2col + OpenBLAS cblas_sgemm per (image, group), tiled over output rows so the column
- *         buffer stays bounded; 1x1 stride-1 convs are one plain GEMM on the input; depthwise
- *         convs (Cin == groups) use a direct kernel;
+ *   gemm: im2col + OpenBLAS cblas_sgemm, tiled over output rows so column buffers stay bounded;
+ *         1x1 stride-1 convs are plain GEMMs on the input; depthwise convs (Cin == groups) use a
+ *         direct kernel. OpenMP threads share out independent work items (forward: image x
+ *         group x row tile; weight gradient: slices of the im2col rows; input gradient: image x
+ *         group x channel slice), each calling a single-threaded sgemm;
  *   dnnl: oneDNN primitives (conv2d_dnnl.c).
  * HAKD_CONV=gemm|dnnl|auto (or conv2d_set_path) picks one; auto times both once per shape and
  * direction at first use and keeps the faster. Temporaries live in one reused scratch block. */
@@ -14,9 +16,11 @@
 #include "hakd/ops.h"
 #include "ops/conv2d.h"
 
-/* Largest im2col tile in floats (8 MB): bounds the step memory one conv adds to the arena while
- * keeping the GEMMs hundreds of columns wide. */
-#define CONV2D_COL_BUDGET ((int64_t)1 << 21)
+/* Largest column buffer of one thread in floats (4 MB): bounded scratch, GEMMs still hundreds
+ * of columns wide. */
+#define CONV2D_COL_BUDGET ((int64_t)1 << 20)
+/* Narrowest row tile worth its own GEMM when tiles are split up to feed every thread. */
+#define CONV2D_MIN_TILE_COLS 256
 /* Shapes whose auto decision is remembered; later shapes use the gemm path without timing. */
 #define CONV2D_MAX_CHOICES 512
 
@@ -42,18 +46,18 @@ static void conv2d_tap_columns(int64_t *lo, int64_t *hi, const conv2d_shape *s) 
     conv2d_valid_columns(kj * s->dilation - s->pad, s->stride, s->w, s->ow, &lo[kj], &hi[kj]);
 }
 
-/* Column matrix of output rows [oh0, oh1): row (c, ki, kj), column (oh - oh0) * ow + ow.
+/* Rows [r0, r1) of the column matrix of output rows [oh0, oh1): row r = (c, ki, kj) of the
+ * group's (cin_g * kh * kw) rows, column (oh - oh0) * ow + ow.
  * reference: torch.nn.functional.unfold */
-static void conv2d_im2col(float *col,     /* (cin_g * kh * kw, (oh1 - oh0) * ow) */
+static void conv2d_im2col(float *col,     /* (r1 - r0, (oh1 - oh0) * ow) */
                           const float *x, /* (cin_g, h, w) */
-                          const conv2d_shape *s, int64_t cin_g, int64_t oh0, int64_t oh1) {
-  int64_t kk = s->kh * s->kw, ncols = (oh1 - oh0) * s->ow, rows = cin_g * kk;
-#pragma omp parallel for schedule(static) if (rows * ncols > 32768)
-  for (int64_t r = 0; r < rows; r++) {
+                          const conv2d_shape *s, int64_t r0, int64_t r1, int64_t oh0, int64_t oh1) {
+  int64_t kk = s->kh * s->kw, ncols = (oh1 - oh0) * s->ow;
+  for (int64_t r = r0; r < r1; r++) {
     int64_t c = r / kk, ki = (r / s->kw) % s->kh, kj = r % s->kw;
     int64_t off = kj * s->dilation - s->pad, lo, hi;
     conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
-    float *dst = col + r * ncols;
+    float *dst = col + (r - r0) * ncols;
     for (int64_t oh = oh0; oh < oh1; oh++, dst += s->ow) {
       int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
       if (ih < 0 || ih >= s->h) {
@@ -72,20 +76,18 @@ static void conv2d_im2col(float *col,     /* (cin_g * kh * kw, (oh1 - oh0) * ow)
   }
 }
 
-/* Adjoint of conv2d_im2col: dx += fold(col).
+/* Adjoint of conv2d_im2col for whole channels [c0, c1): dx += fold(col).
  * reference: torch.nn.functional.fold */
 static void conv2d_col2im(float *dx,        /* (cin_g, h, w), accumulated */
-                          const float *col, /* (cin_g * kh * kw, (oh1 - oh0) * ow) */
-                          const conv2d_shape *s, int64_t cin_g, int64_t oh0, int64_t oh1) {
-  int64_t kk = s->kh * s->kw, ncols = (oh1 - oh0) * s->ow;
-  /* One channel per iteration: the kernel taps of a channel write to the same plane. */
-#pragma omp parallel for schedule(static) if (cin_g * kk * ncols > 32768)
-  for (int64_t c = 0; c < cin_g; c++) {
+                          const float *col, /* ((c1 - c0) * kh * kw, (oh1 - oh0) * ow) */
+                          const conv2d_shape *s, int64_t c0, int64_t c1, int64_t oh0, int64_t oh1) {
+  int64_t ncols = (oh1 - oh0) * s->ow;
+  for (int64_t c = c0; c < c1; c++) {
     for (int64_t ki = 0; ki < s->kh; ki++) {
       for (int64_t kj = 0; kj < s->kw; kj++) {
         int64_t off = kj * s->dilation - s->pad, lo, hi;
         conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
-        const float *src = col + ((c * s->kh + ki) * s->kw + kj) * ncols;
+        const float *src = col + (((c - c0) * s->kh + ki) * s->kw + kj) * ncols;
         for (int64_t oh = oh0; oh < oh1; oh++, src += s->ow) {
           int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
           if (ih < 0 || ih >= s->h) continue;
@@ -97,13 +99,44 @@ static void conv2d_col2im(float *dx,        /* (cin_g, h, w), accumulated */
   }
 }
 
-/* Output rows per im2col tile. */
-static int64_t conv2d_tile_rows(const conv2d_shape *s) {
-  int64_t k = s->cin / s->groups * s->kh * s->kw;
-  int64_t rows = CONV2D_COL_BUDGET / (k * s->ow);
+/* Output rows per tile when one thread's column buffer holds `rows_per_col` rows: within the
+ * budget, and (when parts > 1) small enough to cut each image into `parts` tiles, but not below
+ * CONV2D_MIN_TILE_COLS columns. */
+static int64_t conv2d_tile_rows(const conv2d_shape *s, int64_t rows_per_col, int64_t parts) {
+  int64_t rows = CONV2D_COL_BUDGET / (rows_per_col * s->ow);
+  if (parts > 1) {
+    int64_t split = (s->oh + parts - 1) / parts, min_rows = (CONV2D_MIN_TILE_COLS + s->ow - 1) / s->ow;
+    if (split < min_rows) split = min_rows;
+    if (split < rows) rows = split;
+  }
   if (rows < 1) rows = 1;
   if (rows > s->oh) rows = s->oh;
   return rows;
+}
+
+/* [*lo, *hi): part p of `parts` near-equal parts of [0, total). */
+static void conv2d_split(int64_t total, int64_t parts, int64_t p, int64_t *lo, int64_t *hi) {
+  *lo = total * p / parts;
+  *hi = total * (p + 1) / parts;
+}
+
+/* Parts to cut `units` into so that `items` x parts work items keep `threads` threads busy. */
+static int64_t conv2d_parts(int64_t units, int64_t items, int threads) {
+  int64_t parts = (threads + items - 1) / items;
+  return parts < units ? parts : units;
+}
+
+/* The gemm path's sgemm calls run single-threaded inside OpenMP work items: OpenBLAS's own
+ * pthreads would spin between calls and fight OpenMP's threads for the cores (measured 4-15x
+ * slower at 2 threads). Returns OpenBLAS's thread count for conv2d_blas_restore. */
+static int conv2d_blas_single(void) {
+  int n = openblas_get_num_threads();
+  if (n != 1) openblas_set_num_threads(1);
+  return n;
+}
+
+static void conv2d_blas_restore(int n) {
+  if (n != 1) openblas_set_num_threads(n);
 }
 
 /* y[o] += a * x[o * stride] for o in [0, n): the inner loop of the depthwise kernels. */
@@ -279,40 +312,107 @@ static int conv2d_gemm_forward(float *y,       /* (N, Cout, oh, ow) */
     conv2d_depthwise_forward(y, x, w, b, s);
     return 0;
   }
+  int threads = omp_get_max_threads();
   int64_t cin_g = s->cin / s->groups, cout_g = s->cout / s->groups, k = cin_g * s->kh * s->kw;
-  int64_t hw = s->h * s->w, ohw = s->oh * s->ow, tile_rows = conv2d_tile_rows(s);
+  int64_t hw = s->h * s->w, ohw = s->oh * s->ow, planes = s->n * s->groups;
   int pointwise = conv2d_is_pointwise(s);
-  float *col = NULL;
-  if (!pointwise) {
-    col = conv2d_scratch((size_t)(k * tile_rows * s->ow) * sizeof(float));
-    if (!col) return HAKD_ENOMEM;
+  /* Work items: image x group x row tile; every thread has its own column buffer. */
+  int64_t tile_rows = conv2d_tile_rows(s, k, conv2d_parts(s->oh, planes, 2 * threads));
+  int64_t tiles = (s->oh + tile_rows - 1) / tile_rows, items = planes * tiles;
+  size_t col_bytes = pointwise ? 0 : conv2d_scratch_round((size_t)(k * tile_rows * s->ow) * sizeof(float));
+  unsigned char *cols = pointwise ? NULL : conv2d_scratch((size_t)threads * col_bytes);
+  if (!pointwise && !cols) return HAKD_ENOMEM;
+  int blas_threads = conv2d_blas_single();
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+  for (int64_t item = 0; item < items; item++) {
+    int64_t n = item / (s->groups * tiles), g = item / tiles % s->groups, oh0 = item % tiles * tile_rows;
+    int64_t oh1 = oh0 + tile_rows < s->oh ? oh0 + tile_rows : s->oh, ncols = (oh1 - oh0) * s->ow;
+    const float *xg = x + (n * s->cin + g * cin_g) * hw;
+    const float *wg = w + g * cout_g * k;
+    float *yt = y + (n * s->cout + g * cout_g) * ohw + oh0 * s->ow;
+    if (pointwise) { /* oh, ow == h, w: the input rows are the columns */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout_g, (int)ncols, (int)cin_g, 1.0f, wg, (int)k,
+                  xg + oh0 * s->ow, (int)hw, 0.0f, yt, (int)ohw);
+    } else {
+      float *col = (float *)(cols + (size_t)omp_get_thread_num() * col_bytes);
+      conv2d_im2col(col, xg, s, 0, k, oh0, oh1);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout_g, (int)ncols, (int)k, 1.0f, wg, (int)k, col,
+                  (int)ncols, 0.0f, yt, (int)ohw);
+    }
+    if (b) {
+      for (int64_t co = 0; co < cout_g; co++) {
+        float bias = b[g * cout_g + co], *row = yt + co * ohw;
+        for (int64_t i = 0; i < ncols; i++) row[i] += bias;
+      }
+    }
   }
-  for (int64_t n = 0; n < s->n; n++) {
-    for (int64_t g = 0; g < s->groups; g++) {
-      const float *xg = x + (n * s->cin + g * cin_g) * hw;
-      const float *wg = w + g * cout_g * k;
-      float *yg = y + (n * s->cout + g * cout_g) * ohw;
-      if (pointwise) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout_g, (int)ohw, (int)cin_g, 1.0f, wg, (int)k,
-                    xg, (int)hw, 0.0f, yg, (int)ohw);
+  conv2d_blas_restore(blas_threads);
+  return 0;
+}
+
+/* dw += dL/dw: work items are group x slice of the im2col rows, so items own disjoint columns of
+ * dw; each runs over all images and row tiles. */
+static void conv2d_gemm_weight_grad(float *dw,       /* (Cout, Cin / groups, kh, kw), accumulated */
+                                    const float *x,  /* (N, Cin, h, w) */
+                                    const float *dy, /* (N, Cout, oh, ow) */
+                                    const conv2d_shape *s, unsigned char *cols, size_t col_bytes,
+                                    int64_t tile_rows, int64_t slices, int threads) {
+  int64_t cin_g = s->cin / s->groups, cout_g = s->cout / s->groups, k = cin_g * s->kh * s->kw;
+  int64_t hw = s->h * s->w, ohw = s->oh * s->ow;
+  int pointwise = conv2d_is_pointwise(s);
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+  for (int64_t item = 0; item < s->groups * slices; item++) {
+    int64_t g = item / slices, r0, r1;
+    conv2d_split(k, slices, item % slices, &r0, &r1);
+    if (r1 <= r0) continue;
+    float *col = (float *)(cols + (size_t)omp_get_thread_num() * col_bytes), *dwg = dw + g * cout_g * k + r0;
+    for (int64_t n = 0; n < s->n; n++) {
+      const float *xg = x + (n * s->cin + g * cin_g) * hw, *dyg = dy + (n * s->cout + g * cout_g) * ohw;
+      if (pointwise) { /* im2col rows are input channels */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout_g, (int)(r1 - r0), (int)ohw, 1.0f, dyg,
+                    (int)ohw, xg + r0 * hw, (int)hw, 1.0f, dwg, (int)k);
         continue;
       }
       for (int64_t oh0 = 0; oh0 < s->oh; oh0 += tile_rows) {
         int64_t oh1 = oh0 + tile_rows < s->oh ? oh0 + tile_rows : s->oh, ncols = (oh1 - oh0) * s->ow;
-        conv2d_im2col(col, xg, s, cin_g, oh0, oh1);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout_g, (int)ncols, (int)k, 1.0f, wg, (int)k,
-                    col, (int)ncols, 0.0f, yg + oh0 * s->ow, (int)ohw);
+        conv2d_im2col(col, xg, s, r0, r1, oh0, oh1);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout_g, (int)(r1 - r0), (int)ncols, 1.0f,
+                    dyg + oh0 * s->ow, (int)ohw, col, (int)ncols, 1.0f, dwg, (int)k);
       }
     }
   }
-  if (b) {
-#pragma omp parallel for schedule(static) if (s->n * s->cout * ohw > 32768)
-    for (int64_t p = 0; p < s->n * s->cout; p++) {
-      float *yc = y + p * ohw, bias = b[p % s->cout];
-      for (int64_t i = 0; i < ohw; i++) yc[i] += bias;
+}
+
+/* dx += dL/dx: work items are image x group x slice of input channels, so items own disjoint
+ * planes of dx; each runs over all row tiles (dcol = w^T dy, then col2im). */
+static void conv2d_gemm_input_grad(float *dx,       /* (N, Cin, h, w), accumulated */
+                                   const float *w,  /* (Cout, Cin / groups, kh, kw) */
+                                   const float *dy, /* (N, Cout, oh, ow) */
+                                   const conv2d_shape *s, unsigned char *cols, size_t col_bytes,
+                                   int64_t tile_rows, int64_t slices, int threads) {
+  int64_t cin_g = s->cin / s->groups, cout_g = s->cout / s->groups, kk = s->kh * s->kw, k = cin_g * kk;
+  int64_t hw = s->h * s->w, ohw = s->oh * s->ow, per_image = s->groups * slices;
+  int pointwise = conv2d_is_pointwise(s);
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+  for (int64_t item = 0; item < s->n * per_image; item++) {
+    int64_t n = item / per_image, g = item / slices % s->groups, c0, c1;
+    conv2d_split(cin_g, slices, item % slices, &c0, &c1);
+    if (c1 <= c0) continue;
+    const float *wg = w + g * cout_g * k, *dyg = dy + (n * s->cout + g * cout_g) * ohw;
+    float *dxg = dx + (n * s->cin + g * cin_g) * hw;
+    if (pointwise) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(c1 - c0), (int)hw, (int)cout_g, 1.0f, wg + c0,
+                  (int)k, dyg, (int)ohw, 1.0f, dxg + c0 * hw, (int)hw);
+      continue;
+    }
+    float *col = (float *)(cols + (size_t)omp_get_thread_num() * col_bytes);
+    for (int64_t oh0 = 0; oh0 < s->oh; oh0 += tile_rows) {
+      int64_t oh1 = oh0 + tile_rows < s->oh ? oh0 + tile_rows : s->oh, ncols = (oh1 - oh0) * s->ow;
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)((c1 - c0) * kk), (int)ncols, (int)cout_g, 1.0f,
+                  wg + c0 * kk, (int)k, dyg + oh0 * s->ow, (int)ohw, 0.0f, col, (int)ncols);
+      conv2d_col2im(dxg, col, s, c0, c1, oh0, oh1);
     }
   }
-  return 0;
 }
 
 /* dx += dL/dx, dw += dL/dw, db += dL/db (each when non-NULL) by sgemm + col2im. */
@@ -326,46 +426,25 @@ static int conv2d_gemm_backward(float *dx,       /* (N, Cin, h, w) or NULL */
   if (db) conv2d_bias_backward(db, dy, s);
   if (!dx && !dw) return 0;
   if (conv2d_is_depthwise(s)) return conv2d_depthwise_backward(dx, dw, x, w, dy, s);
-  int64_t cin_g = s->cin / s->groups, cout_g = s->cout / s->groups, k = cin_g * s->kh * s->kw;
-  int64_t hw = s->h * s->w, ohw = s->oh * s->ow, tile_rows = conv2d_tile_rows(s);
-  int pointwise = conv2d_is_pointwise(s);
-  float *col = NULL;
-  if (!pointwise) {
-    col = conv2d_scratch((size_t)(k * tile_rows * s->ow) * sizeof(float));
-    if (!col) return HAKD_ENOMEM;
+  int threads = omp_get_max_threads();
+  int64_t cin_g = s->cin / s->groups, kk = s->kh * s->kw, k = cin_g * kk;
+  /* Slices: at least 16 im2col rows for dw, whole channels for dx. */
+  int64_t dw_slices = conv2d_parts((k + 15) / 16, s->groups, threads);
+  int64_t dx_slices = conv2d_parts(cin_g, s->n * s->groups, threads);
+  int64_t dw_rows = (k + dw_slices - 1) / dw_slices, dx_rows = (cin_g + dx_slices - 1) / dx_slices * kk;
+  int64_t rows_per_col = dw && dw_rows > (dx ? dx_rows : 0) ? dw_rows : dx_rows;
+  int64_t tile_rows = conv2d_tile_rows(s, rows_per_col, 1);
+  unsigned char *cols = NULL;
+  size_t col_bytes = 0;
+  if (!conv2d_is_pointwise(s)) {
+    col_bytes = conv2d_scratch_round((size_t)(rows_per_col * tile_rows * s->ow) * sizeof(float));
+    cols = conv2d_scratch((size_t)threads * col_bytes);
+    if (!cols) return HAKD_ENOMEM;
   }
-  for (int64_t n = 0; n < s->n; n++) {
-    for (int64_t g = 0; g < s->groups; g++) {
-      const float *xg = x + (n * s->cin + g * cin_g) * hw;
-      const float *wg = w + g * cout_g * k;
-      const float *dyg = dy + (n * s->cout + g * cout_g) * ohw;
-      float *dwg = dw ? dw + g * cout_g * k : NULL;
-      float *dxg = dx ? dx + (n * s->cin + g * cin_g) * hw : NULL;
-      if (pointwise) {
-        if (dwg)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout_g, (int)cin_g, (int)ohw, 1.0f, dyg, (int)ohw,
-                      xg, (int)hw, 1.0f, dwg, (int)k);
-        if (dxg)
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)cin_g, (int)hw, (int)cout_g, 1.0f, wg, (int)k,
-                      dyg, (int)ohw, 1.0f, dxg, (int)hw);
-        continue;
-      }
-      for (int64_t oh0 = 0; oh0 < s->oh; oh0 += tile_rows) {
-        int64_t oh1 = oh0 + tile_rows < s->oh ? oh0 + tile_rows : s->oh, ncols = (oh1 - oh0) * s->ow;
-        const float *dyt = dyg + oh0 * s->ow;
-        if (dwg) {
-          conv2d_im2col(col, xg, s, cin_g, oh0, oh1);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)cout_g, (int)k, (int)ncols, 1.0f, dyt, (int)ohw,
-                      col, (int)ncols, 1.0f, dwg, (int)k);
-        }
-        if (dxg) {
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)ncols, (int)cout_g, 1.0f, wg, (int)k,
-                      dyt, (int)ohw, 0.0f, col, (int)ncols);
-          conv2d_col2im(dxg, col, s, cin_g, oh0, oh1);
-        }
-      }
-    }
-  }
+  int blas_threads = conv2d_blas_single();
+  if (dw) conv2d_gemm_weight_grad(dw, x, dy, s, cols, col_bytes, tile_rows, dw_slices, threads);
+  if (dx) conv2d_gemm_input_grad(dx, w, dy, s, cols, col_bytes, tile_rows, dx_slices, threads);
+  conv2d_blas_restore(blas_threads);
   return 0;
 }
 
