@@ -18,7 +18,7 @@ typedef struct {
 } conv2d_shape;
 
 typedef enum {
-  CONV2D_PATH_AUTO = 0, /* per shape and direction, the faster path by a one-time measurement */
+  CONV2D_PATH_AUTO = 0, /* per shape, by conv2d_auto_path */
   CONV2D_PATH_GEMM = 1, /* im2col + cblas_sgemm (direct kernel for depthwise, plain GEMM for 1x1) */
   CONV2D_PATH_DNNL = 2  /* oneDNN primitives */
 } conv2d_path;
@@ -26,11 +26,11 @@ typedef enum {
 /* Forces a path for every later conv2d call (tests, benchmarks); CONV2D_PATH_AUTO restores the
  * default, which is the environment variable HAKD_CONV=gemm|dnnl|auto (auto when unset). */
 void conv2d_set_path(conv2d_path path);
-/* The path the next call uses before any per-shape decision (forced, env, or auto). */
+/* The path the next call uses before the per-shape rule (forced, env, or auto). */
 conv2d_path conv2d_get_path(void);
-/* Path chosen for a shape by the last auto decision: 0 forward, 1 backward; CONV2D_PATH_AUTO when
- * not decided yet. For benchmarks and tests. */
-conv2d_path conv2d_auto_choice(const conv2d_shape *s, int backward);
+/* The path auto takes for a shape (the same forward and backward): a fixed rule, so results do
+ * not depend on timing noise. */
+conv2d_path conv2d_auto_path(const conv2d_shape *s);
 
 /* Temporaries of one conv2d call (im2col tiles, depthwise partial sums, oneDNN reorders and
  * scratchpad) live in one grow-only block shared by all calls: the convs of a network would
