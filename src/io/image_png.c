@@ -157,6 +157,15 @@ int hakd_image_read(const char *path, hakd_image *out) {
       out->height = (int)job.height;
       out->channels = job.channels;
       out->pixels = job.rows_data;
+      /* Some libpng builds keep the alpha that palette expansion makes from tRNS despite
+       * png_set_strip_alpha: drop any alpha channel here so images are gray or RGB. */
+      if (out->channels == 2 || out->channels == 4) {
+        int keep = out->channels - 1;
+        size_t n = (size_t)out->width * (size_t)out->height;
+        for (size_t i = 0; i < n; i++)
+          for (int c = 0; c < keep; c++) out->pixels[i * (size_t)keep + c] = out->pixels[i * (size_t)out->channels + c];
+        out->channels = keep;
+      }
     }
   } else if (size >= sizeof jpeg_magic && memcmp(data, jpeg_magic, sizeof jpeg_magic) == 0) {
     status = hakd__jpeg_decode(path, data, size, out);
