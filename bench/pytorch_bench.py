@@ -11,7 +11,9 @@ only assembles them into the steps src/train/bench.c times:
   distill  teacher forward (eval, no grad), the student's train step plus HeteroAKD on stage 4
            (projectors 1x1 conv + BN to K channels on the student's logits grid, KD on the logits
            upsampled to the input size, L_hakd, L_proj) with the distiller's default weights.
-Run with /usr/bin/python3 (Debian's python3-torch). --sgemm-peak prints torch.mm's GFLOP/s instead."""
+Run with /usr/bin/python3 (Debian's python3-torch). --sgemm-peak prints torch.mm's GFLOP/s instead;
+--profile N prints torch.autograd.profiler's top N ops (self CPU time) over the timed iterations
+to stderr (for comparing with bench/op_profile.sh)."""
 import argparse
 import importlib
 import json
@@ -156,6 +158,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sgemm-peak", action="store_true")
+    ap.add_argument("--profile", type=int, default=0, metavar="N")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.sgemm_peak:
@@ -202,11 +205,17 @@ def main():
         return loss
 
     times = []
-    for i in range(a.warmup + a.iters):
-        t0 = time.perf_counter()
+    for _ in range(a.warmup):
         step()
-        if i >= a.warmup:
+    with torch.autograd.profiler.profile(enabled=a.profile > 0, record_shapes=True) as prof:
+        for _ in range(a.iters):
+            t0 = time.perf_counter()
+            step()
             times.append(1e3 * (time.perf_counter() - t0))
+    if a.profile > 0:
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=a.profile),
+              file=sys.stderr)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.profile), file=sys.stderr)
     median = statistics.median(times)
     result = {"model": a.model, "mode": a.mode}
     if teacher is not None:
