@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "hakd/data.h"
 #include "hakd/distill.h"
@@ -473,6 +474,9 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
             distill ? "distilling into" : "training", config->model, hakd_model_family(t.student),
             (double)hakd_params_count(hakd_model_params(t.student)) / 1e6, hakd_dataset_name(t.train_ds),
             config->train_split, config->iters, config->batch, t.crop_h, t.crop_w);
+  /* A live progress line on a terminal (stderr), cleared before each log line. */
+  progress_bar bar;
+  progress_start(&bar, isatty(STDERR_FILENO) ? stderr : NULL, distill ? "distill" : "train", config->iters);
   double start = progress_now(), window_start = start, window_data = 0;
   int64_t first_iter = iter, window_iters = 0;
   int64_t end = config->stop_after > 0 && config->stop_after < config->iters ? config->stop_after : config->iters;
@@ -490,10 +494,15 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
     if (iter % (config->log_every > 0 ? config->log_every : 1) == 0 || iter == config->iters || iter == first_iter + 1) {
       double now = progress_now(), per_iter = (now - window_start) / (double)window_iters;
       double avg = (now - start) / (double)(iter - first_iter);
+      if (bar.out) fputs("\r\033[K", bar.out);
       log_iteration(&t, iter, lr, terms, per_iter, window_data / (double)window_iters, avg * (double)(config->iters - iter));
       window_start = now, window_iters = 0, window_data = 0;
     }
+    char loss_text[48];
+    snprintf(loss_text, sizeof loss_text, "loss %.4f", terms[t.n_terms - 1]);
+    progress_update(&bar, iter, loss_text);
     int last = iter == config->iters || iter == config->stop_after;
+    if (last && bar.out) fputs("\r\033[K", bar.out);
     if (config->eval_every > 0 ? (iter % config->eval_every == 0 || last) : last) rc = run_eval(&t, iter, result);
     if (!rc && (config->save_every > 0 ? (iter % config->save_every == 0 || last) : last)) rc = save_checkpoint(&t, iter);
   }
