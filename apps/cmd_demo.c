@@ -174,6 +174,22 @@ static int cmd_demo(int argc, char **argv) {
     printf("\n");
   }
   printf("\n* = the student beats the teacher on that class. Total time %.0f s.\n", now_s() - t0);
+  /* The same numbers as tab-separated values, for aggregating seeds (bench/demo_seeds.sh). */
+  char tsv[HAKD_PATH_MAX + 32];
+  snprintf(tsv, sizeof tsv, "%s/results.tsv", o.out);
+  FILE *f = fopen(tsv, "w");
+  if (!f) return command_fail("%s: cannot write", tsv);
+  fprintf(f, "method\tmiou");
+  for (int k = 0; k < K; k++) fprintf(f, "\t%s", hakd_synth_class_name(k));
+  fprintf(f, "\nteacher\t%.4f", 100 * teacher.final_miou);
+  for (int k = 0; k < K; k++) fprintf(f, "\t%.4f", 100 * teacher.final_class_iou[k]);
+  for (int i = 0; i < N_METHODS; i++) {
+    fprintf(f, "\n%s\t%.4f", methods[i].label, 100 * results[i].final_miou);
+    for (int k = 0; k < K; k++) fprintf(f, "\t%.4f", 100 * results[i].final_class_iou[k]);
+  }
+  fprintf(f, "\n");
+  if (fclose(f)) return command_fail("%s: write failed", tsv);
+  printf("Results also in %s\n", tsv);
   return 0;
 }
 
