@@ -358,7 +358,17 @@ static int dump_kem(trainer *t, int64_t iter, const hakd_distill_losses *dl) {
   }
   char path[HAKD_PATH_MAX + 48];
   snprintf(path, sizeof path, "%s/kem_iter%06" PRId64 ".png", t->cfg->dump_kem, iter);
-  int rc = hm ? hakd_png_write_rgb(path, 3 * W, H, rgb) : HAKD_ENOMEM;
+  /* Small crops are enlarged (nearest) so the panels can be looked at. */
+  int scale = H < 256 ? (256 + H - 1) / H : 1;
+  unsigned char *big = hm ? malloc((size_t)H * scale * 3 * W * scale * 3) : NULL;
+  int rc = HAKD_ENOMEM;
+  if (big) {
+    for (int y = 0; y < H * scale; y++)
+      for (int x = 0; x < 3 * W * scale; x++)
+        memcpy(big + 3 * ((size_t)y * 3 * W * scale + x), rgb + 3 * ((size_t)(y / scale) * 3 * W + x / scale), 3);
+    rc = hakd_png_write_rgb(path, 3 * W * scale, H * scale, big);
+  }
+  free(big);
   free(hm);
   free(rgb);
   free(heat);
