@@ -401,7 +401,9 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
   hakd_tensor *y = hakd_tensor_wrap(ctx, HAKD_I32, 3, (int64_t[]){n, t->crop_h, t->crop_w}, t->labels);
   hakd_model_output tout, sout;
   int rc = 0;
-  if (t->teacher) {
+  /* method none trains on labels only: the teacher is loaded and evaluated, never run per step */
+  int teacher_runs = t->teacher && hakd_distiller_method(t->distiller) != HAKD_DISTILL_NONE;
+  if (teacher_runs) {
     hakd_ctx_set_grad(ctx, 0);
     hakd_ctx_set_training(ctx, 0);
     rc = hakd_model_forward(t->teacher, ctx, x, &tout);
@@ -423,7 +425,7 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
   hakd_distill_losses dl;
   memset(&dl, 0, sizeof dl);
   if (t->distiller) {
-    if ((rc = hakd_distiller_forward(t->distiller, ctx, &tout, &sout, y, iter, &dl))) return rc;
+    if ((rc = hakd_distiller_forward(t->distiller, ctx, teacher_runs ? &tout : NULL, &sout, y, iter, &dl))) return rc;
     const char *names[] = {"kd", "hakd", "proj", "cwd", "fitnet"};
     hakd_tensor *terms_d[] = {dl.kd, dl.hakd, dl.proj, dl.cwd, dl.fitnet};
     for (int i = 0; i < 5; i++)
