@@ -271,3 +271,18 @@ TEST(import_key_maps_and_official_mit_names) {
   hakd_model_free(src);
   hakd_model_free(dst);
 }
+
+/* hakd info: SegFormer-B0 with 150 classes at 512x512 is 3.75M parameters and 8.39G multiply-adds,
+ * the numbers of the SegFormer paper (3.8M, 8.4G) and of mmcv's counter. */
+TEST(info_reports_segformer_b0_size) {
+  const char *cli = getenv("HAKD_CLI");
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "%s info --model segformer-b0 --size 512x512 --num-classes 150", cli ? cli : "hakd");
+  FILE *p = popen(cmd, "r");
+  ASSERT_TRUE(p != NULL);
+  char out[4096];
+  size_t n = fread(out, 1, sizeof out - 1, p);
+  out[n] = '\0';
+  ASSERT_EQ_INT(pclose(p), 0);
+  if (!strstr(out, "(3752694)") || !strstr(out, "8.388G")) test_fail(__FILE__, __LINE__, "unexpected info output:\n%s", out);
+}
