@@ -28,6 +28,7 @@ typedef struct {
   char kind[32];
   char shape[160];
   double fwd_s, bwd_s, flops; /* flops: forward FLOPs summed over the timed calls */
+  double out_bytes;           /* bytes of the outputs, summed over the timed calls */
   int64_t calls;
 } op_key;
 
@@ -119,6 +120,8 @@ hakd_node *__wrap_hakd_record(hakd_ctx *ctx, const char *op, hakd_backward_fn ba
   int k = find_key(kind, op, out, n_in, in);
   keys[k].fwd_s += t - mark;
   keys[k].flops += op_flops(op, out, n_in, in);
+  int view = n_in > 0 && in[0] && in[0]->data == out->data; /* reshape and the like write nothing */
+  if (!view) keys[k].out_bytes += (double)hakd_numel(out) * 4.0;
   keys[k].calls++;
   if (node) {
     size_t i = node_slot(node);
@@ -196,15 +199,17 @@ static int by_total_time(const void *a, const void *b) {
   return (tx < ty) - (tx > ty);
 }
 
-static void print_row(const char *kind, const char *shape, double fwd, double bwd, double flops, int64_t calls,
-                      double per, double total) {
-  printf("%-22s %9.1f %9.1f %6.1f%% %7.1f", kind, fwd * per, bwd * per, 100.0 * (fwd + bwd) / total, (double)calls * per / 1e3);
+static void print_row(const op_key *k, double per, double total) {
+  double fwd = k->fwd_s, bwd = k->bwd_s, flops = k->flops;
+  int64_t calls = k->calls;
+  printf("%-22s %9.1f %9.1f %6.1f%% %7.1f %8.1f", k->kind, fwd * per, bwd * per, 100.0 * (fwd + bwd) / total,
+         (double)calls * per / 1e3, k->out_bytes * per / 1e3 / 1048576.0);
   if (flops > 0) {
     double f = flops / (double)calls; /* per call */
     printf("  fwd %5.1f bwd %5.1f GFLOP/s", fwd > 0 ? f * (double)calls / fwd / 1e9 : 0.0,
            bwd > 0 ? 2.0 * f * (double)calls / bwd / 1e9 : 0.0);
   }
-  printf("%s%s\n", shape[0] ? "  " : "", shape);
+  printf("%s%s\n", k->shape[0] ? "  " : "", k->shape);
 }
 
 int main(int argc, char **argv) {
@@ -246,8 +251,9 @@ int main(int argc, char **argv) {
          hakd_bench_mode_name(c.mode), c.teacher ? " teacher " : "", c.teacher ? c.teacher : "", c.height, c.width,
          c.batch, r.threads, blas_threads_pinned > 0 ? " (OpenBLAS pinned)" : "", r.ms_median, total * per);
   printf("  student forward %.1f, teacher forward %.1f, backward %.1f, optimizer %.1f, zero_grad %.1f, "
-         "outside ops %.1f ms/iter\n\n",
-         forward_s[0] * per, forward_s[1] * per, backward_s * per, optim_s * per, zero_grad_s * per, (total - ops) * per);
+         "outside ops %.1f ms/iter; step arena %.0f MB, peak RSS %.0f MB\n\n",
+         forward_s[0] * per, forward_s[1] * per, backward_s * per, optim_s * per, zero_grad_s * per, (total - ops) * per,
+         r.arena_mb, r.peak_rss_mb);
 
   /* by op kind */
   op_key kinds[256];
@@ -265,15 +271,15 @@ int main(int argc, char **argv) {
     kinds[j].bwd_s += keys[k].bwd_s;
     kinds[j].flops += keys[k].flops;
     kinds[j].calls += keys[k].calls;
+    kinds[j].out_bytes += keys[k].out_bytes;
   }
   qsort(kinds, (size_t)n_kinds, sizeof kinds[0], by_total_time);
-  printf("%-22s %9s %9s %7s %7s   (ms per iteration; T: = teacher; %% of the step)\n", "op", "fwd ms", "bwd ms", "share",
-         "calls");
-  for (int j = 0; j < n_kinds; j++)
-    print_row(kinds[j].kind, "", kinds[j].fwd_s, kinds[j].bwd_s, kinds[j].flops, kinds[j].calls, per, total);
+  printf("%-22s %9s %9s %7s %7s %8s   (per iteration; T: = teacher; share of the step; out MB = outputs written)\n",
+         "op", "fwd ms", "bwd ms", "share", "calls", "out MB");
+  for (int j = 0; j < n_kinds; j++) print_row(&kinds[j], per, total);
   qsort(keys, (size_t)n_keys, sizeof keys[0], by_total_time);
   printf("\ntop %d op shapes (inputs -> output):\n", top);
   for (int k = 0; k < n_keys && k < top; k++)
-    print_row(keys[k].kind, keys[k].shape, keys[k].fwd_s, keys[k].bwd_s, keys[k].flops, keys[k].calls, per, total);
+    print_row(&keys[k], per, total);
   return 0;
 }

@@ -8,14 +8,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$root/build}
 [ -f "$build/libhakd.a" ] || { echo "op_profile.sh: no $build/libhakd.a; build first (or set BUILD)" >&2; exit 1; }
 exe="$build/op_profile"
-if [ ! -x "$exe" ] || [ "$root/bench/op_profile.c" -nt "$exe" ] || [ "$build/libhakd.a" -nt "$exe" ]; then
-  wraps=""
-  for f in hakd_record hakd_ctx_reset hakd_model_forward hakd_backward hakd_optim_step hakd_params_zero_grad \
-    hakd_model_macs openblas_set_num_threads; do
-    wraps="$wraps -Wl,--wrap=$f"
-  done
-  # shellcheck disable=SC2046,SC2086 # word lists
-  ${CC:-cc} -std=c11 -O2 -Wall -Wextra -D_GNU_SOURCE -I"$root/include" "$root/bench/op_profile.c" -o "$exe" $wraps \
-    "$build/libhakd.a" $(pkg-config --libs openblas) -fopenmp -lpng -ljpeg -ldnnl -lm
-fi
+wraps=""
+for f in hakd_record hakd_ctx_reset hakd_model_forward hakd_backward hakd_optim_step hakd_params_zero_grad \
+  hakd_model_macs openblas_set_num_threads; do
+  wraps="$wraps -Wl,--wrap=$f"
+done
+# Rebuilt every time (about a second), so it always matches the library.
+# shellcheck disable=SC2046,SC2086 # word lists
+${CC:-cc} -std=c11 -O2 -Wall -Wextra -D_GNU_SOURCE -I"$root/include" "$root/bench/op_profile.c" -o "$exe" $wraps \
+  "$build/libhakd.a" $(pkg-config --libs openblas) -fopenmp -lpng -ljpeg -ldnnl -lm
 exec "$exe" "$@"
