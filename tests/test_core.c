@@ -87,3 +87,36 @@ TEST(null_input_propagates_error) {
   ASSERT_TRUE(strstr(hakd_error_message(), "relu") != NULL);
   hakd_ctx_free(ctx);
 }
+
+/* A no-grad scope hands back everything but the kept tensors, whose values survive the move. */
+TEST(collapse_keeps_values_and_frees_the_rest) {
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_ctx_set_grad(ctx, 0);
+  int64_t shape[1] = {1000};
+  hakd_tensor *before = hakd_tensor_zeros(ctx, HAKD_F32, 1, shape);
+  hakd_arena_mark mark = hakd_ctx_mark(ctx);
+  size_t used_at_mark = hakd_ctx_get_stats(ctx).arena_used;
+  hakd_tensor *garbage = hakd_tensor_new(ctx, HAKD_F32, 1, shape);
+  hakd_tensor *keep[2] = {hakd_tensor_new(ctx, HAKD_F32, 1, shape), hakd_tensor_new(ctx, HAKD_I32, 1, shape)};
+  for (int i = 0; i < 1000; i++) {
+    hakd_f32(garbage)[i] = -1.0f;
+    hakd_f32(keep[0])[i] = (float)i;
+    hakd_i32(keep[1])[i] = 7 * i;
+  }
+  hakd_tensor *swapped[2] = {keep[1], keep[0]}; /* order of the list does not matter */
+  hakd_ctx_collapse(ctx, mark, 2, swapped);
+  for (int i = 0; i < 1000; i++) {
+    ASSERT_NEAR(hakd_f32(swapped[1])[i], (float)i, 0);
+    ASSERT_EQ_INT(hakd_i32(swapped[0])[i], 7 * i);
+    ASSERT_NEAR(hakd_f32(before)[i], 0.0f, 0);
+  }
+  /* 2 kept buffers + 2 structs instead of 3 buffers + 3 structs */
+  ASSERT_TRUE(hakd_ctx_get_stats(ctx).arena_used < used_at_mark + 3 * 4000);
+  /* With grad recording on, nothing moves. */
+  hakd_ctx_set_grad(ctx, 1);
+  mark = hakd_ctx_mark(ctx);
+  hakd_tensor *t = hakd_tensor_new(ctx, HAKD_F32, 1, shape), *kept = t;
+  hakd_ctx_collapse(ctx, mark, 1, &kept);
+  ASSERT_TRUE(kept == t);
+  hakd_ctx_free(ctx);
+}

@@ -362,3 +362,47 @@ TEST(registry_lists_mit_models) {
   hakd_model *m = NULL;
   ASSERT_TRUE(hakd_model_create("segformer-b6", NULL, &m) == HAKD_ENOTFOUND);
 }
+
+/* No-grad inference hands block memory back: the same logits bit for bit, and a fraction of the
+ * arena a recorded forward needs. */
+TEST(no_grad_forward_reuses_block_memory) {
+  hakd_model_options o;
+  hakd_model_options_default(&o);
+  o.num_classes = 4;
+  o.width = 0.5f;
+  const char *names[] = {"segformer-b0", "deeplabv3-r18-d8", "deeplabv3-mbv2"};
+  for (int n = 0; n < 3; n++) {
+    hakd_model *m;
+    ASSERT_OK(hakd_model_create(names[n], &o, &m));
+    float *ref = NULL;
+    size_t peak[2];
+    int64_t count = 0;
+    for (int grad = 1; grad >= 0; grad--) {
+      hakd_ctx *ctx = hakd_ctx_new();
+      hakd_ctx_set_training(ctx, 0);
+      hakd_ctx_set_grad(ctx, grad);
+      for (int step = 0; step < 2; step++) { /* the second step runs on the planned arena */
+        hakd_ctx_reset(ctx);
+        hakd_tensor *x = hakd_tensor_zeros(ctx, HAKD_F32, 4, (int64_t[]){1, 3, 96, 128});
+        for (int64_t i = 0; i < hakd_numel(x); i++) hakd_f32(x)[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+        hakd_model_output out;
+        ASSERT_OK(hakd_model_forward(m, ctx, x, &out));
+        count = hakd_numel(out.logits);
+        if (grad && step == 1) {
+          ref = malloc((size_t)count * sizeof(float));
+          memcpy(ref, out.logits->data, (size_t)count * sizeof(float));
+        }
+        if (!grad && step == 1)
+          if (memcmp(ref, out.logits->data, (size_t)count * sizeof(float)))
+            test_fail(__FILE__, __LINE__, "%s: no-grad logits differ from the recorded forward", names[n]);
+      }
+      peak[grad] = hakd_ctx_get_stats(ctx).arena_peak;
+      hakd_ctx_free(ctx);
+    }
+    /* the recorded forward keeps every activation for backward, no-grad one block at a time */
+    if (!(peak[0] * 2 < peak[1]))
+      test_fail(__FILE__, __LINE__, "%s: no-grad arena peak %zu vs recorded %zu", names[n], peak[0], peak[1]);
+    free(ref);
+    hakd_model_free(m);
+  }
+}

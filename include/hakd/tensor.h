@@ -71,6 +71,21 @@ typedef struct {
 } hakd_ctx_stats;
 hakd_ctx_stats hakd_ctx_get_stats(const hakd_ctx *ctx);
 
+/* Scopes for no-grad passes (inference, the frozen teacher): nothing recorded needs the
+ * intermediate tensors of a block once it is computed, so a block's memory is handed back
+ * and only its result is kept. Without these the bump arena would hold every activation of
+ * a whole no-grad forward at once. */
+typedef struct {
+  void *block;
+  size_t used;
+} hakd_arena_mark;
+hakd_arena_mark hakd_ctx_mark(hakd_ctx *ctx);
+/* With grad recording off: moves the tensors keep[0..n) (all allocated after `mark`) down to
+ * the mark and frees everything else allocated since; keep[i] are replaced by the moved
+ * tensors. A no-op (keep unchanged) while recording gradients, or when the arena grew a new
+ * block since the mark. */
+void hakd_ctx_collapse(hakd_ctx *ctx, hakd_arena_mark mark, int n, hakd_tensor **keep);
+
 /* Step memory, 64-byte aligned, uninitialised; NULL (and ctx status set) when out of memory. */
 void *hakd_ctx_alloc(hakd_ctx *ctx, size_t bytes);
 /* A step tensor; data uninitialised. shape has ndim entries. */

@@ -19,7 +19,8 @@ typedef struct arena_block {
 struct hakd_ctx {
   arena_block *blocks; /* current block first */
   size_t step_used;    /* bytes handed out this step, across blocks */
-  size_t peak;
+  size_t peak;      /* high-water mark of any step */
+  size_t step_peak; /* high-water mark of the current step */
   uint64_t mallocs;
   hakd_node *tape;
   int grad_enabled, training, status;
@@ -66,11 +67,17 @@ void hakd_ctx_reset(hakd_ctx *ctx) {
    * so the next identical step allocates nothing. */
   if (ctx->blocks && ctx->blocks->next) {
     arena_free_blocks(ctx->blocks);
-    ctx->blocks = arena_block_new(ctx, ctx->peak + ctx->peak / 16);
+    ctx->blocks = arena_block_new(ctx, ctx->step_peak + ctx->step_peak / 16);
+  } else if (ctx->blocks && ctx->step_peak > 0 && ctx->step_peak < ctx->blocks->capacity / 2) {
+    /* A step that needed far less than the plan (no-grad scopes handed memory back): replan
+     * once at its size. */
+    arena_free_blocks(ctx->blocks);
+    ctx->blocks = arena_block_new(ctx, ctx->step_peak + ctx->step_peak / 16);
   } else if (ctx->blocks) {
     ctx->blocks->used = 0;
   }
   ctx->step_used = 0;
+  ctx->step_peak = 0;
   ctx->tape = NULL;
   ctx->status = 0;
 }
@@ -121,6 +128,7 @@ void *hakd_ctx_alloc(hakd_ctx *ctx, size_t bytes) {
   b->used += need;
   ctx->step_used += need;
   if (ctx->step_used > ctx->peak) ctx->peak = ctx->step_used;
+  if (ctx->step_used > ctx->step_peak) ctx->step_peak = ctx->step_used;
   return p;
 }
 
@@ -250,4 +258,103 @@ int64_t hakd_tape_macs(const hakd_ctx *ctx) {
     }
   }
   return (int64_t)(macs + 0.5);
+}
+
+hakd_arena_mark hakd_ctx_mark(hakd_ctx *ctx) {
+  hakd_arena_mark m = {ctx->blocks, ctx->blocks ? ctx->blocks->used : 0};
+  return m;
+}
+
+static int compare_by_data(const void *a, const void *b) {
+  const hakd_tensor *x = *(hakd_tensor *const *)a, *y = *(hakd_tensor *const *)b;
+  return (uintptr_t)x->data < (uintptr_t)y->data ? -1 : (uintptr_t)x->data > (uintptr_t)y->data;
+}
+
+/* Slow path of a collapse across arena blocks (only while the first step grows the arena):
+ * the kept tensors go through temporary copies, the blocks made since the mark are freed. */
+static void collapse_across_blocks(hakd_ctx *ctx, hakd_arena_mark mark, int n, hakd_tensor **keep) {
+  hakd_tensor saved[16];
+  void *copies[16] = {0};
+  for (int i = 0; i < n; i++) {
+    saved[i] = *keep[i];
+    size_t bytes = (size_t)hakd_numel(keep[i]) * (keep[i]->dtype == HAKD_I32 ? sizeof(int32_t) : sizeof(float));
+    copies[i] = malloc(bytes ? bytes : 1);
+    if (!copies[i]) {
+      for (int k = 0; k < i; k++) free(copies[k]);
+      return;
+    }
+    memcpy(copies[i], keep[i]->data, bytes);
+  }
+  size_t freed = 0;
+  while (ctx->blocks && ctx->blocks != mark.block) {
+    arena_block *next = ctx->blocks->next;
+    freed += ctx->blocks->used;
+    free(ctx->blocks);
+    ctx->blocks = next;
+  }
+  if (ctx->blocks) {
+    freed += ctx->blocks->used - mark.used;
+    ctx->blocks->used = mark.used;
+  }
+  ctx->step_used -= freed;
+  for (int i = 0; i < n; i++) {
+    hakd_tensor *t = hakd_tensor_new(ctx, saved[i].dtype, saved[i].ndim, saved[i].shape);
+    if (t) {
+      memcpy(t->data, copies[i], (size_t)hakd_numel(t) * (t->dtype == HAKD_I32 ? sizeof(int32_t) : sizeof(float)));
+      t->name = saved[i].name;
+    }
+    keep[i] = t;
+    free(copies[i]);
+  }
+}
+
+void hakd_ctx_collapse(hakd_ctx *ctx, hakd_arena_mark mark, int n, hakd_tensor **keep) {
+  arena_block *b = ctx->blocks;
+  if (ctx->grad_enabled || ctx->status || !b || n > 16) return;
+  for (int i = 0; i < n; i++)
+    if (!keep[i]) return;
+  if (b != mark.block) {
+    /* the mark's block must still be in the chain (or the mark predates every block) */
+    int found = mark.block == NULL;
+    for (arena_block *it = b; it && !found; it = it->next) found = it == mark.block;
+    if (found) collapse_across_blocks(ctx, mark, n, keep);
+    return;
+  }
+  unsigned char *floor = b->base + mark.used, *top = b->base + b->used;
+  hakd_tensor *order[16], saved[16];
+  for (int i = 0; i < n; i++) {
+    unsigned char *d = keep[i]->data;
+    if (d < floor || d >= top) return; /* only tensors made inside the scope move */
+    order[i] = keep[i];
+  }
+  qsort(order, (size_t)n, sizeof order[0], compare_by_data);
+  for (int i = 0; i + 1 < n; i++)
+    if (order[i]->data == order[i + 1]->data) return; /* views of one buffer: keep it simple */
+  for (int i = 0; i < n; i++) saved[i] = *order[i];
+  /* Ascending order: each destination ends before its source's next neighbour starts. */
+  size_t at = mark.used;
+  void *moved[16];
+  for (int i = 0; i < n; i++) {
+    size_t bytes = (size_t)hakd_numel(&saved[i]) * (saved[i].dtype == HAKD_I32 ? sizeof(int32_t) : sizeof(float));
+    moved[i] = b->base + at;
+    memmove(moved[i], saved[i].data, bytes);
+    at += (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+  }
+  ctx->step_used -= b->used - at;
+  b->used = at;
+  /* Which sorted slot each keep[k] is, decided before any new struct can reuse an old address. */
+  int slot[16];
+  for (int k = 0; k < n; k++)
+    for (int i = 0; i < n; i++)
+      if (keep[k] == order[i]) slot[k] = i;
+  hakd_tensor *fresh[16];
+  for (int i = 0; i < n; i++) {
+    hakd_tensor *t = hakd_ctx_alloc(ctx, sizeof *t);
+    *t = saved[i];
+    t->data = moved[i];
+    t->grad = NULL;
+    t->node = NULL;
+    fresh[i] = t;
+  }
+  for (int k = 0; k < n; k++) keep[k] = fresh[slot[k]];
 }

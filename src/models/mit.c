@@ -147,8 +147,12 @@ static int mit_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_tenso
     if (!embedded) break;
     int64_t h = embedded->shape[2], w = embedded->shape[3];
     hakd_tensor *tokens = layer_ln_forward(ctx, &m->patch_norm[s], map_to_tokens(ctx, embedded));
-    for (int j = 0; j < m->depth[s]; j++)
+    /* no-grad: within a stage only the latest block output is alive */
+    hakd_arena_mark mark = hakd_ctx_mark(ctx);
+    for (int j = 0; j < m->depth[s]; j++) {
       tokens = block_forward(ctx, &m->blocks[s][j], tokens, m->heads[s], m->sr_ratio[s], h, w);
+      hakd_ctx_collapse(ctx, mark, 1, &tokens);
+    }
     map = tokens_to_map(ctx, layer_ln_forward(ctx, &m->stage_norm[s], tokens), h, w);
     stages[s] = map;
     if (!map) break;

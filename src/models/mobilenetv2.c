@@ -84,9 +84,15 @@ static int mobilenetv2_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, ha
   mobilenetv2 *m = (mobilenetv2 *)base;
   x = hakd_relu6(ctx, layer_bn_forward(ctx, &m->stem_bn, layer_conv_forward(ctx, &m->stem_conv, x)));
   int stage = 0;
+  /* no-grad: between two stage outputs only the latest block output is alive */
+  hakd_arena_mark mark = hakd_ctx_mark(ctx);
   for (int i = 0; i < MBV2_BLOCKS; i++) {
     x = block_forward(ctx, &m->blocks[i], x);
-    if (stage < 4 && i + 1 == stage_end[stage]) stages[stage++] = x;
+    hakd_ctx_collapse(ctx, mark, 1, &x);
+    if (stage < 4 && i + 1 == stage_end[stage]) {
+      stages[stage++] = x;
+      mark = hakd_ctx_mark(ctx);
+    }
   }
   return hakd_ctx_status(ctx);
 }

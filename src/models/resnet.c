@@ -90,7 +90,13 @@ static int resnet_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_te
   }
   x = hakd_maxpool2d(ctx, x, 3, 2, 1);
   for (int l = 0; l < 4; l++) {
-    for (int i = 0; i < r->n_blocks[l]; i++) x = block_forward(ctx, &r->blocks[l][i], x);
+    /* no-grad: within a layer only the latest block output is alive (the stage outputs before
+     * the mark stay) */
+    hakd_arena_mark mark = hakd_ctx_mark(ctx);
+    for (int i = 0; i < r->n_blocks[l]; i++) {
+      x = block_forward(ctx, &r->blocks[l][i], x);
+      hakd_ctx_collapse(ctx, mark, 1, &x);
+    }
     stages[l] = x;
   }
   return hakd_ctx_status(ctx);
