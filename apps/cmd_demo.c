@@ -112,7 +112,7 @@ static int run_one(const hakd_config *c, int distill, const char *what, hakd_tra
 }
 
 static int cmd_demo(int argc, char **argv) {
-  demo_options o = {"demo_out", "deeplabv3-r18-d8", "segformer-b0", 0.5f, 0.5f, 600, 400, 64, 400, 100, 8, 0, 0, 0};
+  demo_options o = {"demo_out", "deeplabv3-r18-d8", "segformer-b0", 0.5f, 0.5f, 800, 400, 64, 400, 100, 8, 0, 0, 0};
   static const struct option options[] = {{"out", required_argument, 0, 'o'},    {"seed", required_argument, 0, 's'},
                                           {"threads", required_argument, 0, 't'}, {"quick", no_argument, 0, 'q'},
                                           {"teacher-iters", required_argument, 0, 'T'},

@@ -1,14 +1,25 @@
 #!/bin/sh
 # Runs the demo for several seeds and prints mean ± std of each method's mIoU (the README's
 # demo table). Usage: bench/demo_seeds.sh [seeds...]   (default: 0 1 2)
-# Extra demo flags can be passed in DEMO_FLAGS (e.g. DEMO_FLAGS="--threads 1").
+# DEMO_FLAGS passes extra demo flags; PARALLEL=1 runs the seeds at once (use with
+# DEMO_FLAGS="--threads 1" on a 2-core machine).
 set -e
 cd "$(dirname "$0")/.."
 make -s build
+mkdir -p demo_out
 seeds=${*:-0 1 2}
 for s in $seeds; do
+  if [ "${PARALLEL:-0}" = 1 ]; then
+    ./build/hakd demo --seed "$s" --out "demo_out/seed$s" $DEMO_FLAGS > "demo_out/seed$s.log" 2>&1 &
+  else
+    mkdir -p demo_out
+    ./build/hakd demo --seed "$s" --out "demo_out/seed$s" $DEMO_FLAGS > "demo_out/seed$s.log" 2>&1
+  fi
+done
+wait
+for s in $seeds; do
   echo "== seed $s"
-  ./build/hakd demo --seed "$s" --out "demo_out/seed$s" $DEMO_FLAGS | tail -n 14
+  tail -n 14 "demo_out/seed$s.log"
 done
 echo
 echo "mIoU over seeds: $seeds (mean ± sample std)"
