@@ -7,9 +7,10 @@
 # its own) and hakd's achieved GFLOP/s (convention: hakd bench --help).
 #
 # usage: bench/compare_pytorch.sh [--quick] [--rounds R] [--iters N] [--warmup W] [--threads T]
-#                                 [--build DIR] [--out FILE.jsonl]
+#                                 [--build DIR] [--out FILE.jsonl] [--only REGEX]
 #   --quick   small sizes (64x64; 64x128 for the 512x1024 case), 2 rounds of 1 + 2 iterations,
 #             to check the script in about a minute.
+#   --only    run only the cases whose name matches the extended regex (e.g. 'infer|distill').
 # Every JSON line of both sides is appended to --out (default: a temporary file that is removed).
 # Needs Debian's python3-torch (/usr/bin/python3) and a Release build (default: build/).
 set -eu
@@ -17,7 +18,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 build="$root/build"
-rounds=3 iters=3 warmup=2 quick=0 threads=$(nproc) out=""
+rounds=3 iters=3 warmup=2 quick=0 threads=$(nproc) out="" only=""
 python=${PYTHON:-/usr/bin/python3}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -28,7 +29,8 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift ;;
     --build) build=$2; shift ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --only) only=$2; shift ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare_pytorch.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -51,6 +53,10 @@ deeplabv3-r18-d8 train|--model deeplabv3-r18-d8 --mode train --size $square --ba
 deeplabv3-mbv2 train|--model deeplabv3-mbv2 --mode train --size $square --batch 2
 deeplabv3-r50-d8 infer|--model deeplabv3-r50-d8 --mode infer --size $wide --batch 1
 distill r50-d8 -> segformer-b0 (HeteroAKD)|--model segformer-b0 --teacher deeplabv3-r50-d8 --mode distill --method heteroakd --size $square --batch 2"
+if [ -n "$only" ]; then
+  cases=$(printf '%s\n' "$cases" | grep -E -- "^[^|]*($only)" || true)
+  [ -n "$cases" ] || { echo "compare_pytorch.sh: no case matches --only '$only'" >&2; exit 2; }
+fi
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads $threads;" \
   "$rounds rounds of $warmup warm-up + $iters timed iterations; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
