@@ -286,3 +286,104 @@ TEST(info_reports_segformer_b0_size) {
   ASSERT_EQ_INT(pclose(p), 0);
   if (!strstr(out, "(3752694)") || !strstr(out, "8.388G")) test_fail(__FILE__, __LINE__, "unexpected info output:\n%s", out);
 }
+
+/* mmsegmentation's MiT names (backbone.layers.<stage>.{0 patch embed, 1 blocks, 2 norm}, a fused
+ * attn.attn.in_proj (q, k, v rows), 1x1-conv Mix-FFN weights) load into the HF-named encoder. */
+TEST(import_mmseg_mit_names) {
+  hakd_model_options o;
+  hakd_model_options_default(&o);
+  o.num_classes = 3;
+  o.width = 0.25f;
+  hakd_model *src, *dst;
+  ASSERT_OK(hakd_model_create("segformer-b0", &o, &src));
+  ASSERT_OK(hakd_model_create("segformer-b0", &o, &dst));
+  param_fill(hakd_model_params(src));
+  hakd_params *p = hakd_model_params(src);
+  hakd_st_writer *w = hakd_st_writer_new();
+  float *owned[64];
+  int n_owned = 0;
+  char names[600][200];
+  int n_names = 0;
+  for (int i = 0; i < p->count; i++) {
+    hakd_tensor *t = p->items[i];
+    const char *name = t->name;
+    if (strncmp(name, "segformer.encoder.", 18)) continue;
+    name += 18;
+    char *out = names[n_names++];
+    int s, b, c = 0;
+    int64_t shape[4] = {t->shape[0], t->ndim > 1 ? t->shape[1] : 0, 1, 1};
+    int ndim = t->ndim;
+    const void *data = t->data;
+    if (sscanf(name, "patch_embeddings.%d.%n", &s, &c) == 1 && c) {
+      const char *rest = name + c;
+      if (!strncmp(rest, "proj.", 5))
+        snprintf(out, 200, "backbone.layers.%d.0.projection.%s", s, rest + 5);
+      else
+        snprintf(out, 200, "backbone.layers.%d.0.norm.%s", s, rest + 11);
+    } else if (sscanf(name, "layer_norm.%d.%n", &s, &c) == 1 && c) {
+      snprintf(out, 200, "backbone.layers.%d.2.%s", s, name + c);
+    } else if (sscanf(name, "block.%d.%d.%n", &s, &b, &c) == 2 && c) {
+      const char *rest = name + c;
+      if (!strncmp(rest, "attention.self.key.", 19) || !strncmp(rest, "attention.self.value.", 21)) {
+        n_names--;
+        continue;
+      }
+      if (!strncmp(rest, "attention.self.query.", 21)) {
+        const char *what = rest + 21;
+        char kname[200], vname[200];
+        snprintf(kname, sizeof kname, "segformer.encoder.block.%d.%d.attention.self.key.%s", s, b, what);
+        snprintf(vname, sizeof vname, "segformer.encoder.block.%d.%d.attention.self.value.%s", s, b, what);
+        hakd_tensor *k = hakd_params_find(p, kname), *v = hakd_params_find(p, vname);
+        ASSERT_TRUE(k && v);
+        int64_t nq = hakd_numel(t);
+        float *qkv = malloc((size_t)nq * 3 * sizeof(float));
+        memcpy(qkv, t->data, (size_t)nq * sizeof(float));
+        memcpy(qkv + nq, k->data, (size_t)nq * sizeof(float));
+        memcpy(qkv + 2 * nq, v->data, (size_t)nq * sizeof(float));
+        owned[n_owned++] = qkv;
+        shape[0] *= 3;
+        data = qkv;
+        snprintf(out, 200, "backbone.layers.%d.1.%d.attn.attn.in_proj_%s", s, b, what);
+      } else {
+        const char *map[][2] = {{"layer_norm_1.", "norm1."}, {"attention.output.dense.", "attn.attn.out_proj."},
+                                {"attention.self.sr.", "attn.sr."}, {"attention.self.layer_norm.", "attn.norm."},
+                                {"layer_norm_2.", "norm2."}, {"mlp.dense1.", "ffn.layers.0."},
+                                {"mlp.dwconv.dwconv.", "ffn.layers.1."}, {"mlp.dense2.", "ffn.layers.4."}};
+        out[0] = '\0';
+        for (size_t r = 0; r < sizeof map / sizeof map[0]; r++)
+          if (!strncmp(rest, map[r][0], strlen(map[r][0])))
+            snprintf(out, 200, "backbone.layers.%d.1.%d.%s%s", s, b, map[r][1], rest + strlen(map[r][0]));
+        ASSERT_TRUE(out[0] != '\0');
+        if (!strncmp(rest, "mlp.dense", 9) && t->ndim == 2) ndim = 4; /* mmseg's FFN is 1x1 convs */
+      }
+    } else {
+      test_fail(__FILE__, __LINE__, "unexpected name %s", t->name);
+      return;
+    }
+    ASSERT_OK(hakd_st_writer_add(w, out, HAKD_ST_F32, ndim, ndim == 4 && t->ndim == 2 ? shape : (data == t->data ? t->shape : shape), data));
+  }
+  const char *path = tmp("mmseg_mit.safetensors");
+  ASSERT_OK(hakd_st_writer_write(w, path));
+  hakd_st_writer_free(w);
+  for (int i = 0; i < n_owned; i++) free(owned[i]);
+  hakd_load_options lo;
+  hakd_load_options_default(&lo);
+  lo.backbone_only = 1;
+  hakd_load_report rep;
+  ASSERT_OK(hakd_model_load(dst, path, &lo, &rep));
+  ASSERT_EQ_INT(rep.missing, 0);
+  ASSERT_EQ_INT(rep.unexpected, 0);
+  hakd_params *q = hakd_model_params(dst);
+  int compared = 0;
+  for (int i = 0; i < q->count; i++) {
+    hakd_tensor *t = q->items[i];
+    if (strncmp(t->name, "segformer.encoder.", 18)) continue;
+    hakd_tensor *s = hakd_params_find(p, t->name);
+    if (memcmp(s->data, t->data, (size_t)hakd_numel(t) * sizeof(float)))
+      test_fail(__FILE__, __LINE__, "%s differs after the mmseg import", t->name);
+    compared++;
+  }
+  ASSERT_TRUE(compared > 50);
+  hakd_model_free(src);
+  hakd_model_free(dst);
+}

@@ -12,7 +12,7 @@
 typedef struct {
   char target[KEY_MAX];
   const hakd_st_tensor *source;
-  int half; /* -1: whole tensor; 0/1: first/second half of dim 0 (official MiT's fused kv) */
+  int part, parts; /* this target is slice `part` of `parts` equal slices of dim 0 (fused kv / qkv) */
   int used;
 } load_entry;
 
@@ -73,9 +73,62 @@ static const name_rule mmseg_rules[] = {
     {"decode_head.conv_seg.", "classifier.4."},
 };
 
+/* mmsegmentation MixVisionTransformer -> Hugging Face names, inside a block. */
+static const name_rule mmseg_mit_block_rules[] = {
+    {"norm1.", "layer_norm_1."},
+    {"attn.attn.out_proj.", "attention.output.dense."},
+    {"attn.sr.", "attention.self.sr."},
+    {"attn.norm.", "attention.self.layer_norm."},
+    {"norm2.", "layer_norm_2."},
+    {"ffn.layers.0.", "mlp.dense1."},
+    {"ffn.layers.1.", "mlp.dwconv.dwconv."},
+    {"ffn.layers.4.", "mlp.dense2."},
+};
+
+/* Maps an mmseg MiT key (backbone.layers.1.0.projection.weight, backbone.layers.0.1.2.attn.attn.
+ * in_proj_weight, backbone.layers.3.2.weight); returns the number of targets (3 = the fused
+ * in_proj split into query/key/value). */
+static int map_mmseg_mit(const char *key, const char *bp, char out[3][KEY_MAX]) {
+  int stage, block, consumed = 0;
+  if (starts_with(key, "backbone.")) key += strlen("backbone.");
+  if (sscanf(key, "layers.%d.1.%d.%n", &stage, &block, &consumed) == 2 && consumed > 0) {
+    const char *rest = key + consumed;
+    if (starts_with(rest, "attn.attn.in_proj_")) {
+      const char *what = ends_with(rest, "weight") ? "weight" : "bias";
+      const char *names[3] = {"query", "key", "value"};
+      for (int i = 0; i < 3; i++)
+        snprintf(out[i], KEY_MAX, "%s.block.%d.%d.attention.self.%s.%s", bp, stage, block, names[i], what);
+      return 3;
+    }
+    for (size_t r = 0; r < sizeof mmseg_mit_block_rules / sizeof mmseg_mit_block_rules[0]; r++)
+      if (starts_with(rest, mmseg_mit_block_rules[r].from)) {
+        snprintf(out[0], KEY_MAX, "%s.block.%d.%d.%s%s", bp, stage, block, mmseg_mit_block_rules[r].to,
+                 rest + strlen(mmseg_mit_block_rules[r].from));
+        return 1;
+      }
+    return 0;
+  }
+  consumed = 0;
+  if (sscanf(key, "layers.%d.0.projection.%n", &stage, &consumed) == 1 && consumed > 0) {
+    snprintf(out[0], KEY_MAX, "%s.patch_embeddings.%d.proj.%s", bp, stage, key + consumed);
+    return 1;
+  }
+  consumed = 0;
+  if (sscanf(key, "layers.%d.0.norm.%n", &stage, &consumed) == 1 && consumed > 0) {
+    snprintf(out[0], KEY_MAX, "%s.patch_embeddings.%d.layer_norm.%s", bp, stage, key + consumed);
+    return 1;
+  }
+  consumed = 0;
+  if (sscanf(key, "layers.%d.2.%n", &stage, &consumed) == 1 && consumed > 0) {
+    snprintf(out[0], KEY_MAX, "%s.layer_norm.%d.%s", bp, stage, key + consumed);
+    return 1;
+  }
+  return 0;
+}
+
 /* Maps an official-MiT key (patch_embed1.proj.weight, block2.0.attn.kv.bias, norm3.weight);
  * returns the number of targets written (0 = not such a key, 2 = kv split into key/value). */
-static int map_official_mit(const char *key, const char *bp, char out[2][KEY_MAX]) {
+static int map_official_mit(const char *key, const char *bp, char out[3][KEY_MAX]) {
   int stage, block, consumed = 0;
   if (sscanf(key, "patch_embed%d.%n", &stage, &consumed) == 1 && consumed > 0) {
     const char *rest = key + consumed;
@@ -114,15 +167,16 @@ static int build_entries(hakd_model *m, const hakd_st_file *f, const hakd_load_o
                          int *count) {
   hakd_params *p = hakd_model_params(m);
   int n = hakd_st_count(f), k = 0;
-  load_entry *e = calloc((size_t)(2 * n + 1), sizeof *e);
+  load_entry *e = calloc((size_t)(3 * n + 1), sizeof *e);
   if (!e) return hakd_error(HAKD_ENOMEM, "out of memory reading %s", hakd_st_path(f));
   for (int i = 0; i < n; i++) {
     const hakd_st_tensor *t = hakd_st_get(f, i);
-    char key[KEY_MAX], mapped[2][KEY_MAX];
+    char key[KEY_MAX], mapped[3][KEY_MAX];
     apply_key_map(key, t->name, o->key_map);
     int targets = 0;
     if (!hakd_params_find(p, key)) {
       targets = map_official_mit(key, hakd_model_backbone_prefix(m), mapped);
+      if (!targets) targets = map_mmseg_mit(key, hakd_model_backbone_prefix(m), mapped);
       for (size_t r = 0; !targets && r < sizeof mmseg_rules / sizeof mmseg_rules[0]; r++)
         if (starts_with(key, mmseg_rules[r].from)) {
           snprintf(mapped[0], KEY_MAX, "%s%s", mmseg_rules[r].to, key + strlen(mmseg_rules[r].from));
@@ -132,12 +186,13 @@ static int build_entries(hakd_model *m, const hakd_st_file *f, const hakd_load_o
     if (!targets) {
       snprintf(e[k].target, KEY_MAX, "%s", key);
       e[k].source = t;
-      e[k++].half = -1;
+      e[k++].parts = 1;
     }
     for (int j = 0; j < targets; j++) {
       snprintf(e[k].target, KEY_MAX, "%s", mapped[j]);
       e[k].source = t;
-      e[k++].half = targets == 2 ? j : -1;
+      e[k].part = j;
+      e[k++].parts = targets;
     }
   }
   *out = e;
@@ -158,16 +213,19 @@ static void shape_text(char *buf, size_t size, int ndim, const int64_t *shape) {
   if (len < size) snprintf(buf + len, size - len, ")");
 }
 
-/* Source shape as the target sees it (the half of a fused tensor). */
+/* Source shape as the target sees it: one slice of a fused tensor; a 1x1 conv weight
+ * (O, I, 1, 1) read as a linear weight (O, I) (mmseg's Mix-FFN). */
 static int entry_matches(const load_entry *e, const hakd_tensor *t) {
   const hakd_st_tensor *s = e->source;
   if (ends_with(t->name, "num_batches_tracked")) return 1;
-  if (s->ndim != t->ndim) return 0;
+  int ndim = s->ndim;
+  if (ndim == 4 && t->ndim == 2 && s->shape[2] == 1 && s->shape[3] == 1) ndim = 2;
+  if (ndim != t->ndim) return 0;
   for (int d = 0; d < t->ndim; d++) {
     int64_t dim = s->shape[d];
-    if (d == 0 && e->half >= 0) {
-      if (dim % 2) return 0;
-      dim /= 2;
+    if (d == 0 && e->parts > 1) {
+      if (dim % e->parts) return 0;
+      dim /= e->parts;
     }
     if (dim != t->shape[d]) return 0;
   }
@@ -225,7 +283,7 @@ int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *op
       shape_text(got, sizeof got, e->source->ndim, e->source->shape);
       if (!rep.mismatched)
         snprintf(rep.first_mismatched, sizeof rep.first_mismatched, "%s: file has %s%s, model needs %s", t->name, got,
-                 e->half >= 0 ? " (fused kv, split in two)" : "", want);
+                 e->parts > 1 ? " (a fused tensor, split)" : "", want);
       rep.mismatched++;
       continue;
     }
@@ -238,7 +296,7 @@ int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *op
     staged[i] = buf;
     rc = hakd_st_read_f32(f, e->source->name, buf, whole);
     if (rc) goto done;
-    if (e->half == 1) memmove(buf, buf + n, (size_t)n * sizeof(float));
+    if (e->part > 0) memmove(buf, buf + (int64_t)e->part * n, (size_t)n * sizeof(float));
     for (int64_t j = 0; j < n; j++)
       if (!isfinite(buf[j])) {
         rc = hakd_error(HAKD_ENUMERIC, "%s: tensor '%s' has a non-finite value (%g at index %lld)", path,
