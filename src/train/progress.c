@@ -23,6 +23,7 @@ void progress_start(progress_bar *p, FILE *out, const char *label, int64_t total
   p->label = label;
   p->total = total;
   p->last_printed = 0;
+  p->first = 0;
   p->start = progress_now();
   p->tty = out && isatty(fileno(out));
 }
@@ -33,7 +34,7 @@ void progress_update(progress_bar *p, int64_t done, const char *extra) {
   if (!p->tty && done != p->total && done - p->last_printed < step) return;
   p->last_printed = done;
   double elapsed = progress_now() - p->start;
-  double rate = elapsed > 0 ? (double)done / elapsed : 0;
+  double rate = elapsed > 0 ? (double)(done - p->first) / elapsed : 0;
   char eta[32];
   progress_format_duration(eta, sizeof eta, rate > 0 ? (double)(p->total - done) / rate : 0);
   int width = 24, filled = (int)(width * done / p->total);

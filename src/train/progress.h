@@ -10,6 +10,7 @@ typedef struct {
   FILE *out;
   const char *label;
   int64_t total, last_printed;
+  int64_t first; /* units already done when timing started (a resumed run): not in the rate */
   double start;
   int tty;
 } progress_bar;

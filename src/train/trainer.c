@@ -489,6 +489,7 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
   /* A live progress line on a terminal (stderr), cleared before each log line. */
   progress_bar bar;
   progress_start(&bar, isatty(STDERR_FILENO) ? stderr : NULL, distill ? "distill" : "train", config->iters);
+  bar.first = iter;
   double start = progress_now(), window_start = start, window_data = 0;
   int64_t first_iter = iter, window_iters = 0;
   int64_t end = config->stop_after > 0 && config->stop_after < config->iters ? config->stop_after : config->iters;
