@@ -1,33 +1,74 @@
 /* Pointwise activations. */
+#include <immintrin.h>
 #include <math.h>
 
 #include "hakd/ops.h"
 
+/* glibc's vector math (libmvec, glibc >= 2.35): erf and exp on whole registers, called directly
+ * because GCC only vectorises math calls itself under -ffast-math, which we do not use. */
+#if defined(__AVX512F__)
+#define GELU_LANES 16
+typedef __m512 gelu_vec;
+__m512 _ZGVeN16v_erff(__m512);
+__m512 _ZGVeN16v_expf(__m512);
+#define gelu_erf _ZGVeN16v_erff
+#define gelu_exp _ZGVeN16v_expf
+#define gelu_load _mm512_loadu_ps
+#define gelu_store _mm512_storeu_ps
+#define gelu_set1 _mm512_set1_ps
+#define gelu_add _mm512_add_ps
+#define gelu_mul _mm512_mul_ps
+#elif defined(__AVX2__)
+#define GELU_LANES 8
+typedef __m256 gelu_vec;
+__m256 _ZGVdN8v_erff(__m256);
+__m256 _ZGVdN8v_expf(__m256);
+#define gelu_erf _ZGVdN8v_erff
+#define gelu_exp _ZGVdN8v_expf
+#define gelu_load _mm256_loadu_ps
+#define gelu_store _mm256_storeu_ps
+#define gelu_set1 _mm256_set1_ps
+#define gelu_add _mm256_add_ps
+#define gelu_mul _mm256_mul_ps
+#else
+#define GELU_LANES 1
+#endif
+
+/* y = 0.5 x (1 + erf(x / sqrt 2)) over n elements. */
+static void gelu_forward(float *y, const float *x, int64_t n) {
+  int64_t vec_end = 0;
+#if GELU_LANES > 1
+  vec_end = n / GELU_LANES * GELU_LANES;
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < vec_end; i += GELU_LANES) {
+    gelu_vec v = gelu_load(x + i);
+    gelu_vec e = gelu_erf(gelu_mul(v, gelu_set1((float)M_SQRT1_2)));
+    gelu_store(y + i, gelu_mul(gelu_mul(gelu_set1(0.5f), v), gelu_add(gelu_set1(1.0f), e)));
+  }
+#endif
+  for (int64_t i = vec_end; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+/* dx += dy * (0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)). */
+static void gelu_backward(float *dx, const float *dy, const float *x, int64_t n) {
+  const float inv_sqrt_2pi = 0.3989422804014327f;
+  int64_t vec_end = 0;
+#if GELU_LANES > 1
+  vec_end = n / GELU_LANES * GELU_LANES;
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < vec_end; i += GELU_LANES) {
+    gelu_vec v = gelu_load(x + i);
+    gelu_vec cdf = gelu_mul(gelu_set1(0.5f), gelu_add(gelu_set1(1.0f), gelu_erf(gelu_mul(v, gelu_set1((float)M_SQRT1_2)))));
+    gelu_vec pdf = gelu_mul(gelu_set1(inv_sqrt_2pi), gelu_exp(gelu_mul(gelu_set1(-0.5f), gelu_mul(v, v))));
+    gelu_vec d = gelu_add(cdf, gelu_mul(v, pdf));
+    gelu_store(dx + i, gelu_add(gelu_load(dx + i), gelu_mul(gelu_load(dy + i), d)));
+  }
+#endif
+  for (int64_t i = vec_end; i < n; i++)
+    dx[i] += dy[i] * (0.5f * (1.0f + erff(x[i] * (float)M_SQRT1_2)) + x[i] * inv_sqrt_2pi * expf(-0.5f * x[i] * x[i]));
+}
+
 typedef enum { ACT_RELU, ACT_RELU6, ACT_GELU, ACT_SIGMOID } activation_kind;
-
-static float activation_forward_one(activation_kind kind, float x) {
-  switch (kind) {
-    case ACT_RELU: return x > 0.0f ? x : 0.0f;
-    case ACT_RELU6: return x > 0.0f ? (x < 6.0f ? x : 6.0f) : 0.0f;
-    case ACT_GELU: return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
-    case ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
-  }
-  return x;
-}
-
-/* d activation / dx, from the input x and the output y. */
-static float activation_derivative(activation_kind kind, float x, float y) {
-  switch (kind) {
-    case ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
-    case ACT_RELU6: return (x > 0.0f && x < 6.0f) ? 1.0f : 0.0f;
-    case ACT_GELU: {
-      const float inv_sqrt_2pi = 0.3989422804014327f;
-      return 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)) + x * inv_sqrt_2pi * expf(-0.5f * x * x);
-    }
-    case ACT_SIGMOID: return y * (1.0f - y);
-  }
-  return 1.0f;
-}
 
 static void activation_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0], *y = node->out;
@@ -45,9 +86,11 @@ static void activation_backward(hakd_ctx *ctx, hakd_node *node) {
 #pragma omp parallel for simd schedule(static) if (n > 32768)
       for (int64_t i = 0; i < n; i++) dx[i] += (xs[i] > 0.0f && xs[i] < 6.0f) ? dy[i] : 0.0f;
       break;
-    default:
-#pragma omp parallel for schedule(static) if (n > 32768)
-      for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * activation_derivative(kind, xs[i], ys[i]);
+    case ACT_GELU: gelu_backward(dx, dy, xs, n); break;
+    case ACT_SIGMOID:
+#pragma omp parallel for simd schedule(static) if (n > 32768)
+      for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * ys[i] * (1.0f - ys[i]);
+      break;
   }
 }
 
@@ -72,9 +115,11 @@ static hakd_tensor *activation(hakd_ctx *ctx, hakd_tensor *x, activation_kind ki
 #pragma omp parallel for simd schedule(static) if (n > 32768)
       for (int64_t i = 0; i < n; i++) ys[i] = fminf(fmaxf(xs[i], 0.0f), 6.0f);
       break;
-    default:
+    case ACT_GELU: gelu_forward(ys, xs, n); break;
+    case ACT_SIGMOID:
 #pragma omp parallel for schedule(static) if (n > 32768)
-      for (int64_t i = 0; i < n; i++) ys[i] = activation_forward_one(kind, xs[i]);
+      for (int64_t i = 0; i < n; i++) ys[i] = 1.0f / (1.0f + expf(-xs[i]));
+      break;
   }
   hakd_node *node = hakd_record(ctx, activation_names[kind], activation_backward, y, 1, &x);
   if (node) node->iarg[0] = kind;
