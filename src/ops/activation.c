@@ -1,49 +1,19 @@
 /* Pointwise activations. */
-#include <immintrin.h>
 #include <math.h>
 
 #include "hakd/ops.h"
-
-/* glibc's vector math (libmvec, glibc >= 2.35): erf and exp on whole registers, called directly
- * because GCC only vectorises math calls itself under -ffast-math, which we do not use. */
-#if defined(__AVX512F__)
-#define GELU_LANES 16
-typedef __m512 gelu_vec;
-__m512 _ZGVeN16v_erff(__m512);
-__m512 _ZGVeN16v_expf(__m512);
-#define gelu_erf _ZGVeN16v_erff
-#define gelu_exp _ZGVeN16v_expf
-#define gelu_load _mm512_loadu_ps
-#define gelu_store _mm512_storeu_ps
-#define gelu_set1 _mm512_set1_ps
-#define gelu_add _mm512_add_ps
-#define gelu_mul _mm512_mul_ps
-#elif defined(__AVX2__)
-#define GELU_LANES 8
-typedef __m256 gelu_vec;
-__m256 _ZGVdN8v_erff(__m256);
-__m256 _ZGVdN8v_expf(__m256);
-#define gelu_erf _ZGVdN8v_erff
-#define gelu_exp _ZGVdN8v_expf
-#define gelu_load _mm256_loadu_ps
-#define gelu_store _mm256_storeu_ps
-#define gelu_set1 _mm256_set1_ps
-#define gelu_add _mm256_add_ps
-#define gelu_mul _mm256_mul_ps
-#else
-#define GELU_LANES 1
-#endif
+#include "ops/vecmath.h"
 
 /* y = 0.5 x (1 + erf(x / sqrt 2)) over n elements. */
 static void gelu_forward(float *y, const float *x, int64_t n) {
   int64_t vec_end = 0;
-#if GELU_LANES > 1
-  vec_end = n / GELU_LANES * GELU_LANES;
+#if VEC_LANES > 1
+  vec_end = n / VEC_LANES * VEC_LANES;
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < vec_end; i += GELU_LANES) {
-    gelu_vec v = gelu_load(x + i);
-    gelu_vec e = gelu_erf(gelu_mul(v, gelu_set1((float)M_SQRT1_2)));
-    gelu_store(y + i, gelu_mul(gelu_mul(gelu_set1(0.5f), v), gelu_add(gelu_set1(1.0f), e)));
+  for (int64_t i = 0; i < vec_end; i += VEC_LANES) {
+    vec_f32 v = vec_load(x + i);
+    vec_f32 e = vec_erf(vec_mul(v, vec_set1((float)M_SQRT1_2)));
+    vec_store(y + i, vec_mul(vec_mul(vec_set1(0.5f), v), vec_add(vec_set1(1.0f), e)));
   }
 #endif
   for (int64_t i = vec_end; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
@@ -53,15 +23,15 @@ static void gelu_forward(float *y, const float *x, int64_t n) {
 static void gelu_backward(float *dx, const float *dy, const float *x, int64_t n) {
   const float inv_sqrt_2pi = 0.3989422804014327f;
   int64_t vec_end = 0;
-#if GELU_LANES > 1
-  vec_end = n / GELU_LANES * GELU_LANES;
+#if VEC_LANES > 1
+  vec_end = n / VEC_LANES * VEC_LANES;
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < vec_end; i += GELU_LANES) {
-    gelu_vec v = gelu_load(x + i);
-    gelu_vec cdf = gelu_mul(gelu_set1(0.5f), gelu_add(gelu_set1(1.0f), gelu_erf(gelu_mul(v, gelu_set1((float)M_SQRT1_2)))));
-    gelu_vec pdf = gelu_mul(gelu_set1(inv_sqrt_2pi), gelu_exp(gelu_mul(gelu_set1(-0.5f), gelu_mul(v, v))));
-    gelu_vec d = gelu_add(cdf, gelu_mul(v, pdf));
-    gelu_store(dx + i, gelu_add(gelu_load(dx + i), gelu_mul(gelu_load(dy + i), d)));
+  for (int64_t i = 0; i < vec_end; i += VEC_LANES) {
+    vec_f32 v = vec_load(x + i);
+    vec_f32 cdf = vec_mul(vec_set1(0.5f), vec_add(vec_set1(1.0f), vec_erf(vec_mul(v, vec_set1((float)M_SQRT1_2)))));
+    vec_f32 pdf = vec_mul(vec_set1(inv_sqrt_2pi), vec_expf(vec_mul(vec_set1(-0.5f), vec_mul(v, v))));
+    vec_f32 d = vec_add(cdf, vec_mul(v, pdf));
+    vec_store(dx + i, vec_add(vec_load(dx + i), vec_mul(vec_load(dy + i), d)));
   }
 #endif
   for (int64_t i = vec_end; i < n; i++)

@@ -3,6 +3,7 @@
 
 #include "hakd/ops.h"
 #include "ops/ops_internal.h"
+#include "ops/vecmath.h"
 
 /* The tensor is viewed as (outer, size, inner) with the reduced dim in the middle. Work is done
  * on blocks of up to BLOCK neighbouring inner positions, so the loops over the reduced dim walk
@@ -20,11 +21,8 @@ static void softmax_forward(float *y, const float *x, int64_t outer, int64_t siz
       float *yr = y + o * size;
       float max = -INFINITY, sum = 0.0f;
       for (int64_t d = 0; d < size; d++) max = fmaxf(max, xr[d]);
-      for (int64_t d = 0; d < size; d++) {
-        float e = expf(xr[d] - max);
-        sum += e;
-        yr[d] = e;
-      }
+      vec_exp_shifted(yr, xr, max, size);
+      for (int64_t d = 0; d < size; d++) sum += yr[d];
       if (log_space) {
         float log_z = max + logf(sum);
         for (int64_t d = 0; d < size; d++) yr[d] = xr[d] - log_z;
