@@ -9,7 +9,7 @@
 #include "hakd/data.h"
 #include "hakd/io.h"
 #include "hakd/model.h"
-#include "train/plot.h"
+#include "io/plot.h"
 
 static float *random_matrix(uint64_t *rng, int64_t rows, int64_t cols) {
   float *m = malloc((size_t)(rows * cols) * sizeof *m);

@@ -9,7 +9,7 @@
 
 #include "hakd/io.h"
 #include "hakd/ops.h"
-#include "train/plot.h"
+#include "io/plot.h"
 
 /* Multiply-adds of one Gram row above which the row is worth an OpenMP team. */
 #define CKA_PARALLEL_MIN 65536

@@ -19,7 +19,7 @@
 #include "hakd/ops.h"
 #include "hakd/optim.h"
 #include "train/checkpoint.h"
-#include "train/plot.h"
+#include "io/plot.h"
 #include "train/progress.h"
 
 #define MAX_TERMS 8

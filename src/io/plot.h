@@ -1,7 +1,7 @@
 /* Line plots as PNG files (loss curves, val mIoU), drawn directly into an RGB buffer with a
  * built-in 3x5 pixel font: no plotting library needed. */
-#ifndef HAKD_TRAIN_PLOT_H
-#define HAKD_TRAIN_PLOT_H
+#ifndef HAKD_IO_PLOT_H
+#define HAKD_IO_PLOT_H
 
 typedef struct {
   const char *name;

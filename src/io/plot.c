@@ -1,4 +1,4 @@
-#include "train/plot.h"
+#include "io/plot.h"
 
 #include <ctype.h>
 #include <math.h>
