@@ -526,3 +526,18 @@ TEST(photometric_keeps_gray_gray_and_labels) {
 
   hakd_sample_free(&s);
 }
+
+/* A batch normalised one way is re-expressed the other way exactly as if normalised so directly
+ * (the teacher of another convention than the student's gets its own input). */
+TEST(renormalize_matches_direct_normalisation) {
+  uint8_t rgb[2 * 3 * 3];
+  for (int i = 0; i < 18; i++) rgb[i] = (uint8_t)(i * 37 % 256);
+  hakd_sample s = {3, 2, rgb, NULL};
+  float imagenet[18], bgr[18], converted[18];
+  ASSERT_OK(hakd_eval_transform(imagenet, &s, 0, 0, HAKD_NORM_IMAGENET));
+  ASSERT_OK(hakd_eval_transform(bgr, &s, 0, 0, HAKD_NORM_BGR_MEAN));
+  hakd_renormalize(converted, imagenet, 1, 6, HAKD_NORM_IMAGENET, HAKD_NORM_BGR_MEAN);
+  for (int i = 0; i < 18; i++) ASSERT_NEAR(converted[i], bgr[i], 1e-4); /* float rounding of x*std+mean */
+  hakd_renormalize(converted, bgr, 1, 6, HAKD_NORM_BGR_MEAN, HAKD_NORM_IMAGENET);
+  for (int i = 0; i < 18; i++) ASSERT_NEAR(converted[i], imagenet[i], 1e-5);
+}

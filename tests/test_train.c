@@ -114,6 +114,7 @@ TEST(every_distill_method_runs) {
     snprintf(c.optimizer, sizeof c.optimizer, "adamw");
     c.lr = 1e-3f;
     c.warmup_iters = 1;
+    if (!strcmp(methods[i], "kd")) snprintf(c.teacher_norm, sizeof c.teacher_norm, "bgr-mean");
     snprintf(c.dump_kem, sizeof c.dump_kem, "%s/kem", c.work_dir);
     c.dump_every = 2;
     hakd_train_result r;

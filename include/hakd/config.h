@@ -38,7 +38,7 @@ typedef struct {
   int64_t seed;
   int threads;
   /* distillation */
-  char teacher[HAKD_NAME_MAX], teacher_weights[HAKD_PATH_MAX], method[16];
+  char teacher[HAKD_NAME_MAX], teacher_weights[HAKD_PATH_MAX], method[16], teacher_norm[16];
   float teacher_width;
   char hakd_stages[32], reliability[8], kem_axis[16], hakd_grid[16];
   float T, lambda_kd, lambda_hakd, lambda_proj, lambda_cwd, lambda_fitnet, kd_T, cwd_T;

@@ -89,6 +89,11 @@ typedef struct {
   hakd_norm norm;
 } hakd_augment;
 
+/* Re-expresses normalised images (B, 3, plane) given in convention `from` in convention `to`
+ * (dst may not alias src): a teacher trained with another convention than the student's gets
+ * its own input. */
+void hakd_renormalize(float *dst, const float *src, int64_t images, int64_t plane, hakd_norm from, hakd_norm to);
+
 /* Defaults: no crop, ratio 0.5..2.0, flip, no cat_max_ratio, no photometric, ImageNet norm. */
 hakd_augment hakd_augment_default(int crop_h, int crop_w);
 

@@ -21,16 +21,32 @@ hakd_augment hakd_augment_default(int crop_h, int crop_w) {
   return aug;
 }
 
+/* ImageNet mean/std (RGB, 0-255 scale) and CIRKD's mean in its BGR channel order. */
+static const float imagenet_mean[3] = {123.675f, 116.28f, 103.53f}, imagenet_std[3] = {58.395f, 57.12f, 57.375f};
+static const float bgr_mean[3] = {104.008f, 116.669f, 122.675f};
+
 /* Writes one pixel's three channels into CHW planes `plane` apart. */
 static void normalize_pixel(float *out, int64_t plane, const uint8_t *rgb, hakd_norm norm) {
   if (norm == HAKD_NORM_BGR_MEAN) {
-    out[0] = (float)rgb[2] - 104.008f;
-    out[plane] = (float)rgb[1] - 116.669f;
-    out[2 * plane] = (float)rgb[0] - 122.675f;
+    for (int c = 0; c < 3; c++) out[c * plane] = (float)rgb[2 - c] - bgr_mean[c];
   } else {
-    out[0] = ((float)rgb[0] - 123.675f) / 58.395f;
-    out[plane] = ((float)rgb[1] - 116.28f) / 57.12f;
-    out[2 * plane] = ((float)rgb[2] - 103.53f) / 57.375f;
+    for (int c = 0; c < 3; c++) out[c * plane] = ((float)rgb[c] - imagenet_mean[c]) / imagenet_std[c];
+  }
+}
+
+void hakd_renormalize(float *dst, const float *src, int64_t images, int64_t plane, hakd_norm from, hakd_norm to) {
+  for (int64_t b = 0; b < images; b++) {
+    const float *s = src + b * 3 * plane;
+    float *d = dst + b * 3 * plane;
+    for (int64_t p = 0; p < plane; p++) {
+      float rgb[3];
+      for (int c = 0; c < 3; c++)
+        rgb[c] = from == HAKD_NORM_BGR_MEAN ? s[(2 - c) * plane + p] + bgr_mean[2 - c]
+                                            : s[c * plane + p] * imagenet_std[c] + imagenet_mean[c];
+      for (int c = 0; c < 3; c++)
+        d[c * plane + p] = to == HAKD_NORM_BGR_MEAN ? rgb[2 - c] - bgr_mean[c]
+                                                    : (rgb[c] - imagenet_mean[c]) / imagenet_std[c];
+    }
   }
 }
 

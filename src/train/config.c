@@ -60,6 +60,7 @@ static const hakd_config_key keys[] = {
     {"threads", NUM(HAKD_KEY_INT, threads), "0", "compute threads (0: OMP_NUM_THREADS or all cores)", 0},
     {"teacher", STR(teacher), "", "teacher model name", 1},
     {"teacher_weights", STR(teacher_weights), "", "teacher weights (safetensors)", 1},
+    {"teacher_norm", STR(teacher_norm), "", "the teacher's input normalisation if not --norm: imagenet | bgr-mean", 1},
     {"teacher_width", NUM(HAKD_KEY_FLOAT, teacher_width), "1", "teacher width multiplier", 1},
     {"method", STR(method), "heteroakd", "none | kd | cwd | fitnet | heteroakd", 1},
     {"hakd_stages", STR(hakd_stages), "4", "stages distilled by HeteroAKD, e.g. 4 or 2,3,4", 1},
@@ -260,6 +261,8 @@ int hakd_config_validate(const hakd_config *c, int distill) {
       return hakd_error(HAKD_EINVAL, "method '%s': use none, kd, cwd, fitnet or heteroakd", c->method);
     if (!c->teacher[0]) return hakd_error(HAKD_EINVAL, "distill needs --teacher");
     if (!c->teacher_weights[0]) return hakd_error(HAKD_EINVAL, "distill needs --teacher-weights (a trained teacher)");
+    if (c->teacher_norm[0] && !one_of(c->teacher_norm, norms))
+      return hakd_error(HAKD_EINVAL, "teacher_norm '%s': use imagenet or bgr-mean", c->teacher_norm);
     if (!one_of(c->reliability, rel)) return hakd_error(HAKD_EINVAL, "reliability '%s': use ce or bce", c->reliability);
     if (!one_of(c->kem_axis, axes)) return hakd_error(HAKD_EINVAL, "kem_axis '%s': use spatial or class", c->kem_axis);
     if (!strcmp(c->kem_axis, "class") && strcmp(c->reliability, "bce"))

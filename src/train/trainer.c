@@ -38,9 +38,9 @@ typedef struct {
   hakd_schedule sched;
   hakd_ctx *ctx;
   int crop_h, crop_w, K;
-  float *images;
+  float *images, *teacher_images; /* teacher_images: the batch in the teacher's convention, if other */
   int32_t *labels;
-  hakd_eval_options eval;
+  hakd_eval_options eval, teacher_eval;
   /* history for the plots */
   int n_terms;
   const char *term_names[MAX_TERMS];
@@ -118,11 +118,11 @@ static void print_metrics(trainer *t, const char *who, const hakd_metrics *m) {
 }
 
 /* Evaluates `m` on the val split; fills metrics (caller frees). */
-static int evaluate(trainer *t, hakd_model *m, hakd_metrics *out) {
+static int evaluate(trainer *t, hakd_model *m, const hakd_eval_options *o, hakd_metrics *out) {
   hakd_confusion cm;
   int rc = hakd_confusion_init(&cm, t->K);
   if (rc) return rc;
-  rc = hakd_evaluate(m, t->val_ds, &t->eval, &cm);
+  rc = hakd_evaluate(m, t->val_ds, o, &cm);
   if (!rc) rc = hakd_confusion_compute(out, &cm);
   hakd_confusion_free(&cm);
   return rc;
@@ -180,8 +180,11 @@ static int setup(trainer *t, hakd_train_result *result) {
     hakd_load_options_default(&lo);
     hakd_load_report rep;
     if ((rc = hakd_model_load(t->teacher, c->teacher_weights, &lo, &rep))) return rc;
+    t->teacher_eval = t->eval;
+    if (c->teacher_norm[0])
+      t->teacher_eval.norm = strcmp(c->teacher_norm, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN;
     hakd_metrics tm;
-    if ((rc = evaluate(t, t->teacher, &tm))) return rc;
+    if ((rc = evaluate(t, t->teacher, &t->teacher_eval, &tm))) return rc;
     char who[160];
     snprintf(who, sizeof who, "teacher %s (%s)", c->teacher, hakd_model_family(t->teacher));
     print_metrics(t, who, &tm);
@@ -225,6 +228,10 @@ static int setup(trainer *t, hakd_train_result *result) {
 
   size_t pixels = (size_t)c->batch * t->crop_h * t->crop_w;
   t->images = malloc(pixels * 3 * sizeof(float));
+  if (t->teacher && t->teacher_eval.norm != t->eval.norm) {
+    t->teacher_images = malloc(pixels * 3 * sizeof(float));
+    if (!t->teacher_images) return hakd_error(HAKD_ENOMEM, "out of memory");
+  }
   t->labels = malloc(pixels * sizeof(int32_t));
   t->ctx = hakd_ctx_new();
   int64_t hist_cap = c->iters + 2;
@@ -252,6 +259,7 @@ static void teardown(trainer *t) {
   hakd_dataset_free(t->val_ds);
   hakd_ctx_free(t->ctx);
   free(t->images);
+  free(t->teacher_images);
   free(t->labels);
   free(t->hist_iter);
   for (int i = 0; i < MAX_TERMS; i++) free(t->hist_terms[i]);
@@ -293,7 +301,7 @@ static int resume(trainer *t, int64_t *start_iter) {
 
 static int run_eval(trainer *t, int64_t iter, hakd_train_result *result) {
   hakd_metrics m;
-  int rc = evaluate(t, t->student, &m);
+  int rc = evaluate(t, t->student, &t->eval, &m);
   if (rc) return rc;
   char who[160];
   snprintf(who, sizeof who, "iter %" PRId64 ": %s", iter, t->cfg->model);
@@ -404,9 +412,15 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
   /* method none trains on labels only: the teacher is loaded and evaluated, never run per step */
   int teacher_runs = t->teacher && hakd_distiller_method(t->distiller) != HAKD_DISTILL_NONE;
   if (teacher_runs) {
+    hakd_tensor *tx = x;
+    if (t->teacher_images) {
+      hakd_renormalize(t->teacher_images, t->images, n, (int64_t)t->crop_h * t->crop_w, t->eval.norm,
+                       t->teacher_eval.norm);
+      tx = hakd_tensor_wrap(ctx, HAKD_F32, 4, x->shape, t->teacher_images);
+    }
     hakd_ctx_set_grad(ctx, 0);
     hakd_ctx_set_training(ctx, 0);
-    rc = hakd_model_forward(t->teacher, ctx, x, &tout);
+    rc = hakd_model_forward(t->teacher, ctx, tx, &tout);
     hakd_ctx_set_grad(ctx, 1);
     hakd_ctx_set_training(ctx, 1);
     if (rc) return rc;
