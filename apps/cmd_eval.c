@@ -97,6 +97,7 @@ static int cmd_eval(int argc, char **argv) {
   }
   hakd_set_threads(threads);
   o.progress = stderr;
+  o.warnings = stderr;
   hakd_dataset_config dc = {dataset, root, split, 0};
   hakd_dataset *ds = NULL;
   hakd_model *m = NULL;

@@ -23,6 +23,7 @@ typedef struct {
   int skip_bad;
   int64_t max_images;        /* 0 = all */
   FILE *progress;            /* progress line with rate and ETA (NULL: none) */
+  FILE *warnings;            /* one line per item skipped by skip_bad (NULL: none) */
 } hakd_eval_options;
 
 void hakd_eval_options_default(hakd_eval_options *o);

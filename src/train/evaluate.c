@@ -186,7 +186,7 @@ int hakd_evaluate(hakd_model *m, const hakd_dataset *ds, const hakd_eval_options
     rc = hakd_dataset_load(ds, i, &s);
     if (rc) {
       if (o->skip_bad) {
-        fprintf(stderr, "warning: skipping %s\n", hakd_error_message());
+        if (o->warnings) fprintf(o->warnings, "warning: skipping %s\n", hakd_error_message());
         rc = 0;
       }
       continue;

@@ -169,6 +169,7 @@ static int setup(trainer *t, hakd_train_result *result) {
   t->eval.norm = strcmp(c->norm, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN;
   if (c->eval_scale[0]) hakd_parse_size(c->eval_scale, &t->eval.scale_h, &t->eval.scale_w);
   t->eval.skip_bad = c->skip_bad;
+  t->eval.warnings = t->log;
 
   if (t->distill) {
     hakd_model_options to;
