@@ -16,7 +16,8 @@ typedef struct {
 
 /* Runs a whole training (distill = 0) or distillation (distill = 1) described by config:
  * writes <work_dir>/config.txt, log.jsonl, latest.safetensors (+ .state.safetensors),
- * best.safetensors, loss.png, miou.png. Progress and logs go to `log` (stdout in the CLI). */
+ * best.safetensors, loss.png, miou.png. Logs go to `log` (stdout in the CLI); when stderr is a
+ * terminal, a live progress line with rate and ETA is drawn there too. */
 int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train_result *result);
 
 #endif
