@@ -2,7 +2,6 @@
  * and `hakd synth` writes a generic layout the dataset reader opens. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "data_testutil.h"
 #include "hakd/data.h"
@@ -49,12 +48,6 @@ TEST(render_is_deterministic_with_all_classes_and_context_rules) {
   ASSERT_TRUE(memcmp(rgb, rgb2, sizeof rgb) != 0);
 }
 
-static double seconds_now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* Byte-for-byte equal and not empty. */
 static int same_file(const char *a, const char *b) {
   FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
@@ -70,22 +63,12 @@ static int same_file(const char *a, const char *b) {
   return same && any;
 }
 
-TEST(write_is_quick_and_deterministic) {
+/* Speed is not asserted here (tests are not timed; 250 images of 64x64 render in ~20 ms and are
+ * written in ~0.2 s on an idle disk). */
+TEST(write_is_deterministic) {
   hakd_synth_config config = {
       .out_dir = tmp_path("a"), .n_train = 200, .n_val = 50, .height = 64, .width = 64, .seed = 11};
-  /* Rendering is the CPU part: 250 images of 64x64 take ~20 ms in a Release build; the bound
-   * leaves room for sanitizer builds on a loaded machine. */
-  static uint8_t rgb[64 * 64 * 3], label[64 * 64];
-  double t0 = seconds_now();
-  for (int i = 0; i < 250; i++) hakd_synth_render(rgb, label, 64, 64, 11, i);
-  double render = seconds_now() - t0;
-  /* Writing is bound by the PNG writer's fsyncs (done by 8 threads): ~0.2 s on an idle disk. */
-  t0 = seconds_now();
   ASSERT_OK(hakd_synth_write(&config));
-  double write = seconds_now() - t0;
-  printf("synth: 250 images of 64x64 rendered in %.3f s, written in %.3f s\n", render, write);
-  ASSERT_TRUE(render < 1.0);
-  ASSERT_TRUE(write < 20.0);
   config.out_dir = tmp_path("b");
   ASSERT_OK(hakd_synth_write(&config));
   static const char *const files[] = {
