@@ -164,6 +164,38 @@ TEST(bad_checkpoints_are_refused_naming_key_or_file) {
   hakd_model_free(m);
 }
 
+/* Loads `path` backbone-only into dst (no missing, no unexpected key) and counts the encoder
+ * tensors equal to the source model's segformer.encoder.* tensors; -1 on any failure. */
+static int encoder_loaded_exactly(hakd_model *dst, const char *path, hakd_params *src) {
+  hakd_load_options lo;
+  hakd_load_options_default(&lo);
+  lo.backbone_only = 1;
+  hakd_load_report rep;
+  int rc = hakd_model_load(dst, path, &lo, &rep);
+  if (rc || rep.missing || rep.unexpected) {
+    test_fail(__FILE__, __LINE__, "%s: rc %d, %d missing, %d unexpected: %s", path, rc, rep.missing, rep.unexpected,
+              hakd_error_message());
+    return -1;
+  }
+  const char *prefix = hakd_model_backbone_prefix(dst);
+  size_t n = strlen(prefix);
+  hakd_params *q = hakd_model_params(dst);
+  int compared = 0;
+  for (int i = 0; i < q->count; i++) {
+    hakd_tensor *t = q->items[i];
+    if (strncmp(t->name, prefix, n) || t->name[n] != '.') continue;
+    char src_name[200];
+    snprintf(src_name, sizeof src_name, "segformer.encoder.%s", t->name + n + 1);
+    hakd_tensor *s = hakd_params_find(src, src_name);
+    if (!s || memcmp(s->data, t->data, (size_t)hakd_numel(t) * sizeof(float))) {
+      test_fail(__FILE__, __LINE__, "%s differs after importing %s", t->name, path);
+      return -1;
+    }
+    compared++;
+  }
+  return compared;
+}
+
 /* Weight import: key maps, backbone-only loading, official MiT names with the fused kv. */
 TEST(import_key_maps_and_official_mit_names) {
   hakd_model_options o;
@@ -234,31 +266,16 @@ TEST(import_key_maps_and_official_mit_names) {
   hakd_st_writer_free(w);
   for (int i = 0; i < n_fused; i++) free(fused[i]);
   /* Backbone-only load into deeplabv3-mit-b0: every encoder tensor equals the source's. */
-  hakd_load_options lo;
-  hakd_load_options_default(&lo);
-  lo.backbone_only = 1;
-  hakd_load_report rep;
-  ASSERT_OK(hakd_model_load(dst, path, &lo, &rep));
-  ASSERT_EQ_INT(rep.missing, 0);
-  ASSERT_EQ_INT(rep.unexpected, 0);
-  hakd_params *q = hakd_model_params(dst);
-  int compared = 0;
-  for (int i = 0; i < q->count; i++) {
-    hakd_tensor *t = q->items[i];
-    if (strncmp(t->name, "backbone.", 9)) continue;
-    char src_name[200];
-    snprintf(src_name, sizeof src_name, "segformer.encoder.%s", t->name + 9);
-    hakd_tensor *s = hakd_params_find(p, src_name);
-    ASSERT_TRUE(s != NULL);
-    ASSERT_TRUE(memcmp(s->data, t->data, (size_t)hakd_numel(t) * sizeof(float)) == 0);
-    compared++;
-  }
-  ASSERT_TRUE(compared > 50);
+  ASSERT_TRUE(encoder_loaded_exactly(dst, path, p) > 50);
   /* A full strict load of that file into segformer-b0 misses the decode head: refused. */
   ASSERT_TRUE(hakd_model_load(src, path, NULL, NULL) != 0);
   /* Key map: HF encoder keys with a prefix rewrite into the deeplabv3-mit backbone. */
   const char *hf = tmp("hf.safetensors");
   ASSERT_OK(hakd_params_save(p, hf, NULL));
+  hakd_load_options lo;
+  hakd_load_options_default(&lo);
+  hakd_load_report rep;
+  lo.backbone_only = 1;
   lo.key_map = "segformer.encoder.=backbone.";
   ASSERT_OK(hakd_model_load(dst, hf, &lo, &rep));
   ASSERT_EQ_INT(rep.missing, 0);
@@ -360,30 +377,13 @@ TEST(import_mmseg_mit_names) {
       test_fail(__FILE__, __LINE__, "unexpected name %s", t->name);
       return;
     }
-    ASSERT_OK(hakd_st_writer_add(w, out, HAKD_ST_F32, ndim, ndim == 4 && t->ndim == 2 ? shape : (data == t->data ? t->shape : shape), data));
+    ASSERT_OK(hakd_st_writer_add(w, out, HAKD_ST_F32, ndim, data == t->data && ndim == t->ndim ? t->shape : shape, data));
   }
   const char *path = tmp("mmseg_mit.safetensors");
   ASSERT_OK(hakd_st_writer_write(w, path));
   hakd_st_writer_free(w);
   for (int i = 0; i < n_owned; i++) free(owned[i]);
-  hakd_load_options lo;
-  hakd_load_options_default(&lo);
-  lo.backbone_only = 1;
-  hakd_load_report rep;
-  ASSERT_OK(hakd_model_load(dst, path, &lo, &rep));
-  ASSERT_EQ_INT(rep.missing, 0);
-  ASSERT_EQ_INT(rep.unexpected, 0);
-  hakd_params *q = hakd_model_params(dst);
-  int compared = 0;
-  for (int i = 0; i < q->count; i++) {
-    hakd_tensor *t = q->items[i];
-    if (strncmp(t->name, "segformer.encoder.", 18)) continue;
-    hakd_tensor *s = hakd_params_find(p, t->name);
-    if (memcmp(s->data, t->data, (size_t)hakd_numel(t) * sizeof(float)))
-      test_fail(__FILE__, __LINE__, "%s differs after the mmseg import", t->name);
-    compared++;
-  }
-  ASSERT_TRUE(compared > 50);
+  ASSERT_TRUE(encoder_loaded_exactly(dst, path, p) > 50);
   hakd_model_free(src);
   hakd_model_free(dst);
 }
