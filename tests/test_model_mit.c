@@ -399,8 +399,9 @@ TEST(no_grad_forward_reuses_block_memory) {
       peak[grad] = hakd_ctx_get_stats(ctx).arena_peak;
       hakd_ctx_free(ctx);
     }
-    /* the recorded forward keeps every activation for backward, no-grad one block at a time */
-    if (!(peak[0] * 2 < peak[1]))
+    /* the recorded forward keeps what backward reads, no-grad one block at a time (measured:
+     * recorded 1.65x (segformer-b0) and 1.8x (deeplabv3-r18-d8) no-grad at this size) */
+    if (!(peak[0] * 3 < peak[1] * 2))
       test_fail(__FILE__, __LINE__, "%s: no-grad arena peak %zu vs recorded %zu", names[n], peak[0], peak[1]);
     free(ref);
     hakd_model_free(m);

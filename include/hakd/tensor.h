@@ -1,11 +1,17 @@
 /* Tensors, the step context (planned memory + autodiff tape) and persistent parameters.
  *
  * A tensor is a contiguous row-major array (float32 activations/weights, int32 label maps).
- * Step tensors (activations, their gradients, tape nodes) come from the context's arena,
- * which is rewound by hakd_ctx_reset() at the start of every step; after the first step the
- * arena is one block sized to the step's high-water mark, so a steady-state step makes no
- * malloc call (hakd_ctx_stats counts them). Parameters and buffers are persistent and own
- * their memory (hakd_params). */
+ * Step tensors (activations, their gradients, tape nodes) belong to the context and are all
+ * forgotten by hakd_ctx_reset() at the start of every step. Tensor data and gradients live in
+ * step buffers whose lifetimes the context tracks: a gradient dies once the op that produced
+ * its tensor has run backward, an activation once its scope has ended (hakd_ctx_collapse) and
+ * no recorded op still needs it for backward. The first step allocates each buffer on its own;
+ * its trace of lifetimes is then packed into one block (buffers that are never alive at the
+ * same time share bytes), which the following steps use while they repeat the same sequence,
+ * so a steady-state step makes no malloc call (hakd_ctx_stats counts them) and holds about
+ * what is alive at its busiest moment. Small metadata (tensor structs, nodes, saved
+ * statistics) comes from a bump arena that lives for the step. Parameters and buffers are
+ * persistent and own their memory (hakd_params). */
 #ifndef HAKD_TENSOR_H
 #define HAKD_TENSOR_H
 
@@ -30,6 +36,8 @@ typedef struct hakd_tensor {
   int is_param;      /* persistent: grad lives in hakd_params, not in the arena */
   hakd_node *node;   /* op that produced it (NULL for leaves and no-grad results) */
   const char *name;  /* state_dict name for parameters/buffers, else NULL */
+  int32_t buffer;      /* step buffer holding data (id + 1; views share it); 0: not step memory */
+  int32_t grad_buffer; /* step buffer holding grad; 0: none or persistent */
 } hakd_tensor;
 
 static inline float *hakd_f32(const hakd_tensor *t) { return (float *)t->data; }
@@ -64,30 +72,30 @@ uint64_t *hakd_ctx_rng(hakd_ctx *ctx);
 int hakd_ctx_status(const hakd_ctx *ctx);
 
 typedef struct {
-  uint64_t arena_mallocs;  /* malloc calls made by the arena since the context was created */
-  size_t arena_capacity;   /* bytes held */
-  size_t arena_used;       /* bytes used by the current step */
-  size_t arena_peak;       /* high-water mark of one step */
+  uint64_t arena_mallocs;  /* malloc calls made for step memory since the context was created */
+  size_t arena_capacity;   /* bytes held (metadata arena + planned block) */
+  size_t arena_used;       /* bytes alive in the current step */
+  size_t arena_peak;       /* high-water mark of bytes alive in one step */
 } hakd_ctx_stats;
 hakd_ctx_stats hakd_ctx_get_stats(const hakd_ctx *ctx);
 
-/* Scopes for no-grad passes (inference, the frozen teacher): nothing recorded needs the
- * intermediate tensors of a block once it is computed, so a block's memory is handed back
- * and only its result is kept. Without these the bump arena would hold every activation of
- * a whole no-grad forward at once. */
+/* Scopes: a model marks where a block starts and, once the block is computed, collapses the
+ * scope keeping only the tensors it hands on. Every other tensor made inside the scope is then
+ * unreachable for the caller, so its data dies as soon as no recorded op needs it for backward:
+ * at once in no-grad passes (inference, the frozen teacher: one block's activations alive at a
+ * time), after the last backward reader otherwise. keep[i] (and views of them) stay alive. */
 typedef struct {
-  void *block;
-  size_t used;
+  int32_t first_buffer; /* step buffers made after the mark */
 } hakd_arena_mark;
 hakd_arena_mark hakd_ctx_mark(hakd_ctx *ctx);
-/* With grad recording off: moves the tensors keep[0..n) (all allocated after `mark`) down to
- * the mark and frees everything else allocated since; keep[i] are replaced by the moved
- * tensors. A no-op (keep unchanged) while recording gradients, or when the arena grew a new
- * block since the mark. */
-void hakd_ctx_collapse(hakd_ctx *ctx, hakd_arena_mark mark, int n, hakd_tensor **keep);
+void hakd_ctx_collapse(hakd_ctx *ctx, hakd_arena_mark mark, int n, hakd_tensor *const *keep);
 
-/* Step memory, 64-byte aligned, uninitialised; NULL (and ctx status set) when out of memory. */
+/* Step metadata memory (alive for the whole step), 64-byte aligned, uninitialised; NULL (and
+ * ctx status set) when out of memory. */
 void *hakd_ctx_alloc(hakd_ctx *ctx, size_t bytes);
+/* Step scratch of one op: dies when the current op's backward returns (in backward) or at the
+ * next scope collapse (in forward). 64-byte aligned, uninitialised. */
+void *hakd_ctx_scratch(hakd_ctx *ctx, size_t bytes);
 /* A step tensor; data uninitialised. shape has ndim entries. */
 hakd_tensor *hakd_tensor_new(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape);
 hakd_tensor *hakd_tensor_zeros(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape);
@@ -115,8 +123,16 @@ struct hakd_node {
   int64_t iarg[12];
   double farg[6];
   void *saved[4]; /* step memory saved by forward (e.g. layernorm mean/rstd, argmax indices) */
+  unsigned released; /* bit i: backward does not read in[i]'s data; bit HAKD_NODE_MAX_INPUTS: out's */
   hakd_node *prev;
 };
+
+/* Declares that the node's backward does not read the data of in[which] (which = -1: of its
+ * output), so that data can die before backward reaches this node. Without it every input
+ * and the output stay alive until the node has run backward. */
+void hakd_node_unneeded(hakd_ctx *ctx, hakd_node *node, int which);
+/* The node's backward reads only shapes, its saved memory and its output's gradient. */
+void hakd_node_reads_no_data(hakd_ctx *ctx, hakd_node *node);
 
 /* Records an op producing `out` from inputs in[0..n_in) when grad mode is on and some input
  * requires grad; marks out->requires_grad. Returns the node (to fill iarg/farg/saved) or NULL
@@ -127,7 +143,9 @@ hakd_node *hakd_record(hakd_ctx *ctx, const char *op, hakd_backward_fn backward,
  * t does not require grad. */
 float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t);
 /* Runs the tape backwards from `loss` (seeded with dL/dloss = 1 for every element, so a
- * scalar loss is the usual case). Parameter grads are accumulated (+=). */
+ * scalar loss is the usual case). Parameter grads are accumulated (+=). Gradients of
+ * intermediate tensors are consumed on the way (their grad is NULL afterwards, as non-leaf
+ * .grad in PyTorch); leaves keep theirs. A tape runs backward once per step. */
 int hakd_backward(hakd_ctx *ctx, hakd_tensor *loss);
 /* Same, seeded with an explicit dL/dout (numel floats) instead of ones. */
 int hakd_backward_seeded(hakd_ctx *ctx, hakd_tensor *out, const float *seed);

@@ -1,6 +1,8 @@
-/* Step context: a bump arena for everything one step creates, and the autodiff tape. */
+/* Step context: the autodiff tape, a bump arena for step metadata and planned step buffers for
+ * tensor data and gradients (see tensor.h for the lifetime rules). */
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,12 @@
 
 #define ARENA_ALIGN 64
 #define ARENA_MIN_BLOCK (1u << 20)
+#define ALIVE_AT_END INT64_MAX
+
+static size_t align_up(size_t bytes) {
+  size_t need = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+  return need ? need : ARENA_ALIGN;
+}
 
 typedef struct arena_block {
   struct arena_block *next;
@@ -16,16 +24,51 @@ typedef struct arena_block {
   unsigned char *base; /* aligned start of the usable bytes */
 } arena_block;
 
+typedef enum { BUFFER_DATA, BUFFER_GRAD, BUFFER_SCRATCH } buffer_kind;
+
+/* One step buffer. Times are ticks of the step clock, which advances at every allocation and
+ * at every event that can end lifetimes (a scope collapse, a node's backward). */
+typedef struct {
+  size_t bytes;
+  int64_t start, end; /* end = 0 while alive */
+  void *ptr;
+  int needs;          /* recorded ops whose backward still reads it */
+  unsigned char kind, internal, dynamic; /* dynamic: malloc'd on its own, freed when it dies */
+} step_buffer;
+
+/* Offsets into one block for the buffers of a recorded step, valid while a step repeats the
+ * recorded sequence of allocations and deaths. */
+typedef struct {
+  int n;
+  size_t *bytes, *offset;
+  int64_t *start, *end;
+  int32_t *by_end; /* buffer ids in order of end */
+  unsigned char *block;
+  size_t block_bytes;
+} memory_plan;
+
 struct hakd_ctx {
-  arena_block *blocks; /* current block first */
-  size_t step_used;    /* bytes handed out this step, across blocks */
-  size_t peak;      /* high-water mark of any step */
-  size_t step_peak; /* high-water mark of the current step */
+  arena_block *blocks; /* metadata arena, current block first */
+  size_t meta_used;    /* metadata bytes handed out this step, across blocks */
+  size_t meta_peak;    /* high-water mark of the current step's metadata */
+  step_buffer *buf;
+  int32_t n_buf, cap_buf;
+  int64_t clock;
+  size_t live;      /* bytes of step buffers alive now */
+  size_t step_peak; /* high-water mark of meta_used + live in this step */
+  size_t peak;      /* ... in any step */
+  memory_plan plan;
+  int following;      /* this step still follows the plan */
+  int32_t plan_cursor; /* plan.by_end entries checked to be dead */
+  int in_backward;
+  int tape_consumed;
   uint64_t mallocs;
   hakd_node *tape;
   int grad_enabled, training, status;
   uint64_t rng;
 };
+
+/* ---- metadata arena ---- */
 
 static arena_block *arena_block_new(hakd_ctx *ctx, size_t capacity) {
   arena_block *b = malloc(sizeof *b + capacity + ARENA_ALIGN);
@@ -47,53 +90,10 @@ static void arena_free_blocks(arena_block *b) {
   }
 }
 
-hakd_ctx *hakd_ctx_new(void) {
-  hakd_ctx *ctx = calloc(1, sizeof *ctx);
-  if (!ctx) return NULL;
-  ctx->grad_enabled = 1;
-  ctx->training = 1;
-  ctx->rng = hakd_rng_seed(0);
-  return ctx;
-}
-
-void hakd_ctx_free(hakd_ctx *ctx) {
-  if (!ctx) return;
-  arena_free_blocks(ctx->blocks);
-  free(ctx);
-}
-
-void hakd_ctx_reset(hakd_ctx *ctx) {
-  /* A step that spilled into several blocks is replanned as one block of its high-water mark,
-   * so the next identical step allocates nothing. */
-  if (ctx->blocks && ctx->blocks->next) {
-    arena_free_blocks(ctx->blocks);
-    ctx->blocks = arena_block_new(ctx, ctx->step_peak + ctx->step_peak / 16);
-  } else if (ctx->blocks && ctx->step_peak > 0 && ctx->step_peak < ctx->blocks->capacity / 2) {
-    /* A step that needed far less than the plan (no-grad scopes handed memory back): replan
-     * once at its size. */
-    arena_free_blocks(ctx->blocks);
-    ctx->blocks = arena_block_new(ctx, ctx->step_peak + ctx->step_peak / 16);
-  } else if (ctx->blocks) {
-    ctx->blocks->used = 0;
-  }
-  ctx->step_used = 0;
-  ctx->step_peak = 0;
-  ctx->tape = NULL;
-  ctx->status = 0;
-}
-
-void hakd_ctx_set_grad(hakd_ctx *ctx, int enabled) { ctx->grad_enabled = enabled; }
-int hakd_ctx_grad(const hakd_ctx *ctx) { return ctx->grad_enabled; }
-void hakd_ctx_set_training(hakd_ctx *ctx, int training) { ctx->training = training; }
-int hakd_ctx_training(const hakd_ctx *ctx) { return ctx->training; }
-void hakd_ctx_seed(hakd_ctx *ctx, uint64_t seed) { ctx->rng = hakd_rng_seed(seed); }
-uint64_t *hakd_ctx_rng(hakd_ctx *ctx) { return &ctx->rng; }
-int hakd_ctx_status(const hakd_ctx *ctx) { return ctx->status; }
-
-hakd_ctx_stats hakd_ctx_get_stats(const hakd_ctx *ctx) {
-  hakd_ctx_stats s = {ctx->mallocs, 0, ctx->step_used, ctx->peak};
-  for (arena_block *b = ctx->blocks; b; b = b->next) s.arena_capacity += b->capacity;
-  return s;
+static void note_peak(hakd_ctx *ctx) {
+  size_t now = ctx->meta_used + ctx->live;
+  if (now > ctx->step_peak) ctx->step_peak = now;
+  if (now > ctx->peak) ctx->peak = now;
 }
 
 hakd_tensor *hakd_ctx_fail(hakd_ctx *ctx, int status, const char *fmt, ...) {
@@ -109,8 +109,7 @@ hakd_tensor *hakd_ctx_fail(hakd_ctx *ctx, int status, const char *fmt, ...) {
 }
 
 void *hakd_ctx_alloc(hakd_ctx *ctx, size_t bytes) {
-  size_t need = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
-  if (need == 0) need = ARENA_ALIGN;
+  size_t need = align_up(bytes);
   arena_block *b = ctx->blocks;
   if (!b || b->capacity - b->used < need) {
     size_t cap = b ? 2 * b->capacity : ARENA_MIN_BLOCK;
@@ -126,11 +125,243 @@ void *hakd_ctx_alloc(hakd_ctx *ctx, size_t bytes) {
   }
   void *p = b->base + b->used;
   b->used += need;
-  ctx->step_used += need;
-  if (ctx->step_used > ctx->peak) ctx->peak = ctx->step_used;
-  if (ctx->step_used > ctx->step_peak) ctx->step_peak = ctx->step_used;
+  ctx->meta_used += need;
+  if (ctx->meta_used > ctx->meta_peak) ctx->meta_peak = ctx->meta_used;
+  note_peak(ctx);
   return p;
 }
+
+/* ---- step buffers ---- */
+
+/* Whether buffer `id` (just stamped with its start) may take its planned place: the plan
+ * must know it with this size and start, and every buffer the plan lets it overlap, i.e. every
+ * buffer planned to end before it starts, must really be dead by then. */
+static int plan_admits(hakd_ctx *ctx, int32_t id) {
+  const memory_plan *p = &ctx->plan;
+  const step_buffer *b = &ctx->buf[id];
+  if (id >= p->n || p->bytes[id] != b->bytes || p->start[id] != b->start) return 0;
+  while (ctx->plan_cursor < p->n && p->end[p->by_end[ctx->plan_cursor]] < b->start) {
+    int32_t j = p->by_end[ctx->plan_cursor];
+    if (j >= id || ctx->buf[j].end == 0 || ctx->buf[j].end > p->end[j]) return 0;
+    ctx->plan_cursor++;
+  }
+  return 1;
+}
+
+static void *buffer_alloc(hakd_ctx *ctx, size_t bytes, buffer_kind kind, int32_t *id_out) {
+  if (ctx->n_buf == ctx->cap_buf) {
+    int32_t cap = ctx->cap_buf ? 2 * ctx->cap_buf : 1024;
+    step_buffer *grown = realloc(ctx->buf, (size_t)cap * sizeof *grown);
+    if (!grown) {
+      hakd_ctx_fail(ctx, HAKD_ENOMEM, "out of memory: step buffer table of %d entries", (int)cap);
+      return NULL;
+    }
+    ctx->buf = grown;
+    ctx->cap_buf = cap;
+  }
+  int32_t id = ctx->n_buf;
+  step_buffer *b = &ctx->buf[id];
+  memset(b, 0, sizeof *b);
+  b->bytes = align_up(bytes);
+  b->start = ++ctx->clock;
+  b->kind = (unsigned char)kind;
+  if (ctx->following && !plan_admits(ctx, id)) ctx->following = 0;
+  if (ctx->following) {
+    b->ptr = ctx->plan.block + ctx->plan.offset[id];
+  } else {
+    b->ptr = aligned_alloc(ARENA_ALIGN, b->bytes);
+    if (!b->ptr) {
+      hakd_ctx_fail(ctx, HAKD_ENOMEM, "out of memory: step needs %zu more bytes", b->bytes);
+      return NULL;
+    }
+    b->dynamic = 1;
+    ctx->mallocs++;
+  }
+  ctx->n_buf++;
+  ctx->live += b->bytes;
+  note_peak(ctx);
+  if (id_out) *id_out = id + 1;
+  return b->ptr;
+}
+
+static void buffer_die(hakd_ctx *ctx, int32_t id) {
+  step_buffer *b = &ctx->buf[id];
+  if (b->end) return;
+  b->end = ctx->clock;
+  ctx->live -= b->bytes;
+  if (b->dynamic) free(b->ptr);
+  b->ptr = NULL;
+}
+
+/* A recorded op no longer needs the data of t for backward. */
+static void buffer_release(hakd_ctx *ctx, const hakd_tensor *t) {
+  if (!t || !t->buffer) return;
+  step_buffer *b = &ctx->buf[t->buffer - 1];
+  if (--b->needs == 0 && b->internal) buffer_die(ctx, t->buffer - 1);
+}
+
+static void plan_free(memory_plan *p) {
+  free(p->bytes);
+  free(p->offset);
+  free(p->start);
+  free(p->end);
+  free(p->by_end);
+  free(p->block);
+  memset(p, 0, sizeof *p);
+}
+
+typedef struct {
+  size_t offset, end;
+} placed_range;
+
+static const step_buffer *sort_buffers; /* qsort has no context argument */
+
+static int by_size_descending(const void *a, const void *b) {
+  const step_buffer *x = &sort_buffers[*(const int32_t *)a], *y = &sort_buffers[*(const int32_t *)b];
+  if (x->bytes != y->bytes) return x->bytes < y->bytes ? 1 : -1;
+  return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static int by_end_ascending(const void *a, const void *b) {
+  const step_buffer *x = &sort_buffers[*(const int32_t *)a], *y = &sort_buffers[*(const int32_t *)b];
+  return x->end < y->end ? -1 : x->end > y->end;
+}
+
+static int by_offset(const void *a, const void *b) {
+  const placed_range *x = a, *y = b;
+  return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Packs the lifetimes of this step's buffers into one block: largest first, each at the lowest
+ * offset free of every placed buffer alive at some common tick. */
+static int plan_build(hakd_ctx *ctx) {
+  memory_plan p = {0};
+  int32_t n = ctx->n_buf;
+  p.n = n;
+  p.bytes = malloc((size_t)n * sizeof *p.bytes);
+  p.offset = malloc((size_t)n * sizeof *p.offset);
+  p.start = malloc((size_t)n * sizeof *p.start);
+  p.end = malloc((size_t)n * sizeof *p.end);
+  p.by_end = malloc((size_t)n * sizeof *p.by_end);
+  int32_t *order = malloc((size_t)n * sizeof *order), *placed = malloc((size_t)n * sizeof *placed);
+  placed_range *ranges = malloc((size_t)n * sizeof *ranges);
+  int ok = p.bytes && p.offset && p.start && p.end && p.by_end && order && placed && ranges;
+  if (ok) {
+    for (int32_t i = 0; i < n; i++) {
+      p.bytes[i] = ctx->buf[i].bytes;
+      p.start[i] = ctx->buf[i].start;
+      p.end[i] = ctx->buf[i].end;
+      order[i] = p.by_end[i] = i;
+    }
+    sort_buffers = ctx->buf;
+    qsort(order, (size_t)n, sizeof *order, by_size_descending);
+    qsort(p.by_end, (size_t)n, sizeof *p.by_end, by_end_ascending);
+    int32_t n_placed = 0;
+    for (int32_t k = 0; k < n; k++) {
+      int32_t i = order[k];
+      int n_ranges = 0;
+      for (int32_t q = 0; q < n_placed; q++) {
+        int32_t j = placed[q];
+        if (p.start[j] <= p.end[i] && p.start[i] <= p.end[j])
+          ranges[n_ranges++] = (placed_range){p.offset[j], p.offset[j] + p.bytes[j]};
+      }
+      qsort(ranges, (size_t)n_ranges, sizeof *ranges, by_offset);
+      size_t at = 0;
+      for (int r = 0; r < n_ranges && ranges[r].offset < at + p.bytes[i]; r++)
+        if (ranges[r].end > at) at = ranges[r].end;
+      p.offset[i] = at;
+      if (at + p.bytes[i] > p.block_bytes) p.block_bytes = at + p.bytes[i];
+      placed[n_placed++] = i;
+    }
+    p.block = aligned_alloc(ARENA_ALIGN, p.block_bytes ? p.block_bytes : ARENA_ALIGN);
+    ok = p.block != NULL;
+    if (ok) ctx->mallocs++;
+  }
+  free(order);
+  free(placed);
+  free(ranges);
+  plan_free(&ctx->plan);
+  if (!ok) {
+    plan_free(&p);
+    return -1;
+  }
+  ctx->plan = p;
+  return 0;
+}
+
+/* ---- context ---- */
+
+hakd_ctx *hakd_ctx_new(void) {
+  hakd_ctx *ctx = calloc(1, sizeof *ctx);
+  if (!ctx) return NULL;
+  ctx->grad_enabled = 1;
+  ctx->training = 1;
+  ctx->rng = hakd_rng_seed(0);
+  return ctx;
+}
+
+static void buffers_end_step(hakd_ctx *ctx) {
+  for (int32_t i = 0; i < ctx->n_buf; i++) {
+    step_buffer *b = &ctx->buf[i];
+    if (b->end) continue;
+    if (b->dynamic) free(b->ptr);
+    b->ptr = NULL;
+    b->end = ALIVE_AT_END;
+  }
+  ctx->live = 0;
+}
+
+void hakd_ctx_free(hakd_ctx *ctx) {
+  if (!ctx) return;
+  buffers_end_step(ctx);
+  free(ctx->buf);
+  plan_free(&ctx->plan);
+  arena_free_blocks(ctx->blocks);
+  free(ctx);
+}
+
+void hakd_ctx_reset(hakd_ctx *ctx) {
+  buffers_end_step(ctx);
+  /* A step that did not follow the plan to its end is the new plan (an empty step, e.g. two
+   * resets in a row, changes nothing). */
+  if (ctx->n_buf > 0 && !(ctx->following && ctx->n_buf == ctx->plan.n) && plan_build(ctx))
+    plan_free(&ctx->plan); /* out of memory for the plan: the next step allocates buffer by buffer */
+  /* A metadata arena that spilled into several blocks is replanned as one block of its
+   * high-water mark, and so is one far larger than the step needed. */
+  if (ctx->blocks && (ctx->blocks->next || (ctx->meta_peak > 0 && ctx->meta_peak < ctx->blocks->capacity / 2))) {
+    arena_free_blocks(ctx->blocks);
+    ctx->blocks = arena_block_new(ctx, ctx->meta_peak + ctx->meta_peak / 16);
+  } else if (ctx->blocks) {
+    ctx->blocks->used = 0;
+  }
+  ctx->meta_used = 0;
+  ctx->meta_peak = 0;
+  ctx->step_peak = 0;
+  ctx->n_buf = 0;
+  ctx->clock = 0;
+  ctx->following = ctx->plan.n > 0;
+  ctx->plan_cursor = 0;
+  ctx->in_backward = 0;
+  ctx->tape_consumed = 0;
+  ctx->tape = NULL;
+  ctx->status = 0;
+}
+
+void hakd_ctx_set_grad(hakd_ctx *ctx, int enabled) { ctx->grad_enabled = enabled; }
+int hakd_ctx_grad(const hakd_ctx *ctx) { return ctx->grad_enabled; }
+void hakd_ctx_set_training(hakd_ctx *ctx, int training) { ctx->training = training; }
+int hakd_ctx_training(const hakd_ctx *ctx) { return ctx->training; }
+void hakd_ctx_seed(hakd_ctx *ctx, uint64_t seed) { ctx->rng = hakd_rng_seed(seed); }
+uint64_t *hakd_ctx_rng(hakd_ctx *ctx) { return &ctx->rng; }
+int hakd_ctx_status(const hakd_ctx *ctx) { return ctx->status; }
+
+hakd_ctx_stats hakd_ctx_get_stats(const hakd_ctx *ctx) {
+  hakd_ctx_stats s = {ctx->mallocs, ctx->plan.block_bytes, ctx->meta_used + ctx->live, ctx->peak};
+  for (arena_block *b = ctx->blocks; b; b = b->next) s.arena_capacity += b->capacity;
+  return s;
+}
+
+void *hakd_ctx_scratch(hakd_ctx *ctx, size_t bytes) { return buffer_alloc(ctx, bytes, BUFFER_SCRATCH, NULL); }
 
 static size_t dtype_size(hakd_dtype dtype) { return dtype == HAKD_I32 ? sizeof(int32_t) : sizeof(float); }
 
@@ -145,7 +376,9 @@ hakd_tensor *hakd_tensor_new(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const in
     if (shape[i] < 0) return hakd_ctx_fail(ctx, HAKD_EINVAL, "negative dimension %lld", (long long)shape[i]);
     t->shape[i] = shape[i];
   }
-  t->data = hakd_ctx_alloc(ctx, (size_t)hakd_numel(t) * dtype_size(dtype));
+  /* made while an op runs backward: that op's temporary */
+  buffer_kind kind = ctx->in_backward ? BUFFER_SCRATCH : BUFFER_DATA;
+  t->data = buffer_alloc(ctx, (size_t)hakd_numel(t) * dtype_size(dtype), kind, &t->buffer);
   return t->data ? t : NULL;
 }
 
@@ -184,11 +417,40 @@ hakd_tensor *hakd_detach(hakd_ctx *ctx, hakd_tensor *t) {
   if (!d) return NULL;
   *d = *t;
   d->grad = NULL;
+  d->grad_buffer = 0;
   d->requires_grad = 0;
   d->is_param = 0;
   d->node = NULL;
   return d;
 }
+
+/* ---- scopes ---- */
+
+hakd_arena_mark hakd_ctx_mark(hakd_ctx *ctx) {
+  hakd_arena_mark m = {ctx->n_buf};
+  return m;
+}
+
+void hakd_ctx_collapse(hakd_ctx *ctx, hakd_arena_mark mark, int n, hakd_tensor *const *keep) {
+  if (ctx->status) return;
+  ctx->clock++;
+  for (int32_t id = mark.first_buffer; id < ctx->n_buf; id++) {
+    step_buffer *b = &ctx->buf[id];
+    if (b->end) continue;
+    if (b->kind == BUFFER_SCRATCH) {
+      buffer_die(ctx, id);
+      continue;
+    }
+    if (b->kind != BUFFER_DATA) continue;
+    int kept = 0;
+    for (int i = 0; i < n && !kept; i++) kept = keep[i] && keep[i]->buffer == id + 1;
+    if (kept) continue;
+    b->internal = 1;
+    if (b->needs == 0) buffer_die(ctx, id);
+  }
+}
+
+/* ---- autodiff ---- */
 
 hakd_node *hakd_record(hakd_ctx *ctx, const char *op, hakd_backward_fn backward, hakd_tensor *out, int n_in,
                        hakd_tensor *const *in) {
@@ -204,7 +466,11 @@ hakd_node *hakd_record(hakd_ctx *ctx, const char *op, hakd_backward_fn backward,
   node->op = op;
   node->out = out;
   node->n_in = n_in;
-  for (int i = 0; i < n_in; i++) node->in[i] = in[i];
+  for (int i = 0; i < n_in; i++) {
+    node->in[i] = in[i];
+    if (in[i] && in[i]->buffer) ctx->buf[in[i]->buffer - 1].needs++;
+  }
+  if (out->buffer) ctx->buf[out->buffer - 1].needs++;
   node->prev = ctx->tape;
   ctx->tape = node;
   out->requires_grad = 1;
@@ -212,14 +478,45 @@ hakd_node *hakd_record(hakd_ctx *ctx, const char *op, hakd_backward_fn backward,
   return node;
 }
 
+void hakd_node_unneeded(hakd_ctx *ctx, hakd_node *node, int which) {
+  if (!node) return;
+  unsigned bit = 1u << (which < 0 ? HAKD_NODE_MAX_INPUTS : which);
+  if (node->released & bit) return;
+  node->released |= bit;
+  buffer_release(ctx, which < 0 ? node->out : node->in[which]);
+}
+
+void hakd_node_reads_no_data(hakd_ctx *ctx, hakd_node *node) {
+  if (!node) return;
+  for (int i = 0; i < node->n_in; i++) hakd_node_unneeded(ctx, node, i);
+  hakd_node_unneeded(ctx, node, -1);
+}
+
 float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t) {
   if (!t || !t->requires_grad) return NULL;
   if (!t->grad) {
     size_t bytes = (size_t)hakd_numel(t) * sizeof(float);
-    t->grad = hakd_ctx_alloc(ctx, bytes);
+    t->grad = buffer_alloc(ctx, bytes, BUFFER_GRAD, &t->grad_buffer);
     if (t->grad) memset(t->grad, 0, bytes);
   }
   return t->grad;
+}
+
+/* After node's backward: its temporaries, its output's gradient and the data only it still
+ * needed die. */
+static void node_done(hakd_ctx *ctx, hakd_node *node, int32_t first_buffer) {
+  ctx->clock++;
+  for (int32_t id = first_buffer; id < ctx->n_buf; id++)
+    if (ctx->buf[id].kind == BUFFER_SCRATCH) buffer_die(ctx, id);
+  hakd_tensor *out = node->out;
+  if (out->grad_buffer) {
+    buffer_die(ctx, out->grad_buffer - 1);
+    out->grad = NULL;
+    out->grad_buffer = 0;
+  }
+  for (int i = 0; i < node->n_in; i++)
+    if (!(node->released & (1u << i))) buffer_release(ctx, node->in[i]);
+  if (!(node->released & (1u << HAKD_NODE_MAX_INPUTS))) buffer_release(ctx, out);
 }
 
 int hakd_backward(hakd_ctx *ctx, hakd_tensor *loss) { return hakd_backward_seeded(ctx, loss, NULL); }
@@ -227,17 +524,23 @@ int hakd_backward(hakd_ctx *ctx, hakd_tensor *loss) { return hakd_backward_seede
 int hakd_backward_seeded(hakd_ctx *ctx, hakd_tensor *loss, const float *seed) {
   if (ctx->status) return ctx->status;
   if (!loss) return hakd_error(HAKD_EINVAL, "backward: no loss tensor");
+  if (ctx->tape_consumed)
+    return hakd_error(HAKD_EINVAL, "backward: this step's tape has already run backward (reset the context first)");
   if (!loss->requires_grad) return hakd_error(HAKD_EINVAL, "backward: loss does not depend on any parameter");
   float *g = hakd_grad(ctx, loss);
   if (!g) return ctx->status;
   int64_t n = hakd_numel(loss);
   for (int64_t i = 0; i < n; i++) g[i] += seed ? seed[i] : 1.0f;
+  ctx->tape_consumed = 1;
+  ctx->in_backward = 1;
   for (hakd_node *node = ctx->tape; node; node = node->prev) {
-    if (!node->out->grad) continue; /* no gradient reached this op */
-    node->backward(ctx, node);
-    if (ctx->status) return ctx->status;
+    int32_t first_buffer = ctx->n_buf;
+    if (node->out->grad) node->backward(ctx, node); /* else no gradient reached this op */
+    if (ctx->status) break;
+    node_done(ctx, node, first_buffer);
   }
-  return 0;
+  ctx->in_backward = 0;
+  return ctx->status;
 }
 
 int64_t hakd_tape_macs(const hakd_ctx *ctx) {
@@ -258,103 +561,4 @@ int64_t hakd_tape_macs(const hakd_ctx *ctx) {
     }
   }
   return (int64_t)(macs + 0.5);
-}
-
-hakd_arena_mark hakd_ctx_mark(hakd_ctx *ctx) {
-  hakd_arena_mark m = {ctx->blocks, ctx->blocks ? ctx->blocks->used : 0};
-  return m;
-}
-
-static int compare_by_data(const void *a, const void *b) {
-  const hakd_tensor *x = *(hakd_tensor *const *)a, *y = *(hakd_tensor *const *)b;
-  return (uintptr_t)x->data < (uintptr_t)y->data ? -1 : (uintptr_t)x->data > (uintptr_t)y->data;
-}
-
-/* Slow path of a collapse across arena blocks (only while the first step grows the arena):
- * the kept tensors go through temporary copies, the blocks made since the mark are freed. */
-static void collapse_across_blocks(hakd_ctx *ctx, hakd_arena_mark mark, int n, hakd_tensor **keep) {
-  hakd_tensor saved[16];
-  void *copies[16] = {0};
-  for (int i = 0; i < n; i++) {
-    saved[i] = *keep[i];
-    size_t bytes = (size_t)hakd_numel(keep[i]) * (keep[i]->dtype == HAKD_I32 ? sizeof(int32_t) : sizeof(float));
-    copies[i] = malloc(bytes ? bytes : 1);
-    if (!copies[i]) {
-      for (int k = 0; k < i; k++) free(copies[k]);
-      return;
-    }
-    memcpy(copies[i], keep[i]->data, bytes);
-  }
-  size_t freed = 0;
-  while (ctx->blocks && ctx->blocks != mark.block) {
-    arena_block *next = ctx->blocks->next;
-    freed += ctx->blocks->used;
-    free(ctx->blocks);
-    ctx->blocks = next;
-  }
-  if (ctx->blocks) {
-    freed += ctx->blocks->used - mark.used;
-    ctx->blocks->used = mark.used;
-  }
-  ctx->step_used -= freed;
-  for (int i = 0; i < n; i++) {
-    hakd_tensor *t = hakd_tensor_new(ctx, saved[i].dtype, saved[i].ndim, saved[i].shape);
-    if (t) {
-      memcpy(t->data, copies[i], (size_t)hakd_numel(t) * (t->dtype == HAKD_I32 ? sizeof(int32_t) : sizeof(float)));
-      t->name = saved[i].name;
-    }
-    keep[i] = t;
-    free(copies[i]);
-  }
-}
-
-void hakd_ctx_collapse(hakd_ctx *ctx, hakd_arena_mark mark, int n, hakd_tensor **keep) {
-  arena_block *b = ctx->blocks;
-  if (ctx->grad_enabled || ctx->status || !b || n > 16) return;
-  for (int i = 0; i < n; i++)
-    if (!keep[i]) return;
-  if (b != mark.block) {
-    /* the mark's block must still be in the chain (or the mark predates every block) */
-    int found = mark.block == NULL;
-    for (arena_block *it = b; it && !found; it = it->next) found = it == mark.block;
-    if (found) collapse_across_blocks(ctx, mark, n, keep);
-    return;
-  }
-  unsigned char *floor = b->base + mark.used, *top = b->base + b->used;
-  hakd_tensor *order[16], saved[16];
-  for (int i = 0; i < n; i++) {
-    unsigned char *d = keep[i]->data;
-    if (d < floor || d >= top) return; /* only tensors made inside the scope move */
-    order[i] = keep[i];
-  }
-  qsort(order, (size_t)n, sizeof order[0], compare_by_data);
-  for (int i = 0; i + 1 < n; i++)
-    if (order[i]->data == order[i + 1]->data) return; /* views of one buffer: keep it simple */
-  for (int i = 0; i < n; i++) saved[i] = *order[i];
-  /* Ascending order: each destination ends before its source's next neighbour starts. */
-  size_t at = mark.used;
-  void *moved[16];
-  for (int i = 0; i < n; i++) {
-    size_t bytes = (size_t)hakd_numel(&saved[i]) * (saved[i].dtype == HAKD_I32 ? sizeof(int32_t) : sizeof(float));
-    moved[i] = b->base + at;
-    memmove(moved[i], saved[i].data, bytes);
-    at += (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
-  }
-  ctx->step_used -= b->used - at;
-  b->used = at;
-  /* Which sorted slot each keep[k] is, decided before any new struct can reuse an old address. */
-  int slot[16];
-  for (int k = 0; k < n; k++)
-    for (int i = 0; i < n; i++)
-      if (keep[k] == order[i]) slot[k] = i;
-  hakd_tensor *fresh[16];
-  for (int i = 0; i < n; i++) {
-    hakd_tensor *t = hakd_ctx_alloc(ctx, sizeof *t);
-    *t = saved[i];
-    t->data = moved[i];
-    t->grad = NULL;
-    t->node = NULL;
-    fresh[i] = t;
-  }
-  for (int k = 0; k < n; k++) keep[k] = fresh[slot[k]];
 }

@@ -150,15 +150,15 @@ int hakd_model_forward(hakd_model *m, hakd_ctx *ctx, hakd_tensor *x, hakd_model_
     char buf[64];
     return hakd_error(HAKD_ESHAPE, "%s: input must be (N, 3, H, W), got %s", m->name, hakd_shape_str(x, buf, sizeof buf));
   }
+  /* Everything made inside the model except what it returns is unreachable for the caller:
+   * its data dies once backward no longer needs it. */
+  hakd_arena_mark mark = hakd_ctx_mark(ctx);
   int rc = m->backbone->forward(m->backbone, ctx, x, out->stages);
   if (rc) return rc;
-  hakd_arena_mark mark = hakd_ctx_mark(ctx); /* no-grad: the heads' intermediates are dropped */
   out->logits = m->head->forward(m->head, ctx, out->stages);
   if (m->aux) out->aux = m->aux->forward(m->aux, ctx, out->stages);
-  hakd_tensor *keep[2] = {out->logits, out->aux};
-  hakd_ctx_collapse(ctx, mark, out->aux ? 2 : 1, keep);
-  out->logits = keep[0];
-  out->aux = keep[1];
+  hakd_tensor *keep[6] = {out->logits, out->aux, out->stages[0], out->stages[1], out->stages[2], out->stages[3]};
+  hakd_ctx_collapse(ctx, mark, 6, keep);
   if (hakd_ctx_status(ctx)) return hakd_ctx_status(ctx);
   if (!out->logits) return hakd_error(HAKD_EINVAL, "%s: head produced no logits", m->name);
   return 0;

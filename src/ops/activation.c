@@ -50,11 +50,11 @@ static void activation_backward(hakd_ctx *ctx, hakd_node *node) {
   switch (kind) {
     case ACT_RELU:
 #pragma omp parallel for simd schedule(static) if (n > 32768)
-      for (int64_t i = 0; i < n; i++) dx[i] += xs[i] > 0.0f ? dy[i] : 0.0f;
+      for (int64_t i = 0; i < n; i++) dx[i] += ys[i] > 0.0f ? dy[i] : 0.0f;
       break;
     case ACT_RELU6:
 #pragma omp parallel for simd schedule(static) if (n > 32768)
-      for (int64_t i = 0; i < n; i++) dx[i] += (xs[i] > 0.0f && xs[i] < 6.0f) ? dy[i] : 0.0f;
+      for (int64_t i = 0; i < n; i++) dx[i] += (ys[i] > 0.0f && ys[i] < 6.0f) ? dy[i] : 0.0f;
       break;
     case ACT_GELU: gelu_backward(dx, dy, xs, n); break;
     case ACT_SIGMOID:
@@ -92,7 +92,12 @@ static hakd_tensor *activation(hakd_ctx *ctx, hakd_tensor *x, activation_kind ki
       break;
   }
   hakd_node *node = hakd_record(ctx, activation_names[kind], activation_backward, y, 1, &x);
-  if (node) node->iarg[0] = kind;
+  if (node) {
+    node->iarg[0] = kind;
+    /* relu, relu6 and sigmoid differentiate from their output (y > 0 iff x > 0, 0 < y < 6 iff
+     * 0 < x < 6), so their input can die, as PyTorch's in-place activations; gelu needs x. */
+    hakd_node_unneeded(ctx, node, kind == ACT_GELU ? -1 : 0);
+  }
   return y;
 }
 

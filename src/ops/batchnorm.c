@@ -178,6 +178,7 @@ hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight
     node->iarg[0] = batch_stats;
     node->saved[0] = mean;
     node->saved[1] = rstd;
+    hakd_node_unneeded(ctx, node, -1);
   }
   return y;
 }

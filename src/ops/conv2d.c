@@ -584,6 +584,7 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
     node->iarg[1] = padding;
     node->iarg[2] = dilation;
     node->iarg[3] = groups;
+    hakd_node_unneeded(ctx, node, -1);
   }
   return y;
 }

@@ -56,6 +56,7 @@ hakd_tensor *hakd_dropout(hakd_ctx *ctx, hakd_tensor *x, float p) {
   if (node) {
     node->saved[0] = keep;
     node->farg[0] = scale;
+    hakd_node_reads_no_data(ctx, node);
   }
   return y;
 }

@@ -232,6 +232,9 @@ static hakd_tensor *binary(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, binary
     if (!saved) return NULL;
     *saved = layout;
     node->saved[0] = saved;
+    /* add/sub need no data; mul needs both factors */
+    if (kind == BINARY_MUL) hakd_node_unneeded(ctx, node, -1);
+    else hakd_node_reads_no_data(ctx, node);
   }
   return y;
 }
@@ -262,6 +265,9 @@ hakd_tensor *hakd_affine_scalar(hakd_ctx *ctx, hakd_tensor *x, float s, float c)
 #pragma omp parallel for schedule(static) if (n > OPS_PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++) ys[i] = xs[i] * s + c;
   hakd_node *node = hakd_record(ctx, "affine_scalar", affine_scalar_backward, y, 1, &x);
-  if (node) node->farg[0] = s;
+  if (node) {
+    node->farg[0] = s;
+    hakd_node_reads_no_data(ctx, node);
+  }
   return y;
 }

@@ -107,6 +107,7 @@ hakd_tensor *hakd_layernorm(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, 
     node->saved[1] = rstd;
     node->iarg[0] = rows;
     node->iarg[1] = dim;
+    hakd_node_unneeded(ctx, node, -1);
   }
   return y;
 }

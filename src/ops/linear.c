@@ -71,6 +71,7 @@ hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
     node->iarg[0] = rows;
     node->iarg[1] = in;
     node->iarg[2] = out;
+    hakd_node_unneeded(ctx, node, -1);
   }
   return y;
 }

@@ -118,6 +118,7 @@ hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int tran
     node->iarg[4] = ta;
     node->iarg[5] = tb;
     node->iarg[6] = shared;
+    hakd_node_unneeded(ctx, node, -1);
   }
   return y;
 }

@@ -80,7 +80,10 @@ hakd_tensor *hakd_maxpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int strid
     }
   }
   hakd_node *node = hakd_record(ctx, "maxpool2d", maxpool2d_backward, y, 1, &x);
-  if (node) node->saved[0] = argmax;
+  if (node) {
+    node->saved[0] = argmax;
+    hakd_node_reads_no_data(ctx, node);
+  }
   return y;
 }
 
@@ -142,6 +145,7 @@ hakd_tensor *hakd_avgpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int strid
     node->iarg[0] = kernel;
     node->iarg[1] = stride;
     node->iarg[2] = padding;
+    hakd_node_reads_no_data(ctx, node);
   }
   return y;
 }
@@ -207,6 +211,6 @@ hakd_tensor *hakd_adaptive_avgpool2d(hakd_ctx *ctx, hakd_tensor *x, int64_t out_
       }
     }
   }
-  hakd_record(ctx, "adaptive_avgpool2d", adaptive_avgpool2d_backward, y, 1, &x);
+  hakd_node_reads_no_data(ctx, hakd_record(ctx, "adaptive_avgpool2d", adaptive_avgpool2d_backward, y, 1, &x));
   return y;
 }

@@ -24,7 +24,10 @@ static hakd_tensor *reduce_all(hakd_ctx *ctx, hakd_tensor *x, int mean) {
   /* torch.mean of an empty tensor is nan (0/0). */
   hakd_f32(y)[0] = (float)(mean ? total / (double)n : total);
   hakd_node *node = hakd_record(ctx, name, reduce_all_backward, y, 1, &x);
-  if (node) node->farg[0] = mean ? 1.0 / (double)n : 1.0;
+  if (node) {
+    node->farg[0] = mean ? 1.0 / (double)n : 1.0;
+    hakd_node_reads_no_data(ctx, node);
+  }
   return y;
 }
 
@@ -92,6 +95,7 @@ static hakd_tensor *reduce_dim(hakd_ctx *ctx, hakd_tensor *x, int dim, int keepd
     node->iarg[1] = size;
     node->iarg[2] = inner;
     node->farg[0] = scale;
+    hakd_node_reads_no_data(ctx, node);
   }
   return y;
 }

@@ -122,6 +122,7 @@ hakd_tensor *hakd_resize_bilinear(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, 
     node->iarg[0] = out_h;
     node->iarg[1] = out_w;
     node->iarg[2] = align_corners != 0;
+    hakd_node_reads_no_data(ctx, node);
   }
   return y;
 }
@@ -186,6 +187,7 @@ hakd_tensor *hakd_resize_nearest(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, i
       for (int64_t j = 0; j < out_w; j++) yp[i * out_w + j] = row[idx[out_h + j]];
     }
   }
-  if (x->dtype == HAKD_F32) hakd_record(ctx, "resize_nearest", resize_nearest_backward, y, 1, &x);
+  if (x->dtype == HAKD_F32)
+    hakd_node_reads_no_data(ctx, hakd_record(ctx, "resize_nearest", resize_nearest_backward, y, 1, &x));
   return y;
 }

@@ -27,7 +27,8 @@ static hakd_tensor *view_new(hakd_ctx *ctx, hakd_tensor *x, int ndim, const int6
   for (int i = 0; i < ndim; i++) y->shape[i] = shape[i];
   y->dtype = x->dtype;
   y->data = x->data;
-  if (x->dtype == HAKD_F32) hakd_record(ctx, op, view_backward, y, 1, &x);
+  y->buffer = x->buffer;
+  if (x->dtype == HAKD_F32) hakd_node_reads_no_data(ctx, hakd_record(ctx, op, view_backward, y, 1, &x));
   return y;
 }
 
@@ -245,6 +246,7 @@ hakd_tensor *hakd_permute(hakd_ctx *ctx, hakd_tensor *x, const int *perm) {
     if (!back) return NULL;
     permute_plan_make(back, y->shape, inverse, nd);
     node->saved[0] = back;
+    hakd_node_reads_no_data(ctx, node);
   }
   return y;
 }
@@ -327,6 +329,7 @@ hakd_tensor *hakd_concat(hakd_ctx *ctx, int n, hakd_tensor *const *xs, int dim) 
     node->iarg[1] = d;
     node->iarg[2] = outer;
     node->iarg[3] = inner;
+    hakd_node_reads_no_data(ctx, node);
   }
   return y;
 }
@@ -378,6 +381,7 @@ hakd_tensor *hakd_slice(hakd_ctx *ctx, hakd_tensor *x, int dim, int64_t start, i
     node->iarg[1] = start;
     node->iarg[2] = outer;
     node->iarg[3] = inner;
+    hakd_node_reads_no_data(ctx, node);
   }
   return y;
 }

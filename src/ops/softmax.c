@@ -131,6 +131,7 @@ static hakd_tensor *softmax_any(hakd_ctx *ctx, hakd_tensor *x, int dim, int log_
     node->iarg[1] = size;
     node->iarg[2] = inner;
     node->iarg[3] = log_space;
+    hakd_node_unneeded(ctx, node, 0);
   }
   return y;
 }
