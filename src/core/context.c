@@ -1,17 +1,23 @@
 /* Step context: the autodiff tape, a bump arena for step metadata and planned step buffers for
  * tensor data and gradients (see tensor.h for the lifetime rules). */
+#define _DEFAULT_SOURCE /* mmap's MAP_ANONYMOUS */
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "hakd/tensor.h"
 
 #define ARENA_ALIGN 64
 #define ARENA_MIN_BLOCK (1u << 20)
 #define ALIVE_AT_END INT64_MAX
+/* Buffers of a step off the plan from this size on are mapped pages of their own, so their
+ * death returns the memory at once: malloc would keep freed mid-size chunks in its heap and a
+ * first step's fragmentation would stay in the process's footprint. */
+#define MAPPED_MIN (256u << 10)
 
 static size_t align_up(size_t bytes) {
   size_t need = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
@@ -33,7 +39,7 @@ typedef struct {
   int64_t start, end; /* end = 0 while alive */
   void *ptr;
   int needs;          /* recorded ops whose backward still reads it */
-  unsigned char kind, internal, dynamic; /* dynamic: malloc'd on its own, freed when it dies */
+  unsigned char kind, internal, dynamic; /* dynamic: allocated on its own, freed when it dies */
 } step_buffer;
 
 /* Offsets into one block for the buffers of a recorded step, valid while a step repeats the
@@ -148,6 +154,17 @@ static int plan_admits(hakd_ctx *ctx, int32_t id) {
   return 1;
 }
 
+static void *own_alloc(size_t bytes) {
+  if (bytes < MAPPED_MIN) return aligned_alloc(ARENA_ALIGN, bytes);
+  void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+static void own_free(void *p, size_t bytes) {
+  if (bytes < MAPPED_MIN) free(p);
+  else if (p) munmap(p, bytes);
+}
+
 static void *buffer_alloc(hakd_ctx *ctx, size_t bytes, buffer_kind kind, int32_t *id_out) {
   if (ctx->n_buf == ctx->cap_buf) {
     int32_t cap = ctx->cap_buf ? 2 * ctx->cap_buf : 1024;
@@ -169,7 +186,7 @@ static void *buffer_alloc(hakd_ctx *ctx, size_t bytes, buffer_kind kind, int32_t
   if (ctx->following) {
     b->ptr = ctx->plan.block + ctx->plan.offset[id];
   } else {
-    b->ptr = aligned_alloc(ARENA_ALIGN, b->bytes);
+    b->ptr = own_alloc(b->bytes);
     if (!b->ptr) {
       hakd_ctx_fail(ctx, HAKD_ENOMEM, "out of memory: step needs %zu more bytes", b->bytes);
       return NULL;
@@ -189,7 +206,7 @@ static void buffer_die(hakd_ctx *ctx, int32_t id) {
   if (b->end) return;
   b->end = ctx->clock;
   ctx->live -= b->bytes;
-  if (b->dynamic) free(b->ptr);
+  if (b->dynamic) own_free(b->ptr, b->bytes);
   b->ptr = NULL;
 }
 
@@ -206,7 +223,7 @@ static void plan_free(memory_plan *p) {
   free(p->start);
   free(p->end);
   free(p->by_end);
-  free(p->block);
+  own_free(p->block, p->block_bytes);
   memset(p, 0, sizeof *p);
 }
 
@@ -273,7 +290,8 @@ static int plan_build(hakd_ctx *ctx) {
       if (at + p.bytes[i] > p.block_bytes) p.block_bytes = at + p.bytes[i];
       placed[n_placed++] = i;
     }
-    p.block = aligned_alloc(ARENA_ALIGN, p.block_bytes ? p.block_bytes : ARENA_ALIGN);
+    if (!p.block_bytes) p.block_bytes = ARENA_ALIGN;
+    p.block = own_alloc(p.block_bytes);
     ok = p.block != NULL;
     if (ok) ctx->mallocs++;
   }
@@ -304,7 +322,7 @@ static void buffers_end_step(hakd_ctx *ctx) {
   for (int32_t i = 0; i < ctx->n_buf; i++) {
     step_buffer *b = &ctx->buf[i];
     if (b->end) continue;
-    if (b->dynamic) free(b->ptr);
+    if (b->dynamic) own_free(b->ptr, b->bytes);
     b->ptr = NULL;
     b->end = ALIVE_AT_END;
   }
