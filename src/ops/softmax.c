@@ -10,19 +10,69 @@
  * contiguous memory whether the dim is the last one (inner == 1) or a channel dim (inner = H*W). */
 #define BLOCK 256
 
+/* Largest of x[0..n), NaN entries ignored as fmaxf ignores them. */
+static float row_max(const float *x, int64_t n) {
+  float max = -INFINITY;
+  int64_t d = 0;
+#if VEC_LANES > 1
+  if (n >= VEC_LANES) {
+    vec_f32 acc = vec_set1(-INFINITY);
+    for (; d + VEC_LANES <= n; d += VEC_LANES) acc = vec_max(vec_load(x + d), acc);
+    max = vec_reduce_max(acc);
+  }
+#endif
+  for (; d < n; d++) max = x[d] > max ? x[d] : max;
+  return max;
+}
+
+/* y[d] = exp(x[d] - shift) for n elements; returns their sum (lane-wise partial sums). */
+static float row_exp_sum(float *y, const float *x, float shift, int64_t n) {
+  float sum = 0.0f;
+  int64_t d = 0;
+#if VEC_LANES > 1
+  vec_f32 s = vec_set1(shift), acc = vec_zero();
+  for (; d + VEC_LANES <= n; d += VEC_LANES) {
+    vec_f32 e = vec_expf(vec_sub(vec_load(x + d), s));
+    vec_store(y + d, e);
+    acc = vec_add(acc, e);
+  }
+  sum = vec_reduce_add(acc);
+#endif
+  for (; d < n; d++) {
+    y[d] = expf(x[d] - shift);
+    sum += y[d];
+  }
+  return sum;
+}
+
+/* sum of a[d] * b[d] (b NULL: sum of a[d]) over n elements, lane-wise partial sums. */
+static float row_dot(const float *a, const float *b, int64_t n) {
+  float sum = 0.0f;
+  int64_t d = 0;
+#if VEC_LANES > 1
+  vec_f32 acc = vec_zero();
+  if (b)
+    for (; d + VEC_LANES <= n; d += VEC_LANES) acc = vec_add(acc, vec_mul(vec_load(a + d), vec_load(b + d)));
+  else
+    for (; d + VEC_LANES <= n; d += VEC_LANES) acc = vec_add(acc, vec_load(a + d));
+  sum = vec_reduce_add(acc);
+#endif
+  for (; d < n; d++) sum += b ? a[d] * b[d] : a[d];
+  return sum;
+}
+
 /* y = softmax(x) or log_softmax(x) along the middle dim.
  * y, x: (outer, size, inner). reference: F.softmax / F.log_softmax */
 static void softmax_forward(float *y, const float *x, int64_t outer, int64_t size, int64_t inner, int log_space) {
   if (inner == 1) {
-    /* Last dim (attention rows): each row is contiguous. */
+    /* Last dim (attention rows): each row is contiguous and stays in L1 across its passes. */
 #pragma omp parallel for schedule(static) if (outer * size > OPS_PARALLEL_MIN)
     for (int64_t o = 0; o < outer; o++) {
       const float *xr = x + o * size;
       float *yr = y + o * size;
-      float max = -INFINITY, sum = 0.0f;
-      for (int64_t d = 0; d < size; d++) max = fmaxf(max, xr[d]);
-      vec_exp_shifted(yr, xr, max, size);
-      for (int64_t d = 0; d < size; d++) sum += yr[d];
+      float max = row_max(xr, size);
+      /* A row of all -inf gives inf - inf = nan, as in PyTorch. */
+      float sum = row_exp_sum(yr, xr, max, size);
       if (log_space) {
         float log_z = max + logf(sum);
         for (int64_t d = 0; d < size; d++) yr[d] = xr[d] - log_z;
@@ -42,15 +92,33 @@ static void softmax_forward(float *y, const float *x, int64_t outer, int64_t siz
     float *yb = y + o * size * inner + i0;
     float max[BLOCK], sum[BLOCK];
     for (int64_t i = 0; i < w; i++) max[i] = -INFINITY, sum[i] = 0.0f;
-    for (int64_t d = 0; d < size; d++)
-      for (int64_t i = 0; i < w; i++) max[i] = fmaxf(max[i], xb[d * inner + i]);
-    /* A row of all -inf would give inf - inf = nan; PyTorch gives nan there too. */
-    for (int64_t d = 0; d < size; d++)
-      for (int64_t i = 0; i < w; i++) {
-        float e = expf(xb[d * inner + i] - max[i]);
-        sum[i] += e;
-        if (!log_space) yb[d * inner + i] = e;
+    for (int64_t d = 0; d < size; d++) {
+      const float *xr = xb + d * inner;
+      int64_t i = 0;
+#if VEC_LANES > 1
+      for (; i + VEC_LANES <= w; i += VEC_LANES) vec_store(max + i, vec_max(vec_load(xr + i), vec_load(max + i)));
+#endif
+      for (; i < w; i++) max[i] = xr[i] > max[i] ? xr[i] : max[i];
+    }
+    /* A row of all -inf would give inf - inf = nan; PyTorch gives nan there too. The sums run
+     * over d in order for each position, as before vectorising over positions. */
+    for (int64_t d = 0; d < size; d++) {
+      const float *xr = xb + d * inner;
+      float *yr = yb + d * inner;
+      int64_t i = 0;
+#if VEC_LANES > 1
+      for (; i + VEC_LANES <= w; i += VEC_LANES) {
+        vec_f32 e = vec_expf(vec_sub(vec_load(xr + i), vec_load(max + i)));
+        vec_store(sum + i, vec_add(vec_load(sum + i), e));
+        if (!log_space) vec_store(yr + i, e);
       }
+#endif
+      for (; i < w; i++) {
+        float e = expf(xr[i] - max[i]);
+        sum[i] += e;
+        if (!log_space) yr[i] = e;
+      }
+    }
     if (log_space) {
       for (int64_t i = 0; i < w; i++) sum[i] = max[i] + logf(sum[i]);
       for (int64_t d = 0; d < size; d++)
@@ -63,6 +131,17 @@ static void softmax_forward(float *y, const float *x, int64_t outer, int64_t siz
   }
 }
 
+/* dx[i] += dy[i] - exp(y[i]) * dot for n elements (the log_softmax gradient). */
+static void log_softmax_grad_row(float *dx, const float *dy, const float *y, float dot, int64_t n) {
+  int64_t i = 0;
+#if VEC_LANES > 1
+  vec_f32 dv = vec_set1(dot);
+  for (; i + VEC_LANES <= n; i += VEC_LANES)
+    vec_store(dx + i, vec_add(vec_load(dx + i), vec_sub(vec_load(dy + i), vec_mul(vec_expf(vec_load(y + i)), dv))));
+#endif
+  for (; i < n; i++) dx[i] += dy[i] - expf(y[i]) * dot;
+}
+
 /* softmax: dx += y * (dy - sum_d dy*y); log_softmax: dx += dy - exp(y) * sum_d dy.
  * dx, dy, y: (outer, size, inner). */
 static void softmax_backward_kernel(float *dx, const float *dy, const float *y, int64_t outer, int64_t size,
@@ -72,12 +151,10 @@ static void softmax_backward_kernel(float *dx, const float *dy, const float *y, 
     for (int64_t o = 0; o < outer; o++) {
       const float *gr = dy + o * size, *yr = y + o * size;
       float *dr = dx + o * size;
-      float dot = 0.0f;
       if (log_space) {
-        for (int64_t d = 0; d < size; d++) dot += gr[d];
-        for (int64_t d = 0; d < size; d++) dr[d] += gr[d] - expf(yr[d]) * dot;
+        log_softmax_grad_row(dr, gr, yr, row_dot(gr, NULL, size), size);
       } else {
-        for (int64_t d = 0; d < size; d++) dot += gr[d] * yr[d];
+        float dot = row_dot(gr, yr, size);
         for (int64_t d = 0; d < size; d++) dr[d] += yr[d] * (gr[d] - dot);
       }
     }
@@ -93,13 +170,29 @@ static void softmax_backward_kernel(float *dx, const float *dy, const float *y, 
     float *db = dx + base;
     float dot[BLOCK];
     for (int64_t i = 0; i < w; i++) dot[i] = 0.0f;
-    for (int64_t d = 0; d < size; d++)
-      for (int64_t i = 0; i < w; i++) dot[i] += log_space ? gb[d * inner + i] : gb[d * inner + i] * yb[d * inner + i];
-    for (int64_t d = 0; d < size; d++)
-      for (int64_t i = 0; i < w; i++) {
-        int64_t k = d * inner + i;
-        db[k] += log_space ? gb[k] - expf(yb[k]) * dot[i] : yb[k] * (gb[k] - dot[i]);
+    if (log_space) {
+      for (int64_t d = 0; d < size; d++)
+        for (int64_t i = 0; i < w; i++) dot[i] += gb[d * inner + i];
+      for (int64_t d = 0; d < size; d++) {
+        const float *gr = gb + d * inner, *yr = yb + d * inner;
+        float *dr = db + d * inner;
+        int64_t i = 0;
+#if VEC_LANES > 1
+        for (; i + VEC_LANES <= w; i += VEC_LANES)
+          vec_store(dr + i, vec_add(vec_load(dr + i), vec_sub(vec_load(gr + i),
+                                                              vec_mul(vec_expf(vec_load(yr + i)), vec_load(dot + i)))));
+#endif
+        for (; i < w; i++) dr[i] += gr[i] - expf(yr[i]) * dot[i];
       }
+    } else {
+      for (int64_t d = 0; d < size; d++)
+        for (int64_t i = 0; i < w; i++) dot[i] += gb[d * inner + i] * yb[d * inner + i];
+      for (int64_t d = 0; d < size; d++)
+        for (int64_t i = 0; i < w; i++) {
+          int64_t k = d * inner + i;
+          db[k] += yb[k] * (gb[k] - dot[i]);
+        }
+    }
   }
 }
 

@@ -21,6 +21,11 @@ __m512 _ZGVeN16v_expf(__m512);
 #define vec_add _mm512_add_ps
 #define vec_sub _mm512_sub_ps
 #define vec_mul _mm512_mul_ps
+#define vec_zero _mm512_setzero_ps
+/* max(a, b) with b returned when either is NaN: vec_max(x, acc) ignores a NaN x like fmaxf. */
+#define vec_max _mm512_max_ps
+static inline float vec_reduce_add(__m512 v) { return _mm512_reduce_add_ps(v); }
+static inline float vec_reduce_max(__m512 v) { return _mm512_reduce_max_ps(v); }
 #elif defined(__AVX2__)
 #define VEC_LANES 8
 typedef __m256 vec_f32;
@@ -34,6 +39,18 @@ __m256 _ZGVdN8v_expf(__m256);
 #define vec_add _mm256_add_ps
 #define vec_sub _mm256_sub_ps
 #define vec_mul _mm256_mul_ps
+#define vec_zero _mm256_setzero_ps
+#define vec_max _mm256_max_ps
+static inline float vec_reduce_add(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+static inline float vec_reduce_max(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
 #else
 #define VEC_LANES 1
 #endif
