@@ -1,5 +1,6 @@
 /* Shape ops: reshape / flatten (views), permute, concat and slice (copies). Forward works on
  * float32 and int32 alike (both 4-byte elements); gradients flow only through float32. */
+#include <immintrin.h>
 #include <string.h>
 
 #include "hakd/ops.h"
@@ -136,29 +137,74 @@ static void permute_plan_make(permute_plan *plan, const int64_t *shape, const in
   }
 }
 
-#define TRANSPOSE_BLOCK 32
+/* Transposes run in bands of TILE source rows; each band is cut into TILE x TILE tiles, so a
+ * tile's 16 source lines and 16 destination lines are each read or written whole. */
+#define TILE 16
 
-/* dst = src^T, in square tiles so both the reads and the writes stay in cache.
- * dst: (cols, rows), src: (rows, cols). */
-static void transpose_2d(element *dst, const element *src, int64_t rows, int64_t cols) {
-  for (int64_t r0 = 0; r0 < rows; r0 += TRANSPOSE_BLOCK)
-    for (int64_t c0 = 0; c0 < cols; c0 += TRANSPOSE_BLOCK) {
-      int64_t r1 = r0 + TRANSPOSE_BLOCK < rows ? r0 + TRANSPOSE_BLOCK : rows;
-      int64_t c1 = c0 + TRANSPOSE_BLOCK < cols ? c0 + TRANSPOSE_BLOCK : cols;
-      for (int64_t c = c0; c < c1; c++)
-        for (int64_t r = r0; r < r1; r++) dst[c * rows + r] = src[r * cols + c];
-    }
+#if defined(__AVX512F__)
+/* dst = tile^T (accumulate: dst += tile^T as float) for one 16 x 16 tile, in registers.
+ * dst: 16 rows at dst_stride, src: 16 rows at src_stride. Shuffles move bits unchanged, so
+ * int32 data passes through the float registers intact. */
+static inline void transpose_tile16(void *dst, int64_t dst_stride, const void *src, int64_t src_stride,
+                                    int accumulate) {
+  const float *s = src;
+  float *d = dst;
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(s + i * src_stride);
+  /* Within each 128-bit lane: pairs of rows interleaved, then quads: r[4g + k] holds, in lane L,
+   * column 4L + k of rows 4g..4g+3. */
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {
+    __m512d a = _mm512_castps_pd(t[g]), b = _mm512_castps_pd(t[g + 1]);
+    __m512d c = _mm512_castps_pd(t[g + 2]), e = _mm512_castps_pd(t[g + 3]);
+    r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, e));
+    r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, e));
+  }
+  /* A 4 x 4 transpose of 128-bit lanes gathers column j = 4L + k from the four row quads. */
+  for (int k = 0; k < 4; k++) {
+    __m512 v0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), v1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xdd);
+    __m512 v2 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88), v3 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xdd);
+    t[k] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    t[8 + k] = _mm512_shuffle_f32x4(v0, v2, 0xdd);
+    t[4 + k] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    t[12 + k] = _mm512_shuffle_f32x4(v1, v3, 0xdd);
+  }
+  if (accumulate)
+    for (int j = 0; j < 16; j++) _mm512_storeu_ps(d + j * dst_stride, _mm512_add_ps(_mm512_loadu_ps(d + j * dst_stride), t[j]));
+  else
+    for (int j = 0; j < 16; j++) _mm512_storeu_ps(d + j * dst_stride, t[j]);
 }
+#endif
 
-/* dst += src^T (the gradient of a transpose). dst: (cols, rows), src: (rows, cols). */
-static void transpose_2d_accumulate(float *dst, const float *src, int64_t rows, int64_t cols) {
-  for (int64_t r0 = 0; r0 < rows; r0 += TRANSPOSE_BLOCK)
-    for (int64_t c0 = 0; c0 < cols; c0 += TRANSPOSE_BLOCK) {
-      int64_t r1 = r0 + TRANSPOSE_BLOCK < rows ? r0 + TRANSPOSE_BLOCK : rows;
-      int64_t c1 = c0 + TRANSPOSE_BLOCK < cols ? c0 + TRANSPOSE_BLOCK : cols;
-      for (int64_t c = c0; c < c1; c++)
-        for (int64_t r = r0; r < r1; r++) dst[c * rows + r] += src[r * cols + c];
+/* Source rows [r0, r1) of a transpose (at most TILE of them): dst = src^T there (accumulate:
+ * dst += src^T as float). dst: (cols, rows), src: (rows, cols). */
+static void transpose_band(void *dst, const void *src, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                           int accumulate) {
+  int64_t c = 0;
+#if defined(__AVX512F__)
+  if (r1 - r0 == TILE)
+    for (; c + TILE <= cols; c += TILE)
+      transpose_tile16((element *)dst + c * rows + r0, rows, (const element *)src + r0 * cols + c, cols, accumulate);
+#endif
+  for (int64_t c0 = c; c0 < cols; c0 += TILE) {
+    int64_t c1 = c0 + TILE < cols ? c0 + TILE : cols;
+    if (accumulate) {
+      float *o = dst;
+      const float *in = src;
+      for (int64_t cc = c0; cc < c1; cc++)
+        for (int64_t r = r0; r < r1; r++) o[cc * rows + r] += in[r * cols + cc];
+    } else {
+      element *o = dst;
+      const element *in = src;
+      for (int64_t cc = c0; cc < c1; cc++)
+        for (int64_t r = r0; r < r1; r++) o[cc * rows + r] = in[r * cols + cc];
     }
+  }
 }
 
 /* dst = src permuted (accumulate: dst += as float). dst: (src_shape[perm[0]], ...), src: (src_shape).
@@ -181,13 +227,14 @@ static void permute_run(void *dst, const void *src, const permute_plan *plan, in
   for (int i = 0; i < nd - 2 && batched_transpose; i++)
     if (plan->perm[i] != i) batched_transpose = 0;
   if (batched_transpose) {
+    /* Bands of all batches share one parallel loop, so a batch of 1 still uses every thread. */
     int64_t rows = plan->src_shape[nd - 2], cols = plan->src_shape[nd - 1], batch = numel / (rows * cols);
-#pragma omp parallel for schedule(static) if (numel > OPS_PARALLEL_MIN && batch > 1)
-    for (int64_t b = 0; b < batch; b++) {
-      if (accumulate)
-        transpose_2d_accumulate((float *)dst + b * rows * cols, (const float *)src + b * rows * cols, rows, cols);
-      else
-        transpose_2d((element *)dst + b * rows * cols, (const element *)src + b * rows * cols, rows, cols);
+    int64_t bands = (rows + TILE - 1) / TILE;
+#pragma omp parallel for schedule(static) if (numel > OPS_PARALLEL_MIN)
+    for (int64_t job = 0; job < batch * bands; job++) {
+      int64_t b = job / bands, r0 = job % bands * TILE, r1 = r0 + TILE < rows ? r0 + TILE : rows;
+      transpose_band((element *)dst + b * rows * cols, (const element *)src + b * rows * cols, rows, cols, r0, r1,
+                     accumulate);
     }
     return;
   }
