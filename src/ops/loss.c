@@ -5,6 +5,7 @@
 
 #include "hakd/ops.h"
 #include "ops/ops_internal.h"
+#include "ops/vecmath.h"
 
 /* Logits are viewed as (N, K, S) with S the number of pixels per image (1 for (N, K) input);
  * work runs on blocks of up to BLOCK neighbouring pixels so the loops over classes walk
@@ -16,6 +17,45 @@ static double sum_partials(const double *partial, int64_t n) {
   double total = 0.0;
   for (int64_t i = 0; i < n; i++) total += partial[i];
   return total;
+}
+
+/* For a block of w pixels of x (N, K, S) viewed at its first class, x row k at k * s_pixels:
+ * max[i] = max_k scale * x[k][i] (NaN ignored as fmaxf does) and sum[i] = sum_k exp(scale * x[k][i]
+ * - max[i]), summed over k in order. Vectorised over pixels. */
+static void block_max_exp_sum(float *max, float *sum, const float *xb, int64_t w, int64_t k_classes,
+                              int64_t s_pixels, float scale) {
+  for (int64_t i = 0; i < w; i++) max[i] = -INFINITY, sum[i] = 0.0f;
+  for (int64_t k = 0; k < k_classes; k++) {
+    const float *xr = xb + k * s_pixels;
+    int64_t i = 0;
+#if VEC_LANES > 1
+    vec_f32 sv = vec_set1(scale);
+    for (; i + VEC_LANES <= w; i += VEC_LANES) vec_store(max + i, vec_max(vec_mul(vec_load(xr + i), sv), vec_load(max + i)));
+#endif
+    for (; i < w; i++) {
+      float v = xr[i] * scale;
+      max[i] = v > max[i] ? v : max[i];
+    }
+  }
+  for (int64_t k = 0; k < k_classes; k++) {
+    const float *xr = xb + k * s_pixels;
+    int64_t i = 0;
+#if VEC_LANES > 1
+    vec_f32 sv = vec_set1(scale);
+    for (; i + VEC_LANES <= w; i += VEC_LANES)
+      vec_store(sum + i, vec_add(vec_load(sum + i), vec_expf(vec_sub(vec_mul(vec_load(xr + i), sv), vec_load(max + i)))));
+#endif
+    for (; i < w; i++) sum[i] += expf(xr[i] * scale - max[i]);
+  }
+}
+
+/* log_z[i] = max[i] + log(sum[i]) for w pixels. */
+static void block_log_sum(float *log_z, const float *max, const float *sum, int64_t w) {
+  int64_t i = 0;
+#if VEC_LANES > 1
+  for (; i + VEC_LANES <= w; i += VEC_LANES) vec_store(log_z + i, vec_add(vec_load(max + i), vec_logf(vec_load(sum + i))));
+#endif
+  for (; i < w; i++) log_z[i] = max[i] + logf(sum[i]);
 }
 
 /* ---- cross entropy -------------------------------------------------------------------------- */
@@ -33,17 +73,12 @@ static void cross_entropy_forward(float *lse, double *partial, const float *x, c
     const float *xb = x + img * k_classes * s_pixels + s0;
     const int32_t *lb = labels + img * s_pixels + s0;
     float max[BLOCK], sum[BLOCK];
-    for (int64_t i = 0; i < w; i++) max[i] = -INFINITY, sum[i] = 0.0f;
-    for (int64_t k = 0; k < k_classes; k++)
-      for (int64_t i = 0; i < w; i++) max[i] = fmaxf(max[i], xb[k * s_pixels + i]);
-    for (int64_t k = 0; k < k_classes; k++)
-      for (int64_t i = 0; i < w; i++) sum[i] += expf(xb[k * s_pixels + i] - max[i]);
+    block_max_exp_sum(max, sum, xb, w, k_classes, s_pixels, 1.0f);
+    float *lb_lse = lse + img * s_pixels + s0;
+    block_log_sum(lb_lse, max, sum, w);
     double acc = 0.0;
-    for (int64_t i = 0; i < w; i++) {
-      float l = max[i] + logf(sum[i]);
-      lse[img * s_pixels + s0 + i] = l;
-      if (lb[i] != ignore_index) acc += (double)l - (double)xb[(int64_t)lb[i] * s_pixels + i];
-    }
+    for (int64_t i = 0; i < w; i++)
+      if (lb[i] != ignore_index) acc += (double)lb_lse[i] - (double)xb[(int64_t)lb[i] * s_pixels + i];
     partial[blk] = acc;
   }
 }
@@ -63,12 +98,22 @@ static void cross_entropy_backward_kernel(float *dx, const float *x, const int32
     const float *lb_lse = lse + img * s_pixels + s0;
     float weight[BLOCK];
     for (int64_t i = 0; i < w; i++) weight[i] = lb[i] == ignore_index ? 0.0f : scale;
-    for (int64_t k = 0; k < k_classes; k++)
-      for (int64_t i = 0; i < w; i++) {
-        int64_t at = base + k * s_pixels + i;
-        float onehot = lb[i] == k ? 1.0f : 0.0f;
-        dx[at] += weight[i] * (expf(x[at] - lb_lse[i]) - onehot);
+    for (int64_t k = 0; k < k_classes; k++) {
+      const float *xr = x + base + k * s_pixels;
+      float *dr = dx + base + k * s_pixels;
+      int64_t i = 0;
+#if VEC_LANES > 1
+      for (; i + VEC_LANES <= w; i += VEC_LANES) {
+        vec_f32 p = vec_expf(vec_sub(vec_load(xr + i), vec_load(lb_lse + i)));
+        vec_f32 d = vec_mul(vec_load(weight + i), vec_sub(p, vec_onehot(lb + i, (int32_t)k)));
+        vec_store(dr + i, vec_add(vec_load(dr + i), d));
       }
+#endif
+      for (; i < w; i++) {
+        float onehot = lb[i] == k ? 1.0f : 0.0f;
+        dr[i] += weight[i] * (expf(xr[i] - lb_lse[i]) - onehot);
+      }
+    }
   }
 }
 
@@ -149,21 +194,10 @@ hakd_tensor *hakd_cross_entropy(hakd_ctx *ctx, hakd_tensor *logits, hakd_tensor 
 static void tempered_log_normalisers(float *log_zs, float *log_zt, const float *sb, const float *tb, int64_t w,
                                      int64_t k_classes, int64_t s_pixels, float inv_t) {
   float max_s[BLOCK], max_t[BLOCK], sum_s[BLOCK], sum_t[BLOCK];
-  for (int64_t i = 0; i < w; i++) max_s[i] = max_t[i] = -INFINITY, sum_s[i] = sum_t[i] = 0.0f;
-  for (int64_t k = 0; k < k_classes; k++)
-    for (int64_t i = 0; i < w; i++) {
-      max_s[i] = fmaxf(max_s[i], sb[k * s_pixels + i] * inv_t);
-      max_t[i] = fmaxf(max_t[i], tb[k * s_pixels + i] * inv_t);
-    }
-  for (int64_t k = 0; k < k_classes; k++)
-    for (int64_t i = 0; i < w; i++) {
-      sum_s[i] += expf(sb[k * s_pixels + i] * inv_t - max_s[i]);
-      sum_t[i] += expf(tb[k * s_pixels + i] * inv_t - max_t[i]);
-    }
-  for (int64_t i = 0; i < w; i++) {
-    log_zs[i] = max_s[i] + logf(sum_s[i]);
-    log_zt[i] = max_t[i] + logf(sum_t[i]);
-  }
+  block_max_exp_sum(max_s, sum_s, sb, w, k_classes, s_pixels, inv_t);
+  block_max_exp_sum(max_t, sum_t, tb, w, k_classes, s_pixels, inv_t);
+  block_log_sum(log_zs, max_s, sum_s, w);
+  block_log_sum(log_zt, max_t, sum_t, w);
 }
 
 /* partial[block] = sum over the block's pixels and classes of pt (log pt - log ps), with
@@ -205,12 +239,23 @@ static void kl_backward_kernel(float *ds, const float *s, const float *t, int64_
     float *db = ds + base;
     float log_zs[BLOCK], log_zt[BLOCK];
     tempered_log_normalisers(log_zs, log_zt, sb, tb, w, k_classes, s_pixels, inv_t);
-    for (int64_t k = 0; k < k_classes; k++)
-      for (int64_t i = 0; i < w; i++) {
-        int64_t at = k * s_pixels + i;
-        float ps = expf(sb[at] * inv_t - log_zs[i]), pt = expf(tb[at] * inv_t - log_zt[i]);
-        db[at] += scale * (ps - pt);
+    for (int64_t k = 0; k < k_classes; k++) {
+      const float *sr = sb + k * s_pixels, *tr = tb + k * s_pixels;
+      float *dr = db + k * s_pixels;
+      int64_t i = 0;
+#if VEC_LANES > 1
+      vec_f32 iv = vec_set1(inv_t), sc = vec_set1(scale);
+      for (; i + VEC_LANES <= w; i += VEC_LANES) {
+        vec_f32 ps = vec_expf(vec_sub(vec_mul(vec_load(sr + i), iv), vec_load(log_zs + i)));
+        vec_f32 pt = vec_expf(vec_sub(vec_mul(vec_load(tr + i), iv), vec_load(log_zt + i)));
+        vec_store(dr + i, vec_add(vec_load(dr + i), vec_mul(sc, vec_sub(ps, pt))));
       }
+#endif
+      for (; i < w; i++) {
+        float ps = expf(sr[i] * inv_t - log_zs[i]), pt = expf(tr[i] * inv_t - log_zt[i]);
+        dr[i] += scale * (ps - pt);
+      }
+    }
   }
 }
 

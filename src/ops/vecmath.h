@@ -13,8 +13,10 @@
 typedef __m512 vec_f32;
 __m512 _ZGVeN16v_erff(__m512);
 __m512 _ZGVeN16v_expf(__m512);
+__m512 _ZGVeN16v_logf(__m512);
 #define vec_erf _ZGVeN16v_erff
 #define vec_expf _ZGVeN16v_expf
+#define vec_logf _ZGVeN16v_logf
 #define vec_load _mm512_loadu_ps
 #define vec_store _mm512_storeu_ps
 #define vec_set1 _mm512_set1_ps
@@ -26,13 +28,20 @@ __m512 _ZGVeN16v_expf(__m512);
 #define vec_max _mm512_max_ps
 static inline float vec_reduce_add(__m512 v) { return _mm512_reduce_add_ps(v); }
 static inline float vec_reduce_max(__m512 v) { return _mm512_reduce_max_ps(v); }
+/* 1.0f in lane i where labels[i] == k, else 0.0f. */
+static inline __m512 vec_onehot(const int32_t *labels, int32_t k) {
+  __mmask16 eq = _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(labels), _mm512_set1_epi32(k));
+  return _mm512_maskz_mov_ps(eq, _mm512_set1_ps(1.0f));
+}
 #elif defined(__AVX2__)
 #define VEC_LANES 8
 typedef __m256 vec_f32;
 __m256 _ZGVdN8v_erff(__m256);
 __m256 _ZGVdN8v_expf(__m256);
+__m256 _ZGVdN8v_logf(__m256);
 #define vec_erf _ZGVdN8v_erff
 #define vec_expf _ZGVdN8v_expf
+#define vec_logf _ZGVdN8v_logf
 #define vec_load _mm256_loadu_ps
 #define vec_store _mm256_storeu_ps
 #define vec_set1 _mm256_set1_ps
@@ -50,6 +59,10 @@ static inline float vec_reduce_max(__m256 v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+static inline __m256 vec_onehot(const int32_t *labels, int32_t k) {
+  __m256i eq = _mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)labels), _mm256_set1_epi32(k));
+  return _mm256_and_ps(_mm256_castsi256_ps(eq), _mm256_set1_ps(1.0f));
 }
 #else
 #define VEC_LANES 1
