@@ -11,6 +11,7 @@ static void bench_usage(void) {
   printf("usage: hakd bench --model NAME [--mode train|infer|distill] [--size HxW (512x512)] [--batch B (2)]\n"
          "                  [--teacher NAME --method M (heteroakd)] [--num-classes K (19)] [--width W (1)]\n"
          "                  [--iters N (5)] [--warmup W (2)] [--threads T] [--seed S (0)]\n"
+         "                  [--precision fp32|bf16 (fp32)]\n"
          "Times W untimed and N timed steps on one random batch (inputs N(0,1), uniform labels; no data\n"
          "loading) and prints one JSON line: images_per_s = batch / median step time, ms_per_iter (median,\n"
          "also min and max), peak_rss_mb (getrusage maxrss after the timed steps), gflops achieved.\n"
@@ -22,7 +23,8 @@ static void bench_usage(void) {
          "FLOPs: one multiply-add = 2 FLOPs over convolutions, linear layers and matrix products\n"
          "(hakd info's MACs x 2). infer counts 2 x MACs per image; train counts 3 x the forward FLOPs\n"
          "(6 x MACs: forward, backward to inputs, backward to weights); distill counts the teacher's\n"
-         "forward plus the student's train step. Precision is fp32.\n");
+         "forward plus the student's train step. --precision bf16: convolutions multiply in bfloat16 and\n"
+         "accumulate in float32 (tensors, weights, gradients and losses stay float32).\n");
 }
 
 static int cmd_bench(int argc, char **argv) {
@@ -33,7 +35,7 @@ static int cmd_bench(int argc, char **argv) {
       {"num-classes", required_argument, 0, 'k'}, {"width", required_argument, 0, 'w'},
       {"iters", required_argument, 0, 'n'},   {"warmup", required_argument, 0, 'u'},
       {"threads", required_argument, 0, 'j'}, {"seed", required_argument, 0, 'r'},
-      {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+      {"precision", required_argument, 0, 'p'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
   hakd_bench_config c;
   hakd_bench_config_default(&c);
   const char *size = "512x512";
@@ -57,6 +59,9 @@ static int cmd_bench(int argc, char **argv) {
       case 'u': c.warmup = atoi(optarg); break;
       case 'j': c.threads = atoi(optarg); break;
       case 'r': c.seed = strtoull(optarg, NULL, 10); break;
+      case 'p':
+        if (hakd_precision_parse(optarg, &c.precision)) return command_fail(NULL);
+        break;
       case 'h': bench_usage(); return 0;
       default: return 2;
     }
@@ -71,9 +76,9 @@ static int cmd_bench(int argc, char **argv) {
     printf("\"teacher\": \"%s\", \"method\": \"%s\", ", c.teacher, hakd_distill_method_name(c.method));
   printf("\"size\": \"%dx%d\", \"batch\": %d, \"images_per_s\": %.4f, \"ms_per_iter\": %.2f, \"ms_min\": %.2f, "
          "\"ms_max\": %.2f, \"peak_rss_mb\": %.1f, \"arena_mb\": %.1f, \"gflops\": %.2f, \"flops_per_iter\": %.4e, "
-         "\"threads\": %d, \"precision\": \"fp32\", \"optimizer\": \"%s\", \"iters\": %d, \"warmup\": %d}\n",
+         "\"threads\": %d, \"precision\": \"%s\", \"optimizer\": \"%s\", \"iters\": %d, \"warmup\": %d}\n",
          c.height, c.width, c.batch, r.images_per_s, r.ms_median, r.ms_min, r.ms_max, r.peak_rss_mb, r.arena_mb,
-         r.gflops, r.flops_per_iter, r.threads, r.optimizer, c.iters, c.warmup);
+         r.gflops, r.flops_per_iter, r.threads, hakd_precision_name(c.precision), r.optimizer, c.iters, c.warmup);
   return 0;
 }
 

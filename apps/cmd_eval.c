@@ -13,7 +13,8 @@ static void usage(FILE *out) {
           "usage: hakd eval --model NAME --weights FILE --dataset NAME --data-root DIR [--split val]\n"
           "                 [--mode whole|slide --crop HxW --stride HxW] [--flip] [--scales 0.5,0.75,1.0,...]\n"
           "                 [--eval-scale HxW] [--save-pred DIR] [--width W] [--norm imagenet|bgr-mean]\n"
-          "                 [--weights-prefix FROM=TO] [--skip-bad] [--threads N]\n");
+          "                 [--weights-prefix FROM=TO] [--skip-bad] [--threads N]\n"
+          "                 [--precision fp32|bf16]\n");
 }
 
 static int parse_scales(const char *text, hakd_eval_options *o) {
@@ -41,6 +42,7 @@ static int cmd_eval(int argc, char **argv) {
       {"width", required_argument, 0, 'W'},     {"norm", required_argument, 0, 'n'},
       {"weights-prefix", required_argument, 0, 'P'}, {"skip-bad", no_argument, 0, 'b'},
       {"threads", required_argument, 0, 't'},   {"help", no_argument, 0, 'h'},
+      {"precision", required_argument, 0, 'R'},
       {0, 0, 0, 0}};
   const char *model = NULL, *weights = NULL, *dataset = NULL, *root = NULL, *split = "val", *prefix = NULL;
   hakd_eval_options o;
@@ -84,6 +86,9 @@ static int cmd_eval(int argc, char **argv) {
       case 'P': prefix = optarg; break;
       case 'b': o.skip_bad = 1; break;
       case 't': threads = atoi(optarg); break;
+      case 'R':
+        if (hakd_precision_parse(optarg, &o.precision)) return command_fail(NULL);
+        break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }

@@ -22,6 +22,7 @@ static void usage(FILE *out) {
           "usage: hakd predict --model NAME --num-classes K --weights FILE.safetensors --input IN\n"
           "                    [--save-logits OUT.npy] [--save-mask OUT.png] [--overlay OUT.png]\n"
           "                    [--width W] [--weights-prefix FROM=TO] [--norm imagenet|bgr-mean] [--threads N]\n"
+          "                    [--precision fp32|bf16]\n"
           "IN is a PNG/JPEG image (normalised with the model's mean/std, ImageNet RGB by default) or a\n"
           ".npy float32 array (1,3,H,W) used exactly as given. --save-logits writes float32 (1,K,h,w)\n"
           "logits at the model's native output resolution; --save-mask the argmax class-index PNG at\n"
@@ -34,6 +35,7 @@ int cmd_predict(int argc, char **argv) {
       {"weights", required_argument, 0, 'w'},     {"input", required_argument, 0, 'i'},
       {"save-logits", required_argument, 0, 'l'}, {"save-mask", required_argument, 0, 's'},
       {"overlay", required_argument, 0, 'o'},     {"width", required_argument, 0, 'W'},
+      {"precision", required_argument, 0, 'P'},
       {"weights-prefix", required_argument, 0, 'p'}, {"norm", required_argument, 0, 'n'},
       {"threads", required_argument, 0, 't'},     {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
@@ -42,6 +44,7 @@ int cmd_predict(int argc, char **argv) {
   hakd_model_options mo;
   hakd_model_options_default(&mo);
   int threads = 0, c;
+  hakd_precision precision = HAKD_FP32;
   optind = 1;
   while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) switch (c) {
       case 'm': model_name = optarg; break;
@@ -55,6 +58,9 @@ int cmd_predict(int argc, char **argv) {
       case 'p': prefix = optarg; break;
       case 'n': norm_name = optarg; break;
       case 't': threads = atoi(optarg); break;
+      case 'P':
+        if (hakd_precision_parse(optarg, &precision)) return command_fail(NULL);
+        break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
@@ -104,6 +110,7 @@ int cmd_predict(int argc, char **argv) {
     if (trc) goto fail;
   }
   ctx = hakd_ctx_new();
+  hakd_ctx_set_precision(ctx, precision);
   hakd_ctx_set_grad(ctx, 0);
   hakd_ctx_set_training(ctx, 0);
   hakd_tensor *x = hakd_tensor_wrap(ctx, HAKD_F32, 4, (int64_t[]){1, 3, H, W}, x_data);

@@ -235,3 +235,20 @@ TEST(backward_consumes_intermediate_gradients_once) {
   hakd_params_free(&params);
   hakd_ctx_free(ctx);
 }
+
+TEST(precision_names_parse_and_unknown_ones_are_errors) {
+  hakd_precision p = HAKD_BF16;
+  ASSERT_OK(hakd_precision_parse("fp32", &p));
+  ASSERT_EQ_INT(p, HAKD_FP32);
+  ASSERT_TRUE(hakd_precision_parse("fp16", &p) != 0);
+  ASSERT_TRUE(strstr(hakd_error_message(), "'fp16'") != NULL);
+  /* bf16 parses where the CPU has AVX512-BF16, and is refused with a reason elsewhere */
+  int rc = hakd_precision_parse("bf16", &p);
+  if (__builtin_cpu_supports("avx512bf16")) {
+    ASSERT_OK(rc);
+    ASSERT_EQ_INT(p, HAKD_BF16);
+  } else {
+    ASSERT_TRUE(rc != 0 && strstr(hakd_error_message(), "AVX512-BF16") != NULL);
+  }
+  ASSERT_TRUE(!strcmp(hakd_precision_name(HAKD_BF16), "bf16"));
+}

@@ -236,6 +236,75 @@ static void check_against_naive(conv2d_path path) {
   conv2d_set_path(CONV2D_PATH_AUTO);
 }
 
+/* Round to nearest even bfloat16 (what oneDNN's reorders do). */
+static float round_bf16(float v) {
+  uint32_t u;
+  memcpy(&u, &v, sizeof u);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+/* bf16 precision: the products read x, w and dy rounded to bfloat16 and sum in float32, so the
+ * results equal the double reference of the rounded operands to float32 accumulation accuracy
+ * (2e-5 as above), while they differ from the unrounded reference by the rounding (relative
+ * 2^-9 per operand: > 1e-4 normalised on these sums, so the check sees bf16 at work). */
+TEST(bf16_products_read_rounded_operands) {
+  const conv_case cases[] = {
+      {1, 128, 48, 40, 16, 3, 1, 1, 1, 1},
+      {1, 4, 12, 13, 5, 5, 3, 1, 1, 1},
+      {2, 32, 9, 11, 24, 1, 1, 0, 1, 1}, /* 1x1: on oneDNN too in bf16 */
+      {2, 16, 20, 20, 8, 3, 1, 2, 2, 1}, /* dilated */
+  };
+  for (size_t t = 0; t < sizeof cases / sizeof cases[0] && !test_failed(); t++) {
+    const conv_case *cc = &cases[t];
+    hakd_params p;
+    hakd_params_init(&p);
+    int64_t xs[4] = {cc->n, cc->cin, cc->h, cc->w}, ws[4] = {cc->cout, cc->cin / cc->groups, cc->k, cc->k};
+    int64_t bs[1] = {cc->cout};
+    hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, 0), *w = hakd_params_add(&p, "w", 4, ws, 0);
+    hakd_tensor *b = hakd_params_add(&p, "b", 1, bs, 0);
+    fill_normal(hakd_f32(x), hakd_numel(x), 1.0f, 1 + t);
+    fill_normal(hakd_f32(w), hakd_numel(w), 0.1f, 100 + t);
+    fill_normal(hakd_f32(b), hakd_numel(b), 1.0f, 200 + t);
+    hakd_ctx *ctx = hakd_ctx_new();
+    hakd_ctx_set_precision(ctx, HAKD_BF16);
+    hakd_tensor *y = hakd_conv2d(ctx, x, w, b, cc->stride, cc->pad, cc->dilation, cc->groups);
+    ASSERT_TRUE(y != NULL);
+    int64_t ny = hakd_numel(y), nx = hakd_numel(x), nw = hakd_numel(w);
+    float *gy = malloc((size_t)ny * sizeof(float));
+    fill_normal(gy, ny, 1.0f, 300 + t);
+    ASSERT_OK(hakd_backward_seeded(ctx, y, gy));
+    float *xr = malloc((size_t)nx * sizeof(float)), *wr = malloc((size_t)nw * sizeof(float));
+    float *gyr = malloc((size_t)ny * sizeof(float));
+    for (int64_t i = 0; i < nx; i++) xr[i] = round_bf16(hakd_f32(x)[i]);
+    for (int64_t i = 0; i < nw; i++) wr[i] = round_bf16(hakd_f32(w)[i]);
+    for (int64_t i = 0; i < ny; i++) gyr[i] = round_bf16(gy[i]);
+    double *ry = malloc((size_t)ny * sizeof(double)), *rdx = malloc((size_t)nx * sizeof(double));
+    double *rdw = malloc((size_t)nw * sizeof(double)), *rdb = malloc((size_t)cc->cout * sizeof(double));
+    naive_conv(ry, rdx, rdw, rdb, xr, wr, hakd_f32(b), gyr, cc);
+    double ey = max_rel_err_d(hakd_f32(y), ry, ny), edx = max_rel_err_d(x->grad, rdx, nx);
+    double edw = max_rel_err_d(w->grad, rdw, nw), edb = max_rel_err_d(b->grad, rdb, cc->cout);
+    if (!(ey <= 2e-5 && edx <= 2e-5 && edw <= 2e-5 && edb <= 2e-5))
+      test_fail(__FILE__, __LINE__, "case %zu: vs rounded operands rel err y %.3g dx %.3g dw %.3g db %.3g > 2e-5", t,
+                ey, edx, edw, edb);
+    naive_conv(ry, rdx, rdw, rdb, hakd_f32(x), hakd_f32(w), hakd_f32(b), gy, cc);
+    ey = max_rel_err_d(hakd_f32(y), ry, ny);
+    if (!(ey > 1e-4 && ey < 1e-2))
+      test_fail(__FILE__, __LINE__, "case %zu: bf16 output vs fp32 reference rel err %.3g, expected 1e-4..1e-2", t, ey);
+    free(xr);
+    free(wr);
+    free(gyr);
+    free(gy);
+    free(ry);
+    free(rdx);
+    free(rdw);
+    free(rdb);
+    hakd_ctx_free(ctx);
+    hakd_params_free(&p);
+  }
+}
+
 TEST(gemm_matches_naive_reference) { check_against_naive(CONV2D_PATH_GEMM); }
 TEST(dnnl_matches_naive_reference) { check_against_naive(CONV2D_PATH_DNNL); }
 
@@ -301,13 +370,16 @@ TEST(env_selects_path_and_rejects_unknown) {
   hakd_tensor *y = hakd_conv2d(ctx, x, w, NULL, cc.stride, cc.pad, cc.dilation, cc.groups);
   ASSERT_TRUE(y != NULL);
   ASSERT_OK(hakd_backward(ctx, y));
-  /* The auto rule: depthwise and 1x1 on gemm, other kernels on oneDNN. */
-  conv2d_shape dense = {1, 2, 5, 5, 2, 3, 3, 5, 5, 1, 1, 1, 1, 0};
-  conv2d_shape depthwise = {1, 8, 5, 5, 8, 3, 3, 5, 5, 1, 1, 1, 8, 1};
-  conv2d_shape pointwise_s2 = {1, 8, 5, 5, 4, 1, 1, 3, 3, 2, 0, 1, 1, 0};
+  /* The auto rule: depthwise and 1x1 on gemm, other kernels on oneDNN; in bf16 all but
+   * depthwise on oneDNN. */
+  conv2d_shape dense = {1, 2, 5, 5, 2, 3, 3, 5, 5, 1, 1, 1, 1, 0, 0};
+  conv2d_shape depthwise = {1, 8, 5, 5, 8, 3, 3, 5, 5, 1, 1, 1, 8, 1, 0};
+  conv2d_shape pointwise_s2 = {1, 8, 5, 5, 4, 1, 1, 3, 3, 2, 0, 1, 1, 0, 0};
   ASSERT_EQ_INT(conv2d_auto_path(&dense), CONV2D_PATH_DNNL);
   ASSERT_EQ_INT(conv2d_auto_path(&depthwise), CONV2D_PATH_GEMM);
   ASSERT_EQ_INT(conv2d_auto_path(&pointwise_s2), CONV2D_PATH_GEMM);
+  pointwise_s2.bf16 = 1;
+  ASSERT_EQ_INT(conv2d_auto_path(&pointwise_s2), CONV2D_PATH_DNNL);
   hakd_ctx_free(ctx);
   hakd_params_free(&p);
 }

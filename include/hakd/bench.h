@@ -31,6 +31,7 @@ typedef struct {
   float width_mult;           /* channel multiplier of the model and the teacher (1) */
   int warmup, iters;          /* untimed, then timed iterations (2, 5) */
   int threads;                /* <= 0: hakd_set_threads' default */
+  hakd_precision precision;   /* HAKD_FP32 */
   uint64_t seed;              /* inputs, labels, parameters */
 } hakd_bench_config;
 

@@ -37,6 +37,7 @@ typedef struct {
   int64_t eval_every, save_every, log_every, stop_after;
   int64_t seed;
   int threads;
+  char precision[8]; /* fp32 | bf16 */
   /* distillation */
   char teacher[HAKD_NAME_MAX], teacher_weights[HAKD_PATH_MAX], method[16], teacher_norm[16];
   float teacher_width;

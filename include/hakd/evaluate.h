@@ -19,6 +19,7 @@ typedef struct {
   float scales[8];          /* multi-scale ratios (1 scale of 1.0 = single scale) */
   int scale_h, scale_w;     /* keep-ratio resize bound before scaling (0 = whole image) */
   hakd_norm norm;
+  hakd_precision precision;  /* HAKD_FP32 */
   const char *save_pred_dir; /* class-index PNGs (scorable by `hakd miou`) + overlays/ */
   int skip_bad;
   int64_t max_images;        /* 0 = all */

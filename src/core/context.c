@@ -71,6 +71,7 @@ struct hakd_ctx {
   uint64_t mallocs;
   hakd_node *tape;
   int grad_enabled, training, status;
+  hakd_precision precision;
   uint64_t rng;
 };
 
@@ -369,6 +370,8 @@ void hakd_ctx_set_grad(hakd_ctx *ctx, int enabled) { ctx->grad_enabled = enabled
 int hakd_ctx_grad(const hakd_ctx *ctx) { return ctx->grad_enabled; }
 void hakd_ctx_set_training(hakd_ctx *ctx, int training) { ctx->training = training; }
 int hakd_ctx_training(const hakd_ctx *ctx) { return ctx->training; }
+void hakd_ctx_set_precision(hakd_ctx *ctx, hakd_precision precision) { ctx->precision = precision; }
+hakd_precision hakd_ctx_precision(const hakd_ctx *ctx) { return ctx->precision; }
 void hakd_ctx_seed(hakd_ctx *ctx, uint64_t seed) { ctx->rng = hakd_rng_seed(seed); }
 uint64_t *hakd_ctx_rng(hakd_ctx *ctx) { return &ctx->rng; }
 int hakd_ctx_status(const hakd_ctx *ctx) { return ctx->status; }

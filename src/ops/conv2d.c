@@ -504,7 +504,9 @@ static int conv2d_check_env(hakd_ctx *ctx) {
  * per-run measurement, so the same shapes take the same path in every process and a resumed
  * training run computes bit-identically to an uninterrupted one. */
 conv2d_path conv2d_auto_path(const conv2d_shape *s) {
-  if (conv2d_is_depthwise(s) || (s->kh == 1 && s->kw == 1)) return CONV2D_PATH_GEMM;
+  if (conv2d_is_depthwise(s)) return CONV2D_PATH_GEMM;
+  if (s->bf16) return CONV2D_PATH_DNNL; /* bfloat16 products exist only there */
+  if (s->kh == 1 && s->kw == 1) return CONV2D_PATH_GEMM;
   return CONV2D_PATH_DNNL;
 }
 
@@ -526,7 +528,7 @@ static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *
 /* ---- the op ---- */
 
 static conv2d_shape conv2d_shape_of(const hakd_tensor *x, const hakd_tensor *w, const hakd_tensor *b, int64_t stride,
-                                    int64_t pad, int64_t dilation, int64_t groups) {
+                                    int64_t pad, int64_t dilation, int64_t groups, int64_t bf16) {
   conv2d_shape s;
   memset(&s, 0, sizeof s); /* the struct is a cache key compared with memcmp */
   s.n = x->shape[0], s.cin = x->shape[1], s.h = x->shape[2], s.w = x->shape[3];
@@ -535,12 +537,14 @@ static conv2d_shape conv2d_shape_of(const hakd_tensor *x, const hakd_tensor *w, 
   s.oh = (s.h + 2 * pad - dilation * (s.kh - 1) - 1) / stride + 1;
   s.ow = (s.w + 2 * pad - dilation * (s.kw - 1) - 1) / stride + 1;
   s.has_bias = b != NULL;
+  /* the direct depthwise kernel and a forced GEMM path compute in float32 */
+  s.bf16 = bf16 && !conv2d_is_depthwise(&s) && conv2d_get_path() != CONV2D_PATH_GEMM;
   return s;
 }
 
 static void conv2d_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0], *w = node->in[1], *b = node->n_in > 2 ? node->in[2] : NULL;
-  conv2d_shape s = conv2d_shape_of(x, w, b, node->iarg[0], node->iarg[1], node->iarg[2], node->iarg[3]);
+  conv2d_shape s = conv2d_shape_of(x, w, b, node->iarg[0], node->iarg[1], node->iarg[2], node->iarg[3], node->iarg[4]);
   float *dx = hakd_grad(ctx, x), *dw = hakd_grad(ctx, w), *db = b ? hakd_grad(ctx, b) : NULL;
   if (hakd_ctx_status(ctx) || (!dx && !dw && !db)) return;
   int rc = conv2d_backward_dispatch(ctx, dx, dw, db, hakd_f32(x), hakd_f32(w), node->out->grad, &s);
@@ -567,7 +571,8 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
   if (b && (b->dtype != HAKD_F32 || b->ndim != 1 || b->shape[0] != w->shape[0]))
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: bias %s does not match weight %s", hakd_shape_str(b, bs, sizeof bs),
                          ws);
-  conv2d_shape s = conv2d_shape_of(x, w, b, stride, padding, dilation, groups);
+  int64_t bf16 = hakd_ctx_precision(ctx) == HAKD_BF16;
+  conv2d_shape s = conv2d_shape_of(x, w, b, stride, padding, dilation, groups, bf16);
   if (s.h + 2 * s.pad < dilation * (s.kh - 1) + 1 || s.w + 2 * s.pad < dilation * (s.kw - 1) + 1)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: kernel %s with dilation %d larger than padded input %s", ws,
                          dilation, xs);
@@ -584,6 +589,7 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
     node->iarg[1] = padding;
     node->iarg[2] = dilation;
     node->iarg[3] = groups;
+    node->iarg[4] = bf16;
     hakd_node_unneeded(ctx, node, -1);
   }
   return y;

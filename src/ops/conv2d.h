@@ -15,6 +15,7 @@ typedef struct {
   int64_t oh, ow;         /* output (N, Cout, oh, ow) */
   int64_t stride, pad, dilation, groups;
   int64_t has_bias;
+  int64_t bf16;           /* products in bfloat16 (inputs rounded), sums and outputs in float32 */
 } conv2d_shape;
 
 typedef enum {

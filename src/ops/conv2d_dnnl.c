@@ -88,8 +88,10 @@ static int conv2d_dnnl_init_engine(void) {
 
 /* Our plain layouts: activations NCHW, weights (G, Cout/G, Cin/G, kh, kw) == (Cout, Cin/G, kh, kw). */
 typedef struct {
-  dnnl_memory_desc_t src, weights, bias, dst;          /* plain */
-  dnnl_memory_desc_t src_any, weights_any, dst_any;    /* layout left to the primitive */
+  dnnl_memory_desc_t src, weights, bias, dst;       /* plain */
+  dnnl_memory_desc_t src_any, weights_any, dst_any; /* float32 results, layout left to the primitive */
+  /* what the products read: float32, or bfloat16 in the bf16 precision (the reorders round) */
+  dnnl_memory_desc_t src_in, weights_in, dst_in;
   dnnl_dims_t strides, dilates, pad_l, pad_r;
 } conv2d_dnnl_descs;
 
@@ -105,6 +107,10 @@ static int conv2d_dnnl_descs_init(conv2d_dnnl_descs *d, const conv2d_shape *s) {
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->src_any, 4, src, dnnl_f32, dnnl_format_tag_any));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->dst_any, 4, dst, dnnl_f32, dnnl_format_tag_any));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->weights_any, wdims, wshape, dnnl_f32, dnnl_format_tag_any));
+  dnnl_data_type_t in_type = s->bf16 ? dnnl_bf16 : dnnl_f32;
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->src_in, 4, src, in_type, dnnl_format_tag_any));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->dst_in, 4, dst, in_type, dnnl_format_tag_any));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->weights_in, wdims, wshape, in_type, dnnl_format_tag_any));
   /* oneDNN counts dilation from 0, and its right padding is whatever makes the PyTorch output
    * size exact (it may be smaller than the left padding when the last window does not fit). */
   int64_t in[2] = {s->h, s->w}, out[2] = {s->oh, s->ow}, k[2] = {s->kh, s->kw};
@@ -178,8 +184,8 @@ static int conv2d_dnnl_forward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_de
   const conv2d_shape *s = &e->shape;
   conv2d_dnnl_op *op = &e->forward;
   dnnl_convolution_desc_t cd;
-  DNNL_TRY(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &d->src_any,
-                                                      &d->weights_any, s->has_bias ? &d->bias : NULL, &d->dst_any,
+  DNNL_TRY(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &d->src_in,
+                                                      &d->weights_in, s->has_bias ? &d->bias : NULL, &d->dst_any,
                                                       d->strides, d->dilates, d->pad_l, d->pad_r));
   int rc = conv2d_dnnl_pd_create(&op->pd, &cd, NULL);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_SRC, dnnl_query_src_md, 0, &d->src, 0, 0);
@@ -193,8 +199,8 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
   const conv2d_shape *s = &e->shape;
   conv2d_dnnl_op *op = &e->backward_data;
   dnnl_convolution_desc_t cd;
-  DNNL_TRY(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &d->src_any, &d->weights_any,
-                                                            &d->dst_any, d->strides, d->dilates, d->pad_l, d->pad_r));
+  DNNL_TRY(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &d->src_any, &d->weights_in,
+                                                            &d->dst_in, d->strides, d->dilates, d->pad_l, d->pad_r));
   int rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->dst, 0, 0);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, &d->weights, 0, 0);
@@ -203,7 +209,7 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
   if (rc) return rc;
   op = &e->backward_weights;
   DNNL_TRY(dnnl_dilated_convolution_backward_weights_desc_init(
-      &cd, dnnl_convolution_direct, &d->src_any, &d->weights_any, s->has_bias ? &d->bias : NULL, &d->dst_any,
+      &cd, dnnl_convolution_direct, &d->src_in, &d->weights_any, s->has_bias ? &d->bias : NULL, &d->dst_in,
       d->strides, d->dilates, d->pad_l, d->pad_r));
   rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_SRC, dnnl_query_src_md, 0, &d->src, 0, 0);

@@ -117,6 +117,7 @@ static int bench_setup(bench *b, hakd_bench_result *r) {
   for (size_t i = 0; i < pixels * 3; i++) b->images[i] = hakd_rng_normal(&rng);
   for (size_t i = 0; i < pixels; i++) b->labels[i] = (int32_t)(hakd_rng_next(&rng) % (uint64_t)c->num_classes);
   hakd_ctx_seed(b->ctx, c->seed + 4);
+  hakd_ctx_set_precision(b->ctx, c->precision);
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "hakd/error.h"
+#include "hakd/tensor.h"
 
 #define STR(field) HAKD_KEY_STR, offsetof(hakd_config, field), sizeof(((hakd_config *)0)->field)
 #define NUM(type, field) type, offsetof(hakd_config, field), 0
@@ -58,6 +59,8 @@ static const hakd_config_key keys[] = {
      "stop (with a checkpoint) at this iteration, to continue later with --resume (0: run to the end)", 0},
     {"seed", NUM(HAKD_KEY_INT64, seed), "0", "random seed (weights, data order, augmentation)", 0},
     {"threads", NUM(HAKD_KEY_INT, threads), "0", "compute threads (0: OMP_NUM_THREADS or all cores)", 0},
+    {"precision", STR(precision), "fp32",
+     "fp32 | bf16 (mixed: convolutions multiply in bfloat16, accumulate in float32; AVX512-BF16)", 0},
     {"teacher", STR(teacher), "", "teacher model name", 1},
     {"teacher_weights", STR(teacher_weights), "", "teacher weights (safetensors)", 1},
     {"teacher_norm", STR(teacher_norm), "", "the teacher's input normalisation if not --norm: imagenet | bgr-mean", 1},
@@ -253,6 +256,9 @@ int hakd_config_validate(const hakd_config *c, int distill) {
   if (!one_of(c->norm, norms)) return hakd_error(HAKD_EINVAL, "norm '%s': use imagenet or bgr-mean", c->norm);
   if (!one_of(c->schedule, schedules)) return hakd_error(HAKD_EINVAL, "schedule '%s': only poly", c->schedule);
   if (c->workers < 0) return hakd_error(HAKD_EINVAL, "workers must be >= 0");
+  hakd_precision precision;
+  int rc = hakd_precision_parse(c->precision, &precision);
+  if (rc) return rc;
   if (distill) {
     static const char *const methods[] = {"none", "kd", "cwd", "fitnet", "heteroakd", NULL},
                              *const rel[] = {"ce", "bce", NULL}, *const axes[] = {"spatial", "class", NULL},

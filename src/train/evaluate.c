@@ -174,6 +174,7 @@ int hakd_evaluate(hakd_model *m, const hakd_dataset *ds, const hakd_eval_options
   }
   hakd_ctx *ctx = hakd_ctx_new();
   if (!ctx) return hakd_error(HAKD_ENOMEM, "out of memory");
+  hakd_ctx_set_precision(ctx, o->precision);
   hakd_ctx_set_grad(ctx, 0);
   hakd_ctx_set_training(ctx, 0);
   int64_t n = hakd_dataset_count(ds);

@@ -169,6 +169,7 @@ static int setup(trainer *t, hakd_train_result *result) {
   t->eval.norm = strcmp(c->norm, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN;
   if (c->eval_scale[0]) hakd_parse_size(c->eval_scale, &t->eval.scale_h, &t->eval.scale_w);
   t->eval.skip_bad = c->skip_bad;
+  hakd_precision_parse(c->precision, &t->eval.precision); /* validated with the config */
   t->eval.warnings = t->log;
 
   if (t->distill) {
@@ -235,6 +236,7 @@ static int setup(trainer *t, hakd_train_result *result) {
   }
   t->labels = malloc(pixels * sizeof(int32_t));
   t->ctx = hakd_ctx_new();
+  if (t->ctx) hakd_ctx_set_precision(t->ctx, t->eval.precision);
   int64_t hist_cap = c->iters + 2;
   t->hist_iter = calloc((size_t)hist_cap, sizeof(double));
   for (int i = 0; i < MAX_TERMS; i++) t->hist_terms[i] = calloc((size_t)hist_cap, sizeof(double));
