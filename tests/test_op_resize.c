@@ -1,5 +1,6 @@
 /* resize_bilinear / resize_nearest against F.interpolate (tools/gen_ops_conv.py), PyTorch's nearest
  * rule at non-integer ratios, int32 label maps, and finite differences. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -103,6 +104,72 @@ TEST(nearest_rule_at_non_integer_ratios) {
   for (int i = 0; i < 3; i++) ASSERT_EQ_INT(hakd_i32(down)[i], want_down[i]);
   for (int i = 0; i < 7; i++) ASSERT_EQ_INT(hakd_i32(up)[i], want_up[i]);
   hakd_ctx_free(ctx);
+}
+
+/* Source position of output index o along an axis, in float as the library and PyTorch compute
+ * it: i0, i1 and the weight l1 of i1. */
+static void bilinear_source(int64_t o, int64_t in, int64_t out, int align_corners, int64_t *i0, int64_t *i1, float *l1) {
+  if (in == out) {
+    *i0 = *i1 = o;
+    *l1 = 0.0f;
+    return;
+  }
+  float scale = align_corners ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f) : (float)in / (float)out;
+  float src = align_corners ? scale * (float)o : scale * ((float)o + 0.5f) - 0.5f;
+  if (src < 0.0f) src = 0.0f;
+  *i0 = (int64_t)src;
+  *i1 = *i0 + (*i0 < in - 1 ? 1 : 0);
+  float w = src - (float)*i0;
+  *l1 = w < 0.0f ? 0.0f : (w > 1.0f ? 1.0f : w);
+}
+
+/* Rows wider than the kernels' 512-column chunks, up and down, both align modes: the forward
+ * against the interpolation formula evaluated directly in double, the backward by the adjoint
+ * identity sum(y * g) == sum(x * dx) (both in double). Inputs and g ~N(0,1): outputs differ from
+ * the double formula by a few ulps (< 1e-5); the two dot products by float rounding of O(1) terms,
+ * ~1e-7 * sqrt(terms), so 1e-5 * sqrt(outputs) is ample. A wrong tap or a lost chunk gives O(0.1)
+ * per output and O(10) in the dot products. */
+TEST(bilinear_wide_rows_match_direct_formula) {
+  const int64_t cases[3][4] = {{5, 300, 9, 1100}, {6, 1200, 4, 530}, {3, 700, 3, 1030}}; /* h, w, oh, ow */
+  for (int t = 0; t < 3 && !test_failed(); t++)
+    for (int ac = 0; ac < 2 && !test_failed(); ac++) {
+      int64_t h = cases[t][0], w = cases[t][1], oh = cases[t][2], ow = cases[t][3];
+      hakd_params p;
+      hakd_params_init(&p);
+      int64_t xs[4] = {1, 2, h, w};
+      hakd_tensor *x = gradcheck_input(&p, "x", 4, xs, 1.0f, 31 + t);
+      hakd_ctx *ctx = hakd_ctx_new();
+      hakd_tensor *y = hakd_resize_bilinear(ctx, x, oh, ow, ac);
+      ASSERT_TRUE(y != NULL);
+      int64_t ny = hakd_numel(y), nx = hakd_numel(x);
+      float *g = malloc((size_t)ny * sizeof *g);
+      uint64_t rng = hakd_rng_seed(77 + t);
+      for (int64_t k = 0; k < ny; k++) g[k] = hakd_rng_normal(&rng);
+      double worst = 0.0, y_dot_g = 0.0;
+      for (int64_t c = 0; c < 2; c++)
+        for (int64_t i = 0; i < oh; i++)
+          for (int64_t j = 0; j < ow; j++) {
+            int64_t a0, a1, b0, b1;
+            float lh, lw;
+            bilinear_source(i, h, oh, ac, &a0, &a1, &lh);
+            bilinear_source(j, w, ow, ac, &b0, &b1, &lw);
+            const float *xp = hakd_f32(x) + c * h * w;
+            double want = (1.0 - lh) * ((1.0 - lw) * xp[a0 * w + b0] + lw * (double)xp[a0 * w + b1]) +
+                          lh * ((1.0 - lw) * xp[a1 * w + b0] + lw * (double)xp[a1 * w + b1]);
+            int64_t k = (c * oh + i) * ow + j;
+            double err = fabs(hakd_f32(y)[k] - want);
+            if (err > worst) worst = err;
+            y_dot_g += (double)hakd_f32(y)[k] * g[k];
+          }
+      ASSERT_TRUE(worst < 1e-5);
+      ASSERT_OK(hakd_backward_seeded(ctx, y, g));
+      double x_dot_dx = 0.0;
+      for (int64_t k = 0; k < nx; k++) x_dot_dx += (double)hakd_f32(x)[k] * x->grad[k];
+      ASSERT_NEAR(x_dot_dx, y_dot_g, 1e-5 * sqrt((double)ny));
+      free(g);
+      hakd_ctx_free(ctx);
+      hakd_params_free(&p);
+    }
 }
 
 /* ---- finite differences ---- */

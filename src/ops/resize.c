@@ -51,6 +51,54 @@ static resize_tap *resize_taps_new(hakd_ctx *ctx, int64_t h, int64_t w, int64_t 
   return taps;
 }
 
+/* Both bilinear passes walk the output in chunks of up to RESIZE_CHUNK columns and keep two
+ * rows of width-interpolated (forward) or height-accumulated (backward) values in step with the
+ * input rows, one slot per row parity: an output row reads input rows i0 and i0 + 1 (or i0
+ * twice), which never share a slot, so each input row is handled once per chunk when upsampling. */
+#define RESIZE_CHUNK 512
+
+/* h[j - j0] = l0 * row[i0] + l1 * row[i1] with output column j's taps, j in [j0, j1). */
+static void resize_row_width(float *h, const float *row, const resize_tap *tw, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; j++) h[j - j0] = tw[j].l0 * row[tw[j].i0] + tw[j].l1 * row[tw[j].i1];
+}
+
+/* row[i0] += l0 * v[j - j0], row[i1] += l1 * v[j - j0] with column j's taps, j in [j0, j1). */
+static void resize_row_width_backward(float *row, const float *v, const resize_tap *tw, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; j++) {
+    row[tw[j].i0] += tw[j].l0 * v[j - j0];
+    row[tw[j].i1] += tw[j].l1 * v[j - j0];
+  }
+}
+
+/* dx += the bilinear resize's transpose applied to dy, one plane: dy summed over output rows
+ * into input rows (weighted by the row taps), then spread over input columns.
+ * dxp: (h, w), dyp: (oh, ow). */
+static void resize_bilinear_backward_plane(float *dxp, const float *dyp, const resize_tap *th, const resize_tap *tw,
+                                           int64_t w, int64_t oh, int64_t ow) {
+  for (int64_t j0 = 0; j0 < ow; j0 += RESIZE_CHUNK) {
+    int64_t j1 = j0 + RESIZE_CHUNK < ow ? j0 + RESIZE_CHUNK : ow, n = j1 - j0;
+    float acc[2][RESIZE_CHUNK];
+    int64_t tag[2] = {-1, -1}; /* input row each slot accumulates */
+    for (int64_t i = 0; i < oh; i++) {
+      int64_t rows[2] = {th[i].i0, th[i].i1};
+      for (int k = 0; k < 2; k++) {
+        int slot = (int)(rows[k] & 1);
+        if (tag[slot] == rows[k]) continue;
+        /* Flushing adds, so a row that comes back later is still summed correctly. */
+        if (tag[slot] >= 0) resize_row_width_backward(dxp + tag[slot] * w, acc[slot], tw, j0, j1);
+        tag[slot] = rows[k];
+        for (int64_t j = 0; j < n; j++) acc[slot][j] = 0.0f;
+      }
+      const float *g = dyp + i * ow + j0;
+      float *a0 = acc[rows[0] & 1], *a1 = acc[rows[1] & 1], lh0 = th[i].l0, lh1 = th[i].l1;
+      for (int64_t j = 0; j < n; j++) a0[j] += lh0 * g[j];
+      for (int64_t j = 0; j < n; j++) a1[j] += lh1 * g[j];
+    }
+    for (int slot = 0; slot < 2; slot++)
+      if (tag[slot] >= 0) resize_row_width_backward(dxp + tag[slot] * w, acc[slot], tw, j0, j1);
+  }
+}
+
 static void resize_bilinear_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0];
   float *dx = hakd_grad(ctx, x);
@@ -59,23 +107,10 @@ static void resize_bilinear_backward(hakd_ctx *ctx, hakd_node *node) {
   int64_t oh = node->iarg[0], ow = node->iarg[1];
   resize_tap *taps = resize_taps_new(ctx, h, w, oh, ow, (int)node->iarg[2]);
   if (!taps) return;
-  const resize_tap *th = taps, *tw = taps + oh;
   const float *dy = node->out->grad;
 #pragma omp parallel for schedule(static) if (planes * oh * ow > 32768)
-  for (int64_t p = 0; p < planes; p++) {
-    float *dxp = dx + p * h * w;
-    const float *dyp = dy + p * oh * ow;
-    for (int64_t i = 0; i < oh; i++) {
-      float *r0 = dxp + th[i].i0 * w, *r1 = dxp + th[i].i1 * w;
-      for (int64_t j = 0; j < ow; j++) {
-        float g = dyp[i * ow + j];
-        r0[tw[j].i0] += th[i].l0 * tw[j].l0 * g;
-        r0[tw[j].i1] += th[i].l0 * tw[j].l1 * g;
-        r1[tw[j].i0] += th[i].l1 * tw[j].l0 * g;
-        r1[tw[j].i1] += th[i].l1 * tw[j].l1 * g;
-      }
-    }
-  }
+  for (int64_t p = 0; p < planes; p++)
+    resize_bilinear_backward_plane(dx + p * h * w, dy + p * oh * ow, taps, taps + oh, w, oh, ow);
 }
 
 static int resize_check_size(hakd_ctx *ctx, const char *op, int64_t out_h, int64_t out_w) {
@@ -107,13 +142,18 @@ hakd_tensor *hakd_resize_bilinear(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, 
   for (int64_t p = 0; p < planes; p++) {
     const float *xp = xd + p * h * w;
     float *yp = yd + p * out_h * out_w;
-    for (int64_t i = 0; i < out_h; i++) {
-      const float *r0 = xp + th[i].i0 * w, *r1 = xp + th[i].i1 * w;
-      float lh0 = th[i].l0, lh1 = th[i].l1;
-      for (int64_t j = 0; j < out_w; j++) {
-        const resize_tap *t = &tw[j];
-        yp[i * out_w + j] =
-            lh0 * (t->l0 * r0[t->i0] + t->l1 * r0[t->i1]) + lh1 * (t->l0 * r1[t->i0] + t->l1 * r1[t->i1]);
+    for (int64_t j0 = 0; j0 < out_w; j0 += RESIZE_CHUNK) {
+      int64_t j1 = j0 + RESIZE_CHUNK < out_w ? j0 + RESIZE_CHUNK : out_w, n = j1 - j0;
+      float across[2][RESIZE_CHUNK];
+      int64_t tag[2] = {-1, -1}; /* input row each slot holds, interpolated across the width */
+      for (int64_t i = 0; i < out_h; i++) {
+        int64_t r0 = th[i].i0, r1 = th[i].i1;
+        if (tag[r0 & 1] != r0) resize_row_width(across[r0 & 1], xp + r0 * w, tw, j0, j1), tag[r0 & 1] = r0;
+        if (tag[r1 & 1] != r1) resize_row_width(across[r1 & 1], xp + r1 * w, tw, j0, j1), tag[r1 & 1] = r1;
+        /* lh0 * (l0 a + l1 b) + lh1 * (l0 c + l1 d), the same float operations as PyTorch's. */
+        const float *h0 = across[r0 & 1], *h1 = across[r1 & 1];
+        float lh0 = th[i].l0, lh1 = th[i].l1, *yr = yp + i * out_w + j0;
+        for (int64_t j = 0; j < n; j++) yr[j] = lh0 * h0[j] + lh1 * h1[j];
       }
     }
   }
