@@ -230,7 +230,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(k, "--threads")) c.threads = atoi(v);
     else if (!strcmp(k, "--top")) top = atoi(v);
     else if (!strcmp(k, "--blas-threads")) blas_threads_pinned = atoi(v);
-    else if (!strcmp(k, "--mode")) {
+    else if (!strcmp(k, "--precision")) {
+      if (hakd_precision_parse(v, &c.precision)) return fprintf(stderr, "op_profile: %s\n", hakd_error_message()), 2;
+    } else if (!strcmp(k, "--mode")) {
       if (hakd_bench_mode_parse(v, &c.mode)) return fprintf(stderr, "op_profile: %s\n", hakd_error_message()), 2;
     } else if (!strcmp(k, "--method")) {
       if (hakd_distill_method_parse(v, &c.method)) return fprintf(stderr, "op_profile: %s\n", hakd_error_message()), 2;

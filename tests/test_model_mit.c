@@ -5,6 +5,7 @@
  * MiT model, stochastic depth and the registry. Parameters are filled from their names on both
  * sides (tests/param_fill.h). */
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -392,9 +393,19 @@ TEST(no_grad_forward_reuses_block_memory) {
           ref = malloc((size_t)count * sizeof(float));
           memcpy(ref, out.logits->data, (size_t)count * sizeof(float));
         }
-        if (!grad && step == 1)
-          if (memcmp(ref, out.logits->data, (size_t)count * sizeof(float)))
-            test_fail(__FILE__, __LINE__, "%s: no-grad logits differ from the recorded forward", names[n]);
+        /* no-grad inference folds BatchNorm into the convolutions: the same values up to float
+         * rounding of the folded weights (measured max rel err ~1e-7..1e-6) */
+        if (!grad && step == 1) {
+          double max_ref = 1e-6, max_diff = 0;
+          for (int64_t i = 0; i < count; i++) {
+            double d = fabs((double)ref[i] - hakd_f32(out.logits)[i]);
+            if (!(d <= max_diff)) max_diff = d;
+            if (fabs(ref[i]) > max_ref) max_ref = fabs(ref[i]);
+          }
+          if (!(max_diff <= 1e-5 * max_ref))
+            test_fail(__FILE__, __LINE__, "%s: no-grad logits differ from the recorded forward by %.3g (max %.3g)",
+                      names[n], max_diff, max_ref);
+        }
       }
       peak[grad] = hakd_ctx_get_stats(ctx).arena_peak;
       hakd_ctx_free(ctx);

@@ -441,3 +441,59 @@ TEST(rejects_bad_shapes) {
   ASSERT_TRUE(strstr(hakd_error_message(), "stride 0") != NULL);
   hakd_ctx_free(ctx);
 }
+
+/* The fused inference op equals conv2d -> per-channel affine -> + residual -> activation done
+ * op by op, on both paths; folding the affine into the weights changes only the rounding
+ * (sums of 72 products: 1e-5 of the largest value). */
+TEST(affine_act_equals_the_ops_one_by_one) {
+  const conv2d_path paths[2] = {CONV2D_PATH_GEMM, CONV2D_PATH_DNNL};
+  const hakd_activation acts[3] = {HAKD_ACT_NONE, HAKD_ACT_RELU, HAKD_ACT_RELU6};
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t xs[4] = {2, 8, 9, 7}, ws[4] = {6, 8, 3, 3}, cs[1] = {6}, ys[4] = {2, 6, 9, 7};
+  hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, 1), *w = hakd_params_add(&p, "w", 4, ws, 1);
+  hakd_tensor *b = hakd_params_add(&p, "b", 1, cs, 1), *scale = hakd_params_add(&p, "s", 1, cs, 1);
+  hakd_tensor *shift = hakd_params_add(&p, "t", 1, cs, 1), *res = hakd_params_add(&p, "r", 4, ys, 1);
+  fill_normal(hakd_f32(x), hakd_numel(x), 2.0f, 1);
+  fill_normal(hakd_f32(w), hakd_numel(w), 0.5f, 2);
+  fill_normal(hakd_f32(b), 6, 1.0f, 3);
+  fill_normal(hakd_f32(scale), 6, 1.0f, 4);
+  fill_normal(hakd_f32(shift), 6, 1.0f, 5);
+  fill_normal(hakd_f32(res), hakd_numel(res), 2.0f, 6);
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_ctx_set_grad(ctx, 0);
+  for (int pi = 0; pi < 2; pi++) {
+    conv2d_set_path(paths[pi]);
+    for (int a = 0; a < 3; a++)
+      for (int with_res = 0; with_res < 2; with_res++) {
+        hakd_ctx_reset(ctx);
+        hakd_tensor *r = with_res ? res : NULL;
+        hakd_tensor *fused = hakd_conv2d_affine_act(ctx, x, w, b, scale, shift, r, acts[a], 1, 1, 1, 1);
+        hakd_tensor *y = hakd_conv2d(ctx, x, w, b, 1, 1, 1, 1);
+        ASSERT_TRUE(fused && y);
+        float *yd = hakd_f32(y);
+        double max_ref = 1e-6, max_diff = 0;
+        for (int64_t i = 0; i < hakd_numel(y); i++) {
+          int64_t c = (i / 63) % 6;
+          float v = yd[i] * hakd_f32(scale)[c] + hakd_f32(shift)[c] + (r ? hakd_f32(r)[i] : 0.0f);
+          if (acts[a] != HAKD_ACT_NONE) v = v < 0 ? 0 : v;
+          if (acts[a] == HAKD_ACT_RELU6 && v > 6) v = 6;
+          double d = fabs((double)v - hakd_f32(fused)[i]);
+          if (!(d <= max_diff)) max_diff = d;
+          if (fabs(v) > max_ref) max_ref = fabs(v);
+        }
+        if (!(max_diff <= 1e-5 * max_ref))
+          test_fail(__FILE__, __LINE__, "%s act %d residual %d: max diff %.3g of %.3g", path_name(paths[pi]), a,
+                    with_res, max_diff, max_ref);
+      }
+  }
+  conv2d_set_path(CONV2D_PATH_AUTO);
+  /* inference only: refused while gradients are recorded for its inputs */
+  hakd_ctx_reset(ctx);
+  hakd_ctx_set_grad(ctx, 1);
+  hakd_tensor *wg = hakd_params_add(&p, "wg", 4, ws, 0);
+  ASSERT_TRUE(hakd_conv2d_affine_act(ctx, x, wg, b, scale, shift, NULL, HAKD_ACT_RELU, 1, 1, 1, 1) == NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "inference only") != NULL);
+  hakd_ctx_free(ctx);
+  hakd_params_free(&p);
+}

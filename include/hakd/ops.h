@@ -13,6 +13,14 @@
 /* reference: torch.nn.functional.conv2d. x (N,Cin,H,W), w (Cout,Cin/groups,kh,kw), b (Cout) or NULL. */
 hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b, int stride, int padding,
                          int dilation, int groups);
+typedef enum { HAKD_ACT_NONE = 0, HAKD_ACT_RELU, HAKD_ACT_RELU6 } hakd_activation;
+/* Inference only (an error while gradients are recorded for its inputs): act(conv2d(x, w, b) *
+ * scale[c] + shift[c] + residual), i.e. a convolution followed by eval-mode BatchNorm, an optional
+ * residual add and ReLU/ReLU6, with the affine folded into the weights. scale, shift (Cout);
+ * residual NULL or the output's shape. reference: relu(bn.eval()(conv(x)) + residual) */
+hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b,
+                                    const hakd_tensor *scale, const hakd_tensor *shift, const hakd_tensor *residual,
+                                    hakd_activation act, int stride, int padding, int dilation, int groups);
 /* reference: F.linear. x (..., in), w (out, in), b (out) or NULL -> (..., out). */
 hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b);
 /* reference: torch.matmul on (B..., M, K) x (B..., K, N), with optional transposes of the last two dims of a / b.

@@ -102,9 +102,11 @@ void hakd_ctx_collapse(hakd_ctx *ctx, hakd_arena_mark mark, int n, hakd_tensor *
 /* Step metadata memory (alive for the whole step), 64-byte aligned, uninitialised; NULL (and
  * ctx status set) when out of memory. */
 void *hakd_ctx_alloc(hakd_ctx *ctx, size_t bytes);
-/* Step scratch of one op: dies when the current op's backward returns (in backward) or at the
- * next scope collapse (in forward). 64-byte aligned, uninitialised. */
+/* Step scratch of one op: dies at hakd_ctx_scratch_free, else when the current op's backward
+ * returns (in backward) or at the next scope collapse (in forward). 64-byte aligned,
+ * uninitialised. */
 void *hakd_ctx_scratch(hakd_ctx *ctx, size_t bytes);
+void hakd_ctx_scratch_free(hakd_ctx *ctx, void *scratch);
 /* A step tensor; data uninitialised. shape has ndim entries. */
 hakd_tensor *hakd_tensor_new(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape);
 hakd_tensor *hakd_tensor_zeros(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape);

@@ -384,6 +384,18 @@ hakd_ctx_stats hakd_ctx_get_stats(const hakd_ctx *ctx) {
 
 void *hakd_ctx_scratch(hakd_ctx *ctx, size_t bytes) { return buffer_alloc(ctx, bytes, BUFFER_SCRATCH, NULL); }
 
+void hakd_ctx_scratch_free(hakd_ctx *ctx, void *scratch) {
+  if (!scratch) return;
+  for (int32_t id = ctx->n_buf - 1; id >= 0; id--) {
+    step_buffer *b = &ctx->buf[id];
+    if (b->kind == BUFFER_SCRATCH && !b->end && b->ptr == scratch) {
+      ctx->clock++;
+      buffer_die(ctx, id);
+      return;
+    }
+  }
+}
+
 static size_t dtype_size(hakd_dtype dtype) { return dtype == HAKD_I32 ? sizeof(int32_t) : sizeof(float); }
 
 hakd_tensor *hakd_tensor_new(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape) {

@@ -19,22 +19,19 @@ typedef struct {
   float dropout;
 } aspp_head;
 
-static hakd_tensor *conv_bn_relu(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x) {
-  return hakd_relu(ctx, layer_bn_forward(ctx, bn, layer_conv_forward(ctx, c, x)));
-}
-
 static hakd_tensor *aspp_forward(head *base, hakd_ctx *ctx, hakd_tensor *const stages[4]) {
   aspp_head *h = (aspp_head *)base;
   hakd_tensor *x = stages[3], *branches[ASPP_BRANCHES];
   if (!x) return NULL;
-  for (int i = 0; i < ASPP_BRANCHES - 1; i++) branches[i] = conv_bn_relu(ctx, &h->branch_conv[i], &h->branch_bn[i], x);
+  for (int i = 0; i < ASPP_BRANCHES - 1; i++) branches[i] = layer_conv_bn_forward(ctx, &h->branch_conv[i], &h->branch_bn[i], x, NULL, HAKD_ACT_RELU);
   /* ASPPPooling: global average, 1x1 conv + BN + ReLU, bilinear (align_corners=False) back to the map size. */
   hakd_tensor *pooled = hakd_adaptive_avgpool2d(ctx, x, 1, 1);
-  pooled = conv_bn_relu(ctx, &h->branch_conv[ASPP_BRANCHES - 1], &h->branch_bn[ASPP_BRANCHES - 1], pooled);
+  pooled = layer_conv_bn_forward(ctx, &h->branch_conv[ASPP_BRANCHES - 1], &h->branch_bn[ASPP_BRANCHES - 1], pooled,
+                                 NULL, HAKD_ACT_RELU);
   branches[ASPP_BRANCHES - 1] = hakd_resize_bilinear(ctx, pooled, x->shape[2], x->shape[3], 0);
   hakd_tensor *y = hakd_concat(ctx, ASPP_BRANCHES, branches, 1);
-  y = hakd_dropout(ctx, conv_bn_relu(ctx, &h->project_conv, &h->project_bn, y), h->dropout);
-  y = conv_bn_relu(ctx, &h->conv, &h->bn, y);
+  y = hakd_dropout(ctx, layer_conv_bn_forward(ctx, &h->project_conv, &h->project_bn, y, NULL, HAKD_ACT_RELU), h->dropout);
+  y = layer_conv_bn_forward(ctx, &h->conv, &h->bn, y, NULL, HAKD_ACT_RELU);
   return layer_conv_forward(ctx, &h->classifier, y);
 }
 

@@ -16,7 +16,7 @@ typedef struct {
 
 static hakd_tensor *fcn_forward(head *base, hakd_ctx *ctx, hakd_tensor *const stages[4]) {
   fcn_head *h = (fcn_head *)base;
-  hakd_tensor *y = hakd_relu(ctx, layer_bn_forward(ctx, &h->bn, layer_conv_forward(ctx, &h->conv, stages[h->stage])));
+  hakd_tensor *y = layer_conv_bn_forward(ctx, &h->conv, &h->bn, stages[h->stage], NULL, HAKD_ACT_RELU);
   return layer_conv_forward(ctx, &h->classifier, hakd_dropout(ctx, y, h->dropout));
 }
 

@@ -1,5 +1,6 @@
 #include "models/layers.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -52,6 +53,27 @@ int layer_bn_init(layer_bn *bn, hakd_params *p, const char *prefix, int channels
 hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x) {
   if (x && hakd_ctx_training(ctx)) hakd_f32(bn->num_batches_tracked)[0] += 1.0f;
   return hakd_batchnorm2d(ctx, x, bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->momentum, bn->eps);
+}
+
+hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x,
+                                   hakd_tensor *residual, hakd_activation act) {
+  if (hakd_ctx_grad(ctx) || hakd_ctx_training(ctx)) {
+    hakd_tensor *y = layer_bn_forward(ctx, bn, layer_conv_forward(ctx, c, x));
+    if (residual) y = hakd_add(ctx, y, residual);
+    return act == HAKD_ACT_RELU ? hakd_relu(ctx, y) : act == HAKD_ACT_RELU6 ? hakd_relu6(ctx, y) : y;
+  }
+  /* eval BatchNorm = x * scale + shift per channel, as batchnorm2d computes it */
+  int64_t channels = hakd_numel(bn->running_mean);
+  hakd_tensor *scale = hakd_tensor_new(ctx, HAKD_F32, 1, &channels), *shift = hakd_tensor_new(ctx, HAKD_F32, 1, &channels);
+  if (!scale || !shift) return NULL;
+  const float *mean = hakd_f32(bn->running_mean), *var = hakd_f32(bn->running_var);
+  for (int64_t i = 0; i < channels; i++) {
+    float rstd = (float)(1.0 / sqrt((double)var[i] + (double)bn->eps));
+    hakd_f32(scale)[i] = rstd * (bn->weight ? hakd_f32(bn->weight)[i] : 1.0f);
+    hakd_f32(shift)[i] = (bn->bias ? hakd_f32(bn->bias)[i] : 0.0f) - mean[i] * hakd_f32(scale)[i];
+  }
+  return hakd_conv2d_affine_act(ctx, x, c->weight, c->bias, scale, shift, residual, act, c->stride, c->padding,
+                                c->dilation, c->groups);
 }
 
 int layer_linear_init(layer_linear *l, hakd_params *p, const char *prefix, int in, int out, int bias) {

@@ -28,6 +28,11 @@ typedef struct {
  * exported as int64). */
 int layer_bn_init(layer_bn *bn, hakd_params *p, const char *prefix, int channels, float eps, float momentum);
 hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x);
+/* act(bn(conv(x)) + residual) (residual may be NULL). In inference (no gradient recording,
+ * eval mode) one fused op with the BatchNorm folded into the convolution; otherwise the ops one
+ * by one. */
+hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x,
+                                   hakd_tensor *residual, hakd_activation act);
 
 typedef struct {
   hakd_tensor *weight, *bias;

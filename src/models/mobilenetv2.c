@@ -74,15 +74,14 @@ static int block_init(inverted_residual *b, hakd_params *p, const char *prefix, 
 static hakd_tensor *block_forward(hakd_ctx *ctx, inverted_residual *b, hakd_tensor *x) {
   hakd_tensor *y = x;
   if (b->has_expand)
-    y = hakd_relu6(ctx, layer_bn_forward(ctx, &b->expand_bn, layer_conv_forward(ctx, &b->expand_conv, y)));
-  y = hakd_relu6(ctx, layer_bn_forward(ctx, &b->depthwise_bn, layer_conv_forward(ctx, &b->depthwise_conv, y)));
-  y = layer_bn_forward(ctx, &b->project_bn, layer_conv_forward(ctx, &b->project_conv, y));
-  return b->use_residual ? hakd_add(ctx, x, y) : y;
+    y = layer_conv_bn_forward(ctx, &b->expand_conv, &b->expand_bn, y, NULL, HAKD_ACT_RELU6);
+  y = layer_conv_bn_forward(ctx, &b->depthwise_conv, &b->depthwise_bn, y, NULL, HAKD_ACT_RELU6);
+  return layer_conv_bn_forward(ctx, &b->project_conv, &b->project_bn, y, b->use_residual ? x : NULL, HAKD_ACT_NONE);
 }
 
 static int mobilenetv2_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *stages[4]) {
   mobilenetv2 *m = (mobilenetv2 *)base;
-  x = hakd_relu6(ctx, layer_bn_forward(ctx, &m->stem_bn, layer_conv_forward(ctx, &m->stem_conv, x)));
+  x = layer_conv_bn_forward(ctx, &m->stem_conv, &m->stem_bn, x, NULL, HAKD_ACT_RELU6);
   int stage = 0;
   /* no-grad: between two stage outputs only the latest block output is alive */
   hakd_arena_mark mark = hakd_ctx_mark(ctx);

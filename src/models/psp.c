@@ -29,11 +29,11 @@ static hakd_tensor *psp_forward(head *base, hakd_ctx *ctx, hakd_tensor *const st
   parts[0] = x;
   for (int i = 0; i < PSP_BINS; i++) {
     hakd_tensor *y = hakd_adaptive_avgpool2d(ctx, x, psp_bins[i], psp_bins[i]);
-    y = hakd_relu(ctx, layer_bn_forward(ctx, &h->pool_bn[i], layer_conv_forward(ctx, &h->pool_conv[i], y)));
+    y = layer_conv_bn_forward(ctx, &h->pool_conv[i], &h->pool_bn[i], y, NULL, HAKD_ACT_RELU);
     parts[1 + i] = hakd_resize_bilinear(ctx, y, x->shape[2], x->shape[3], 0);
   }
   hakd_tensor *y = hakd_concat(ctx, 1 + PSP_BINS, parts, 1);
-  y = hakd_relu(ctx, layer_bn_forward(ctx, &h->bottleneck_bn, layer_conv_forward(ctx, &h->bottleneck_conv, y)));
+  y = layer_conv_bn_forward(ctx, &h->bottleneck_conv, &h->bottleneck_bn, y, NULL, HAKD_ACT_RELU);
   return layer_conv_forward(ctx, &h->conv_seg, hakd_dropout(ctx, y, h->dropout));
 }
 

@@ -72,21 +72,23 @@ static int block_init(resnet_block *b, hakd_params *p, const char *prefix, int i
 }
 
 static hakd_tensor *block_forward(hakd_ctx *ctx, resnet_block *b, hakd_tensor *x) {
-  hakd_tensor *y = hakd_relu(ctx, layer_bn_forward(ctx, &b->bn1, layer_conv_forward(ctx, &b->conv1, x)));
-  y = layer_bn_forward(ctx, &b->bn2, layer_conv_forward(ctx, &b->conv2, y));
-  if (b->is_bottleneck) y = layer_bn_forward(ctx, &b->bn3, layer_conv_forward(ctx, &b->conv3, hakd_relu(ctx, y)));
   hakd_tensor *shortcut =
-      b->has_downsample ? layer_bn_forward(ctx, &b->downsample_bn, layer_conv_forward(ctx, &b->downsample_conv, x)) : x;
-  return hakd_relu(ctx, hakd_add(ctx, y, shortcut));
+      b->has_downsample ? layer_conv_bn_forward(ctx, &b->downsample_conv, &b->downsample_bn, x, NULL, HAKD_ACT_NONE) : x;
+  hakd_tensor *y = layer_conv_bn_forward(ctx, &b->conv1, &b->bn1, x, NULL, HAKD_ACT_RELU);
+  if (b->is_bottleneck) {
+    y = layer_conv_bn_forward(ctx, &b->conv2, &b->bn2, y, NULL, HAKD_ACT_RELU);
+    return layer_conv_bn_forward(ctx, &b->conv3, &b->bn3, y, shortcut, HAKD_ACT_RELU);
+  }
+  return layer_conv_bn_forward(ctx, &b->conv2, &b->bn2, y, shortcut, HAKD_ACT_RELU);
 }
 
 static int resnet_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *stages[4]) {
   resnet *r = (resnet *)base;
   if (r->deep_stem) {
     for (int i = 0; i < 3; i++)
-      x = hakd_relu(ctx, layer_bn_forward(ctx, &r->stem_bn[i], layer_conv_forward(ctx, &r->stem_conv[i], x)));
+      x = layer_conv_bn_forward(ctx, &r->stem_conv[i], &r->stem_bn[i], x, NULL, HAKD_ACT_RELU);
   } else {
-    x = hakd_relu(ctx, layer_bn_forward(ctx, &r->bn1, layer_conv_forward(ctx, &r->conv1, x)));
+    x = layer_conv_bn_forward(ctx, &r->conv1, &r->bn1, x, NULL, HAKD_ACT_RELU);
   }
   x = hakd_maxpool2d(ctx, x, 3, 2, 1);
   for (int l = 0; l < 4; l++) {

@@ -42,8 +42,8 @@ static hakd_tensor *segformer_head_forward(head *base, hakd_ctx *ctx, hakd_tenso
       projected = hakd_resize_bilinear(ctx, projected, out_h, out_w, 0);
     reversed[SEGFORMER_STAGES - 1 - s] = projected;
   }
-  hakd_tensor *fused = layer_conv_forward(ctx, &h->fuse, hakd_concat(ctx, SEGFORMER_STAGES, reversed, 1));
-  hakd_tensor *activated = hakd_relu(ctx, layer_bn_forward(ctx, &h->bn, fused));
+  hakd_tensor *activated = layer_conv_bn_forward(ctx, &h->fuse, &h->bn, hakd_concat(ctx, SEGFORMER_STAGES, reversed, 1),
+                                                 NULL, HAKD_ACT_RELU);
   return layer_conv_forward(ctx, &h->classifier, hakd_dropout(ctx, activated, h->dropout));
 }
 

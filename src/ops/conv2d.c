@@ -8,6 +8,7 @@
  * HAKD_CONV=gemm|dnnl|auto (or conv2d_set_path) picks one; auto applies a per-shape rule derived
  * from bench/bench_kernels (conv2d_auto_path). Temporaries live in one reused scratch block. */
 #include <cblas.h>
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -551,37 +552,50 @@ static void conv2d_backward(hakd_ctx *ctx, hakd_node *node) {
   if (rc != 0) hakd_ctx_fail(ctx, rc, "conv2d backward: %s", hakd_error_message());
 }
 
-hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b, int stride, int padding,
-                         int dilation, int groups) {
-  if (!x || !w || hakd_ctx_status(ctx)) return NULL;
+/* Validates the operands of a conv2d and fills *s; 0, or NULL-returning failure recorded in ctx. */
+static int conv2d_check(hakd_ctx *ctx, const hakd_tensor *x, const hakd_tensor *w, const hakd_tensor *b, int stride,
+                        int padding, int dilation, int groups, conv2d_shape *s) {
+  if (!x || !w || hakd_ctx_status(ctx)) return -1;
   char xs[64], ws[64], bs[64];
   hakd_shape_str(x, xs, sizeof xs);
   hakd_shape_str(w, ws, sizeof ws);
   if (x->dtype != HAKD_F32 || x->ndim != 4)
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: input must be float32 (N, Cin, H, W), got %s", xs);
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: input must be float32 (N, Cin, H, W), got %s", xs), -1;
   if (w->dtype != HAKD_F32 || w->ndim != 4)
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: weight must be float32 (Cout, Cin/groups, kh, kw), got %s", ws);
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: weight must be float32 (Cout, Cin/groups, kh, kw), got %s", ws), -1;
   if (stride < 1 || padding < 0 || dilation < 1 || groups < 1)
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "conv2d: stride %d, padding %d, dilation %d, groups %d out of range", stride,
-                         padding, dilation, groups);
+                         padding, dilation, groups),
+           -1;
   if (w->shape[1] < 1 || w->shape[2] < 1 || w->shape[3] < 1)
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: empty weight %s", ws);
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: empty weight %s", ws), -1;
   if (x->shape[1] % groups || w->shape[0] % groups || w->shape[1] * groups != x->shape[1])
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: input %s and weight %s do not match groups %d", xs, ws, groups);
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: input %s and weight %s do not match groups %d", xs, ws, groups), -1;
   if (b && (b->dtype != HAKD_F32 || b->ndim != 1 || b->shape[0] != w->shape[0]))
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: bias %s does not match weight %s", hakd_shape_str(b, bs, sizeof bs),
-                         ws);
-  int64_t bf16 = hakd_ctx_precision(ctx) == HAKD_BF16;
-  conv2d_shape s = conv2d_shape_of(x, w, b, stride, padding, dilation, groups, bf16);
-  if (s.h + 2 * s.pad < dilation * (s.kh - 1) + 1 || s.w + 2 * s.pad < dilation * (s.kw - 1) + 1)
+                         ws),
+           -1;
+  *s = conv2d_shape_of(x, w, b, stride, padding, dilation, groups, hakd_ctx_precision(ctx) == HAKD_BF16);
+  if (s->h + 2 * s->pad < dilation * (s->kh - 1) + 1 || s->w + 2 * s->pad < dilation * (s->kw - 1) + 1)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: kernel %s with dilation %d larger than padded input %s", ws,
-                         dilation, xs);
-  if (!conv2d_check_env(ctx)) return NULL;
+                         dilation, xs),
+           -1;
+  return conv2d_check_env(ctx) ? 0 : -1;
+}
+
+hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b, int stride, int padding,
+                         int dilation, int groups) {
+  conv2d_shape s;
+  if (conv2d_check(ctx, x, w, b, stride, padding, dilation, groups, &s)) return NULL;
   hakd_tensor *y = hakd_tensor4(ctx, s.n, s.cout, s.oh, s.ow);
   if (!y) return NULL;
   if (s.n == 0 || s.cout == 0) return y;
   int rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, &s);
-  if (rc != 0) return hakd_ctx_fail(ctx, rc, "conv2d %s * %s: %s", xs, ws, hakd_error_message());
+  if (rc != 0) {
+    char xs[64], ws[64];
+    return hakd_ctx_fail(ctx, rc, "conv2d %s * %s: %s", hakd_shape_str(x, xs, sizeof xs),
+                         hakd_shape_str(w, ws, sizeof ws), hakd_error_message());
+  }
   hakd_tensor *inputs[3] = {x, w, b};
   hakd_node *node = hakd_record(ctx, "conv2d", conv2d_backward, y, b ? 3 : 2, inputs);
   if (node) {
@@ -589,8 +603,56 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
     node->iarg[1] = padding;
     node->iarg[2] = dilation;
     node->iarg[3] = groups;
-    node->iarg[4] = bf16;
+    node->iarg[4] = s.bf16;
     hakd_node_unneeded(ctx, node, -1);
+  }
+  return y;
+}
+
+/* The per-channel affine goes into the weights and bias (one weight-sized pass), and the
+ * residual and activation into one pass over the output, instead of three activation-sized
+ * passes (affine, add, activation) that each write a new tensor. */
+hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b,
+                                    const hakd_tensor *scale, const hakd_tensor *shift, const hakd_tensor *residual,
+                                    hakd_activation act, int stride, int padding, int dilation, int groups) {
+  conv2d_shape s;
+  if (conv2d_check(ctx, x, w, b, stride, padding, dilation, groups, &s)) return NULL;
+  if (hakd_ctx_grad(ctx) && (x->requires_grad || w->requires_grad || (b && b->requires_grad)))
+    return hakd_ctx_fail(ctx, HAKD_EINVAL, "conv2d_affine_act: inference only (gradient recording is on)");
+  if (!scale || !shift || hakd_numel(scale) != s.cout || hakd_numel(shift) != s.cout)
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d_affine_act: scale and shift need %lld channels",
+                         (long long)s.cout);
+  hakd_tensor *y = hakd_tensor4(ctx, s.n, s.cout, s.oh, s.ow);
+  if (!y) return NULL;
+  if (residual && !hakd_same_shape(residual, y)) {
+    char rs[64], ys[64];
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d_affine_act: residual %s does not match the output %s",
+                         hakd_shape_str(residual, rs, sizeof rs), hakd_shape_str(y, ys, sizeof ys));
+  }
+  if (s.n == 0 || s.cout == 0) return y;
+  int64_t per_out = hakd_numel(w) / s.cout;
+  float *folded = hakd_ctx_scratch(ctx, (size_t)(hakd_numel(w) + s.cout) * sizeof(float));
+  if (!folded) return NULL;
+  float *folded_bias = folded + hakd_numel(w);
+  const float *wd = hakd_f32(w), *sc = hakd_f32(scale), *sh = hakd_f32(shift);
+#pragma omp parallel for schedule(static) if (hakd_numel(w) > 65536)
+  for (int64_t co = 0; co < s.cout; co++) {
+    for (int64_t k = 0; k < per_out; k++) folded[co * per_out + k] = wd[co * per_out + k] * sc[co];
+    folded_bias[co] = (b ? hakd_f32(b)[co] * sc[co] : 0.0f) + sh[co];
+  }
+  s.has_bias = 1;
+  int rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s);
+  hakd_ctx_scratch_free(ctx, folded);
+  if (rc != 0) return hakd_ctx_fail(ctx, rc, "conv2d_affine_act: %s", hakd_error_message());
+  if (!residual && act == HAKD_ACT_NONE) return y;
+  float *yd = hakd_f32(y);
+  const float *rd = residual ? hakd_f32(residual) : NULL;
+  int64_t n = hakd_numel(y);
+  float hi = act == HAKD_ACT_RELU6 ? 6.0f : INFINITY, lo = act == HAKD_ACT_NONE ? -INFINITY : 0.0f;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; i++) {
+    float v = rd ? yd[i] + rd[i] : yd[i];
+    yd[i] = fminf(fmaxf(v, lo), hi);
   }
   return y;
 }
