@@ -118,3 +118,29 @@ TEST(p_one_drops_everything_and_bad_p_is_an_error) {
   ASSERT_TRUE(expect_op_error(ctx, hakd_dropout(ctx, x, 1.5f), HAKD_EINVAL, msg));
   hakd_ctx_free(ctx);
 }
+
+/* The mask is a fixed function of the seed: the context's stream gives one seed per chunk of
+ * 4096 elements, and element i of a chunk is kept when the chunk stream's (i+1)-th
+ * hakd_rng_uniform draw is >= p. Spelled out here with the public RNG so a faster sampler
+ * cannot change which elements a seeded run drops (a partial last chunk and two p values). */
+TEST(mask_is_the_seeded_chunk_streams) {
+  const int64_t n = 3 * 4096 + 1000, chunk = 4096;
+  const float ps[2] = {0.1f, 0.7f};
+  for (int t = 0; t < 2; t++) {
+    hakd_ctx *ctx = hakd_ctx_new();
+    hakd_ctx_seed(ctx, 1234 + (uint64_t)t);
+    hakd_tensor *x = hakd_tensor_new(ctx, HAKD_F32, 1, &n);
+    for (int64_t i = 0; i < n; i++) hakd_f32(x)[i] = 1.0f;
+    hakd_tensor *y = hakd_dropout(ctx, x, ps[t]);
+    ASSERT_TRUE(y != NULL);
+    uint64_t ctx_stream = hakd_rng_seed(1234 + (uint64_t)t), chunk_stream = 0;
+    int64_t mismatches = 0;
+    for (int64_t i = 0; i < n; i++) {
+      if (i % chunk == 0) chunk_stream = hakd_rng_seed(hakd_rng_next(&ctx_stream));
+      int want_kept = hakd_rng_uniform(&chunk_stream) >= ps[t];
+      mismatches += (hakd_f32(y)[i] != 0.0f) != want_kept;
+    }
+    hakd_ctx_free(ctx);
+    ASSERT_EQ_INT(mismatches, 0);
+  }
+}

@@ -8,6 +8,16 @@
 /* Elements per random sub-stream. */
 #define DROPOUT_CHUNK 4096
 
+/* Draw k (from 0) of hakd_rng_next on a stream in state `state`. SplitMix64 adds a constant to
+ * its state per draw and mixes the sum, so draw k needs no earlier draw and a chunk's draws
+ * vectorise; this must stay the sequence of src/core/rng.c (test_op_dropout pins the mask). */
+static inline uint64_t stream_draw(uint64_t state, uint64_t k) {
+  uint64_t z = state + (k + 1) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 /* dx += dy * keep * scale. dx, dy: (n), keep: (n) of 0/1. */
 static void dropout_backward(hakd_ctx *ctx, hakd_node *node) {
   float *dx = hakd_grad(ctx, node->in[0]);
@@ -46,9 +56,11 @@ hakd_tensor *hakd_dropout(hakd_ctx *ctx, hakd_tensor *x, float p) {
 #pragma omp parallel for schedule(static) if (n > OPS_PARALLEL_MIN)
   for (int64_t c = 0; c < n_chunks; c++) {
     uint64_t stream = hakd_rng_seed(chunk_seed[c]);
-    int64_t end = (c + 1) * DROPOUT_CHUNK < n ? (c + 1) * DROPOUT_CHUNK : n;
-    for (int64_t i = c * DROPOUT_CHUNK; i < end; i++) {
-      keep[i] = hakd_rng_uniform(&stream) >= p;
+    int64_t begin = c * DROPOUT_CHUNK, end = begin + DROPOUT_CHUNK < n ? begin + DROPOUT_CHUNK : n;
+    for (int64_t i = begin; i < end; i++) {
+      /* hakd_rng_uniform's value: the top 24 bits (exact as int32 and as float) times 2^-24. */
+      float u = (float)(int32_t)(stream_draw(stream, (uint64_t)(i - begin)) >> 40) * (1.0f / 16777216.0f);
+      keep[i] = u >= p;
       ys[i] = keep[i] ? xs[i] * scale : 0.0f;
     }
   }
