@@ -33,6 +33,7 @@ typedef struct {
   int size, n_train, n_val, batch;
   int64_t seed;
   int threads, quick;
+  const char *precision;
 } demo_options;
 
 static double now_s(void) {
@@ -50,6 +51,7 @@ static void base_config(hakd_config *c, const demo_options *o, const char *data_
   c->workers = 1;
   c->seed = o->seed;
   c->threads = o->threads;
+  snprintf(c->precision, sizeof c->precision, "%s", o->precision);
   c->ratio_min = 0.75f;
   c->ratio_max = 1.5f;
   c->log_every = 1000000; /* the demo prints one line per run; each run's log is in its work dir */
@@ -112,11 +114,12 @@ static int run_one(const hakd_config *c, int distill, const char *what, hakd_tra
 }
 
 static int cmd_demo(int argc, char **argv) {
-  demo_options o = {"demo_out", "deeplabv3-r18-d8", "segformer-b0", 0.5f, 0.5f, 800, 400, 64, 400, 100, 8, 0, 0, 0};
+  demo_options o = {"demo_out", "deeplabv3-r18-d8", "segformer-b0", 0.5f, 0.5f, 800, 400, 64, 400, 100, 8, 0, 0, 0, "fp32"};
   static const struct option options[] = {{"out", required_argument, 0, 'o'},    {"seed", required_argument, 0, 's'},
                                           {"threads", required_argument, 0, 't'}, {"quick", no_argument, 0, 'q'},
                                           {"teacher-iters", required_argument, 0, 'T'},
                                           {"student-iters", required_argument, 0, 'S'},
+                                          {"precision", required_argument, 0, 'p'},
                                           {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
   int c;
   optind = 1;
@@ -127,8 +130,10 @@ static int cmd_demo(int argc, char **argv) {
       case 'q': o.quick = 1; break;
       case 'T': o.teacher_iters = atoll(optarg); break;
       case 'S': o.student_iters = atoll(optarg); break;
+      case 'p': o.precision = optarg; break;
       case 'h':
-        printf("usage: hakd demo [--out DIR] [--seed S] [--threads N] [--quick]\n"
+        printf("usage: hakd demo [--out DIR] [--seed S] [--threads N] [--quick] [--precision fp32|bf16]\n"
+               "                 [--teacher-iters N (800)] [--student-iters N (400)]\n"
                "Generates the synthetic dataset, trains a CNN teacher and a Transformer student,\n"
                "distills the student with none, KD, CWD, FitNet, HeteroAKD and its ablations,\n"
                "and prints the results table. --quick runs a few iterations (smoke test).\n");
