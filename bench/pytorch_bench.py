@@ -157,6 +157,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: no-grad forward passes (infer, the teacher) under torch.autocast('cpu', bfloat16); "
+                         "training steps stay fp32 (torch 1.13's CPU autocast has no bfloat16 ReLU backward, "
+                         "'hardshrink_backward_cpu', nor a bfloat16 MiT LayerNorm)")
     ap.add_argument("--sgemm-peak", action="store_true")
     ap.add_argument("--profile", type=int, default=0, metavar="N")
     a = ap.parse_args()
@@ -184,15 +188,19 @@ def main():
         optimizer, opt_name = make_optimizer(model, extra)
     base_rss = peak_rss_mb()
 
+    autocast = lambda: torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16")
+
     def step():
         if a.mode == "infer":
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 return model.eval()(x)
         t_out = None
         if teacher is not None:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 t_out = teacher.eval()(x)
         out = model(x)
+        if t_out is not None and a.precision == "bf16":  # losses in float32, as hakd computes them
+            t_out = (t_out[0].float(), None, [f.float() for f in t_out[2]])
         up = lambda t: F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
         loss = F.cross_entropy(up(out[0]), labels, ignore_index=IGNORE)
         if out[1] is not None:
@@ -223,7 +231,8 @@ def main():
     result.update(size="%dx%d" % (h, w), batch=a.batch, images_per_s=round(1e3 * a.batch / median, 4),
                   ms_per_iter=round(median, 2), ms_min=round(min(times), 2), ms_max=round(max(times), 2),
                   peak_rss_mb=round(peak_rss_mb(), 1), base_rss_mb=round(base_rss, 1),
-                  threads=torch.get_num_threads(), precision="fp32", optimizer=opt_name, iters=a.iters,
+                  threads=torch.get_num_threads(),
+                  precision=a.precision if a.mode == "infer" or a.teacher else "fp32", optimizer=opt_name, iters=a.iters,
                   warmup=a.warmup, torch=torch.__version__)
     print(json.dumps(result))
 
