@@ -53,13 +53,16 @@ TEST(linear_gradcheck) {
 
 typedef struct {
   int ta, tb;
+  float alpha;
 } matmul_flags;
 
 static hakd_tensor *gc_matmul(hakd_ctx *ctx, hakd_tensor **in, void *arg) {
   const matmul_flags *f = arg;
-  return hakd_matmul(ctx, in[0], in[1], f->ta, f->tb);
+  return f->alpha == 1.0f ? hakd_matmul(ctx, in[0], in[1], f->ta, f->tb)
+                          : hakd_matmul_scaled(ctx, in[0], in[1], f->ta, f->tb, f->alpha);
 }
 
+/* Finite differences on every transpose, shared b, and a scale inside the product. */
 TEST(matmul_gradcheck_all_transposes) {
   for (int shared = 0; shared < 2; shared++)
     for (int ta = 0; ta < 2; ta++)
@@ -70,9 +73,9 @@ TEST(matmul_gradcheck_all_transposes) {
         hakd_tensor *in[2] = {gradcheck_input(&p, "a", 3, as, 1.0f, 21),
                               shared ? gradcheck_input(&p, "b", 2, bs + 1, 1.0f, 22)
                                      : gradcheck_input(&p, "b", 3, bs, 1.0f, 22)};
-        matmul_flags f = {ta, tb};
-        char what[64];
-        snprintf(what, sizeof what, "matmul shared=%d ta=%d tb=%d", shared, ta, tb);
+        matmul_flags f = {ta, tb, tb ? 0.37f : 1.0f}; /* scaled products (attention) with tb */
+        char what[80];
+        snprintf(what, sizeof what, "matmul shared=%d ta=%d tb=%d alpha=%g", shared, ta, tb, (double)f.alpha);
         gradcheck(what, gc_matmul, &f, in, 2, 1e-2, 1e-3, 1e-3, 60);
         hakd_params_free(&p);
       }

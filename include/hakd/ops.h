@@ -26,6 +26,10 @@ hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
 /* reference: torch.matmul on (B..., M, K) x (B..., K, N), with optional transposes of the last two dims of a / b.
  * Leading dims must match (no broadcasting) or b is 2-D (shared). */
 hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int transpose_a, int transpose_b);
+/* alpha * matmul(a, b): the scale inside the product (attention's 1/sqrt(d)) instead of an extra
+ * pass over the output. */
+hakd_tensor *hakd_matmul_scaled(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int transpose_a, int transpose_b,
+                                float alpha);
 
 /* ---- shape ---- */
 

@@ -8,7 +8,7 @@
  * batch loop is spread over OpenMP threads instead. */
 #define MATMUL_SMALL_MNK (1 << 18)
 
-/* For each batch i: C_i = op(A_i) op(B_i) + beta C_i, row-major; op transposes when the flag is set.
+/* For each batch i: C_i = alpha op(A_i) op(B_i) + beta C_i, row-major; op transposes when the flag is set.
  * A_i: (M, K) or (K, M) at A + i*stride_a, B_i: (K, N) or (N, K) at B + i*stride_b,
  * C_i: (M, N) at C + i*stride_c. A stride of 0 shares the matrix across the batch. */
 typedef struct {
@@ -17,7 +17,7 @@ typedef struct {
   const float *a, *b;
   float *c;
   int64_t lda, ldb, ldc, stride_a, stride_b, stride_c;
-  float beta;
+  float beta, alpha;
 } batched_gemm;
 
 static void batched_gemm_run(const batched_gemm *g) {
@@ -35,8 +35,8 @@ static void batched_gemm_run(const batched_gemm *g) {
   int parallel = g->batch > 1 && g->stride_c != 0 && g->m * g->n * g->k < MATMUL_SMALL_MNK;
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t i = 0; i < g->batch; i++)
-    cblas_sgemm(CblasRowMajor, ta, tb, (int)g->m, (int)g->n, (int)g->k, 1.0f, g->a + i * g->stride_a, (int)g->lda,
-                g->b + i * g->stride_b, (int)g->ldb, g->beta, g->c + i * g->stride_c, (int)g->ldc);
+    cblas_sgemm(CblasRowMajor, ta, tb, (int)g->m, (int)g->n, (int)g->k, g->alpha, g->a + i * g->stride_a,
+                (int)g->lda, g->b + i * g->stride_b, (int)g->ldb, g->beta, g->c + i * g->stride_c, (int)g->ldc);
 }
 
 /* iarg: batch, m, n, k, transpose_a, transpose_b, b_shared. */
@@ -44,6 +44,7 @@ static void matmul_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *a = node->in[0], *b = node->in[1];
   int64_t batch = node->iarg[0], m = node->iarg[1], n = node->iarg[2], k = node->iarg[3];
   int ta = (int)node->iarg[4], tb = (int)node->iarg[5], shared = (int)node->iarg[6];
+  float alpha = (float)node->farg[0];
   const float *dc = node->out->grad, *av = hakd_f32(a), *bv = hakd_f32(b);
   int64_t lda = ta ? m : k, ldb = tb ? k : n;
   int64_t stride_b = shared ? 0 : k * n;
@@ -51,24 +52,29 @@ static void matmul_backward(hakd_ctx *ctx, hakd_node *node) {
   if (da) {
     batched_gemm g;
     if (!ta) /* dA (M,K) += dC op(B)^T */
-      g = (batched_gemm){0, !tb, m, k, n, batch, dc, bv, da, n, ldb, k, m * n, stride_b, m * k, 1.0f};
+      g = (batched_gemm){0, !tb, m, k, n, batch, dc, bv, da, n, ldb, k, m * n, stride_b, m * k, 1.0f, alpha};
     else /* dA (K,M) += op(B) dC^T */
-      g = (batched_gemm){tb, 1, k, m, n, batch, bv, dc, da, ldb, n, m, stride_b, m * n, m * k, 1.0f};
+      g = (batched_gemm){tb, 1, k, m, n, batch, bv, dc, da, ldb, n, m, stride_b, m * n, m * k, 1.0f, alpha};
     batched_gemm_run(&g);
   }
   float *db = hakd_grad(ctx, b);
   if (db) {
     batched_gemm g;
     if (!tb) /* dB (K,N) += op(A)^T dC */
-      g = (batched_gemm){!ta, 0, k, n, m, batch, av, dc, db, lda, n, n, m * k, m * n, stride_b, 1.0f};
+      g = (batched_gemm){!ta, 0, k, n, m, batch, av, dc, db, lda, n, n, m * k, m * n, stride_b, 1.0f, alpha};
     else /* dB (N,K) += dC^T op(A) */
-      g = (batched_gemm){1, ta, n, k, m, batch, dc, av, db, n, lda, k, m * n, m * k, stride_b, 1.0f};
+      g = (batched_gemm){1, ta, n, k, m, batch, dc, av, db, n, lda, k, m * n, m * k, stride_b, 1.0f, alpha};
     batched_gemm_run(&g);
   }
 }
 
-/* reference: torch.matmul(a.transpose(-1,-2) if transpose_a else a, b.transpose(-1,-2) if transpose_b else b) */
 hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int transpose_a, int transpose_b) {
+  return hakd_matmul_scaled(ctx, a, b, transpose_a, transpose_b, 1.0f);
+}
+
+/* reference: alpha * torch.matmul(a.transpose(-1,-2) if transpose_a else a, b.transpose(-1,-2) if transpose_b else b) */
+hakd_tensor *hakd_matmul_scaled(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int transpose_a, int transpose_b,
+                                float alpha) {
   if (!a || !b) return NULL;
   char sa[96], sb[96];
   if (a->dtype != HAKD_F32 || b->dtype != HAKD_F32)
@@ -106,7 +112,7 @@ hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int tran
     batch = 1;
   }
   batched_gemm g = {ta, tb, m, n, k, batch, hakd_f32(a), hakd_f32(b), hakd_f32(y), ta ? m : k, tb ? k : n, n,
-                    m * k, shared ? 0 : k * n, m * n, 0.0f};
+                    m * k, shared ? 0 : k * n, m * n, 0.0f, alpha};
   batched_gemm_run(&g);
   hakd_tensor *in[2] = {a, b};
   hakd_node *node = hakd_record(ctx, "matmul", matmul_backward, y, 2, in);
@@ -118,6 +124,7 @@ hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int tran
     node->iarg[4] = ta;
     node->iarg[5] = tb;
     node->iarg[6] = shared;
+    node->farg[0] = alpha;
     hakd_node_unneeded(ctx, node, -1);
   }
   return y;
