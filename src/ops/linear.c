@@ -16,10 +16,15 @@ static void linear_forward(float *y, const float *x, const float *w, const float
                 (int)in, 1.0f, y, (int)out);
 }
 
+/* Row chunks of the bias gradient: a fixed count, so the summation order (and the result) does
+ * not depend on the thread count. */
+#define BIAS_CHUNKS 32
+
 /* dx += dy w, dw += dy^T x, db += sum over rows of dy.
- * dx: (rows, in) or NULL, dw: (out, in) or NULL, db: (out) or NULL, dy: (rows, out). */
+ * dx: (rows, in) or NULL, dw: (out, in) or NULL, db: (out) or NULL, dy: (rows, out),
+ * partial: (BIAS_CHUNKS, out) doubles of scratch when db is set. */
 static void linear_backward_kernel(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
-                                   int64_t rows, int64_t in, int64_t out) {
+                                   int64_t rows, int64_t in, int64_t out, double *partial) {
   int gemm = rows > 0 && in > 0 && out > 0;
   if (dx && gemm)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)in, (int)out, 1.0f, dy, (int)out, w,
@@ -28,10 +33,20 @@ static void linear_backward_kernel(float *dx, float *dw, float *db, const float 
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)out, (int)in, (int)rows, 1.0f, dy, (int)out, x,
                 (int)in, 1.0f, dw, (int)in);
   if (db) {
+    /* rows in chunks, each summed along contiguous rows of dy (a column walk strides by out) */
 #pragma omp parallel for schedule(static) if (rows * out > OPS_PARALLEL_MIN)
+    for (int c = 0; c < BIAS_CHUNKS; c++) {
+      double *p = partial + (int64_t)c * out;
+      for (int64_t o = 0; o < out; o++) p[o] = 0.0;
+      for (int64_t r = rows * c / BIAS_CHUNKS; r < rows * (c + 1) / BIAS_CHUNKS; r++) {
+        const float *g = dy + r * out;
+#pragma omp simd
+        for (int64_t o = 0; o < out; o++) p[o] += (double)g[o];
+      }
+    }
     for (int64_t o = 0; o < out; o++) {
       double acc = 0.0;
-      for (int64_t r = 0; r < rows; r++) acc += (double)dy[r * out + o];
+      for (int c = 0; c < BIAS_CHUNKS; c++) acc += partial[(int64_t)c * out + o];
       db[o] += (float)acc;
     }
   }
@@ -40,8 +55,12 @@ static void linear_backward_kernel(float *dx, float *dw, float *db, const float 
 static void linear_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0], *w = node->in[1], *b = node->in[2];
   int64_t rows = node->iarg[0], in = node->iarg[1], out = node->iarg[2];
-  linear_backward_kernel(hakd_grad(ctx, x), hakd_grad(ctx, w), hakd_grad(ctx, b), node->out->grad, hakd_f32(x),
-                         hakd_f32(w), rows, in, out);
+  float *db = hakd_grad(ctx, b);
+  double *partial = db ? hakd_ctx_scratch(ctx, (size_t)(BIAS_CHUNKS * out) * sizeof(double)) : NULL;
+  if (db && !partial) return;
+  linear_backward_kernel(hakd_grad(ctx, x), hakd_grad(ctx, w), db, node->out->grad, hakd_f32(x), hakd_f32(w), rows, in,
+                         out, partial);
+  hakd_ctx_scratch_free(ctx, partial);
 }
 
 hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b) {
