@@ -135,6 +135,7 @@ struct hakd_node {
   double farg[6];
   void *saved[4]; /* step memory saved by forward (e.g. layernorm mean/rstd, argmax indices) */
   unsigned released; /* bit i: backward does not read in[i]'s data; bit HAKD_NODE_MAX_INPUTS: out's */
+  int grad_is_input_grad; /* a view: out's gradient is in[0]'s gradient buffer (set by the op) */
   hakd_node *prev;
 };
 

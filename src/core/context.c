@@ -527,6 +527,11 @@ void hakd_node_reads_no_data(hakd_ctx *ctx, hakd_node *node) {
 
 float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t) {
   if (!t || !t->requires_grad) return NULL;
+  if (!t->grad && t->node && t->node->grad_is_input_grad) {
+    /* gradients of a view accumulate straight into its input's, which it does not own */
+    t->grad = hakd_grad(ctx, t->node->in[0]);
+    return t->grad;
+  }
   if (!t->grad) {
     size_t bytes = (size_t)hakd_numel(t) * sizeof(float);
     t->grad = buffer_alloc(ctx, bytes, BUFFER_GRAD, &t->grad_buffer);
