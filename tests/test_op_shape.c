@@ -112,6 +112,35 @@ TEST(large_permutes_match_naive_index_map) {
   }
 }
 
+/* Transposes of 16 MiB and more are written with non-temporal stores: a row count that keeps the
+ * destination rows 64-byte aligned (64) and one that does not (40, the fallback stores), float
+ * and int32, against the index map. */
+TEST(large_streamed_transposes_match_index_map) {
+  const int64_t shapes[2][3] = {{2, 64, 32800}, {2, 40, 52429}}; /* >= 4 Mi elements each */
+  static const int perm[3] = {0, 2, 1};
+  for (int t = 0; t < 2; t++)
+    for (int as_int = 0; as_int < 2; as_int++) {
+      hakd_ctx *ctx = hakd_ctx_new();
+      hakd_tensor *x = hakd_tensor_new(ctx, as_int ? HAKD_I32 : HAKD_F32, 3, shapes[t]);
+      ASSERT_TRUE(x != NULL);
+      int64_t rows = shapes[t][1], cols = shapes[t][2], n = hakd_numel(x), wrong = 0;
+      for (int64_t i = 0; i < n; i++) {
+        if (as_int) hakd_i32(x)[i] = (int32_t)i;
+        else hakd_f32(x)[i] = (float)(i % 1000003);
+      }
+      hakd_tensor *y = hakd_permute(ctx, x, perm);
+      ASSERT_TRUE(y != NULL);
+      for (int64_t b = 0; b < 2; b++)
+        for (int64_t c = 0; c < cols; c++)
+          for (int64_t r = 0; r < rows; r++) {
+            int64_t src = (b * rows + r) * cols + c, dst = (b * cols + c) * rows + r;
+            wrong += as_int ? hakd_i32(y)[dst] != (int32_t)src : hakd_f32(y)[dst] != (float)(src % 1000003);
+          }
+      hakd_ctx_free(ctx);
+      ASSERT_EQ_INT(wrong, 0);
+    }
+}
+
 TEST(reshape_is_a_view_and_accumulates_gradient) {
   hakd_ctx *ctx = hakd_ctx_new();
   hakd_params p;
