@@ -4,6 +4,7 @@
 
 #include "distill/distill_internal.h"
 #include "hakd/ops.h"
+#include "ops/vecmath.h"
 
 /* Fixed number of partial sums, so the total does not depend on the thread count. */
 #define KL_CHUNKS 64
@@ -15,44 +16,63 @@
 static double softplus(double x) { return (x > 0 ? x : 0.0) + log1p(exp(-fabs(x))); }
 
 /* Weighted KL of the softmax groups (o, i0..i0+n) and, when grad is not NULL, their gradient
- * coefficients. grad, s, t: (outer, len, inner); weights: (outer*inner) or NULL.
+ * coefficients, in float32 like PyTorch, on VEC_LANES positions at a time (the softmax runs along
+ * len, stride inner, so neighbouring positions are independent lanes). grad, s, t: (outer, len,
+ * inner); weights: (outer*inner) or NULL.
  * reference: F.kl_div(F.log_softmax(s/T), F.softmax(t/T), reduction="none").sum(len axis) */
 static double kl_softmax_tile(float *grad, const float *s, const float *t, const float *weights, int64_t o,
-                              int64_t i0, int n, int64_t len, int64_t inner, double inv_T, double scale) {
-  double max_s[KL_TILE], max_t[KL_TILE], lse_s[KL_TILE], lse_t[KL_TILE], coef[KL_TILE], kl[KL_TILE];
+                              int64_t i0, int n, int64_t len, int64_t inner, float inv_T, double scale) {
   const float *sb = s + o * len * inner + i0, *tb = t + o * len * inner + i0;
-  for (int j = 0; j < n; j++) {
-    double w = weights ? (double)weights[o * inner + i0 + j] : 1.0;
-    coef[j] = scale * w;
-    max_s[j] = max_t[j] = -INFINITY;
-    lse_s[j] = lse_t[j] = kl[j] = 0.0;
-  }
-  for (int64_t l = 0; l < len; l++)
-    for (int j = 0; j < n; j++) {
-      double a = sb[l * inner + j] * inv_T, b = tb[l * inner + j] * inv_T;
-      if (a > max_s[j]) max_s[j] = a;
-      if (b > max_t[j]) max_t[j] = b;
-    }
-  for (int64_t l = 0; l < len; l++)
-    for (int j = 0; j < n; j++) {
-      lse_s[j] += exp(sb[l * inner + j] * inv_T - max_s[j]);
-      lse_t[j] += exp(tb[l * inner + j] * inv_T - max_t[j]);
-    }
-  for (int j = 0; j < n; j++) {
-    lse_s[j] = max_s[j] + log(lse_s[j]);
-    lse_t[j] = max_t[j] + log(lse_t[j]);
-  }
   float *gb = grad ? grad + o * len * inner + i0 : NULL;
-  for (int64_t l = 0; l < len; l++)
-    for (int j = 0; j < n; j++) {
-      double log_r = sb[l * inner + j] * inv_T - lse_s[j], log_q = tb[l * inner + j] * inv_T - lse_t[j];
-      double q = exp(log_q);
-      kl[j] += q * (log_q - log_r);
-      if (gb) gb[l * inner + j] = (float)(coef[j] * (exp(log_r) - q) * inv_T);
-    }
+  const float *wb = weights ? weights + o * inner + i0 : NULL;
   double total = 0.0;
-  for (int j = 0; j < n; j++)
-    if (coef[j] != 0.0) total += coef[j] * kl[j];
+  int j = 0;
+#if VEC_LANES > 1
+  const vec_f32 iv = vec_set1(inv_T);
+  for (; j + VEC_LANES <= n; j += VEC_LANES) {
+    vec_f32 max_s = vec_set1(-INFINITY), max_t = max_s, sum_s = vec_zero(), sum_t = vec_zero(), kl = vec_zero();
+    for (int64_t l = 0; l < len; l++) {
+      max_s = vec_max(vec_mul(vec_load(sb + l * inner + j), iv), max_s);
+      max_t = vec_max(vec_mul(vec_load(tb + l * inner + j), iv), max_t);
+    }
+    for (int64_t l = 0; l < len; l++) {
+      sum_s = vec_add(sum_s, vec_expf(vec_sub(vec_mul(vec_load(sb + l * inner + j), iv), max_s)));
+      sum_t = vec_add(sum_t, vec_expf(vec_sub(vec_mul(vec_load(tb + l * inner + j), iv), max_t)));
+    }
+    vec_f32 lse_s = vec_add(max_s, vec_logf(sum_s)), lse_t = vec_add(max_t, vec_logf(sum_t));
+    vec_f32 coef = vec_set1((float)scale);
+    if (wb) coef = vec_mul(coef, vec_load(wb + j));
+    vec_f32 gcoef = vec_mul(coef, iv);
+    for (int64_t l = 0; l < len; l++) {
+      vec_f32 log_r = vec_sub(vec_mul(vec_load(sb + l * inner + j), iv), lse_s);
+      vec_f32 log_q = vec_sub(vec_mul(vec_load(tb + l * inner + j), iv), lse_t);
+      vec_f32 q = vec_expf(log_q);
+      kl = vec_add(kl, vec_mul(q, vec_sub(log_q, log_r)));
+      if (gb) vec_store(gb + l * inner + j, vec_mul(gcoef, vec_sub(vec_expf(log_r), q)));
+    }
+    total += (double)vec_reduce_add(vec_mul(coef, kl));
+  }
+#endif
+  for (; j < n; j++) {
+    float max_s = -INFINITY, max_t = -INFINITY, sum_s = 0.0f, sum_t = 0.0f, kl = 0.0f;
+    for (int64_t l = 0; l < len; l++) {
+      max_s = fmaxf(sb[l * inner + j] * inv_T, max_s);
+      max_t = fmaxf(tb[l * inner + j] * inv_T, max_t);
+    }
+    for (int64_t l = 0; l < len; l++) {
+      sum_s += expf(sb[l * inner + j] * inv_T - max_s);
+      sum_t += expf(tb[l * inner + j] * inv_T - max_t);
+    }
+    float lse_s = max_s + logf(sum_s), lse_t = max_t + logf(sum_t);
+    float coef = (float)scale * (wb ? wb[j] : 1.0f);
+    for (int64_t l = 0; l < len; l++) {
+      float log_r = sb[l * inner + j] * inv_T - lse_s, log_q = tb[l * inner + j] * inv_T - lse_t;
+      float q = expf(log_q);
+      kl += q * (log_q - log_r);
+      if (gb) gb[l * inner + j] = coef * inv_T * (expf(log_r) - q);
+    }
+    total += (double)(coef * kl);
+  }
   return total;
 }
 
@@ -119,7 +139,7 @@ hakd_tensor *distill_kl(hakd_ctx *ctx, hakd_tensor *s, const float *target, cons
       for (int64_t u = begin; u < end; u++) {
         int64_t o = u / tiles_per_outer, i0 = (u % tiles_per_outer) * KL_TILE;
         int n = (int)(inner - i0 < KL_TILE ? inner - i0 : KL_TILE);
-        acc += kl_softmax_tile(grad, sd, target, weights, o, i0, n, len, inner, inv_T, scale);
+        acc += kl_softmax_tile(grad, sd, target, weights, o, i0, n, len, inner, (float)inv_T, scale);
       }
     }
     partial[c] = acc;

@@ -609,6 +609,12 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
   return y;
 }
 
+/* The fused op refuses inputs that need gradients, so hakd_record never puts it on the tape; it
+ * is called for the per-op accounting of profilers (bench/op_profile.c hooks hakd_record). */
+static void conv2d_affine_act_backward(hakd_ctx *ctx, hakd_node *node) {
+  hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: inference only, no backward", node->op);
+}
+
 /* The per-channel affine goes into the weights and bias (one weight-sized pass), and the
  * residual and activation into one pass over the output, instead of three activation-sized
  * passes (affine, add, activation) that each write a new tensor. */
@@ -644,6 +650,8 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
   int rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s);
   hakd_ctx_scratch_free(ctx, folded);
   if (rc != 0) return hakd_ctx_fail(ctx, rc, "conv2d_affine_act: %s", hakd_error_message());
+  hakd_tensor *inputs[3] = {x, w, b};
+  hakd_record(ctx, "conv2d_affine_act", conv2d_affine_act_backward, y, b ? 3 : 2, inputs);
   if (!residual && act == HAKD_ACT_NONE) return y;
   float *yd = hakd_f32(y);
   const float *rd = residual ? hakd_f32(residual) : NULL;
