@@ -650,17 +650,18 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
   int rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s);
   hakd_ctx_scratch_free(ctx, folded);
   if (rc != 0) return hakd_ctx_fail(ctx, rc, "conv2d_affine_act: %s", hakd_error_message());
+  if (residual || act != HAKD_ACT_NONE) {
+    float *yd = hakd_f32(y);
+    const float *rd = residual ? hakd_f32(residual) : NULL;
+    int64_t n = hakd_numel(y);
+    float hi = act == HAKD_ACT_RELU6 ? 6.0f : INFINITY, lo = act == HAKD_ACT_NONE ? -INFINITY : 0.0f;
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; i++) {
+      float v = rd ? yd[i] + rd[i] : yd[i];
+      yd[i] = fminf(fmaxf(v, lo), hi);
+    }
+  }
   hakd_tensor *inputs[3] = {x, w, b};
   hakd_record(ctx, "conv2d_affine_act", conv2d_affine_act_backward, y, b ? 3 : 2, inputs);
-  if (!residual && act == HAKD_ACT_NONE) return y;
-  float *yd = hakd_f32(y);
-  const float *rd = residual ? hakd_f32(residual) : NULL;
-  int64_t n = hakd_numel(y);
-  float hi = act == HAKD_ACT_RELU6 ? 6.0f : INFINITY, lo = act == HAKD_ACT_NONE ? -INFINITY : 0.0f;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; i++) {
-    float v = rd ? yd[i] + rd[i] : yd[i];
-    yd[i] = fminf(fmaxf(v, lo), hi);
-  }
   return y;
 }
