@@ -4,7 +4,8 @@
 # alternately for several rounds (hakd first in odd rounds, PyTorch first in even ones); the table
 # shows each side's median images/s, the median of the per-round ratios hakd/PyTorch, each side's
 # peak RSS (largest over the rounds; PyTorch's includes the interpreter and libtorch, ~250 MB on
-# its own) and hakd's achieved GFLOP/s (convention: hakd bench --help).
+# its own) and hakd's achieved GFLOP/s (convention: hakd bench --help), also as a share of the
+# machine's OpenBLAS sgemm peak measured at the start.
 #
 # usage: bench/compare_pytorch.sh [--quick] [--rounds R] [--iters N] [--warmup W] [--threads T]
 #                                 [--build DIR] [--out FILE.jsonl] [--only REGEX] [--precision P]
@@ -103,7 +104,8 @@ while [ "$round" -le "$rounds" ]; do
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-"$python" - "$results" <<'EOF'
+sgemm_peak=$(printf '%s\n' "$peak_line" | sed -n 's/.*: \([0-9.]*\) GFLOP.*/\1/p')
+"$python" - "$results" "${sgemm_peak:-0}" <<'EOF'
 import collections, json, statistics, sys
 
 rows = collections.OrderedDict()
@@ -111,15 +113,18 @@ for line in open(sys.argv[1]):
     r = json.loads(line)
     rows.setdefault(r["case"], collections.defaultdict(dict))[r["side"]][r["round"]] = r["result"]
 print()
-print("| case | size x batch | hakd img/s | torch img/s | ratio | hakd RSS | torch RSS | hakd GFLOP/s |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+peak = float(sys.argv[2])
+print("| case | size x batch | hakd img/s | torch img/s | ratio | hakd RSS | torch RSS | hakd GFLOP/s | of sgemm peak |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for case, sides in rows.items():
     h, t = sides["hakd"], sides["torch"]
     rounds = sorted(set(h) & set(t))
     ratio = statistics.median(h[k]["images_per_s"] / t[k]["images_per_s"] for k in rounds)
     med = lambda side, key: statistics.median(side[k][key] for k in rounds)
     first = h[rounds[0]]
-    print("| %s | %s x %d | %.3f | %.3f | %.2f | %.0f MB | %.0f MB | %.1f |" % (
+    gflops = med(h, "gflops")
+    print("| %s | %s x %d | %.3f | %.3f | %.2f | %.0f MB | %.0f MB | %.1f | %s |" % (
         case, first["size"], first["batch"], med(h, "images_per_s"), med(t, "images_per_s"), ratio,
-        max(h[k]["peak_rss_mb"] for k in rounds), max(t[k]["peak_rss_mb"] for k in rounds), med(h, "gflops")))
+        max(h[k]["peak_rss_mb"] for k in rounds), max(t[k]["peak_rss_mb"] for k in rounds), gflops,
+        "%.0f%%" % (100 * gflops / peak) if peak > 0 else "n/a"))
 EOF
