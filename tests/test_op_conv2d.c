@@ -187,6 +187,20 @@ static void fill_normal(float *dst, int64_t n, float scale, uint64_t seed) {
   for (int64_t i = 0; i < n; i++) dst[i] = scale * hakd_rng_normal(&rng);
 }
 
+/* Random x, w, b of a case as parameters (their gradients accumulate from zero); seeds by case. */
+static void case_operands(hakd_params *p, const conv_case *cc, size_t t, hakd_tensor **x, hakd_tensor **w,
+                          hakd_tensor **b) {
+  hakd_params_init(p);
+  int64_t xs[4] = {cc->n, cc->cin, cc->h, cc->w}, ws[4] = {cc->cout, cc->cin / cc->groups, cc->k, cc->k};
+  int64_t bs[1] = {cc->cout};
+  *x = hakd_params_add(p, "x", 4, xs, 0);
+  *w = hakd_params_add(p, "w", 4, ws, 0);
+  *b = hakd_params_add(p, "b", 1, bs, 0);
+  fill_normal(hakd_f32(*x), hakd_numel(*x), 1.0f, 1 + t);
+  fill_normal(hakd_f32(*w), hakd_numel(*w), 0.1f, 100 + t);
+  fill_normal(hakd_f32(*b), hakd_numel(*b), 1.0f, 200 + t);
+}
+
 /* Shapes the fixtures cannot afford: several im2col tiles (K * ow * oh above the column
  * budget), a depthwise channel multiplier of 2, and 1x1 with groups. Sums of up to 1152 products
  * (and 2304 for weight gradients): rounding stays below ~3e-6 of the largest value, so 2e-5. */
@@ -201,14 +215,8 @@ static void check_against_naive(conv2d_path path) {
   for (size_t t = 0; t < sizeof cases / sizeof cases[0] && !test_failed(); t++) {
     const conv_case *cc = &cases[t];
     hakd_params p;
-    hakd_params_init(&p);
-    int64_t xs[4] = {cc->n, cc->cin, cc->h, cc->w}, ws[4] = {cc->cout, cc->cin / cc->groups, cc->k, cc->k};
-    int64_t bs[1] = {cc->cout};
-    hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, 0), *w = hakd_params_add(&p, "w", 4, ws, 0);
-    hakd_tensor *b = hakd_params_add(&p, "b", 1, bs, 0);
-    fill_normal(hakd_f32(x), hakd_numel(x), 1.0f, 1 + t);
-    fill_normal(hakd_f32(w), hakd_numel(w), 0.1f, 100 + t);
-    fill_normal(hakd_f32(b), hakd_numel(b), 1.0f, 200 + t);
+    hakd_tensor *x, *w, *b;
+    case_operands(&p, cc, t, &x, &w, &b);
     hakd_ctx *ctx = hakd_ctx_new();
     hakd_tensor *y = hakd_conv2d(ctx, x, w, b, cc->stride, cc->pad, cc->dilation, cc->groups);
     ASSERT_TRUE(y != NULL);
@@ -259,14 +267,8 @@ TEST(bf16_products_read_rounded_operands) {
   for (size_t t = 0; t < sizeof cases / sizeof cases[0] && !test_failed(); t++) {
     const conv_case *cc = &cases[t];
     hakd_params p;
-    hakd_params_init(&p);
-    int64_t xs[4] = {cc->n, cc->cin, cc->h, cc->w}, ws[4] = {cc->cout, cc->cin / cc->groups, cc->k, cc->k};
-    int64_t bs[1] = {cc->cout};
-    hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, 0), *w = hakd_params_add(&p, "w", 4, ws, 0);
-    hakd_tensor *b = hakd_params_add(&p, "b", 1, bs, 0);
-    fill_normal(hakd_f32(x), hakd_numel(x), 1.0f, 1 + t);
-    fill_normal(hakd_f32(w), hakd_numel(w), 0.1f, 100 + t);
-    fill_normal(hakd_f32(b), hakd_numel(b), 1.0f, 200 + t);
+    hakd_tensor *x, *w, *b;
+    case_operands(&p, cc, t, &x, &w, &b);
     hakd_ctx *ctx = hakd_ctx_new();
     hakd_ctx_set_precision(ctx, HAKD_BF16);
     hakd_tensor *y = hakd_conv2d(ctx, x, w, b, cc->stride, cc->pad, cc->dilation, cc->groups);
