@@ -123,15 +123,16 @@ static void bilinear_source(int64_t o, int64_t in, int64_t out, int align_corner
   *l1 = w < 0.0f ? 0.0f : (w > 1.0f ? 1.0f : w);
 }
 
-/* Rows wider than the kernels' 512-column chunks, up and down, both align modes: the forward
- * against the interpolation formula evaluated directly in double, the backward by the adjoint
- * identity sum(y * g) == sum(x * dx) (both in double). Inputs and g ~N(0,1): outputs differ from
+/* Rows wider than the kernels' 512-column chunks, up and down, both align modes, and an output
+ * large enough to be streamed: the forward against the interpolation formula evaluated directly
+ * in double, the backward by the adjoint identity sum(y * g) == sum(x * dx) (both in double). Inputs and g ~N(0,1): outputs differ from
  * the double formula by a few ulps (< 1e-5); the two dot products by float rounding of O(1) terms,
  * ~1e-7 * sqrt(terms), so 1e-5 * sqrt(outputs) is ample. A wrong tap or a lost chunk gives O(0.1)
  * per output and O(10) in the dot products. */
 TEST(bilinear_wide_rows_match_direct_formula) {
-  const int64_t cases[3][4] = {{5, 300, 9, 1100}, {6, 1200, 4, 530}, {3, 700, 3, 1030}}; /* h, w, oh, ow */
-  for (int t = 0; t < 3 && !test_failed(); t++)
+  /* h, w, oh, ow; the last output is 16 MiB, written with non-temporal stores from unaligned rows */
+  const int64_t cases[4][4] = {{5, 300, 9, 1100}, {6, 1200, 4, 530}, {3, 700, 3, 1030}, {6, 40, 2048, 1030}};
+  for (int t = 0; t < 4 && !test_failed(); t++)
     for (int ac = 0; ac < 2 && !test_failed(); ac++) {
       int64_t h = cases[t][0], w = cases[t][1], oh = cases[t][2], ow = cases[t][3];
       hakd_params p;

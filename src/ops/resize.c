@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "hakd/ops.h"
+#include "ops/vecmath.h"
 
 /* One output coordinate of a bilinear resize: input indices and their weights. */
 typedef struct {
@@ -56,6 +57,24 @@ static resize_tap *resize_taps_new(hakd_ctx *ctx, int64_t h, int64_t w, int64_t 
  * input rows, one slot per row parity: an output row reads input rows i0 and i0 + 1 (or i0
  * twice), which never share a slot, so each input row is handled once per chunk when upsampling. */
 #define RESIZE_CHUNK 512
+
+/* y[j] = lh0 * h0[j] + lh1 * h1[j] for j < n, the same float operations as PyTorch's
+ * lh0 * (l0 a + l1 b) + lh1 * (l0 c + l1 d); stream: non-temporal stores from the first aligned y. */
+static void resize_row_height(float *y, const float *h0, const float *h1, float lh0, float lh1, int64_t n,
+                              int stream) {
+  int64_t j = 0;
+#if VEC_LANES > 1
+  if (stream) {
+    for (; j < n && !vec_stream_aligned(y + j); j++) y[j] = lh0 * h0[j] + lh1 * h1[j];
+    vec_f32 a = vec_set1(lh0), b = vec_set1(lh1);
+    for (; j + VEC_LANES <= n; j += VEC_LANES)
+      vec_stream(y + j, vec_add(vec_mul(a, vec_load(h0 + j)), vec_mul(b, vec_load(h1 + j))));
+  }
+#else
+  (void)stream;
+#endif
+  for (; j < n; j++) y[j] = lh0 * h0[j] + lh1 * h1[j];
+}
 
 /* h[j - j0] = l0 * row[i0] + l1 * row[i1] with output column j's taps, j in [j0, j1). */
 static void resize_row_width(float *h, const float *row, const resize_tap *tw, int64_t j0, int64_t j1) {
@@ -138,6 +157,7 @@ hakd_tensor *hakd_resize_bilinear(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, 
   const resize_tap *th = taps, *tw = taps + out_h;
   const float *xd = hakd_f32(x);
   float *yd = hakd_f32(y);
+  int stream = planes * out_h * out_w * (int64_t)sizeof(float) >= VEC_STREAM_MIN_BYTES;
 #pragma omp parallel for schedule(static) if (planes * out_h * out_w > 32768)
   for (int64_t p = 0; p < planes; p++) {
     const float *xp = xd + p * h * w;
@@ -150,12 +170,10 @@ hakd_tensor *hakd_resize_bilinear(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, 
         int64_t r0 = th[i].i0, r1 = th[i].i1;
         if (tag[r0 & 1] != r0) resize_row_width(across[r0 & 1], xp + r0 * w, tw, j0, j1), tag[r0 & 1] = r0;
         if (tag[r1 & 1] != r1) resize_row_width(across[r1 & 1], xp + r1 * w, tw, j0, j1), tag[r1 & 1] = r1;
-        /* lh0 * (l0 a + l1 b) + lh1 * (l0 c + l1 d), the same float operations as PyTorch's. */
-        const float *h0 = across[r0 & 1], *h1 = across[r1 & 1];
-        float lh0 = th[i].l0, lh1 = th[i].l1, *yr = yp + i * out_w + j0;
-        for (int64_t j = 0; j < n; j++) yr[j] = lh0 * h0[j] + lh1 * h1[j];
+        resize_row_height(yp + i * out_w + j0, across[r0 & 1], across[r1 & 1], th[i].l0, th[i].l1, n, stream);
       }
     }
+    if (stream) vec_stream_fence();
   }
   hakd_node *node = hakd_record(ctx, "resize_bilinear", resize_bilinear_backward, y, 1, &x);
   if (node) {

@@ -23,6 +23,7 @@ __m512 _ZGVeN16v_logf(__m512);
 #define vec_add _mm512_add_ps
 #define vec_sub _mm512_sub_ps
 #define vec_mul _mm512_mul_ps
+#define vec_stream _mm512_stream_ps
 #define vec_zero _mm512_setzero_ps
 /* max(a, b) with b returned when either is NaN: vec_max(x, acc) ignores a NaN x like fmaxf. */
 #define vec_max _mm512_max_ps
@@ -48,6 +49,7 @@ __m256 _ZGVdN8v_logf(__m256);
 #define vec_add _mm256_add_ps
 #define vec_sub _mm256_sub_ps
 #define vec_mul _mm256_mul_ps
+#define vec_stream _mm256_stream_ps
 #define vec_zero _mm256_setzero_ps
 #define vec_max _mm256_max_ps
 static inline float vec_reduce_add(__m256 v) {
@@ -67,6 +69,17 @@ static inline __m256 vec_onehot(const int32_t *labels, int32_t k) {
 #else
 #define VEC_LANES 1
 #endif
+
+/* Outputs of this many bytes and more may be written with non-temporal stores (vec_stream, on
+ * addresses aligned to a whole vector): at half the last-level cache they would mostly be
+ * evicted before their reader comes, and writing around the caches saves reading every line
+ * before it is overwritten. A thread completes its streamed stores with vec_stream_fence()
+ * before others may read them (they are weakly ordered). */
+#define VEC_STREAM_MIN_BYTES ((int64_t)16 << 20)
+#define vec_stream_fence _mm_sfence
+
+/* Whether p is aligned for vec_stream. */
+static inline int vec_stream_aligned(const float *p) { return (uintptr_t)p % (VEC_LANES * sizeof(float)) == 0; }
 
 /* y[i] = exp(x[i] - shift) for n elements (y may be x); single-threaded, for use inside the
  * callers' parallel loops. */
