@@ -141,6 +141,37 @@ TEST(large_streamed_transposes_match_index_map) {
     }
 }
 
+/* A concat output of 16 MiB and more is copied with non-temporal stores: parts whose rows start
+ * unaligned (3 and 1 rows of an odd length), float and int32, element for element. */
+TEST(large_streamed_concat_matches_inputs) {
+  const int64_t len = 699051, rows[2] = {3, 1}; /* output (2, 4, len): 21 MiB */
+  for (int as_int = 0; as_int < 2; as_int++) {
+    hakd_ctx *ctx = hakd_ctx_new();
+    hakd_tensor *xs[2];
+    for (int k = 0; k < 2; k++) {
+      int64_t shape[3] = {2, rows[k], len};
+      xs[k] = hakd_tensor_new(ctx, as_int ? HAKD_I32 : HAKD_F32, 3, shape);
+      ASSERT_TRUE(xs[k] != NULL);
+      for (int64_t i = 0; i < hakd_numel(xs[k]); i++) {
+        if (as_int) hakd_i32(xs[k])[i] = (int32_t)(i * 2 + k);
+        else hakd_f32(xs[k])[i] = (float)(i % 999983) + 0.5f * (float)k;
+      }
+    }
+    hakd_tensor *y = hakd_concat(ctx, 2, xs, 1);
+    ASSERT_TRUE(y != NULL);
+    int64_t wrong = 0;
+    for (int64_t b = 0; b < 2; b++)
+      for (int64_t c = 0; c < 4; c++)
+        for (int64_t i = 0; i < len; i++) {
+          int k = c < rows[0] ? 0 : 1;
+          int64_t src = (b * rows[k] + (k ? c - rows[0] : c)) * len + i, dst = (b * 4 + c) * len + i;
+          wrong += as_int ? hakd_i32(y)[dst] != hakd_i32(xs[k])[src] : hakd_f32(y)[dst] != hakd_f32(xs[k])[src];
+        }
+    hakd_ctx_free(ctx);
+    ASSERT_EQ_INT(wrong, 0);
+  }
+}
+
 TEST(reshape_is_a_view_and_accumulates_gradient) {
   hakd_ctx *ctx = hakd_ctx_new();
   hakd_params p;

@@ -5,6 +5,7 @@
 
 #include "hakd/ops.h"
 #include "ops/ops_internal.h"
+#include "ops/vecmath.h"
 
 typedef uint32_t element; /* a float32 or int32 moved bit for bit */
 
@@ -146,8 +147,6 @@ static void permute_plan_make(permute_plan *plan, const int64_t *shape, const in
 /* Transposes run in bands of TILE source rows; each band is cut into TILE x TILE tiles, so a
  * tile's 16 source lines and 16 destination lines are each read or written whole. */
 #define TILE 16
-/* Outputs from this size on are transposed with non-temporal stores. */
-#define STREAM_MIN_BYTES (16 << 20)
 
 #if defined(__AVX512F__)
 /* dst = tile^T (accumulate: dst += tile^T as float) for one 16 x 16 tile, in registers.
@@ -245,17 +244,16 @@ static void permute_run(void *dst, const void *src, const permute_plan *plan, in
     /* Bands of all batches share one parallel loop, so a batch of 1 still uses every thread. */
     int64_t rows = plan->src_shape[nd - 2], cols = plan->src_shape[nd - 1], batch = numel / (rows * cols);
     int64_t bands = (rows + TILE - 1) / TILE;
-    /* An output of half the last-level cache or more would mostly be evicted before its reader
-     * comes: writing it around the caches saves reading every line before it is overwritten
-     * (measured: (2,128,16384) 1.95 -> 1.4 ms; a 4 MB output got slower, so not below this). */
-    int stream = !accumulate && numel * (int64_t)sizeof(element) >= STREAM_MIN_BYTES;
+    /* Large outputs are written around the caches (vecmath.h; measured: (2,128,16384) 1.95 ->
+     * 1.4 ms). */
+    int stream = !accumulate && numel * (int64_t)sizeof(element) >= VEC_STREAM_MIN_BYTES;
 #pragma omp parallel for schedule(static) if (numel > OPS_PARALLEL_MIN)
     for (int64_t job = 0; job < batch * bands; job++) {
       int64_t b = job / bands, r0 = job % bands * TILE, r1 = r0 + TILE < rows ? r0 + TILE : rows;
       transpose_band((element *)dst + b * rows * cols, (const element *)src + b * rows * cols, rows, cols, r0, r1,
                      accumulate, stream);
       /* Streamed stores are weakly ordered: each thread completes its own before the barrier. */
-      if (stream) _mm_sfence();
+      if (stream) vec_stream_fence();
     }
     return;
   }
@@ -376,8 +374,18 @@ hakd_tensor *hakd_concat(hakd_ctx *ctx, int n, hakd_tensor *const *xs, int dim) 
     int64_t row = xs[k]->shape[d] * inner;
     const element *src = xs[k]->data;
     element *dst = (element *)y->data + offset;
+    /* A large output is written around the caches (vecmath.h; measured 4 x (2,256,128,128):
+     * 11-13.7 -> 8 ms). */
+    int stream = outer * out_row * (int64_t)sizeof(element) >= VEC_STREAM_MIN_BYTES;
 #pragma omp parallel for schedule(static) if (outer * row > OPS_PARALLEL_MIN)
-    for (int64_t o = 0; o < outer; o++) memcpy(dst + o * out_row, src + o * row, (size_t)row * sizeof(element));
+    for (int64_t o = 0; o < outer; o++) {
+      if (stream) {
+        vec_stream_copy(dst + o * out_row, src + o * row, row);
+        vec_stream_fence();
+      } else {
+        memcpy(dst + o * out_row, src + o * row, (size_t)row * sizeof(element));
+      }
+    }
     offset += row;
   }
   /* The tape node holds at most HAKD_NODE_MAX_INPUTS inputs; they only decide whether to record

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__AVX512F__)
 #define VEC_LANES 16
@@ -80,6 +81,20 @@ static inline __m256 vec_onehot(const int32_t *labels, int32_t k) {
 
 /* Whether p is aligned for vec_stream. */
 static inline int vec_stream_aligned(const float *p) { return (uintptr_t)p % (VEC_LANES * sizeof(float)) == 0; }
+
+/* Copies n 4-byte elements bit for bit (float or int32), streaming from the first aligned
+ * destination element (the caller fences). */
+static inline void vec_stream_copy(void *dst, const void *src, int64_t n) {
+  float *d = dst;
+  const float *s = src;
+  int64_t i = 0;
+#if VEC_LANES > 1
+  while (i < n && !vec_stream_aligned(d + i)) i++;
+  memcpy(d, s, (size_t)i * sizeof(float));
+  for (; i + VEC_LANES <= n; i += VEC_LANES) vec_stream(d + i, vec_load(s + i)); /* moves keep NaN bits */
+#endif
+  memcpy(d + i, s + i, (size_t)(n - i) * sizeof(float));
+}
 
 /* y[i] = exp(x[i] - shift) for n elements (y may be x); single-threaded, for use inside the
  * callers' parallel loops. */
