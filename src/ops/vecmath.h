@@ -1,6 +1,7 @@
-/* glibc's vector math (libmvec, glibc >= 2.35): erf and exp on whole registers, called directly
- * because GCC only vectorises math calls itself under -ffast-math, which hakd does not use
- * (it breaks erf/exp semantics and NaN checks). VEC_LANES is 1 without AVX2. */
+/* glibc's vector math (libmvec, glibc >= 2.35): erf, exp and log on whole registers, called
+ * directly because GCC only vectorises math calls itself under -ffast-math, which hakd does not
+ * use (it breaks erf/exp semantics and NaN checks). VEC_LANES is 1 without AVX2. Also the lane
+ * reductions and non-temporal stores the memory-bound ops share. */
 #ifndef HAKD_OPS_VECMATH_H
 #define HAKD_OPS_VECMATH_H
 
@@ -94,17 +95,6 @@ static inline void vec_stream_copy(void *dst, const void *src, int64_t n) {
   for (; i + VEC_LANES <= n; i += VEC_LANES) vec_stream(d + i, vec_load(s + i)); /* moves keep NaN bits */
 #endif
   memcpy(d + i, s + i, (size_t)(n - i) * sizeof(float));
-}
-
-/* y[i] = exp(x[i] - shift) for n elements (y may be x); single-threaded, for use inside the
- * callers' parallel loops. */
-static inline void vec_exp_shifted(float *y, const float *x, float shift, int64_t n) {
-  int64_t i = 0;
-#if VEC_LANES > 1
-  vec_f32 s = vec_set1(shift);
-  for (; i + VEC_LANES <= n; i += VEC_LANES) vec_store(y + i, vec_expf(vec_sub(vec_load(x + i), s)));
-#endif
-  for (; i < n; i++) y[i] = expf(x[i] - shift);
 }
 
 #endif
