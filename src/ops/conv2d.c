@@ -656,9 +656,10 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
     int64_t n = hakd_numel(y);
     float hi = act == HAKD_ACT_RELU6 ? 6.0f : INFINITY, lo = act == HAKD_ACT_NONE ? -INFINITY : 0.0f;
 #pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n; i++) { /* compares, not fminf/fmaxf: those stay library calls */
       float v = rd ? yd[i] + rd[i] : yd[i];
-      yd[i] = fminf(fmaxf(v, lo), hi);
+      v = v < lo ? lo : v;
+      yd[i] = v > hi ? hi : v;
     }
   }
   hakd_tensor *inputs[3] = {x, w, b};
