@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "gradcheck.h"
 #include "harness.h"
 #include "op_fixture.h"
@@ -242,15 +243,6 @@ static void check_against_naive(conv2d_path path) {
     hakd_params_free(&p);
   }
   conv2d_set_path(CONV2D_PATH_AUTO);
-}
-
-/* Round to nearest even bfloat16 (what oneDNN's reorders do). */
-static float round_bf16(float v) {
-  uint32_t u;
-  memcpy(&u, &v, sizeof u);
-  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  memcpy(&v, &u, sizeof v);
-  return v;
 }
 
 /* bf16 precision: the products read x, w and dy rounded to bfloat16 and sum in float32, so the

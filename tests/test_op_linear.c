@@ -1,5 +1,6 @@
 /* linear and matmul against PyTorch (tools/gen_ops_basic.py), finite differences, a batched case
  * large enough for the threaded batch loop, and shape errors. */
+#include "bf16.h"
 #include "gradcheck.h"
 #include "op_golden.h"
 
@@ -147,4 +148,111 @@ TEST(shape_mismatch_is_an_error_naming_op_and_shapes) {
   const char *batch_msg[] = {"matmul", "(2, 4, 5)", "(3, 5, 6)", NULL};
   ASSERT_TRUE(expect_op_error(ctx, hakd_matmul(ctx, a, m, 0, 0), HAKD_ESHAPE, batch_msg));
   hakd_ctx_free(ctx);
+}
+
+/* Element (r, c) of op(M_i) for a row-major batch of matrices stored (rows, cols), or transposed. */
+static double op_at(const float *v, int64_t i, int64_t stride, int trans, int64_t rows, int64_t cols, int64_t r,
+                    int64_t c) {
+  return trans ? v[i * stride + c * rows + r] : v[i * stride + r * cols + c];
+}
+
+static double max_rel_err(const float *got, const double *want, int64_t n) {
+  double max_ref = 1e-6, max_diff = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = fabs((double)got[i] - want[i]);
+    if (!(d <= max_diff)) max_diff = d;
+    if (fabs(want[i]) > max_ref) max_ref = fabs(want[i]);
+  }
+  return max_diff / max_ref;
+}
+
+/* bf16 precision: products of bfloat16-rounded operands (a, b and the incoming gradient) summed
+ * in float32, so the results equal a double reference on the rounded operands to float32
+ * accumulation accuracy (sums of <= 96 products: 1e-5), while the forward differs from the
+ * unrounded reference by the rounding (relative 2^-9 per operand: > 1e-4 here). Every transpose,
+ * a shared b and a scale inside the product; then linear with its bias. */
+TEST(bf16_products_read_rounded_operands) {
+  enum { B = 3, M = 7, K = 96, N = 9 };
+  for (int shared = 0; shared < 2; shared++)
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++) {
+        hakd_params p;
+        hakd_params_init(&p);
+        int64_t as[3] = {B, ta ? K : M, ta ? M : K}, bs[3] = {B, tb ? N : K, tb ? K : N};
+        hakd_tensor *a = gradcheck_input(&p, "a", 3, as, 1.0f, 41);
+        hakd_tensor *b = shared ? gradcheck_input(&p, "b", 2, bs + 1, 1.0f, 42) : gradcheck_input(&p, "b", 3, bs, 1.0f, 42);
+        hakd_ctx *ctx = hakd_ctx_new();
+        hakd_ctx_set_precision(ctx, HAKD_BF16);
+        float alpha = 0.37f;
+        hakd_tensor *y = hakd_matmul_scaled(ctx, a, b, ta, tb, alpha);
+        ASSERT_TRUE(y != NULL);
+        float gy[B * M * N], ar[B * M * K], br[B * K * N], gyr[B * M * N];
+        uint64_t rng = hakd_rng_seed(43);
+        for (int i = 0; i < B * M * N; i++) gyr[i] = round_bf16(gy[i] = hakd_rng_normal(&rng));
+        ASSERT_OK(hakd_backward_seeded(ctx, y, gy));
+        for (int i = 0; i < B * M * K; i++) ar[i] = round_bf16(hakd_f32(a)[i]);
+        int64_t nb = hakd_numel(b), sb = shared ? 0 : K * N;
+        for (int64_t i = 0; i < nb; i++) br[i] = round_bf16(hakd_f32(b)[i]);
+        static double want_y[B * M * N], plain_y[B * M * N], want_da[B * M * K], want_db[B * K * N];
+        memset(want_da, 0, sizeof want_da);
+        memset(want_db, 0, sizeof want_db);
+        for (int i = 0; i < B; i++)
+          for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+              double acc = 0, plain = 0, g = gyr[(i * M + m) * N + n];
+              for (int k = 0; k < K; k++) {
+                double av = op_at(ar, i, M * K, ta, M, K, m, k), bv = op_at(br, i, sb, tb, K, N, k, n);
+                acc += av * bv;
+                plain += op_at(hakd_f32(a), i, M * K, ta, M, K, m, k) * op_at(hakd_f32(b), i, sb, tb, K, N, k, n);
+                /* gradients land where the operand is stored (transposed or not) */
+                want_da[ta ? i * M * K + k * M + m : i * M * K + m * K + k] += alpha * g * bv;
+                want_db[tb ? i * sb + n * K + k : i * sb + k * N + n] += alpha * g * av;
+              }
+              want_y[(i * M + m) * N + n] = alpha * acc;
+              plain_y[(i * M + m) * N + n] = alpha * plain;
+            }
+        double ey = max_rel_err(hakd_f32(y), want_y, B * M * N), eda = max_rel_err(a->grad, want_da, B * M * K);
+        double edb = max_rel_err(b->grad, want_db, nb), eplain = max_rel_err(hakd_f32(y), plain_y, B * M * N);
+        if (!(ey <= 1e-5 && eda <= 1e-5 && edb <= 1e-5 && eplain > 1e-4))
+          test_fail(__FILE__, __LINE__, "shared %d ta %d tb %d: rel err y %.3g da %.3g db %.3g, vs fp32 %.3g", shared,
+                    ta, tb, ey, eda, edb, eplain);
+        hakd_ctx_free(ctx);
+        hakd_params_free(&p);
+      }
+  /* linear: y = x w^T + b with x (2, 5, 64), w (12, 64); the bias gradient sums dy unrounded */
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t xs[3] = {2, 5, 64}, ws[2] = {12, 64}, bs[1] = {12};
+  hakd_tensor *x = gradcheck_input(&p, "x", 3, xs, 1.0f, 51), *w = gradcheck_input(&p, "w", 2, ws, 1.0f, 52);
+  hakd_tensor *bias = gradcheck_input(&p, "bias", 1, bs, 1.0f, 53);
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_ctx_set_precision(ctx, HAKD_BF16);
+  hakd_tensor *y = hakd_linear(ctx, x, w, bias);
+  ASSERT_TRUE(y != NULL);
+  float gy[10 * 12];
+  uint64_t rng = hakd_rng_seed(54);
+  for (int i = 0; i < 120; i++) gy[i] = hakd_rng_normal(&rng);
+  ASSERT_OK(hakd_backward_seeded(ctx, y, gy));
+  static double want_y[120], want_dx[640], want_dw[768], want_db[12];
+  memset(want_dx, 0, sizeof want_dx);
+  memset(want_dw, 0, sizeof want_dw);
+  memset(want_db, 0, sizeof want_db);
+  for (int r = 0; r < 10; r++)
+    for (int o = 0; o < 12; o++) {
+      double acc = hakd_f32(bias)[o], g = round_bf16(gy[r * 12 + o]);
+      want_db[o] += gy[r * 12 + o];
+      for (int i = 0; i < 64; i++) {
+        double xv = round_bf16(hakd_f32(x)[r * 64 + i]), wv = round_bf16(hakd_f32(w)[o * 64 + i]);
+        acc += xv * wv;
+        want_dx[r * 64 + i] += g * wv;
+        want_dw[o * 64 + i] += g * xv;
+      }
+      want_y[r * 12 + o] = acc;
+    }
+  double ey = max_rel_err(hakd_f32(y), want_y, 120), edx = max_rel_err(x->grad, want_dx, 640);
+  double edw = max_rel_err(w->grad, want_dw, 768), edb = max_rel_err(bias->grad, want_db, 12);
+  if (!(ey <= 1e-5 && edx <= 1e-5 && edw <= 1e-5 && edb <= 1e-5))
+    test_fail(__FILE__, __LINE__, "linear: rel err y %.3g dx %.3g dw %.3g db %.3g", ey, edx, edw, edb);
+  hakd_ctx_free(ctx);
+  hakd_params_free(&p);
 }

@@ -15,6 +15,7 @@
 
 #include "hakd/ops.h"
 #include "ops/conv2d.h"
+#include "ops/gemm_bf16.h"
 
 /* Largest column buffer of one thread in floats (4 MB): bounded scratch, GEMMs still hundreds
  * of columns wide. */
@@ -473,6 +474,7 @@ void conv2d_release(void) {
   conv2d_scratch_base = NULL;
   conv2d_scratch_capacity = 0;
   conv2d_dnnl_release();
+  gemm_bf16_release();
 }
 
 /* ---- path selection ---- */
