@@ -59,7 +59,7 @@ deeplabv3-r18-d8 train|--model deeplabv3-r18-d8 --mode train --size $square --ba
 deeplabv3-mbv2 train|--model deeplabv3-mbv2 --mode train --size $square --batch 2
 deeplabv3-r50-d8 infer|--model deeplabv3-r50-d8 --mode infer --size $wide --batch 1
 distill r50-d8 -> segformer-b0 (HeteroAKD)|--model segformer-b0 --teacher deeplabv3-r50-d8 --mode distill --method heteroakd --size $square --batch 2"
-[ "$precision" = fp32 ] || [ -n "$only" ] || only='r18-d8 train|mbv2 train|r50-d8 infer|distill'
+[ "$precision" = fp32 ] || [ -n "$only" ] || only='segformer-b0 train|r18-d8 train|mbv2 train|r50-d8 infer|distill'
 if [ -n "$only" ]; then
   cases=$(printf '%s\n' "$cases" | grep -E -- "^[^|]*($only)" || true)
   [ -n "$cases" ] || { echo "compare_pytorch.sh: no case matches --only '$only'" >&2; exit 2; }
