@@ -180,7 +180,7 @@ TEST(bf16_products_read_rounded_operands) {
         hakd_params_init(&p);
         int64_t as[3] = {B, ta ? K : M, ta ? M : K}, bs[3] = {B, tb ? N : K, tb ? K : N};
         hakd_tensor *a = gradcheck_input(&p, "a", 3, as, 1.0f, 41);
-        hakd_tensor *b = shared ? gradcheck_input(&p, "b", 2, bs + 1, 1.0f, 42) : gradcheck_input(&p, "b", 3, bs, 1.0f, 42);
+        hakd_tensor *b = gradcheck_input(&p, "b", shared ? 2 : 3, shared ? bs + 1 : bs, 1.0f, 42);
         hakd_ctx *ctx = hakd_ctx_new();
         hakd_ctx_set_precision(ctx, HAKD_BF16);
         float alpha = 0.37f;

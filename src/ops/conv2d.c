@@ -15,6 +15,7 @@
 
 #include "hakd/ops.h"
 #include "ops/conv2d.h"
+#include "ops/dnnl_common.h"
 #include "ops/gemm_bf16.h"
 
 /* Largest column buffer of one thread in floats (4 MB): bounded scratch, GEMMs still hundreds
@@ -475,6 +476,7 @@ void conv2d_release(void) {
   conv2d_scratch_capacity = 0;
   conv2d_dnnl_release();
   gemm_bf16_release();
+  ops_dnnl_engine_release();
 }
 
 /* ---- path selection ---- */

@@ -10,15 +10,10 @@
 
 #include "hakd/tensor.h"
 #include "ops/conv2d.h"
+#include "ops/dnnl_common.h"
 
 #define CONV2D_DNNL_CACHE_SIZE 128
 #define CONV2D_DNNL_MAX_ARGS 4
-
-#define DNNL_TRY(call)                                                                          \
-  do {                                                                                          \
-    dnnl_status_t st_ = (call);                                                                 \
-    if (st_ != dnnl_success) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: %s: status %d", #call, (int)st_); \
-  } while (0)
 
 /* One tensor argument of a primitive: `user` wraps our plain-layout pointer; when the primitive
  * wants another layout (or the result must be accumulated), `inner` lives in step scratch and
@@ -73,18 +68,11 @@ static void conv2d_dnnl_entry_free(conv2d_dnnl_entry *e) {
 
 void conv2d_dnnl_release(void) {
   for (int i = 0; i < CONV2D_DNNL_CACHE_SIZE; i++) conv2d_dnnl_entry_free(&conv2d_dnnl_cache[i]);
-  if (conv2d_dnnl_stream) dnnl_stream_destroy(conv2d_dnnl_stream);
-  if (conv2d_dnnl_engine) dnnl_engine_destroy(conv2d_dnnl_engine);
   conv2d_dnnl_stream = NULL;
   conv2d_dnnl_engine = NULL;
 }
 
-static int conv2d_dnnl_init_engine(void) {
-  if (conv2d_dnnl_engine) return 0;
-  DNNL_TRY(dnnl_engine_create(&conv2d_dnnl_engine, dnnl_cpu, 0));
-  DNNL_TRY(dnnl_stream_create(&conv2d_dnnl_stream, conv2d_dnnl_engine, dnnl_stream_default_flags));
-  return 0;
-}
+static int conv2d_dnnl_init_engine(void) { return ops_dnnl_engine(&conv2d_dnnl_engine, &conv2d_dnnl_stream); }
 
 /* Our plain layouts: activations NCHW, weights (G, Cout/G, Cin/G, kh, kw) == (Cout, Cin/G, kh, kw). */
 typedef struct {
@@ -123,27 +111,6 @@ static int conv2d_dnnl_descs_init(conv2d_dnnl_descs *d, const conv2d_shape *s) {
   return 0;
 }
 
-static int conv2d_dnnl_reorder_create(dnnl_primitive_t *reorder, const dnnl_memory_desc_t *from,
-                                      const dnnl_memory_desc_t *to, int accumulate) {
-  dnnl_primitive_attr_t attr = NULL;
-  dnnl_post_ops_t post_ops = NULL;
-  dnnl_primitive_desc_t pd = NULL;
-  dnnl_status_t st = dnnl_primitive_attr_create(&attr);
-  if (st == dnnl_success && accumulate) {
-    st = dnnl_post_ops_create(&post_ops);
-    if (st == dnnl_success) st = dnnl_post_ops_append_sum(post_ops, 1.0f);
-    if (st == dnnl_success) st = dnnl_primitive_attr_set_post_ops(attr, post_ops);
-  }
-  if (st == dnnl_success)
-    st = dnnl_reorder_primitive_desc_create(&pd, from, conv2d_dnnl_engine, to, conv2d_dnnl_engine, attr);
-  if (st == dnnl_success) st = dnnl_primitive_create(reorder, pd);
-  if (pd) dnnl_primitive_desc_destroy(pd);
-  if (post_ops) dnnl_post_ops_destroy(post_ops);
-  if (attr) dnnl_primitive_attr_destroy(attr);
-  if (st != dnnl_success) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: reorder creation: status %d", (int)st);
-  return 0;
-}
-
 /* Adds argument `id` of op->pd (queried with `query`) whose user layout is `user_md`. */
 static int conv2d_dnnl_arg_add(conv2d_dnnl_op *op, int id, dnnl_query_t query, int index,
                                const dnnl_memory_desc_t *user_md, int is_output, int accumulate) {
@@ -156,8 +123,8 @@ static int conv2d_dnnl_arg_add(conv2d_dnnl_op *op, int id, dnnl_query_t query, i
   if (dnnl_memory_desc_equal(user_md, prim_md) && !accumulate) return 0;
   a->inner_bytes = dnnl_memory_desc_get_size(prim_md);
   DNNL_TRY(dnnl_memory_create(&a->inner, prim_md, conv2d_dnnl_engine, DNNL_MEMORY_NONE));
-  return is_output ? conv2d_dnnl_reorder_create(&a->reorder, prim_md, user_md, accumulate)
-                   : conv2d_dnnl_reorder_create(&a->reorder, user_md, prim_md, 0);
+  return is_output ? ops_dnnl_reorder_create(&a->reorder, prim_md, user_md, accumulate)
+                   : ops_dnnl_reorder_create(&a->reorder, user_md, prim_md, 0);
 }
 
 /* Finishes op->pd's primitive and its user-managed scratchpad. */

@@ -8,15 +8,10 @@
 #include <string.h>
 
 #include "ops/conv2d.h"
+#include "ops/dnnl_common.h"
 #include "ops/gemm_bf16.h"
 
 #define GEMM_BF16_CACHE_SIZE 128
-
-#define DNNL_TRY(call)                                                                          \
-  do {                                                                                          \
-    dnnl_status_t st_ = (call);                                                                 \
-    if (st_ != dnnl_success) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: %s: status %d", #call, (int)st_); \
-  } while (0)
 
 typedef struct {
   gemm_bf16_shape shape;
@@ -43,20 +38,8 @@ static void gemm_bf16_entry_free(gemm_bf16_entry *e) {
 
 void gemm_bf16_release(void) {
   for (int i = 0; i < GEMM_BF16_CACHE_SIZE; i++) gemm_bf16_entry_free(&gemm_bf16_cache[i]);
-  if (gemm_bf16_stream) dnnl_stream_destroy(gemm_bf16_stream);
-  if (gemm_bf16_engine) dnnl_engine_destroy(gemm_bf16_engine);
   gemm_bf16_stream = NULL;
   gemm_bf16_engine = NULL;
-}
-
-/* A reorder from `from` to `to` (both on the engine). */
-static int gemm_bf16_reorder(dnnl_primitive_t *reorder, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to) {
-  dnnl_primitive_desc_t pd;
-  DNNL_TRY(dnnl_reorder_primitive_desc_create(&pd, from, gemm_bf16_engine, to, gemm_bf16_engine, NULL));
-  dnnl_status_t st = dnnl_primitive_create(reorder, pd);
-  dnnl_primitive_desc_destroy(pd);
-  if (st != dnnl_success) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: reorder creation: status %d", (int)st);
-  return 0;
 }
 
 /* The (batch, rows, cols) view of an operand stored row-major with leading dimension ld, or
@@ -102,7 +85,8 @@ static int gemm_bf16_entry_create(gemm_bf16_entry *e, const gemm_bf16_shape *s) 
   if (post_ops) dnnl_post_ops_destroy(post_ops);
   dnnl_primitive_attr_destroy(attr);
   if (st != dnnl_success) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: no bf16 matmul: status %d", (int)st);
-  if ((rc = gemm_bf16_reorder(&e->reorder_a, &user_a, &inner_a)) || (rc = gemm_bf16_reorder(&e->reorder_b, &user_b, &inner_b)))
+  if ((rc = ops_dnnl_reorder_create(&e->reorder_a, &user_a, &inner_a, 0)) ||
+      (rc = ops_dnnl_reorder_create(&e->reorder_b, &user_b, &inner_b, 0)))
     return rc;
   DNNL_TRY(dnnl_memory_create(&e->user_a, &user_a, gemm_bf16_engine, DNNL_MEMORY_NONE));
   DNNL_TRY(dnnl_memory_create(&e->user_b, &user_b, gemm_bf16_engine, DNNL_MEMORY_NONE));
@@ -115,10 +99,8 @@ static int gemm_bf16_entry_create(gemm_bf16_entry *e, const gemm_bf16_shape *s) 
 }
 
 static int gemm_bf16_entry_get(const gemm_bf16_shape *s, gemm_bf16_entry **out) {
-  if (!gemm_bf16_engine) {
-    DNNL_TRY(dnnl_engine_create(&gemm_bf16_engine, dnnl_cpu, 0));
-    DNNL_TRY(dnnl_stream_create(&gemm_bf16_stream, gemm_bf16_engine, dnnl_stream_default_flags));
-  }
+  int rc = ops_dnnl_engine(&gemm_bf16_engine, &gemm_bf16_stream);
+  if (rc) return rc;
   for (int i = 0; i < GEMM_BF16_CACHE_SIZE; i++)
     if (gemm_bf16_cache[i].valid && !memcmp(&gemm_bf16_cache[i].shape, s, sizeof *s)) {
       *out = &gemm_bf16_cache[i];
@@ -128,7 +110,7 @@ static int gemm_bf16_entry_get(const gemm_bf16_shape *s, gemm_bf16_entry **out) 
   gemm_bf16_next_slot = (gemm_bf16_next_slot + 1) % GEMM_BF16_CACHE_SIZE;
   gemm_bf16_entry_free(e);
   e->shape = *s;
-  int rc = gemm_bf16_entry_create(e, s);
+  rc = gemm_bf16_entry_create(e, s);
   if (rc) {
     gemm_bf16_entry_free(e);
     return rc;

@@ -99,7 +99,8 @@ hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int tran
   return hakd_matmul_scaled(ctx, a, b, transpose_a, transpose_b, 1.0f);
 }
 
-/* reference: alpha * torch.matmul(a.transpose(-1,-2) if transpose_a else a, b.transpose(-1,-2) if transpose_b else b) */
+/* reference: alpha * torch.matmul(a.transpose(-1,-2) if transpose_a else a,
+ *                                  b.transpose(-1,-2) if transpose_b else b) */
 hakd_tensor *hakd_matmul_scaled(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int transpose_a, int transpose_b,
                                 float alpha) {
   if (!a || !b) return NULL;
