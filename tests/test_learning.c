@@ -72,6 +72,13 @@ TEST(tiny_transformer_block_loss_falls) {
   hakd_params p;
   hakd_params_init(&p);
   hakd_tensor *emb = gradcheck_input(&p, "embed.weight", 2, (int64_t[]){D, 2}, 0.5f, 11);
+  /* Without an embedding bias, LayerNorm maps a noise token x0*e to sign(x0)*LN(e) and, with bias-free
+   * q/k, a token with x0 < 0 gets exactly the negated attention logits of one with x0 > 0: half the
+   * tokens are pushed away from the first token. Training then sits in a plateau near
+   * (1/2)(5/6)ln 2 = 0.29 for a third of the seeds, and whether it leaves it by step 300 depended on
+   * the BLAS kernels' rounding (OpenBLAS Haswell/Zen vs SkylakeX). The bias breaks the symmetry:
+   * seeds 1-30 all reach < 1e-4 under both kernel sets. */
+  hakd_tensor *emb_b = gradcheck_input(&p, "embed.bias", 1, (int64_t[]){D}, 0.5f, 19);
   hakd_tensor *ln1w = hakd_params_add(&p, "ln1.weight", 1, (int64_t[]){D}, 0);
   hakd_tensor *ln1b = hakd_params_add(&p, "ln1.bias", 1, (int64_t[]){D}, 0);
   hakd_tensor *wq = gradcheck_input(&p, "q.weight", 2, (int64_t[]){D, D}, 0.25f, 12);
@@ -105,7 +112,7 @@ TEST(tiny_transformer_block_loss_falls) {
     hakd_ctx_reset(ctx);
     hakd_tensor *in = hakd_tensor_wrap(ctx, HAKD_F32, 3, (int64_t[]){B, N, 2}, x);
     hakd_tensor *lab = hakd_tensor_wrap(ctx, HAKD_I32, 1, (int64_t[]){B * N}, y);
-    hakd_tensor *h = hakd_linear(ctx, in, emb, NULL);
+    hakd_tensor *h = hakd_linear(ctx, in, emb, emb_b);
     hakd_tensor *a = hakd_layernorm(ctx, h, ln1w, ln1b, 1e-5f);
     hakd_tensor *q = hakd_linear(ctx, a, wq, NULL), *k = hakd_linear(ctx, a, wk, NULL), *v = hakd_linear(ctx, a, wv, NULL);
     hakd_tensor *att = hakd_softmax(ctx, hakd_scale(ctx, hakd_matmul(ctx, q, k, 0, 1), 0.25f), -1);
@@ -122,8 +129,9 @@ TEST(tiny_transformer_block_loss_falls) {
     ASSERT_OK(hakd_backward(ctx, loss));
     hakd_optim_step(opt, 1e-2f);
   }
-  /* Chance is ln 2 = 0.69; the block must get well below it. */
-  if (!(last < first / 3 && last < 0.2)) test_fail(__FILE__, __LINE__, "loss did not fall: %.4f -> %.4f", first, last);
+  /* Chance is ln 2 = 0.69; the block must get well below it (every seed and kernel set tried ends
+   * under 1e-4, so 0.05 leaves a wide margin). */
+  if (!(last < first / 3 && last < 0.05)) test_fail(__FILE__, __LINE__, "loss did not fall: %.4f -> %.4f", first, last);
   hakd_ctx_free(ctx);
   hakd_optim_free(opt);
   hakd_params_free(&p);

@@ -264,6 +264,11 @@ TEST(bf16_products_read_rounded_operands) {
     hakd_ctx *ctx = hakd_ctx_new();
     hakd_ctx_set_precision(ctx, HAKD_BF16);
     hakd_tensor *y = hakd_conv2d(ctx, x, w, b, cc->stride, cc->pad, cc->dilation, cc->groups);
+    if (bf16_refused(ctx, y, "conv2d")) {
+      hakd_ctx_free(ctx);
+      hakd_params_free(&p);
+      continue;
+    }
     ASSERT_TRUE(y != NULL);
     int64_t ny = hakd_numel(y), nx = hakd_numel(x), nw = hakd_numel(w);
     float *gy = malloc((size_t)ny * sizeof(float));

@@ -185,6 +185,11 @@ TEST(bf16_products_read_rounded_operands) {
         hakd_ctx_set_precision(ctx, HAKD_BF16);
         float alpha = 0.37f;
         hakd_tensor *y = hakd_matmul_scaled(ctx, a, b, ta, tb, alpha);
+        if (bf16_refused(ctx, y, "matmul")) {
+          hakd_ctx_free(ctx);
+          hakd_params_free(&p);
+          continue;
+        }
         ASSERT_TRUE(y != NULL);
         float gy[B * M * N], ar[B * M * K], br[B * K * N], gyr[B * M * N];
         uint64_t rng = hakd_rng_seed(43);
@@ -228,6 +233,11 @@ TEST(bf16_products_read_rounded_operands) {
   hakd_ctx *ctx = hakd_ctx_new();
   hakd_ctx_set_precision(ctx, HAKD_BF16);
   hakd_tensor *y = hakd_linear(ctx, x, w, bias);
+  if (bf16_refused(ctx, y, "linear")) {
+    hakd_ctx_free(ctx);
+    hakd_params_free(&p);
+    return;
+  }
   ASSERT_TRUE(y != NULL);
   float gy[10 * 12];
   uint64_t rng = hakd_rng_seed(54);

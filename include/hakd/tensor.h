@@ -71,8 +71,15 @@ int hakd_ctx_training(const hakd_ctx *ctx);
 typedef enum { HAKD_FP32 = 0, HAKD_BF16 = 1 } hakd_precision;
 void hakd_ctx_set_precision(hakd_ctx *ctx, hakd_precision precision);
 hakd_precision hakd_ctx_precision(const hakd_ctx *ctx);
-/* "fp32" | "bf16"; errors name the value. */
+/* "fp32" | "bf16"; errors name the value, and bf16 is refused with the reason where it cannot run
+ * (see hakd_bf16_check). */
 int hakd_precision_parse(const char *text, hakd_precision *out);
+/* 0 where bf16 can run: the CPU has AVX512-BF16 and oneDNN is not capped below it
+ * (ONEDNN_MAX_CPU_ISA); otherwise HAKD_EUNSUPPORTED with the reason. Ops asked for bf16 on other
+ * machines fail with that message. */
+int hakd_bf16_check(void);
+/* 1 where hakd_bf16_check passes (computed once). */
+int hakd_bf16_supported(void);
 const char *hakd_precision_name(hakd_precision precision);
 /* Seed of the context's RNG (dropout). */
 void hakd_ctx_seed(hakd_ctx *ctx, uint64_t seed);

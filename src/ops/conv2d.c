@@ -580,6 +580,10 @@ static int conv2d_check(hakd_ctx *ctx, const hakd_tensor *x, const hakd_tensor *
                          ws),
            -1;
   *s = conv2d_shape_of(x, w, b, stride, padding, dilation, groups, hakd_ctx_precision(ctx) == HAKD_BF16);
+  if (s->bf16 && !hakd_bf16_supported()) {
+    int why = hakd_bf16_check();
+    return hakd_ctx_fail(ctx, why, "conv2d: %s", hakd_error_message()), -1;
+  }
   if (s->h + 2 * s->pad < dilation * (s->kh - 1) + 1 || s->w + 2 * s->pad < dilation * (s->kw - 1) + 1)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: kernel %s with dilation %d larger than padded input %s", ws,
                          dilation, xs),

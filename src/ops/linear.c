@@ -81,6 +81,10 @@ hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
   hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, shape);
   if (!y) return NULL;
   int bf16 = hakd_ctx_precision(ctx) == HAKD_BF16;
+  if (bf16 && !hakd_bf16_supported()) {
+    int why = hakd_bf16_check();
+    return hakd_ctx_fail(ctx, why, "linear: %s", hakd_error_message());
+  }
   int rc = linear_forward(hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, rows, in, out, bf16);
   if (rc) return hakd_ctx_fail(ctx, rc, "linear: %s", hakd_error_message());
   hakd_tensor *in_tensors[3] = {x, w, b};

@@ -141,6 +141,10 @@ hakd_tensor *hakd_matmul_scaled(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, i
   }
   batched_gemm g = {ta, tb, m, n, k, batch, hakd_f32(a), hakd_f32(b), hakd_f32(y), ta ? m : k, tb ? k : n, n,
                     m * k, shared ? 0 : k * n, m * n, 0.0f, alpha, hakd_ctx_precision(ctx) == HAKD_BF16};
+  if (g.bf16 && !hakd_bf16_supported()) {
+    int why = hakd_bf16_check();
+    return hakd_ctx_fail(ctx, why, "matmul: %s", hakd_error_message());
+  }
   int rc = batched_gemm_run(&g);
   if (rc) return hakd_ctx_fail(ctx, rc, "matmul: %s", hakd_error_message());
   hakd_tensor *in[2] = {a, b};
