@@ -14,7 +14,7 @@ static void usage(FILE *out) {
           "                 [--mode whole|slide --crop HxW --stride HxW] [--flip] [--scales 0.5,0.75,1.0,...]\n"
           "                 [--eval-scale HxW] [--save-pred DIR] [--width W] [--norm imagenet|bgr-mean]\n"
           "                 [--weights-prefix FROM=TO] [--skip-bad] [--threads N]\n"
-          "                 [--precision fp32|bf16]\n");
+          "                 [--precision fp32|bf16] [--aspp-dilations 12,24,36]\n");
 }
 
 static int parse_scales(const char *text, hakd_eval_options *o) {
@@ -42,13 +42,13 @@ static int cmd_eval(int argc, char **argv) {
       {"width", required_argument, 0, 'W'},     {"norm", required_argument, 0, 'n'},
       {"weights-prefix", required_argument, 0, 'P'}, {"skip-bad", no_argument, 0, 'b'},
       {"threads", required_argument, 0, 't'},   {"help", no_argument, 0, 'h'},
-      {"precision", required_argument, 0, 'R'},
+      {"precision", required_argument, 0, 'R'}, {"aspp-dilations", required_argument, 0, 'A'},
       {0, 0, 0, 0}};
   const char *model = NULL, *weights = NULL, *dataset = NULL, *root = NULL, *split = "val", *prefix = NULL;
   hakd_eval_options o;
   hakd_eval_options_default(&o);
   float width = 1.0f;
-  int threads = 0, c, have_crop = 0, have_stride = 0;
+  int threads = 0, c, have_crop = 0, have_stride = 0, aspp[3] = {0, 0, 0};
   optind = 1;
   while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) switch (c) {
       case 'm': model = optarg; break;
@@ -78,6 +78,9 @@ static int cmd_eval(int argc, char **argv) {
         break;
       case 'p': o.save_pred_dir = optarg; break;
       case 'W': width = (float)atof(optarg); break;
+      case 'A':
+        if (hakd_aspp_dilations_parse(optarg, aspp)) return command_fail(NULL);
+        break;
       case 'n':
         if (!strcmp(optarg, "imagenet")) o.norm = HAKD_NORM_IMAGENET;
         else if (!strcmp(optarg, "bgr-mean")) o.norm = HAKD_NORM_BGR_MEAN;
@@ -114,6 +117,7 @@ static int cmd_eval(int argc, char **argv) {
   hakd_model_options_default(&mo);
   mo.num_classes = hakd_dataset_num_classes(ds);
   mo.width = width;
+  memcpy(mo.aspp_dilations, aspp, sizeof aspp);
   if (hakd_model_create(model, &mo, &m)) goto done;
   hakd_load_options lo;
   hakd_load_options_default(&lo);

@@ -22,7 +22,7 @@ static void usage(FILE *out) {
           "usage: hakd predict --model NAME --num-classes K --weights FILE.safetensors --input IN\n"
           "                    [--save-logits OUT.npy] [--save-mask OUT.png] [--overlay OUT.png]\n"
           "                    [--width W] [--weights-prefix FROM=TO] [--norm imagenet|bgr-mean] [--threads N]\n"
-          "                    [--precision fp32|bf16]\n"
+          "                    [--precision fp32|bf16] [--aspp-dilations 12,24,36]\n"
           "IN is a PNG/JPEG image (normalised with the model's mean/std, ImageNet RGB by default) or a\n"
           ".npy float32 array (1,3,H,W) used exactly as given. --save-logits writes float32 (1,K,h,w)\n"
           "logits at the model's native output resolution; --save-mask the argmax class-index PNG at\n"
@@ -35,7 +35,7 @@ int cmd_predict(int argc, char **argv) {
       {"weights", required_argument, 0, 'w'},     {"input", required_argument, 0, 'i'},
       {"save-logits", required_argument, 0, 'l'}, {"save-mask", required_argument, 0, 's'},
       {"overlay", required_argument, 0, 'o'},     {"width", required_argument, 0, 'W'},
-      {"precision", required_argument, 0, 'P'},
+      {"precision", required_argument, 0, 'P'},   {"aspp-dilations", required_argument, 0, 'A'},
       {"weights-prefix", required_argument, 0, 'p'}, {"norm", required_argument, 0, 'n'},
       {"threads", required_argument, 0, 't'},     {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
@@ -55,6 +55,9 @@ int cmd_predict(int argc, char **argv) {
       case 's': mask_out = optarg; break;
       case 'o': overlay_out = optarg; break;
       case 'W': mo.width = (float)atof(optarg); break;
+      case 'A':
+        if (hakd_aspp_dilations_parse(optarg, mo.aspp_dilations)) return command_fail(NULL);
+        break;
       case 'p': prefix = optarg; break;
       case 'n': norm_name = optarg; break;
       case 't': threads = atoi(optarg); break;

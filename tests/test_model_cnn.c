@@ -154,6 +154,53 @@ TEST(deeplabv3_r18_d8_matches_pytorch) {
   check_forward_parity("deeplabv3-r18-d8", "models/deeplabv3-r18-d8.safetensors", &o);
 }
 
+/* --aspp-dilations: torchvision's ASPP built with atrous_rates (1, 2, 3) on a 64x64 input (8x8 map,
+ * where the default 12/24/36 taps read only padding). */
+TEST(deeplabv3_r18_d8_aspp_dilations_match_pytorch) {
+  hakd_model_options o = options(5, 0.5f);
+  ASSERT_OK(hakd_aspp_dilations_parse("1,2,3", o.aspp_dilations));
+  check_forward_parity("deeplabv3-r18-d8", "models/deeplabv3-r18-d8-w0.5-aspp123.safetensors", &o);
+  /* the same weights with the default rates give other logits: the option reaches the convolutions */
+  hakd_model_options d = options(5, 0.5f);
+  hakd_st_file *f = NULL;
+  ASSERT_OK(hakd_st_open(test_fixture_path("models/deeplabv3-r18-d8-w0.5-aspp123.safetensors"), &f));
+  hakd_model *m = NULL;
+  ASSERT_OK(hakd_model_create("deeplabv3-r18-d8", &d, &m));
+  param_fill(hakd_model_params(m));
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_ctx_set_training(ctx, 0);
+  hakd_ctx_set_grad(ctx, 0);
+  hakd_model_output out;
+  ASSERT_OK(hakd_model_forward(m, ctx, fixture_input(ctx, f), &out));
+  ASSERT_TRUE(fixture_rel_err(f, "logits", out.logits) > 1e-2);
+  hakd_ctx_free(ctx);
+  hakd_model_free(m);
+  hakd_st_close(f);
+}
+
+/* Rates as torchvision's list or mmsegmentation's `dilations` (with the 1x1 branch's 1); anything
+ * else is refused naming the text. */
+TEST(aspp_dilations_parse) {
+  int r[3];
+  ASSERT_OK(hakd_aspp_dilations_parse("12,24,36", r));
+  ASSERT_TRUE(r[0] == 12 && r[1] == 24 && r[2] == 36);
+  ASSERT_OK(hakd_aspp_dilations_parse("1,6,12,18", r));
+  ASSERT_TRUE(r[0] == 6 && r[1] == 12 && r[2] == 18);
+  ASSERT_OK(hakd_aspp_dilations_parse("1,1,1", r));
+  ASSERT_TRUE(r[0] == 1 && r[1] == 1 && r[2] == 1);
+  const char *bad[] = {"", "12,24", "12,24,36,48", "2,6,12,18", "0,1,2", "a,b,c", "12,24,36,", "12;24;36", "1,2,-3",
+                       "1,2,99999"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    if (hakd_aspp_dilations_parse(bad[i], r) == 0) test_fail(__FILE__, __LINE__, "'%s' accepted", bad[i]);
+    else if (!strstr(hakd_error_message(), "aspp_dilations"))
+      test_fail(__FILE__, __LINE__, "'%s': message does not name the option: %s", bad[i], hakd_error_message());
+  }
+  hakd_model_options o = options(5, 0.25f);
+  o.aspp_dilations[0] = 2; /* partly set: refused */
+  hakd_model *m = NULL;
+  ASSERT_TRUE(hakd_model_create("deeplabv3-r18-d8", &o, &m) != 0);
+}
+
 TEST(pspnet_r18_d8_matches_pytorch) {
   hakd_model_options o = options(5, 1.0f);
   check_forward_parity("pspnet-r18-d8", "models/pspnet-r18-d8.safetensors", &o);

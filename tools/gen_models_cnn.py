@@ -114,10 +114,10 @@ class ResNet(nn.Module):
 # ---- heads ---------------------------------------------------------------------------------------
 
 
-def deeplab_head(in_channels, num_classes, width=1.0):
+def deeplab_head(in_channels, num_classes, width=1.0, rates=(12, 24, 36)):
     """torchvision's DeepLabHead (same module indices and names) with the 256 channels scaled."""
     ch = scale(256, width)
-    return nn.Sequential(ASPP(in_channels, [12, 24, 36], ch), nn.Conv2d(ch, ch, 3, padding=1, bias=False),
+    return nn.Sequential(ASPP(in_channels, list(rates), ch), nn.Conv2d(ch, ch, 3, padding=1, bias=False),
                          nn.BatchNorm2d(ch), nn.ReLU(), nn.Conv2d(ch, num_classes, 1))
 
 
@@ -291,8 +291,17 @@ def train_step():
                                                        sum(1 for _ in m.parameters())), path)
 
 
+def aspp_rates_model():
+    """ASPP rates fitted to a small map (--aspp-dilations 1,2,3): a 64x64 input gives an 8x8 map.
+    Written last so that the fixtures above keep their random inputs."""
+    backbone = ResNet([2, 2, 2, 2], 8, width=0.5)
+    m = SegModel(backbone, backbone.stages, "classifier", deeplab_head(256, 5, 0.5, rates=(1, 2, 3)))
+    save_forward("deeplabv3-r18-d8-w0.5-aspp123", m, backbone.stages, m.classifier, None, (1, 3, 64, 64))
+
+
 if __name__ == "__main__":
     torchvision_r50()
     resnet18_models()
     mobilenetv2_model()
     train_step()
+    aspp_rates_model()

@@ -17,6 +17,7 @@ typedef struct {
   char train_split[HAKD_NAME_MAX], val_split[HAKD_NAME_MAX];
   float width, drop_path;
   int deep_stem, aux; /* aux: -1 = model default */
+  char aspp_dilations[32], teacher_aspp_dilations[32]; /* DeepLabV3 ASPP rates "12,24,36" */
   char pretrained[HAKD_PATH_MAX], weights_prefix[HAKD_NAME_MAX];
   int pretrained_backbone;
   /* data */

@@ -17,7 +17,14 @@ typedef struct {
   float dropout;       /* head dropout (SegFormer 0.1, DeepLab none); negative = model default */
   float drop_path_rate; /* MiT stochastic depth, rising linearly over the blocks to this rate (HF SegFormer
                            trains with 0.1); 0 = off */
+  int aspp_dilations[3]; /* DeepLabV3 ASPP: rates of the three atrous 3x3 branches; all 0 = torchvision's
+                            12/24/36 (made for stride-8 maps of 512-1024 px crops; a 64 px input gives an
+                            8x8 map, where every tap of those rates but the centre reads padding) */
 } hakd_model_options;
+
+/* "12,24,36" (the three atrous branches) or mmsegmentation's "1,12,24,36" (with the 1x1 branch's 1)
+ * into out[3]; each rate 1..1024. Errors name the text. */
+int hakd_aspp_dilations_parse(const char *text, int out[3]);
 
 /* Reference defaults: num_classes 19, width 1, no deep stem, aux as the model defines. */
 void hakd_model_options_default(hakd_model_options *opts);

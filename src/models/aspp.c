@@ -1,5 +1,6 @@
 /* DeepLabV3 head with torchvision's DeepLabHead names under `<prefix>` (= `classifier`):
- * `0` ASPP (`0.convs.0` 1x1, `0.convs.1..3` 3x3 atrous rates 12/24/36, `0.convs.4` image pooling,
+ * `0` ASPP (`0.convs.0` 1x1, `0.convs.1..3` 3x3 atrous rates 12/24/36 or opts->aspp_dilations,
+ * `0.convs.4` image pooling,
  * `0.project` 1x1 on their concatenation + Dropout 0.5), `1` 3x3 conv, `2` BN, ReLU, `4` 1x1 conv to
  * K classes with bias. Every conv but the last is bias-free and followed by BN + ReLU. The 256
  * channels are scaled by the width multiplier; opts->dropout >= 0 replaces the 0.5. */
@@ -38,7 +39,8 @@ static hakd_tensor *aspp_forward(head *base, hakd_ctx *ctx, hakd_tensor *const s
 static void aspp_destroy(head *h) { free(h); }
 
 int aspp_head_create(hakd_params *p, const char *prefix, const backbone *b, const hakd_model_options *o, head **out) {
-  static const int rates[3] = {12, 24, 36};
+  static const int torchvision_rates[3] = {12, 24, 36};
+  const int *rates = o->aspp_dilations[0] > 0 ? o->aspp_dilations : torchvision_rates;
   *out = NULL;
   aspp_head *h = calloc(1, sizeof *h);
   if (!h) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);

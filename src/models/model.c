@@ -24,6 +24,27 @@ void hakd_model_options_default(hakd_model_options *o) {
   o->dropout = -1.0f;
 }
 
+int hakd_aspp_dilations_parse(const char *text, int out[3]) {
+  int v[4], n = 0;
+  const char *s = text ? text : "";
+  while (*s && n < 5) {
+    char *end;
+    long r = strtol(s, &end, 10);
+    if (end == s || r < 1 || r > 1024 || (*end && *end != ',')) { n = -1; break; }
+    if (n < 4) v[n] = (int)r;
+    n++;
+    s = *end ? end + 1 : end;
+    if (*end == ',' && !*s) { n = -1; break; }
+  }
+  if (n == 4 && v[0] == 1) v[0] = v[1], v[1] = v[2], v[2] = v[3], n = 3;
+  if (n != 3)
+    return hakd_error(HAKD_EINVAL,
+                      "aspp_dilations '%s': expected three rates like 12,24,36 (or mmsegmentation's 1,12,24,36)",
+                      text ? text : "");
+  for (int i = 0; i < 3; i++) out[i] = v[i];
+  return 0;
+}
+
 int hakd_model_count(void) { return model_spec_count(); }
 const char *hakd_model_name_at(int i) { return model_spec_at(i)->name; }
 const char *hakd_model_description(const char *name) {
@@ -43,6 +64,10 @@ int hakd_model_create(const char *name, const hakd_model_options *opts, hakd_mod
   if (o.num_classes < 1 || o.num_classes > 4096)
     return hakd_error(HAKD_EINVAL, "model %s: num_classes %d out of range", name, o.num_classes);
   if (!(o.width > 0.0f && o.width <= 4.0f)) return hakd_error(HAKD_EINVAL, "model %s: width %g out of range", name, o.width);
+  for (int i = 0; i < 3; i++)
+    if (o.aspp_dilations[i] < 0 || o.aspp_dilations[i] > 1024 || (o.aspp_dilations[i] == 0) != (o.aspp_dilations[0] == 0))
+      return hakd_error(HAKD_EINVAL, "model %s: ASPP dilations %d,%d,%d out of range", name, o.aspp_dilations[0],
+                        o.aspp_dilations[1], o.aspp_dilations[2]);
   hakd_model *m = calloc(1, sizeof *m);
   if (!m) return hakd_error(HAKD_ENOMEM, "out of memory creating %s", name);
   snprintf(m->name, sizeof m->name, "%s", name);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "hakd/error.h"
+#include "hakd/model.h"
 #include "hakd/tensor.h"
 
 #define STR(field) HAKD_KEY_STR, offsetof(hakd_config, field), sizeof(((hakd_config *)0)->field)
@@ -23,6 +24,8 @@ static const hakd_config_key keys[] = {
     {"drop_path", NUM(HAKD_KEY_FLOAT, drop_path), "0.1", "stochastic depth rate of MiT encoders (HF/mmseg: 0.1)", 0},
     {"deep_stem", NUM(HAKD_KEY_BOOL, deep_stem), "0", "ResNet deep stem (ResNetV1c)", 0},
     {"aux", NUM(HAKD_KEY_INT, aux), "-1", "FCN aux head on stage 3: 1 on, 0 off, -1 model default", 0},
+    {"aspp_dilations", STR(aspp_dilations), "12,24,36",
+     "DeepLabV3 ASPP atrous rates (mmseg `dilations`; 1,12,24,36 accepted); fit them to the feature map", 0},
     {"pretrained", STR(pretrained), "", "initial weights (safetensors state_dict)", 0},
     {"weights_prefix", STR(weights_prefix), "", "key rewrite for --pretrained: FROM=TO, or a prefix to prepend", 0},
     {"pretrained_backbone", NUM(HAKD_KEY_BOOL, pretrained_backbone), "0", "load only the backbone from --pretrained", 0},
@@ -66,6 +69,7 @@ static const hakd_config_key keys[] = {
     {"teacher_weights", STR(teacher_weights), "", "teacher weights (safetensors)", 1},
     {"teacher_norm", STR(teacher_norm), "", "the teacher's input normalisation if not --norm: imagenet | bgr-mean", 1},
     {"teacher_width", NUM(HAKD_KEY_FLOAT, teacher_width), "1", "teacher width multiplier", 1},
+    {"teacher_aspp_dilations", STR(teacher_aspp_dilations), "12,24,36", "the teacher's ASPP atrous rates (DeepLabV3)", 1},
     {"method", STR(method), "heteroakd", "none | kd | cwd | fitnet | heteroakd", 1},
     {"hakd_stages", STR(hakd_stages), "4", "stages distilled by HeteroAKD, e.g. 4 or 2,3,4", 1},
     {"T", NUM(HAKD_KEY_FLOAT, T), "4", "HeteroAKD temperature", 1},
@@ -258,8 +262,10 @@ int hakd_config_validate(const hakd_config *c, int distill) {
   if (!one_of(c->schedule, schedules)) return hakd_error(HAKD_EINVAL, "schedule '%s': only poly", c->schedule);
   if (c->workers < 0) return hakd_error(HAKD_EINVAL, "workers must be >= 0");
   hakd_precision precision;
-  int rc = hakd_precision_parse(c->precision, &precision);
+  int rc = hakd_precision_parse(c->precision, &precision), rates[3];
   if (rc) return rc;
+  if ((rc = hakd_aspp_dilations_parse(c->aspp_dilations, rates))) return rc;
+  if (distill && (rc = hakd_aspp_dilations_parse(c->teacher_aspp_dilations, rates))) return rc;
   if (distill) {
     static const char *const methods[] = {"none", "kd", "cwd", "fitnet", "heteroakd", NULL},
                              *const rel[] = {"ce", "bce", NULL}, *const axes[] = {"spatial", "class", NULL},

@@ -78,7 +78,8 @@ static int create_model(const char *name, float width, const hakd_config *c, int
   o.deep_stem = c->deep_stem;
   o.aux_head = c->aux;
   o.drop_path_rate = c->drop_path;
-  return hakd_model_create(name, &o, out);
+  int rc = hakd_aspp_dilations_parse(c->aspp_dilations, o.aspp_dilations);
+  return rc ? rc : hakd_model_create(name, &o, out);
 }
 
 static int setup_distiller(trainer *t) {
@@ -177,6 +178,7 @@ static int setup(trainer *t, hakd_train_result *result) {
     hakd_model_options_default(&to);
     to.num_classes = t->K;
     to.width = c->teacher_width;
+    if ((rc = hakd_aspp_dilations_parse(c->teacher_aspp_dilations, to.aspp_dilations))) return rc;
     if ((rc = hakd_model_create(c->teacher, &to, &t->teacher))) return rc;
     hakd_load_options lo;
     hakd_load_options_default(&lo);
