@@ -117,8 +117,15 @@ static void base_config(hakd_config *c, const demo_options *o, const char *data_
   c->log_every = 1000000; /* the demo prints one line per run; each run's log is in its work dir */
 }
 
-/* The recipe of a model's family: CNNs with SGD as CIRKD trains them, Transformers with AdamW as
- * the SegFormer recipes do. */
+/* The students' recipe is their family's: CNNs with SGD as CIRKD trains them, Transformers with
+ * AdamW as the SegFormer recipes do. Teachers of both families train with AdamW: a CNN teacher with
+ * SGD 0.05 reached 37.0 mIoU in 800 iterations, with AdamW 1e-3 62.6 in 1,500 (seed 0, README). */
+static void teacher_recipe(hakd_config *c, const char *model) {
+  snprintf(c->optimizer, sizeof c->optimizer, "adamw");
+  c->lr = is_transformer(model) ? 2e-3f : 1e-3f;
+  c->wd = 0.01f;
+}
+
 static void family_recipe(hakd_config *c, const char *model) {
   if (is_transformer(model)) {
     snprintf(c->optimizer, sizeof c->optimizer, "adamw");
@@ -145,7 +152,7 @@ static void teacher_config(hakd_config *c, const demo_options *o, const char *da
   snprintf(c->model, sizeof c->model, "%s", o->dir.teacher);
   c->width = o->dir.teacher_width;
   c->iters = o->dir.teacher_iters;
-  family_recipe(c, o->dir.teacher);
+  teacher_recipe(c, o->dir.teacher);
   snprintf(c->aspp_dilations, sizeof c->aspp_dilations, "%s", demo_aspp_rates(o));
   snprintf(c->work_dir, sizeof c->work_dir, "%s/teacher", o->out);
 }

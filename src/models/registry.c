@@ -19,7 +19,7 @@ static const model_spec specs[] = {
      "segformer.encoder", "decode_head"},
     {"segformer-b5", "SegFormer-B5: MiT-B5 + all-MLP decoder (768)", BACKBONE_MIT, 5, 32, HEAD_SEGFORMER, 0,
      "segformer.encoder", "decode_head"},
-    {"deeplabv3-r18-d8", "DeepLabV3 (ASPP 12/24/36) on dilated ResNet-18, output stride 8 (the classic student)",
+    {"deeplabv3-r18-d8", "DeepLabV3 (ASPP 12/24/36, --aspp-dilations) on dilated ResNet-18, output stride 8 (the classic student)",
      BACKBONE_RESNET, 18, 8, HEAD_ASPP, 0, "backbone", "classifier"},
     {"deeplabv3-r34-d8", "DeepLabV3 on dilated ResNet-34, output stride 8", BACKBONE_RESNET, 34, 8, HEAD_ASPP, 0,
      "backbone", "classifier"},
