@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -49,7 +50,23 @@ typedef struct {
   double *eval_iter, *eval_miou;
   int eval_n;
   double best_miou;
+  /* checkpoints */
+  int64_t saved_iter; /* iteration of the newest checkpoint on disk (-1: none) */
+  char saved_path[HAKD_PATH_MAX + 64];
 } trainer;
+
+/* Set by hakd_train_request_stop (from a signal handler): the signal number, 0 when none. */
+static volatile sig_atomic_t stop_request;
+
+void hakd_train_request_stop(int signo) { stop_request = signo > 0 ? signo : SIGINT; }
+
+static const char *signal_name(int signo) {
+  static char other[32];
+  if (signo == SIGINT) return "SIGINT";
+  if (signo == SIGTERM) return "SIGTERM";
+  snprintf(other, sizeof other, "signal %d", signo);
+  return other;
+}
 
 static int mkdir_p(const char *path) {
   char buf[HAKD_PATH_MAX];
@@ -273,20 +290,30 @@ static void teardown(trainer *t) {
 }
 
 static int save_checkpoint(trainer *t, int64_t iter) {
-  char prefix[HAKD_PATH_MAX + 16];
-  snprintf(prefix, sizeof prefix, "%s/latest", t->cfg->work_dir);
-  checkpoint_state st = {iter, hakd_loader_get_state(t->loader), *hakd_ctx_rng(t->ctx), t->best_miou};
-  return checkpoint_save(prefix, t->student, t->distiller ? hakd_distiller_params(t->distiller) : NULL, t->opt, &st,
-                         t->config_text);
+  checkpoint_state st = {iter, hakd_loader_get_state(t->loader), *hakd_ctx_rng(t->ctx), t->best_miou, 0};
+  int rc = checkpoint_save(t->cfg->work_dir, t->student, t->distiller ? hakd_distiller_params(t->distiller) : NULL,
+                           t->opt, &st, t->config_text, t->saved_path, sizeof t->saved_path);
+  if (rc) {
+    /* The user's question after a failed save (a full disk) is what is left: say it. */
+    if (t->saved_iter >= 0)
+      hakd_error_prefix("saving the checkpoint of iteration %" PRId64 " (the checkpoint of iteration %" PRId64
+                        ", %s, is intact)",
+                        iter, t->saved_iter, t->saved_path);
+    else
+      hakd_error_prefix("saving the checkpoint of iteration %" PRId64, iter);
+    return rc;
+  }
+  t->saved_iter = iter;
+  return 0;
 }
 
 static int resume(trainer *t, int64_t *start_iter) {
   const hakd_config *c = t->cfg;
   char path[HAKD_PATH_MAX + 32];
   if (!strcmp(c->resume, "auto")) {
-    snprintf(path, sizeof path, "%s/latest.safetensors", c->work_dir);
-    struct stat sb;
-    if (stat(path, &sb)) {
+    int found = checkpoint_find_latest(c->work_dir, path, sizeof path, t->log);
+    if (found < 0) return found;
+    if (!found) {
       fprintf(t->log, "resume auto: no checkpoint in %s, starting from scratch\n", c->work_dir);
       return 0;
     }
@@ -300,6 +327,8 @@ static int resume(trainer *t, int64_t *start_iter) {
   *hakd_ctx_rng(t->ctx) = st.rng;
   t->best_miou = st.best_miou;
   *start_iter = st.iteration;
+  t->saved_iter = st.iteration;
+  snprintf(t->saved_path, sizeof t->saved_path, "%s", path);
   fprintf(t->log, "resumed from %s at iteration %" PRId64 "\n", path, st.iteration);
   return 0;
 }
@@ -497,6 +526,7 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
   t.cfg = config;
   t.distill = distill;
   t.log = log;
+  t.saved_iter = -1;
   int rc = setup(&t, result);
   int64_t iter = 0;
   if (!rc && config->resume[0]) rc = resume(&t, &iter);
@@ -513,6 +543,23 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
   int64_t first_iter = iter, window_iters = 0;
   int64_t end = config->stop_after > 0 && config->stop_after < config->iters ? config->stop_after : config->iters;
   while (!rc && iter < end) {
+    /* A stop request is honoured between iterations: the state is whole there. */
+    int signo = stop_request;
+    if (signo) {
+      if (bar.out) fputs("\r\033[K", bar.out);
+      if (iter > t.saved_iter && iter > first_iter) rc = save_checkpoint(&t, iter);
+      if (rc) break;
+      result->stop_signal = signo;
+      if (t.saved_iter >= 0)
+        fprintf(log, "stopped by %s after iteration %" PRId64 "; checkpoint %s (iteration %" PRId64 ")\n",
+                signal_name(signo), iter, t.saved_path, t.saved_iter);
+      else
+        fprintf(log, "stopped by %s before the first iteration; no checkpoint needed\n", signal_name(signo));
+      fflush(log);
+      rc = hakd_error(HAKD_EINTERRUPTED, "stopped by %s after iteration %" PRId64 " of %" PRId64 "%s%s", signal_name(signo),
+                      iter, config->iters, t.saved_iter >= 0 ? "; checkpoint " : "", t.saved_iter >= 0 ? t.saved_path : "");
+      break;
+    }
     float lr = hakd_schedule_lr(&t.sched, iter);
     double terms[MAX_TERMS], data_time;
     rc = train_step(&t, iter, lr, terms, &data_time);
@@ -538,8 +585,10 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
     if (config->eval_every > 0 ? (iter % config->eval_every == 0 || last) : last) rc = run_eval(&t, iter, result);
     if (!rc && (config->save_every > 0 ? (iter % config->save_every == 0 || last) : last)) rc = save_checkpoint(&t, iter);
   }
+  stop_request = 0;
   result->iters_done = iter;
-  if (!rc) write_plots(&t);
+  if (t.saved_iter >= 0) snprintf(result->checkpoint, sizeof result->checkpoint, "%s", t.saved_path);
+  if (!rc || rc == HAKD_EINTERRUPTED) write_plots(&t);
   teardown(&t);
   return rc;
 }
