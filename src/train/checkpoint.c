@@ -233,7 +233,7 @@ int checkpoint_find_latest(const char *work_dir, char *path, size_t size, FILE *
     iters[n++] = iter;
   }
   closedir(d);
-  qsort(iters, n, sizeof *iters, compare_desc);
+  if (n) qsort(iters, n, sizeof *iters, compare_desc); /* qsort(NULL, 0) is undefined */
   int found = 0;
   for (size_t i = 0; i < n && !found; i++) {
     snprintf(path, size, "%s/iter_%" PRId64 ".safetensors", work_dir, iters[i]);
