@@ -26,7 +26,8 @@ typedef struct {
 } checkpoint_state;
 
 /* Writes and commits the pair of iteration state->iteration in work_dir, points the latest
- * links at it and removes older pairs (and temporary files of dead processes). On an error
+ * links at it and removes every other pair (older ones, and newer ones when the run was resumed
+ * from an older checkpoint) and temporary files of dead processes. On an error
  * (a full disk) the previous pair is left intact and the message names the file. saved_path
  * (may be NULL) receives the model file's path. */
 int checkpoint_save(const char *work_dir, hakd_model *model, hakd_params *extra, hakd_optimizer *opt,
