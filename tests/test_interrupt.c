@@ -191,32 +191,38 @@ static int straight_run(const char *dir) {
 
 static const char *const resume_auto[] = {"--resume", "auto", NULL};
 
-/* Every step of a save, twice (the second time with an older pair on disk), each in a process
- * killed there and continued by the next with --resume auto; then one run to the end. */
+/* Every step of a save, each in a process killed there and continued by the next with
+ * --resume auto; then one run to the end. The 7 steps in order, then the 3 before the links
+ * again: the first time those ran with no checkpoint (or only the new one) on disk, so every
+ * step is also hit with an older pair present. 10 kills in all. */
 TEST(sigkill_at_every_step_of_a_save_resumes_bit_identically) {
   ASSERT_TRUE(make_dataset() != NULL);
   char straight[700], dir[700];
   work_dir(straight, sizeof straight, "kill_straight");
   work_dir(dir, sizeof dir, "kill_steps");
   ASSERT_TRUE(straight_run(straight));
-  static const char *const points[] = {"begin",         "state-written", "model-written",       "latest-state-linked",
-                                       "latest-linked", "old-model-removed", "done"};
-  const int n_points = (int)(sizeof points / sizeof points[0]);
+  static const char *const points[] = {"begin",         "state-written",     "model-written", "latest-state-linked",
+                                       "latest-linked", "old-model-removed", "done",          "begin",
+                                       "state-written", "model-written"};
+  const int n_kills = (int)(sizeof points / sizeof points[0]);
   long long committed = -1;
-  for (int k = 0; k < 2 * n_points; k++) {
-    const char *point = points[k % n_points];
+  for (int k = 0; k < n_kills; k++) {
+    const char *point = points[k];
     int status = wait_status(spawn_train(dir, resume_auto, point, 0, NULL, NULL));
     if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
       test_fail(__FILE__, __LINE__, "run %d (crash at %s) was not killed: status 0x%x", k, point, status);
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     long long it = latest_iteration(dir);
-    /* Killed after the model file's rename, the new pair counts; before it, the old one. */
-    if (it < committed || it < -1)
-      test_fail(__FILE__, __LINE__, "after a kill at %s the newest pair is iteration %lld, was %lld", point, it, committed);
-    ASSERT_TRUE(it >= committed);
+    /* Killed from the model file's rename on, the new pair counts (one iteration more);
+     * before it, the old one. */
+    long long expect = k % 7 >= 2 ? (committed < 0 ? 1 : committed + 1) : committed;
+    if (it != expect)
+      test_fail(__FILE__, __LINE__, "after a kill at %s the newest pair is iteration %lld, expected %lld", point, it,
+                expect);
+    ASSERT_EQ_INT(it, expect);
     committed = it;
   }
-  ASSERT_TRUE(committed >= 8); /* 5 of the 7 points come after the commit: 10 iterations done */
+  ASSERT_EQ_INT(committed, 6);
   int status = wait_status(spawn_train(dir, resume_auto, NULL, 0, NULL, NULL));
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   ASSERT_TRUE(same_floats(straight, dir, "latest.safetensors"));
