@@ -1,9 +1,12 @@
 /* hakd train / hakd distill: flags and config file come from the one key table of config.h. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "command.h"
 #include "hakd/config.h"
+#include "hakd/error.h"
 #include "hakd/train.h"
 
 static void usage(FILE *out, const char *verb, int distill) {
@@ -67,6 +70,65 @@ int command_parse_config(int argc, char **argv, hakd_config *c, int distill) {
   return 0;
 }
 
+/* SIGINT / SIGTERM: the first asks the trainer to stop after the iteration in progress (it saves
+ * a checkpoint); a second one ends the process at once with the default action, which is safe
+ * too because a checkpoint pair is committed as one unit. Only async-signal-safe calls here. */
+static volatile sig_atomic_t stop_signals;
+
+static void on_stop_signal(int signo) {
+  if (stop_signals++) {
+    signal(signo, SIG_DFL);
+    raise(signo);
+    return;
+  }
+  static const char note[] = "\nhakd: stopping after this iteration and saving a checkpoint (signal again to stop at once)\n";
+  ssize_t ignored = write(STDERR_FILENO, note, sizeof note - 1);
+  (void)ignored;
+  hakd_train_request_stop(signo);
+}
+
+static void install_stop_handlers(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESTART; /* file writes and waits go on; the trainer polls the request */
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+}
+
+/* Prints the argument so that a POSIX shell reads it back unchanged. */
+static void print_shell_word(FILE *out, const char *s) {
+  if (*s && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+=.,/:@%") == strlen(s)) {
+    fputs(s, out);
+    return;
+  }
+  fputc('\'', out);
+  for (; *s; s++)
+    if (*s == '\'')
+      fputs("'\\''", out);
+    else
+      fputc(*s, out);
+  fputc('\'', out);
+}
+
+/* The command line of this run with --resume replaced by --resume auto. */
+static void print_resume_command(FILE *out, int argc, char **argv) {
+  print_shell_word(out, command_program);
+  fputc(' ', out);
+  print_shell_word(out, argv[0]);
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--resume")) {
+      i++;
+      continue;
+    }
+    if (!strncmp(argv[i], "--resume=", 9)) continue;
+    fputc(' ', out);
+    print_shell_word(out, argv[i]);
+  }
+  fputs(" --resume auto\n", out);
+}
+
 static int run(int argc, char **argv, int distill) {
   for (int i = 1; i < argc; i++)
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -76,7 +138,16 @@ static int run(int argc, char **argv, int distill) {
   hakd_config c;
   if (command_parse_config(argc, argv, &c, distill)) return 1;
   hakd_train_result r;
-  if (hakd_train_run(&c, distill, stdout, &r)) return command_fail(NULL);
+  install_stop_handlers();
+  int rc = hakd_train_run(&c, distill, stdout, &r);
+  if (rc == HAKD_EINTERRUPTED) {
+    fflush(stdout);
+    fprintf(stderr, "hakd: %s\nhakd: resume with:\n  ", hakd_error_message());
+    print_resume_command(stderr, argc, argv);
+    /* The shell convention for a process ended by a signal, so scripts and schedulers see it. */
+    return 128 + r.stop_signal;
+  }
+  if (rc) return command_fail(NULL);
   printf("done: %lld iterations, final mIoU %.2f, best mIoU %.2f; weights in %s/best.safetensors\n",
          (long long)r.iters_done, 100 * r.final_miou, 100 * r.best_miou, c.work_dir);
   return 0;

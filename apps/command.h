@@ -6,6 +6,8 @@
 #include "hakd/config.h"
 
 typedef int (*command_fn)(int argc, char **argv);
+/* argv[0] of the process, for commands that print a command line to run next. */
+extern const char *command_program;
 void command_register(const char *name, const char *summary, command_fn fn);
 
 #define HAKD_COMMAND(name, summary, fn)                                                  \

@@ -24,6 +24,8 @@ void command_register(const char *name, const char *summary, command_fn fn) {
   }
 }
 
+const char *command_program = "hakd";
+
 int command_fail(const char *fmt, ...) {
   fputs("hakd: error: ", stderr);
   if (fmt) {
@@ -49,6 +51,7 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+  if (argc > 0 && argv[0]) command_program = argv[0];
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -32,7 +32,14 @@ typedef struct {
   float images[BATCH * 3 * CROP_H * CROP_W];
   int32_t labels[BATCH * CROP_H * CROP_W];
   int count;
+  int64_t items[BATCH]; /* hakd_loader_last_items */
 } batch;
+
+static void record_items(batch *b, const hakd_loader *loader) {
+  const int64_t *items;
+  int n = hakd_loader_last_items(loader, &items);
+  for (int j = 0; j < n && j < BATCH; j++) b->items[j] = items[j];
+}
 
 /* n batches from a new loader (starting at `start` when non-NULL). */
 static int collect(batch *out, int n, const hakd_dataset *ds, hakd_loader_config config,
@@ -51,6 +58,7 @@ static int collect(batch *out, int n, const hakd_dataset *ds, hakd_loader_config
       hakd_loader_free(loader);
       return out[i].count;
     }
+    record_items(&out[i], loader);
   }
   hakd_loader_free(loader);
   return 0;
@@ -70,6 +78,15 @@ TEST(batches_do_not_depend_on_workers) {
     ASSERT_TRUE(!memcmp(&inline_batches[i], &one[i], sizeof one[i]));
     ASSERT_TRUE(!memcmp(&one[i], &two[i], sizeof one[i]));
   }
+  /* The items named for the batches (memcmp above: the same whatever the workers) are one
+   * epoch's distinct items. */
+  int seen[N_ITEMS] = {0};
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < BATCH; j++) {
+      int64_t item = one[i].items[j];
+      ASSERT_TRUE(item >= 0 && item < N_ITEMS);
+      ASSERT_EQ_INT(seen[item]++, 0);
+    }
   /* Not all batches alike (the augmentation and order do vary). */
   ASSERT_TRUE(memcmp(one[0].images, one[3].images, sizeof one[0].images) != 0);
   hakd_dataset_free(ds);
@@ -132,6 +149,8 @@ TEST(epochs_are_shuffled_permutations) {
               hakd_augment_sample(candidates[i], scratch, &samples[i], &config.augment, config.seed, epoch, position));
         int item = identify(&got, j, candidates);
         ASSERT_TRUE(item >= 0);
+        record_items(&got, loader);
+        ASSERT_EQ_INT(got.items[j], item); /* the loader names the item the sample came from */
         seen[item]++;
         order[epoch][position] = item;
       }
@@ -199,8 +218,14 @@ TEST(bad_file_error_and_skip_bad) {
     config.log_user = &log;
     hakd_loader *loader;
     ASSERT_OK(hakd_loader_new(&loader, ds, &config));
-    for (int i = 0; i < N; i++)
+    for (int i = 0; i < N; i++) {
       ASSERT_EQ_INT(hakd_loader_next(loader, runs[r][i].images, runs[r][i].labels), i < 3 ? BATCH : 2);
+      record_items(&runs[r][i], loader);
+      /* a batch is named by the items it holds: the replacements, never the bad ones */
+      for (int j = 0; j < (i < 3 ? BATCH : 2); j++)
+        ASSERT_TRUE(runs[r][i].items[j] != 4 && runs[r][i].items[j] != 7 && runs[r][i].items[j] != 9 &&
+                    runs[r][i].items[j] != 2);
+    }
     ASSERT_EQ_INT(hakd_loader_skipped(loader), 4);
     ASSERT_EQ_INT(log.calls, 4);
     const char *names[4] = {bad, missing, hakd_dataset_label_path(ds, 9), hakd_dataset_label_path(ds, 2)};

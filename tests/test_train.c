@@ -12,6 +12,7 @@
 #include "hakd/io.h"
 #include "hakd/model.h"
 #include "hakd/train.h"
+#include "train/numerics.h"
 
 static const char *make_dataset(void) {
   static char root[600];
@@ -253,6 +254,20 @@ TEST(evaluate_scores_saved_predictions) {
   hakd_dataset_free(ds);
 }
 
+/* 1 when `text` names at least one training image of the dataset by its file name. */
+static int names_a_training_image(const char *text, const char *root) {
+  hakd_dataset_config dc = {"generic", root, "train", 0};
+  hakd_dataset *ds;
+  if (hakd_dataset_open(&ds, &dc)) return 0;
+  int found = 0;
+  for (int64_t i = 0; i < hakd_dataset_count(ds) && !found; i++) {
+    const char *path = hakd_dataset_image_path(ds, i), *base = strrchr(path, '/');
+    found = strstr(text, base ? base + 1 : path) != NULL;
+  }
+  hakd_dataset_free(ds);
+  return found;
+}
+
 TEST(nan_loss_stops_with_iteration_and_term) {
   const char *root = make_dataset();
   ASSERT_TRUE(root != NULL);
@@ -265,8 +280,123 @@ TEST(nan_loss_stops_with_iteration_and_term) {
   int rc = hakd_train_run(&c, 0, log, &r);
   fclose(log);
   ASSERT_EQ_INT(rc, HAKD_ENUMERIC);
-  ASSERT_TRUE(strstr(hakd_error_message(), "iteration") != NULL);
-  ASSERT_TRUE(strstr(hakd_error_message(), "'ce'") != NULL || strstr(hakd_error_message(), "'loss'") != NULL);
+  const char *msg = hakd_error_message();
+  if (!strstr(msg, "iteration ") || !strstr(msg, "on the batch of ") || !names_a_training_image(msg, root))
+    test_fail(__FILE__, __LINE__, "the message lacks the iteration or the batch's files: %s", msg);
+  ASSERT_TRUE(strstr(msg, "'ce'") != NULL || strstr(msg, "'loss'") != NULL || strstr(msg, "gradient of '") != NULL);
+  ASSERT_TRUE(names_a_training_image(msg, root));
+}
+
+static int64_t state_meta(const char *dir, const char *key) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/latest.state.safetensors", dir);
+  hakd_st_file *f;
+  if (hakd_st_open(path, &f)) return -1;
+  const char *v = hakd_st_metadata(f, key);
+  int64_t out = v ? atoll(v) : -1;
+  hakd_st_close(f);
+  return out;
+}
+
+/* lr 1e30: the first step succeeds, every later loss is NaN. --skip-nonfinite 2 skips two such
+ * batches and stops at the third; 10 skips all five (the count survives a resume), makes no
+ * optimizer step for them, and puts back the BatchNorm statistics their forward spoilt. */
+TEST(skip_nonfinite_skips_counts_and_stops_beyond_the_limit) {
+  const char *root = make_dataset();
+  ASSERT_TRUE(root != NULL);
+  hakd_config c;
+  tiny_config(&c, root, "deeplabv3-r18-d8", "skip2");
+  ASSERT_OK(hakd_config_set(&c, "skip-nonfinite", "2"));
+  ASSERT_EQ_INT(c.skip_nonfinite, 2);
+  c.lr = 1e30f;
+  c.iters = 6;
+  hakd_train_result r;
+  FILE *log = quiet_log();
+  ASSERT_EQ_INT(hakd_train_run(&c, 0, log, &r), HAKD_ENUMERIC);
+  if (!strstr(hakd_error_message(), "2 such batches were skipped already"))
+    test_fail(__FILE__, __LINE__, "message: %s", hakd_error_message());
+  ASSERT_TRUE(strstr(hakd_error_message(), "2 such batches were skipped already") != NULL);
+  ASSERT_TRUE(names_a_training_image(hakd_error_message(), root));
+  ASSERT_EQ_INT(r.skipped_nonfinite, 2);
+
+  tiny_config(&c, root, "deeplabv3-r18-d8", "skip10");
+  c.skip_nonfinite = 10;
+  c.lr = 1e30f;
+  c.iters = 6;
+  c.stop_after = 3;
+  ASSERT_OK(hakd_train_run(&c, 0, log, &r));
+  ASSERT_EQ_INT(r.skipped_nonfinite, 2);
+  c.stop_after = 0;
+  snprintf(c.resume, sizeof c.resume, "auto");
+  ASSERT_OK(hakd_train_run(&c, 0, log, &r));
+  fclose(log);
+  ASSERT_EQ_INT(r.iters_done, 6);
+  ASSERT_EQ_INT(r.skipped_nonfinite, 5);
+  ASSERT_EQ_INT(state_meta(c.work_dir, "skipped_nonfinite"), 5);
+  ASSERT_EQ_INT(state_meta(c.work_dir, "optimizer_steps"), 1);
+  /* Every weight and running statistic is still a number. */
+  char path[1200];
+  snprintf(path, sizeof path, "%s/latest.safetensors", c.work_dir);
+  hakd_st_file *f;
+  ASSERT_OK(hakd_st_open(path, &f));
+  for (int i = 0; i < hakd_st_count(f); i++) {
+    const hakd_st_tensor *t = hakd_st_get(f, i);
+    if (t->dtype != HAKD_ST_F32) continue;
+    int64_t n = (int64_t)(t->nbytes / 4);
+    float *v = malloc((size_t)n * sizeof(float) + 4);
+    ASSERT_OK(hakd_st_read_f32(f, t->name, v, n));
+    int64_t bad = 0;
+    for (int64_t k = 0; k < n; k++) bad += !isfinite(v[k]);
+    if (bad) test_fail(__FILE__, __LINE__, "%s: %lld non-finite values after skipped batches", t->name, (long long)bad);
+    free(v);
+  }
+  hakd_st_close(f);
+  /* The log counts the skips, with the batch's files. */
+  snprintf(path, sizeof path, "%s/log.jsonl", c.work_dir);
+  FILE *jl = fopen(path, "r");
+  ASSERT_TRUE(jl != NULL);
+  char line[2048];
+  int skip_lines = 0, last_count = 0;
+  while (fgets(line, sizeof line, jl)) {
+    const char *k = strstr(line, "\"skipped_nonfinite\": ");
+    if (strstr(line, "\"skipped\": ") && strstr(line, "\"samples\": ")) skip_lines++;
+    if (k) last_count = atoi(k + strlen("\"skipped_nonfinite\": "));
+  }
+  fclose(jl);
+  ASSERT_EQ_INT(skip_lines, 5);
+  ASSERT_EQ_INT(last_count, 5);
+  hakd_config_default(&c);
+  ASSERT_EQ_INT(hakd_config_set(&c, "skip_nonfinite", "many"), HAKD_EINVAL);
+}
+
+/* The gradient check finds a NaN or an Inf anywhere in any trainable tensor, by name, and
+ * ignores buffers (no gradient). */
+TEST(nonfinite_gradient_is_found_by_name) {
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t shape[1] = {37}; /* not a multiple of any vector width: the tail is checked too */
+  hakd_tensor *a = hakd_params_add(&p, "backbone.conv1.weight", 1, shape, 0);
+  hakd_params_add(&p, "backbone.bn1.running_var", 1, shape, 1);
+  hakd_tensor *b = hakd_params_add(&p, "classifier.4.weight", 1, shape, 0);
+  ASSERT_TRUE(a && b);
+  float bad = 0;
+  ASSERT_TRUE(numerics_nonfinite_grad(&p, &bad) == NULL);
+  const float poisons[] = {NAN, INFINITY, -INFINITY};
+  for (int i = 0; i < 3; i++)
+    for (int at = 0; at < 37; at += 12) {
+      hakd_params_zero_grad(&p);
+      b->grad[at] = poisons[i];
+      b->grad[(at + 1) % 37] = 3.4e38f; /* finite, however large */
+      const hakd_tensor *found = numerics_nonfinite_grad(&p, &bad);
+      ASSERT_TRUE(found == b);
+      ASSERT_TRUE(!strcmp(found->name, "classifier.4.weight"));
+      ASSERT_TRUE(isnan(poisons[i]) ? isnan(bad) : bad == poisons[i]);
+    }
+  hakd_params_zero_grad(&p);
+  a->grad[36] = NAN;
+  b->grad[0] = INFINITY;
+  ASSERT_TRUE(numerics_nonfinite_grad(&p, &bad) == a); /* the first in state_dict order */
+  hakd_params_free(&p);
 }
 
 TEST(config_file_unknown_key_and_flags) {

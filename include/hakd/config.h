@@ -36,6 +36,7 @@ typedef struct {
   /* bookkeeping */
   char work_dir[HAKD_PATH_MAX], resume[HAKD_PATH_MAX];
   int64_t eval_every, save_every, log_every, stop_after;
+  int64_t skip_nonfinite; /* batches with a NaN/Inf loss or gradient to skip before stopping */
   int64_t seed;
   int threads;
   char precision[8]; /* fp32 | bf16 */

@@ -148,6 +148,9 @@ void hakd_loader_free(hakd_loader *loader);
 int hakd_loader_next(hakd_loader *loader, float *images, /* (B, 3, crop_h, crop_w) */
                      int32_t *labels /* (B, crop_h, crop_w) */);
 hakd_loader_state hakd_loader_get_state(const hakd_loader *loader);
+/* The dataset items (indices for hakd_dataset_image_path) of the batch hakd_loader_next
+ * returned last, so that a batch that makes trouble can be named; returns their count. */
+int hakd_loader_last_items(const hakd_loader *loader, const int64_t **items);
 /* Restarts the iterator at `state` (as read by hakd_loader_get_state) for a bit-identical resume. */
 int hakd_loader_set_state(hakd_loader *loader, hakd_loader_state state);
 /* Batches in one epoch. */

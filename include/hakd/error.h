@@ -14,7 +14,8 @@
   X(ENOTFOUND, -6, "not found")                              \
   X(ENUMERIC, -7, "non-finite value")                        \
   X(EUNSUPPORTED, -8, "unsupported")                         \
-  X(ERANGE, -9, "value out of range")
+  X(ERANGE, -9, "value out of range")                      \
+  X(EINTERRUPTED, -10, "interrupted")
 
 typedef enum {
 #define HAKD_STATUS_ENUM(name, code, text) HAKD_##name = code,

@@ -28,6 +28,7 @@ typedef struct {
   char message[1024];
   float *images;   /* (B, 3, H, W) */
   int32_t *labels; /* (B, H, W) */
+  int64_t *items;  /* (B) dataset item of each sample (the replacement when skip_bad took one) */
 } slot;
 
 struct hakd_loader {
@@ -55,6 +56,9 @@ struct hakd_loader {
 
   uint8_t *bad;    /* items known to be bad (skip_bad) */
   int64_t skipped; /* distinct bad items */
+
+  int64_t *last_items; /* (B) items of the batch hakd_loader_next returned last */
+  int last_count;
 };
 
 /* ---- the batch sequence --------------------------------------------------------------- */
@@ -99,8 +103,8 @@ static void warn(hakd_loader *l, const char *message) {
 /* Decodes and augments item `item` into the sample's buffers. With skip_bad, a bad item is
  * replaced by the next good one (item+1, item+2, ... wrapping), a choice that depends only
  * on the files. `threaded`: take the mutex around the bad-item bookkeeping. */
-static int fill_sample(hakd_loader *l, float *image, int32_t *label, int64_t item, int64_t epoch, int64_t position,
-                       int threaded) {
+static int fill_sample(hakd_loader *l, float *image, int32_t *label, int64_t *used, int64_t item, int64_t epoch,
+                       int64_t position, int threaded) {
   for (int64_t attempt = 0; attempt < l->n_items; attempt++) {
     int64_t candidate = (item + attempt) % l->n_items;
     if (threaded) pthread_mutex_lock(&l->mutex);
@@ -110,6 +114,7 @@ static int fill_sample(hakd_loader *l, float *image, int32_t *label, int64_t ite
     hakd_sample sample;
     int status = hakd_dataset_load(l->ds, candidate, &sample);
     if (status == 0) {
+      *used = candidate;
       status = hakd_augment_sample(image, label, &sample, &l->config.augment, l->config.seed, epoch, position);
       hakd_sample_free(&sample);
       return status;
@@ -162,7 +167,8 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&l->mutex);
 
     int status =
-        fill_sample(l, s->images + j * l->sample_floats, s->labels + j * l->sample_labels, item, epoch, position, 1);
+        fill_sample(l, s->images + j * l->sample_floats, s->labels + j * l->sample_labels, &s->items[j], item, epoch,
+                    position, 1);
 
     pthread_mutex_lock(&l->mutex);
     if (status != 0 && j < s->error_sample) {
@@ -234,11 +240,13 @@ int hakd_loader_new(hakd_loader **out, const hakd_dataset *ds, const hakd_loader
   l->bad = calloc((size_t)n, 1);
   l->slots = calloc((size_t)c.prefetch, sizeof *l->slots);
   l->threads = calloc((size_t)(c.num_workers > 0 ? c.num_workers : 1), sizeof *l->threads);
-  int ok = l->order && l->bad && l->slots && l->threads;
+  l->last_items = calloc((size_t)c.batch_size, sizeof *l->last_items);
+  int ok = l->order && l->bad && l->slots && l->threads && l->last_items;
   for (int i = 0; ok && i < (c.num_workers > 0 ? c.prefetch : 0); i++) {
     l->slots[i].images = malloc((size_t)(c.batch_size * l->sample_floats) * sizeof(float));
     l->slots[i].labels = malloc((size_t)(c.batch_size * l->sample_labels) * sizeof(int32_t));
-    ok = l->slots[i].images && l->slots[i].labels;
+    l->slots[i].items = calloc((size_t)c.batch_size, sizeof(int64_t));
+    ok = l->slots[i].images && l->slots[i].labels && l->slots[i].items;
   }
   pthread_mutex_init(&l->mutex, NULL);
   pthread_cond_init(&l->slot_free, NULL);
@@ -265,6 +273,7 @@ void hakd_loader_free(hakd_loader *l) {
     for (int i = 0; i < l->config.prefetch; i++) {
       free(l->slots[i].images);
       free(l->slots[i].labels);
+      free(l->slots[i].items);
     }
   pthread_mutex_destroy(&l->mutex);
   pthread_cond_destroy(&l->slot_free);
@@ -273,6 +282,7 @@ void hakd_loader_free(hakd_loader *l) {
   free(l->threads);
   free(l->order);
   free(l->bad);
+  free(l->last_items);
   free(l);
 }
 
@@ -288,10 +298,11 @@ static int next_inline(hakd_loader *l, float *images, int32_t *labels) {
   if (l->order_epoch != l->state.epoch) compute_order(l, l->state.epoch);
   for (int j = 0; j < count; j++) {
     int64_t position = l->state.position + j;
-    int status = fill_sample(l, images + j * l->sample_floats, labels + j * l->sample_labels, l->order[position],
-                             l->state.epoch, position, 0);
+    int status = fill_sample(l, images + j * l->sample_floats, labels + j * l->sample_labels, &l->last_items[j],
+                             l->order[position], l->state.epoch, position, 0);
     if (status) return fail(l, status, hakd_error_message());
   }
+  l->last_count = count;
   l->state = normalize_state(l, (hakd_loader_state){l->state.epoch, l->state.position + count});
   return count;
 }
@@ -306,7 +317,9 @@ int hakd_loader_next(hakd_loader *l, float *images, int32_t *labels) {
   if (s->status) return fail(l, s->status, s->message);
   memcpy(images, s->images, (size_t)(s->count * l->sample_floats) * sizeof(float));
   memcpy(labels, s->labels, (size_t)(s->count * l->sample_labels) * sizeof(int32_t));
+  memcpy(l->last_items, s->items, (size_t)s->count * sizeof *l->last_items);
   const int count = s->count;
+  l->last_count = count;
   l->state = normalize_state(l, (hakd_loader_state){s->epoch, s->position + count});
   pthread_mutex_lock(&l->mutex);
   s->seq = l->next_seq + l->config.prefetch;
@@ -319,6 +332,11 @@ int hakd_loader_next(hakd_loader *l, float *images, int32_t *labels) {
 }
 
 hakd_loader_state hakd_loader_get_state(const hakd_loader *l) { return l->state; }
+
+int hakd_loader_last_items(const hakd_loader *l, const int64_t **items) {
+  *items = l->last_items;
+  return l->last_count;
+}
 
 int hakd_loader_set_state(hakd_loader *l, hakd_loader_state state) {
   if (state.epoch < 0 || state.position < 0 || state.position > l->n_items)

@@ -60,6 +60,9 @@ static const hakd_config_key keys[] = {
     {"log_every", NUM(HAKD_KEY_INT64, log_every), "10", "log line every N iterations", 0},
     {"stop_after", NUM(HAKD_KEY_INT64, stop_after), "0",
      "stop (with a checkpoint) at this iteration, to continue later with --resume (0: run to the end)", 0},
+    {"skip_nonfinite", NUM(HAKD_KEY_INT64, skip_nonfinite), "0",
+     "skip up to N batches whose loss or gradient is NaN/Inf (no optimizer step, counted in the log); 0: stop at the first",
+     0},
     {"seed", NUM(HAKD_KEY_INT64, seed), "0", "random seed (weights, data order, augmentation)", 0},
     {"threads", NUM(HAKD_KEY_INT, threads), "0", "compute threads (0: OMP_NUM_THREADS or all cores)", 0},
     {"precision", STR(precision), "fp32",
@@ -261,6 +264,8 @@ int hakd_config_validate(const hakd_config *c, int distill) {
   if (!one_of(c->norm, norms)) return hakd_error(HAKD_EINVAL, "norm '%s': use imagenet or bgr-mean", c->norm);
   if (!one_of(c->schedule, schedules)) return hakd_error(HAKD_EINVAL, "schedule '%s': only poly", c->schedule);
   if (c->workers < 0) return hakd_error(HAKD_EINVAL, "workers must be >= 0");
+  if (c->skip_nonfinite < 0)
+    return hakd_error(HAKD_EINVAL, "skip_nonfinite must be >= 0 (got %lld)", (long long)c->skip_nonfinite);
   hakd_precision precision;
   int rc = hakd_precision_parse(c->precision, &precision), rates[3];
   if (rc) return rc;

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -19,6 +20,7 @@
 #include "hakd/ops.h"
 #include "hakd/optim.h"
 #include "train/checkpoint.h"
+#include "train/numerics.h"
 #include "io/plot.h"
 #include "train/progress.h"
 
@@ -49,7 +51,26 @@ typedef struct {
   double *eval_iter, *eval_miou;
   int eval_n;
   double best_miou;
+  /* checkpoints */
+  int64_t saved_iter; /* iteration of the newest checkpoint on disk (-1: none) */
+  char saved_path[HAKD_PATH_MAX + 64];
+  /* numerical faults: batches skipped so far, and the buffers before the step (skip_nonfinite) */
+  int64_t skipped_nonfinite;
+  numerics_snapshot snap_student, snap_extra;
 } trainer;
+
+/* Set by hakd_train_request_stop (from a signal handler): the signal number, 0 when none. */
+static volatile sig_atomic_t stop_request;
+
+void hakd_train_request_stop(int signo) { stop_request = signo > 0 ? signo : SIGINT; }
+
+static const char *signal_name(int signo) {
+  static char other[32];
+  if (signo == SIGINT) return "SIGINT";
+  if (signo == SIGTERM) return "SIGTERM";
+  snprintf(other, sizeof other, "signal %d", signo);
+  return other;
+}
 
 static int mkdir_p(const char *path) {
   char buf[HAKD_PATH_MAX];
@@ -247,6 +268,11 @@ static int setup(trainer *t, hakd_train_result *result) {
   if (!t->images || !t->labels || !t->ctx || !t->hist_iter || !t->hist_terms[MAX_TERMS - 1] || !t->eval_miou)
     return hakd_error(HAKD_ENOMEM, "out of memory");
   hakd_ctx_seed(t->ctx, (uint64_t)c->seed + 13);
+  if (c->skip_nonfinite > 0) {
+    if ((rc = numerics_snapshot_init(&t->snap_student, hakd_model_params(t->student)))) return rc;
+    if ((rc = numerics_snapshot_init(&t->snap_extra, t->distiller ? hakd_distiller_params(t->distiller) : NULL)))
+      return rc;
+  }
   snprintf(path, sizeof path, "%s/log.jsonl", c->work_dir);
   t->jsonl = fopen(path, c->resume[0] ? "a" : "w");
   if (!t->jsonl) return hakd_error(HAKD_EIO, "%s: cannot write", path);
@@ -270,23 +296,36 @@ static void teardown(trainer *t) {
   for (int i = 0; i < MAX_TERMS; i++) free(t->hist_terms[i]);
   free(t->eval_iter);
   free(t->eval_miou);
+  numerics_snapshot_free(&t->snap_student);
+  numerics_snapshot_free(&t->snap_extra);
 }
 
 static int save_checkpoint(trainer *t, int64_t iter) {
-  char prefix[HAKD_PATH_MAX + 16];
-  snprintf(prefix, sizeof prefix, "%s/latest", t->cfg->work_dir);
-  checkpoint_state st = {iter, hakd_loader_get_state(t->loader), *hakd_ctx_rng(t->ctx), t->best_miou};
-  return checkpoint_save(prefix, t->student, t->distiller ? hakd_distiller_params(t->distiller) : NULL, t->opt, &st,
-                         t->config_text);
+  checkpoint_state st = {iter, hakd_loader_get_state(t->loader), *hakd_ctx_rng(t->ctx), t->best_miou,
+                         t->skipped_nonfinite};
+  int rc = checkpoint_save(t->cfg->work_dir, t->student, t->distiller ? hakd_distiller_params(t->distiller) : NULL,
+                           t->opt, &st, t->config_text, t->saved_path, sizeof t->saved_path);
+  if (rc) {
+    /* The user's question after a failed save (a full disk) is what is left: say it. */
+    if (t->saved_iter >= 0)
+      hakd_error_prefix("saving the checkpoint of iteration %" PRId64 " (the checkpoint of iteration %" PRId64
+                        ", %s, is intact)",
+                        iter, t->saved_iter, t->saved_path);
+    else
+      hakd_error_prefix("saving the checkpoint of iteration %" PRId64, iter);
+    return rc;
+  }
+  t->saved_iter = iter;
+  return 0;
 }
 
 static int resume(trainer *t, int64_t *start_iter) {
   const hakd_config *c = t->cfg;
   char path[HAKD_PATH_MAX + 32];
   if (!strcmp(c->resume, "auto")) {
-    snprintf(path, sizeof path, "%s/latest.safetensors", c->work_dir);
-    struct stat sb;
-    if (stat(path, &sb)) {
+    int found = checkpoint_find_latest(c->work_dir, path, sizeof path, t->log);
+    if (found < 0) return found;
+    if (!found) {
       fprintf(t->log, "resume auto: no checkpoint in %s, starting from scratch\n", c->work_dir);
       return 0;
     }
@@ -299,7 +338,10 @@ static int resume(trainer *t, int64_t *start_iter) {
   if ((rc = hakd_loader_set_state(t->loader, st.loader))) return rc;
   *hakd_ctx_rng(t->ctx) = st.rng;
   t->best_miou = st.best_miou;
+  t->skipped_nonfinite = st.skipped_nonfinite;
   *start_iter = st.iteration;
+  t->saved_iter = st.iteration;
+  snprintf(t->saved_path, sizeof t->saved_path, "%s", path);
   fprintf(t->log, "resumed from %s at iteration %" PRId64 "\n", path, st.iteration);
   return 0;
 }
@@ -401,7 +443,57 @@ static void write_plots(trainer *t) {
     fprintf(t->log, "warning: %s\n", hakd_error_message());
 }
 
-/* One iteration; fills the named loss terms (values) for the log. */
+static void print_json_string(FILE *out, const char *s) {
+  fputc('"', out);
+  for (; *s; s++) {
+    if (*s == '"' || *s == '\\')
+      fprintf(out, "\\%c", *s);
+    else if ((unsigned char)*s < 0x20)
+      fprintf(out, "\\u%04x", *s);
+    else
+      fputc(*s, out);
+  }
+  fputc('"', out);
+}
+
+/* A NaN/Inf in the step of iteration iter + 1 (`what` says where). Within the skip_nonfinite
+ * budget the batch is skipped: the buffers its forward pass changed are put back, no optimizer
+ * step is made, and the skip is logged with the batch's files (returns 1). Beyond it, the run
+ * stops with the same facts in the error (HAKD_ENUMERIC). */
+static int nonfinite(trainer *t, int64_t iter, const char *what) {
+  const hakd_config *c = t->cfg;
+  const int64_t *items;
+  int n = hakd_loader_last_items(t->loader, &items);
+  char names[1024];
+  numerics_batch_names(names, sizeof names, t->train_ds, items, n);
+  if (t->skipped_nonfinite < c->skip_nonfinite) {
+    t->skipped_nonfinite++;
+    numerics_snapshot_restore(&t->snap_student);
+    numerics_snapshot_restore(&t->snap_extra);
+    fprintf(t->log, "iter %" PRId64 ": skipped the batch of %s: %s (%" PRId64 " of at most %" PRId64 " skipped)\n",
+            iter + 1, names, what, t->skipped_nonfinite, c->skip_nonfinite);
+    fflush(t->log);
+    fprintf(t->jsonl, "{\"iter\": %" PRId64 ", \"skipped\": ", iter + 1);
+    print_json_string(t->jsonl, what);
+    fprintf(t->jsonl, ", \"samples\": ");
+    print_json_string(t->jsonl, names);
+    fprintf(t->jsonl, ", \"skipped_nonfinite\": %" PRId64 "}\n", t->skipped_nonfinite);
+    fflush(t->jsonl);
+    return 1;
+  }
+  if (c->skip_nonfinite > 0)
+    return hakd_error(HAKD_ENUMERIC,
+                      "iteration %" PRId64 ": %s on the batch of %s; stopping: %" PRId64
+                      " such batches were skipped already, the --skip-nonfinite limit",
+                      iter + 1, what, names, t->skipped_nonfinite);
+  return hakd_error(HAKD_ENUMERIC,
+                    "iteration %" PRId64 ": %s on the batch of %s; stopping (lower the lr or the loss weights? "
+                    "--skip-nonfinite N skips up to N such batches)",
+                    iter + 1, what, names);
+}
+
+/* One iteration; fills the named loss terms (values) for the log. Returns 0, 1 when the batch
+ * was skipped (a NaN/Inf within the skip_nonfinite budget), or a negative status. */
 static int train_step(trainer *t, int64_t iter, float lr, double *terms, double *data_time) {
   const hakd_config *c = t->cfg;
   double t0 = progress_now();
@@ -410,6 +502,10 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
   *data_time = progress_now() - t0;
   hakd_ctx *ctx = t->ctx;
   hakd_ctx_reset(ctx);
+  if (c->skip_nonfinite > 0) {
+    numerics_snapshot_take(&t->snap_student);
+    numerics_snapshot_take(&t->snap_extra);
+  }
   hakd_tensor *x = hakd_tensor_wrap(ctx, HAKD_F32, 4, (int64_t[]){n, 3, t->crop_h, t->crop_w}, t->images);
   hakd_tensor *y = hakd_tensor_wrap(ctx, HAKD_I32, 3, (int64_t[]){n, t->crop_h, t->crop_w}, t->labels);
   hakd_model_output tout, sout;
@@ -454,15 +550,26 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
   t->term_names[k] = "loss", named[k++] = total;
   t->n_terms = k;
   if (hakd_ctx_status(ctx)) return hakd_ctx_status(ctx);
-  for (int i = 0; i < k; i++) {
-    terms[i] = hakd_f32(named[i])[0];
-    if (!isfinite(terms[i]))
-      return hakd_error(HAKD_ENUMERIC, "iteration %" PRId64 ": loss term '%s' is %g; stopping (lower the lr or lambda?)",
-                        iter + 1, t->term_names[i], terms[i]);
-  }
+  for (int i = 0; i < k; i++) terms[i] = hakd_f32(named[i])[0];
+  for (int i = 0; i < k; i++)
+    if (!isfinite(terms[i])) {
+      char what[160];
+      snprintf(what, sizeof what, "loss term '%s' is %g", t->term_names[i], terms[i]);
+      return nonfinite(t, iter, what);
+    }
   hakd_params_zero_grad(hakd_model_params(t->student));
   if (t->distiller) hakd_params_zero_grad(hakd_distiller_params(t->distiller));
   if ((rc = hakd_backward(ctx, total))) return rc;
+  /* A finite loss can still have a NaN/Inf gradient (an overflow inside backward); one step
+   * with it would spoil every weight it reaches, and the optimizer state for good. */
+  float bad = 0;
+  const hakd_tensor *bad_grad = numerics_nonfinite_grad(hakd_model_params(t->student), &bad);
+  if (!bad_grad && t->distiller) bad_grad = numerics_nonfinite_grad(hakd_distiller_params(t->distiller), &bad);
+  if (bad_grad) {
+    char what[400];
+    snprintf(what, sizeof what, "the gradient of '%s' holds %g (loss %g)", bad_grad->name, (double)bad, terms[k - 1]);
+    return nonfinite(t, iter, what);
+  }
   hakd_optim_step(t->opt, lr);
   if (t->distiller && c->dump_kem[0] && c->dump_every > 0 && (iter + 1) % c->dump_every == 0) {
     if ((rc = mkdir_p(c->dump_kem))) return rc;
@@ -478,12 +585,16 @@ static void log_iteration(trainer *t, int64_t iter, float lr, const double *term
   for (int i = 0; i < t->n_terms && n < (int)sizeof line; i++)
     n += snprintf(line + n, sizeof line - (size_t)n, "  %s %.4f", t->term_names[i], terms[i]);
   progress_format_duration(eta_text, sizeof eta_text, eta);
-  snprintf(line + n, sizeof line - (size_t)n, "  time %.3fs  data %.3fs  eta %s  mem %.0fMB", iter_time, data_time, eta_text,
-           peak_rss_mb());
+  if (t->skipped_nonfinite > 0 && n < (int)sizeof line)
+    n += snprintf(line + n, sizeof line - (size_t)n, "  skipped %" PRId64, t->skipped_nonfinite);
+  if (n < (int)sizeof line)
+    snprintf(line + n, sizeof line - (size_t)n, "  time %.3fs  data %.3fs  eta %s  mem %.0fMB", iter_time, data_time,
+             eta_text, peak_rss_mb());
   fprintf(t->log, "%s\n", line);
   fflush(t->log);
   fprintf(t->jsonl, "{\"iter\": %" PRId64 ", \"lr\": %.6e", iter, (double)lr);
   for (int i = 0; i < t->n_terms; i++) fprintf(t->jsonl, ", \"%s\": %.6f", t->term_names[i], terms[i]);
+  if (t->cfg->skip_nonfinite > 0) fprintf(t->jsonl, ", \"skipped_nonfinite\": %" PRId64, t->skipped_nonfinite);
   fprintf(t->jsonl, ", \"time\": %.4f, \"data_time\": %.4f, \"eta_s\": %.0f, \"peak_mem_mb\": %.0f}\n", iter_time,
           data_time, eta, peak_rss_mb());
   fflush(t->jsonl);
@@ -497,6 +608,7 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
   t.cfg = config;
   t.distill = distill;
   t.log = log;
+  t.saved_iter = -1;
   int rc = setup(&t, result);
   int64_t iter = 0;
   if (!rc && config->resume[0]) rc = resume(&t, &iter);
@@ -513,33 +625,61 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
   int64_t first_iter = iter, window_iters = 0;
   int64_t end = config->stop_after > 0 && config->stop_after < config->iters ? config->stop_after : config->iters;
   while (!rc && iter < end) {
+    /* A stop request is honoured between iterations: the state is whole there. */
+    int signo = stop_request;
+    if (signo) {
+      if (bar.out) fputs("\r\033[K", bar.out);
+      if (iter > t.saved_iter && iter > first_iter) rc = save_checkpoint(&t, iter);
+      if (rc) break;
+      result->stop_signal = signo;
+      if (t.saved_iter >= 0)
+        fprintf(log, "stopped by %s after iteration %" PRId64 "; checkpoint %s (iteration %" PRId64 ")\n",
+                signal_name(signo), iter, t.saved_path, t.saved_iter);
+      else
+        fprintf(log, "stopped by %s before the first iteration; no checkpoint needed\n", signal_name(signo));
+      fflush(log);
+      rc = hakd_error(HAKD_EINTERRUPTED, "stopped by %s after iteration %" PRId64 " of %" PRId64 "%s%s", signal_name(signo),
+                      iter, config->iters, t.saved_iter >= 0 ? "; checkpoint " : "", t.saved_iter >= 0 ? t.saved_path : "");
+      break;
+    }
     float lr = hakd_schedule_lr(&t.sched, iter);
     double terms[MAX_TERMS], data_time;
-    rc = train_step(&t, iter, lr, terms, &data_time);
-    if (rc) break;
+    int step = train_step(&t, iter, lr, terms, &data_time);
+    if (step < 0) {
+      rc = step;
+      break;
+    }
     iter++;
     window_iters++;
     window_data += data_time;
-    t.hist_iter[t.hist_n] = (double)iter;
-    for (int i = 0; i < t.n_terms; i++) t.hist_terms[i][t.hist_n] = terms[i];
-    t.hist_n++;
-    if (iter % (config->log_every > 0 ? config->log_every : 1) == 0 || iter == config->iters || iter == first_iter + 1) {
-      double now = progress_now(), per_iter = (now - window_start) / (double)window_iters;
-      double avg = (now - start) / (double)(iter - first_iter);
-      if (bar.out) fputs("\r\033[K", bar.out);
-      log_iteration(&t, iter, lr, terms, per_iter, window_data / (double)window_iters, avg * (double)(config->iters - iter));
-      window_start = now, window_iters = 0, window_data = 0;
+    /* A skipped batch (step 1) was logged by train_step; its terms are not numbers to plot. */
+    if (step == 0) {
+      t.hist_iter[t.hist_n] = (double)iter;
+      for (int i = 0; i < t.n_terms; i++) t.hist_terms[i][t.hist_n] = terms[i];
+      t.hist_n++;
+      if (iter % (config->log_every > 0 ? config->log_every : 1) == 0 || iter == config->iters ||
+          iter == first_iter + 1) {
+        double now = progress_now(), per_iter = (now - window_start) / (double)window_iters;
+        double avg = (now - start) / (double)(iter - first_iter);
+        if (bar.out) fputs("\r\033[K", bar.out);
+        log_iteration(&t, iter, lr, terms, per_iter, window_data / (double)window_iters,
+                      avg * (double)(config->iters - iter));
+        window_start = now, window_iters = 0, window_data = 0;
+      }
+      char loss_text[48];
+      snprintf(loss_text, sizeof loss_text, "loss %.4f", terms[t.n_terms - 1]);
+      progress_update(&bar, iter, loss_text);
     }
-    char loss_text[48];
-    snprintf(loss_text, sizeof loss_text, "loss %.4f", terms[t.n_terms - 1]);
-    progress_update(&bar, iter, loss_text);
     int last = iter == config->iters || iter == config->stop_after;
     if (last && bar.out) fputs("\r\033[K", bar.out);
     if (config->eval_every > 0 ? (iter % config->eval_every == 0 || last) : last) rc = run_eval(&t, iter, result);
     if (!rc && (config->save_every > 0 ? (iter % config->save_every == 0 || last) : last)) rc = save_checkpoint(&t, iter);
   }
+  stop_request = 0;
   result->iters_done = iter;
-  if (!rc) write_plots(&t);
+  result->skipped_nonfinite = t.skipped_nonfinite;
+  if (t.saved_iter >= 0) snprintf(result->checkpoint, sizeof result->checkpoint, "%s", t.saved_path);
+  if (!rc || rc == HAKD_EINTERRUPTED) write_plots(&t);
   teardown(&t);
   return rc;
 }
