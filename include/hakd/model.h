@@ -58,6 +58,19 @@ int hakd_model_has_aux(const hakd_model *m);
 const char *hakd_model_family(const hakd_model *m);
 /* Input normalisation the model expects, 0-255 scale (ImageNet RGB by default). */
 void hakd_model_mean_std(const hakd_model *m, float mean[3], float std[3]);
+/* Smallest input height and width (each) the model's forward takes: 1 for the CNNs (every conv
+ * is padded), 29 for MiT encoders (stage 1's spatial-reduction conv, kernel 8, needs an 8x8 map
+ * at stride 4). Checked against real forwards by tests/test_badinput.c. */
+int hakd_model_min_input(const hakd_model *m);
+/* Smallest batch a training-mode forward of (n, 3, h, w) takes: BatchNorm needs more than one
+ * value per channel (PyTorch refuses the same), so 2 with a global-pooling branch (ASPP, PSP) and
+ * enough images for two values at the deepest BatchNorm'd map otherwise; 1 when none is needed. */
+int hakd_model_min_train_batch(const hakd_model *m, int64_t h, int64_t w);
+/* 0 when an input (n, 3, h, w) can go through hakd_model_forward (in training mode when
+ * training); otherwise HAKD_ESHAPE with a message naming the model, the input size and the
+ * smallest size or batch it takes. hakd_model_forward calls it first; apps call it before
+ * reading data or loading weights so that a bad size fails early. */
+int hakd_model_check_input(const hakd_model *m, int64_t n, int64_t h, int64_t w, int training);
 /* Multiply-adds of one forward pass at (1, 3, h, w) (the mmcv / fvcore convention). */
 int64_t hakd_model_macs(hakd_model *m, int h, int w);
 

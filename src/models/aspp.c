@@ -46,6 +46,7 @@ int aspp_head_create(hakd_params *p, const char *prefix, const backbone *b, cons
   if (!h) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
   h->base.forward = aspp_forward;
   h->base.destroy = aspp_destroy;
+  h->base.pooled_bn = 1; /* the image-pooling branch: conv + BN on a 1x1 map */
   h->dropout = o->dropout >= 0.0f ? o->dropout : 0.5f;
   int in = b->channels[3], ch = layer_scale_channels(256, o->width, 1), rc = 0;
   char name[LAYER_NAME_MAX];

@@ -168,6 +168,28 @@ static void mit_destroy(backbone *base) {
   free(m);
 }
 
+/* Output size of a conv of kernel k, stride s, padding p on n pixels; 0 when the kernel is
+ * larger than the padded input (conv2d refuses that). */
+static int conv_out(int n, int k, int s, int p) { return n + 2 * p < k ? 0 : (n + 2 * p - k) / s + 1; }
+
+/* Smallest input side for which every patch embedding has an output and every spatial-reduction
+ * conv (kernel = stride = sr ratio, no padding) fits its stage map. Found by walking the sizes
+ * through the layer geometry, so it follows mit_patch_sizes / mit_sr_ratios if they change. */
+static void mit_min_input(mit *m) {
+  for (int n = 1; n < 4096; n++) {
+    int size = n, ok = 1;
+    for (int s = 0; s < MIT_STAGES && ok; s++) {
+      size = conv_out(size, mit_patch_sizes[s], mit_patch_strides[s], mit_patch_sizes[s] / 2);
+      ok = size >= 1 && size >= m->sr_ratio[s];
+    }
+    if (ok) {
+      m->base.min_input = n;
+      break;
+    }
+  }
+  m->base.min_input_reason = "its stage-1 attention reduces keys with an 8x8 conv on the stride-4 map";
+}
+
 static int block_init(mit_block *b, hakd_params *p, const char *prefix, int dim, int sr_ratio, float drop_path_prob) {
   char name[LAYER_NAME_MAX];
   int hidden = dim * MIT_MLP_RATIO;
@@ -239,6 +261,7 @@ int mit_create(hakd_params *p, const char *prefix, int variant, const hakd_model
   for (int s = 0; s < MIT_STAGES && !rc; s++)
     rc = layer_ln_init(&m->stage_norm[s], p, layer_name(name, "%s.layer_norm.%d", prefix, s), m->base.channels[s],
                        MIT_LN_EPS);
+  if (!rc) mit_min_input(m);
   if (rc) {
     mit_destroy(&m->base);
     return rc == HAKD_ENOMEM ? hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix) : rc;

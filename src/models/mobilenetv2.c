@@ -111,6 +111,9 @@ int mobilenetv2_create(hakd_params *p, const char *prefix, int output_stride, co
   m->base.forward = mobilenetv2_forward;
   m->base.destroy = mobilenetv2_destroy;
   m->base.family = "cnn";
+  /* every conv is padded to (kernel - 1) / 2 * dilation, so any input size >= 1 has an output;
+   * BatchNorm follows every conv down to stage 4 */
+  m->base.min_input = 1;
   char name[LAYER_NAME_MAX];
   int inp = make_divisible(32.0 * o->width, 8), rc;
   rc = layer_conv_init(&m->stem_conv, p, layer_name(name, "%s.0.0", prefix), 3, inp, 3, 2, 1, 1, 1, 0);
@@ -139,6 +142,7 @@ int mobilenetv2_create(hakd_params *p, const char *prefix, int output_stride, co
     if (rc == HAKD_ENOMEM) return hakd_error(HAKD_ENOMEM, "%s: out of memory creating MobileNetV2", prefix);
     return rc;
   }
+  m->base.bn_stride = m->base.strides[3];
   *out = &m->base;
   return 0;
 }

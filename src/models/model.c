@@ -168,6 +168,43 @@ void hakd_model_init(hakd_model *m, uint64_t seed) {
   }
 }
 
+int hakd_model_min_input(const hakd_model *m) { return m->backbone->min_input > 1 ? m->backbone->min_input : 1; }
+
+/* Size of a map after `stride` / 2 halvings by padded stride-2 convs or pools: ceil(n / 2) each
+ * ((n - 1) / 2 + 1 for kernel 3 pad 1, kernel 7 pad 3, and MiT's 7/4/3 patch embedding alike). */
+static int64_t downsampled(int64_t n, int stride) {
+  for (; stride > 1; stride /= 2) n = (n - 1) / 2 + 1;
+  return n;
+}
+
+int hakd_model_min_train_batch(const hakd_model *m, int64_t h, int64_t w) {
+  int need = m->head->pooled_bn || (m->aux && m->aux->pooled_bn) ? 2 : 1;
+  if (m->backbone->bn_stride) {
+    int64_t values = downsampled(h, m->backbone->bn_stride) * downsampled(w, m->backbone->bn_stride);
+    if (values < 2 && need < 2) need = 2;
+  }
+  return need;
+}
+
+int hakd_model_check_input(const hakd_model *m, int64_t n, int64_t h, int64_t w, int training) {
+  int min = hakd_model_min_input(m);
+  if (n < 1 || h < 1 || w < 1)
+    return hakd_error(HAKD_ESHAPE, "%s: input (%lld, 3, %lld, %lld) is empty; the smallest input it takes is %dx%d",
+                      m->name, (long long)n, (long long)h, (long long)w, min, min);
+  if (h < min || w < min)
+    return hakd_error(HAKD_ESHAPE, "%s: input %lldx%lld (HxW) is smaller than the smallest input it takes, %dx%d: %s",
+                      m->name, (long long)h, (long long)w, min, min,
+                      m->backbone->min_input_reason ? m->backbone->min_input_reason : "its convolutions need it");
+  if (training && n < hakd_model_min_train_batch(m, h, w))
+    return hakd_error(HAKD_ESHAPE,
+                      "%s: training on a batch of %lld at %lldx%lld leaves BatchNorm one value per channel (%s); "
+                      "use a batch of at least %d",
+                      m->name, (long long)n, (long long)h, (long long)w,
+                      m->head->pooled_bn ? "its global-pooling branch" : "its deepest feature map",
+                      hakd_model_min_train_batch(m, h, w));
+  return 0;
+}
+
 int hakd_model_forward(hakd_model *m, hakd_ctx *ctx, hakd_tensor *x, hakd_model_output *out) {
   memset(out, 0, sizeof *out);
   if (!x) return hakd_ctx_status(ctx) ? hakd_ctx_status(ctx) : hakd_error(HAKD_EINVAL, "%s: no input", m->name);
@@ -175,10 +212,12 @@ int hakd_model_forward(hakd_model *m, hakd_ctx *ctx, hakd_tensor *x, hakd_model_
     char buf[64];
     return hakd_error(HAKD_ESHAPE, "%s: input must be (N, 3, H, W), got %s", m->name, hakd_shape_str(x, buf, sizeof buf));
   }
+  int rc = hakd_model_check_input(m, x->shape[0], x->shape[2], x->shape[3], hakd_ctx_training(ctx));
+  if (rc) return rc;
   /* Everything made inside the model except what it returns is unreachable for the caller:
    * its data dies once backward no longer needs it. */
   hakd_arena_mark mark = hakd_ctx_mark(ctx);
-  int rc = m->backbone->forward(m->backbone, ctx, x, out->stages);
+  rc = m->backbone->forward(m->backbone, ctx, x, out->stages);
   if (rc) return rc;
   out->logits = m->head->forward(m->head, ctx, out->stages);
   if (m->aux) out->aux = m->aux->forward(m->aux, ctx, out->stages);

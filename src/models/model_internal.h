@@ -13,6 +13,14 @@ struct backbone {
   void (*destroy)(backbone *b);
   int channels[4], strides[4];
   const char *family; /* "cnn" or "transformer" */
+  /* Smallest input height / width the forward is defined for (0 or 1: any). Convolutions whose
+   * kernel is larger than their padded input have no output, so e.g. MiT's spatial-reduction
+   * convs (kernel = stride = 8 at stage 1) need a stage-1 map of 8x8. */
+  int min_input;
+  const char *min_input_reason; /* why, for the error message */
+  /* Stride of the deepest BatchNorm'd feature map (0: no BatchNorm in the backbone). Training
+   * needs more than one value per channel there (PyTorch refuses the same). */
+  int bn_stride;
 };
 
 typedef struct head head;
@@ -20,6 +28,9 @@ struct head {
   /* Logits at the head's native resolution from the backbone stages. */
   hakd_tensor *(*forward)(head *h, hakd_ctx *ctx, hakd_tensor *const stages[4]);
   void (*destroy)(head *h);
+  /* A BatchNorm after global pooling (ASPP image pooling, PSP bin 1): one value per channel and
+   * image, so a training-mode forward needs a batch of at least 2. */
+  int pooled_bn;
 };
 
 typedef enum { BACKBONE_RESNET, BACKBONE_MOBILENETV2, BACKBONE_MIT } backbone_kind;

@@ -45,6 +45,7 @@ int psp_head_create(hakd_params *p, const char *prefix, const backbone *b, const
   if (!h) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
   h->base.forward = psp_forward;
   h->base.destroy = psp_destroy;
+  h->base.pooled_bn = 1; /* the bin-1 branch: conv + BN on a 1x1 map */
   h->dropout = o->dropout >= 0.0f ? o->dropout : 0.1f;
   int in = b->channels[3], ch = in / 4 > 0 ? in / 4 : 1;
   char name[LAYER_NAME_MAX];

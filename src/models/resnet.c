@@ -149,6 +149,9 @@ int resnet_create(hakd_params *p, const char *prefix, int depth, int output_stri
   r->base.forward = resnet_forward;
   r->base.destroy = resnet_destroy;
   r->base.family = "cnn";
+  /* every conv is padded to (kernel - 1) / 2 * dilation, so any input size >= 1 has an output;
+   * BatchNorm follows every conv down to stage 4 */
+  r->base.min_input = 1;
   r->deep_stem = o->deep_stem;
   int is_bottleneck = depth >= 50, expansion = is_bottleneck ? 4 : 1;
   int inplanes = layer_scale_channels(64, o->width, 1);
@@ -185,6 +188,7 @@ int resnet_create(hakd_params *p, const char *prefix, int depth, int output_stri
     if (rc == HAKD_ENOMEM) return hakd_error(HAKD_ENOMEM, "%s: out of memory creating ResNet-%d", prefix, depth);
     return rc;
   }
+  r->base.bn_stride = r->base.strides[3];
   *out = &r->base;
   return 0;
 }
