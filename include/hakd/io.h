@@ -69,6 +69,8 @@ int hakd_npy_read(const char *path, hakd_npy *out);
 int hakd_npy_to_f32(const hakd_npy *a, float **out);
 int hakd_npy_to_i32(const hakd_npy *a, int32_t **out);
 int64_t hakd_npy_numel(const hakd_npy *a);
+/* "float32", "int32", ... (numpy's names, for messages). */
+const char *hakd_npy_dtype_name(hakd_npy_dtype dtype);
 void hakd_npy_free(hakd_npy *a);
 /* Writes atomically (temporary file + rename). */
 int hakd_npy_write(const char *path, hakd_npy_dtype dtype, int ndim, const int64_t *shape, const void *data);
@@ -95,5 +97,16 @@ int hakd_png_write_gray(const char *path, int width, int height, const uint8_t *
 /* Indexed PNG with a palette of n_colors RGB triples (class-index masks that keep their values). */
 int hakd_png_write_palette(const char *path, int width, int height, const uint8_t *indices, const uint8_t *palette,
                            int n_colors);
+
+/* ---- output files ---- */
+
+/* Checks, before a long computation, that `path` can be written: it is not a folder and its
+ * folder exists and takes a new file (probed by creating and removing `<path>.tmp.<pid>`, which is
+ * what the atomic writers create; root ignores permission bits, so only trying tells). Errors
+ * name the path and the reason. */
+int hakd_output_check(const char *path);
+/* Writes size bytes atomically (temporary file in the same folder, fsync, rename): a failure
+ * leaves no partial file and any previous file at path untouched. */
+int hakd_file_write_atomic(const char *path, const void *data, size_t size);
 
 #endif

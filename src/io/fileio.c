@@ -120,3 +120,39 @@ int hakd__atomic_commit(hakd__atomic_file *af) {
   atomic_release(af);
   return 0;
 }
+
+int hakd_output_check(const char *path) {
+  if (!path || !*path) return hakd_error(HAKD_EINVAL, "empty output path");
+  struct stat st;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    return hakd_error(HAKD_EIO, "%s: is a folder, expected a file name to write", path);
+  size_t n = strlen(path) + 32;
+  char *tmp = malloc(n);
+  if (!tmp) return hakd_error(HAKD_ENOMEM, "%s: out of memory", path);
+  snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
+  FILE *fp = fopen(tmp, "wb");
+  int saved_errno = errno;
+  if (fp) {
+    fclose(fp);
+    unlink(tmp);
+  }
+  free(tmp);
+  if (!fp) {
+    const char *slash = strrchr(path, '/');
+    return hakd_error(HAKD_EIO, "%s: cannot write a file in folder '%.*s': %s", path, slash ? (int)(slash - path) : 1,
+                      slash ? path : ".", strerror(saved_errno));
+  }
+  return 0;
+}
+
+int hakd_file_write_atomic(const char *path, const void *data, size_t size) {
+  hakd__atomic_file af;
+  int status = hakd__atomic_open(&af, path);
+  if (status) return status;
+  if (size && fwrite(data, 1, size, af.fp) != size) {
+    status = hakd_error(HAKD_EIO, "%s: writing %s failed: %s", path, af.tmp_path, strerror(errno));
+    hakd__atomic_abort(&af);
+    return status;
+  }
+  return hakd__atomic_commit(&af);
+}

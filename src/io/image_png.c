@@ -169,6 +169,8 @@ int hakd_image_read(const char *path, hakd_image *out) {
     }
   } else if (size >= sizeof jpeg_magic && memcmp(data, jpeg_magic, sizeof jpeg_magic) == 0) {
     status = hakd__jpeg_decode(path, data, size, out);
+  } else if (size == 0) {
+    status = hakd_error(HAKD_EFORMAT, "%s: empty file (0 bytes), not an image", path);
   } else {
     status = hakd_error(HAKD_EUNSUPPORTED, "%s: not a PNG or JPEG file (unrecognised first bytes)", path);
   }

@@ -326,3 +326,15 @@ int hakd_npy_write(const char *path, hakd_npy_dtype dtype, int ndim, const int64
   }
   return hakd__atomic_commit(&af);
 }
+
+const char *hakd_npy_dtype_name(hakd_npy_dtype dtype) {
+  switch (dtype) {
+    case HAKD_NPY_F32: return "float32";
+    case HAKD_NPY_F64: return "float64";
+    case HAKD_NPY_I32: return "int32";
+    case HAKD_NPY_I64: return "int64";
+    case HAKD_NPY_U8: return "uint8";
+    case HAKD_NPY_BOOL: return "bool";
+  }
+  return "?";
+}
