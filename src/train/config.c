@@ -6,7 +6,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "hakd/distill.h"
 #include "hakd/error.h"
 #include "hakd/model.h"
 #include "hakd/tensor.h"
@@ -170,11 +172,27 @@ static char *trim(char *s) {
 
 int hakd_config_load(hakd_config *c, const char *path) {
   FILE *f = fopen(path, "r");
-  if (!f) return hakd_error(HAKD_EIO, "%s: cannot open config file", path);
+  if (!f) return hakd_error(HAKD_EIO, "%s: cannot open config file: %s", path, strerror(errno));
+  struct stat st;
+  /* fopen opens a folder too, and fgets then reads nothing: an empty config, silently */
+  if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) {
+    fclose(f);
+    return hakd_error(HAKD_EIO, "%s: not a regular file (a config file is flat `key = value` text)", path);
+  }
   char line[2048];
   int lineno = 0, rc = 0;
   while (!rc && fgets(line, sizeof line, f)) {
     lineno++;
+    size_t len = strlen(line);
+    /* a NUL would cut the line short and hide the rest of it: binary, not a config */
+    if (len + 1 < sizeof line && !feof(f) && line[len ? len - 1 : 0] != '\n') {
+      rc = hakd_error(HAKD_EFORMAT, "%s:%d: NUL byte in the line; a config file is text", path, lineno);
+      break;
+    }
+    if (len == sizeof line - 1 && line[len - 1] != '\n') {
+      rc = hakd_error(HAKD_EFORMAT, "%s:%d: line longer than %zu characters", path, lineno, sizeof line - 2);
+      break;
+    }
     char *hash = strchr(line, '#');
     if (hash) *hash = '\0';
     char *s = trim(line);
@@ -216,7 +234,7 @@ int hakd_config_save(const hakd_config *c, const char *path) {
   char tmp[HAKD_PATH_MAX + 16];
   snprintf(tmp, sizeof tmp, "%s.tmp", path);
   FILE *f = fopen(tmp, "w");
-  if (!f) return hakd_error(HAKD_EIO, "%s: cannot write", tmp);
+  if (!f) return hakd_error(HAKD_EIO, "%s: cannot write: %s", tmp, strerror(errno));
   int rc = hakd_config_write(c, f);
   if (fclose(f) || rc || rename(tmp, path)) {
     remove(tmp);
@@ -266,6 +284,36 @@ int hakd_config_validate(const hakd_config *c, int distill) {
   if (c->workers < 0) return hakd_error(HAKD_EINVAL, "workers must be >= 0");
   if (c->skip_nonfinite < 0)
     return hakd_error(HAKD_EINVAL, "skip_nonfinite must be >= 0 (got %lld)", (long long)c->skip_nonfinite);
+  /* Ranges of the numeric keys: a value outside them would run (hours) and mean nothing, e.g. a
+   * negative momentum or weight decay, or a save interval that never saves. */
+  if (c->threads < 0) return hakd_error(HAKD_EINVAL, "threads must be >= 0 (0: all cores), got %d", c->threads);
+  if (c->aux < -1 || c->aux > 1) return hakd_error(HAKD_EINVAL, "aux must be -1, 0 or 1, got %d", c->aux);
+  if (!(c->width > 0)) return hakd_error(HAKD_EINVAL, "width must be > 0, got %g", c->width);
+  if (!(c->drop_path >= 0 && c->drop_path < 1))
+    return hakd_error(HAKD_EINVAL, "drop_path must be in [0, 1), got %g", c->drop_path);
+  if (!(c->cat_max_ratio >= 0 && c->cat_max_ratio <= 1))
+    return hakd_error(HAKD_EINVAL, "cat_max_ratio must be in [0, 1] (0: off), got %g", c->cat_max_ratio);
+  if (!(c->momentum >= 0 && c->momentum < 1))
+    return hakd_error(HAKD_EINVAL, "momentum must be in [0, 1), got %g", c->momentum);
+  if (!(c->wd >= 0)) return hakd_error(HAKD_EINVAL, "wd must be >= 0, got %g", c->wd);
+  if (!(c->head_lr_mult >= 0)) return hakd_error(HAKD_EINVAL, "head_lr_mult must be >= 0, got %g", c->head_lr_mult);
+  if (!(c->clip_norm >= 0)) return hakd_error(HAKD_EINVAL, "clip_norm must be >= 0 (0: off), got %g", c->clip_norm);
+  if (!(c->aux_weight >= 0)) return hakd_error(HAKD_EINVAL, "aux_weight must be >= 0, got %g", c->aux_weight);
+  if (!(c->power >= 0)) return hakd_error(HAKD_EINVAL, "power must be >= 0, got %g", c->power);
+  if (!(c->min_lr >= 0 && c->min_lr <= c->lr))
+    return hakd_error(HAKD_EINVAL, "min_lr must be in [0, lr = %g], got %g", c->lr, c->min_lr);
+  if (!(c->warmup_ratio > 0 && c->warmup_ratio <= 1))
+    return hakd_error(HAKD_EINVAL, "warmup_ratio must be in (0, 1], got %g", c->warmup_ratio);
+  const struct {
+    const char *key;
+    int64_t value, min;
+  } counts[] = {{"warmup_lr_iters", c->warmup_lr_iters, 0}, {"eval_every", c->eval_every, 0},
+                {"save_every", c->save_every, 0},           {"log_every", c->log_every, 1},
+                {"stop_after", c->stop_after, 0}};
+  for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++)
+    if (counts[i].value < counts[i].min)
+      return hakd_error(HAKD_EINVAL, "%s must be >= %lld, got %lld", counts[i].key, (long long)counts[i].min,
+                        (long long)counts[i].value);
   hakd_precision precision;
   int rc = hakd_precision_parse(c->precision, &precision), rates[3];
   if (rc) return rc;
@@ -288,6 +336,31 @@ int hakd_config_validate(const hakd_config *c, int distill) {
     if (!one_of(c->hakd_grid, grids))
       return hakd_error(HAKD_EINVAL, "hakd_grid '%s': use logits, student or teacher", c->hakd_grid);
     if (!(c->T > 0)) return hakd_error(HAKD_EINVAL, "T must be > 0");
+    if (!(c->kd_T > 0) || !(c->cwd_T > 0)) return hakd_error(HAKD_EINVAL, "kd_T and cwd_T must be > 0");
+    if (!(c->teacher_width > 0)) return hakd_error(HAKD_EINVAL, "teacher_width must be > 0, got %g", c->teacher_width);
+    if (!(c->lambda_kd >= 0 || c->lambda_kd == -1))
+      return hakd_error(HAKD_EINVAL, "lambda_kd must be >= 0, or -1 for the method's default; got %g", c->lambda_kd);
+    const struct {
+      const char *key;
+      float value;
+    } weights[] = {{"lambda_hakd", c->lambda_hakd}, {"lambda_proj", c->lambda_proj}, {"lambda_cwd", c->lambda_cwd},
+                   {"lambda_fitnet", c->lambda_fitnet}};
+    for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++)
+      if (!(weights[i].value >= 0))
+        return hakd_error(HAKD_EINVAL, "%s must be >= 0, got %g", weights[i].key, weights[i].value);
+    if (c->warmup_iters < -1)
+      return hakd_error(HAKD_EINVAL, "warmup_iters must be >= 0, or -1 for 10%% of iters; got %lld",
+                        (long long)c->warmup_iters);
+    if (c->fitnet_stage < 1 || c->fitnet_stage > 4)
+      return hakd_error(HAKD_EINVAL, "fitnet_stage must be 1..4, got %d", c->fitnet_stage);
+    if (c->dump_every < 1) return hakd_error(HAKD_EINVAL, "dump_every must be >= 1, got %lld", (long long)c->dump_every);
+    /* checked here, not when the distiller is built after the teacher's evaluation */
+    hakd_distill_options stages;
+    hakd_distill_options_default(&stages);
+    if ((rc = hakd_distill_stages_parse(c->hakd_stages, &stages))) {
+      hakd_error_prefix("hakd_stages");
+      return rc;
+    }
   }
   return 0;
 }

@@ -168,9 +168,15 @@ int hakd_evaluate(hakd_model *m, const hakd_dataset *ds, const hakd_eval_options
   if (o->save_pred_dir) {
     char sub[1100];
     snprintf(sub, sizeof sub, "%s/overlays", o->save_pred_dir);
-    mkdir(o->save_pred_dir, 0755);
-    if (mkdir(sub, 0755) && errno != EEXIST)
-      return hakd_error(HAKD_EIO, "%s: cannot create the prediction directory", o->save_pred_dir);
+    const char *dirs[2] = {o->save_pred_dir, sub};
+    for (int d = 0; d < 2; d++) {
+      struct stat st;
+      if (mkdir(dirs[d], 0755) && errno != EEXIST)
+        return hakd_error(HAKD_EIO, "%s: cannot create the prediction folder: %s", dirs[d], strerror(errno));
+      /* EEXIST is also what a plain file of that name gives */
+      if (stat(dirs[d], &st) || !S_ISDIR(st.st_mode))
+        return hakd_error(HAKD_EIO, "%s: exists and is not a folder; cannot save predictions there", dirs[d]);
+    }
   }
   hakd_ctx *ctx = hakd_ctx_new();
   if (!ctx) return hakd_error(HAKD_ENOMEM, "out of memory");

@@ -78,10 +78,12 @@ static int mkdir_p(const char *path) {
   for (char *p = buf + 1; *p; p++)
     if (*p == '/') {
       *p = '\0';
-      if (mkdir(buf, 0755) && errno != EEXIST) return hakd_error(HAKD_EIO, "%s: cannot create directory", buf);
+      if (mkdir(buf, 0755) && errno != EEXIST)
+        return hakd_error(HAKD_EIO, "%s: cannot create directory: %s", buf, strerror(errno));
       *p = '/';
     }
-  if (mkdir(buf, 0755) && errno != EEXIST) return hakd_error(HAKD_EIO, "%s: cannot create directory", buf);
+  if (mkdir(buf, 0755) && errno != EEXIST)
+    return hakd_error(HAKD_EIO, "%s: cannot create directory: %s", buf, strerror(errno));
   return 0;
 }
 
@@ -174,6 +176,12 @@ static int setup(trainer *t, hakd_train_result *result) {
   result->num_classes = t->K;
 
   if ((rc = create_model(c->model, c->width, c, t->K, &t->student))) return rc;
+  /* A crop or batch the model cannot train on fails here with its minimum, not inside conv2d
+   * or BatchNorm at the first step. */
+  if ((rc = hakd_model_check_input(t->student, c->batch, t->crop_h, t->crop_w, 1))) {
+    hakd_error_prefix("crop %s, batch %d", c->crop, c->batch);
+    return rc;
+  }
   hakd_model_init(t->student, (uint64_t)c->seed);
   if (c->pretrained[0]) {
     hakd_load_options lo;
@@ -190,6 +198,10 @@ static int setup(trainer *t, hakd_train_result *result) {
   hakd_eval_options_default(&t->eval);
   t->eval.norm = strcmp(c->norm, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN;
   if (c->eval_scale[0]) hakd_parse_size(c->eval_scale, &t->eval.scale_h, &t->eval.scale_w);
+  if (c->eval_scale[0] && (rc = hakd_model_check_input(t->student, 1, t->eval.scale_h, t->eval.scale_w, 0))) {
+    hakd_error_prefix("eval_scale %s", c->eval_scale); /* else it fails at the first evaluation */
+    return rc;
+  }
   t->eval.skip_bad = c->skip_bad;
   hakd_precision_parse(c->precision, &t->eval.precision); /* validated with the config */
   t->eval.warnings = t->log;
@@ -201,6 +213,10 @@ static int setup(trainer *t, hakd_train_result *result) {
     to.width = c->teacher_width;
     if ((rc = hakd_aspp_dilations_parse(c->teacher_aspp_dilations, to.aspp_dilations))) return rc;
     if ((rc = hakd_model_create(c->teacher, &to, &t->teacher))) return rc;
+    if ((rc = hakd_model_check_input(t->teacher, c->batch, t->crop_h, t->crop_w, 0))) {
+      hakd_error_prefix("teacher on crop %s", c->crop);
+      return rc;
+    }
     hakd_load_options lo;
     hakd_load_options_default(&lo);
     hakd_load_report rep;
