@@ -1,5 +1,6 @@
 /* hakd bench: throughput of one model's inference, training or distillation step, as one JSON line
  * (bench/compare_pytorch.sh runs it next to the same step in PyTorch). */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,17 +50,36 @@ static int cmd_bench(int argc, char **argv) {
         if (hakd_bench_mode_parse(optarg, &c.mode)) return command_fail(NULL);
         break;
       case 's': size = optarg; break;
-      case 'b': c.batch = atoi(optarg); break;
+      case 'b':
+        if (command_int("--batch", optarg, 1, 1 << 20, &c.batch)) return 1;
+        break;
       case 't': c.teacher = optarg; break;
       case 'd':
         if (hakd_distill_method_parse(optarg, &c.method)) return command_fail(NULL);
         break;
-      case 'k': c.num_classes = atoi(optarg); break;
-      case 'w': c.width_mult = (float)atof(optarg); break;
-      case 'n': c.iters = atoi(optarg); break;
-      case 'u': c.warmup = atoi(optarg); break;
-      case 'j': c.threads = atoi(optarg); break;
-      case 'r': c.seed = strtoull(optarg, NULL, 10); break;
+      case 'k':
+        if (command_int("--num-classes", optarg, 1, 4096, &c.num_classes)) return 1;
+        break;
+      case 'w':
+        if (command_float("--width", optarg, 1e-3, 4.0, &c.width_mult)) return 1;
+        break;
+      case 'n':
+        if (command_int("--iters", optarg, 1, 1 << 30, &c.iters)) return 1;
+        break;
+      case 'u':
+        if (command_int("--warmup", optarg, 0, 1 << 30, &c.warmup)) return 1;
+        break;
+      case 'j':
+        if (command_int("--threads", optarg, 0, 4096, &c.threads)) return 1;
+        break;
+      case 'r': {
+        char *end;
+        errno = 0;
+        c.seed = strtoull(optarg, &end, 10);
+        if (errno || end == optarg || *end || optarg[0] == '-')
+          return command_fail("--seed '%s': expected a non-negative integer", optarg);
+        break;
+      }
       case 'p':
         if (hakd_precision_parse(optarg, &c.precision)) return command_fail(NULL);
         break;
@@ -67,9 +87,10 @@ static int cmd_bench(int argc, char **argv) {
       default: return 2;
     }
   }
+  if (optind < argc) return command_fail("unexpected argument '%s' (see hakd bench --help)", argv[optind]);
   if (!c.model) return command_fail("--model is required (see hakd models)");
   if (c.mode == HAKD_BENCH_DISTILL && !c.teacher) return command_fail("--mode distill needs --teacher NAME");
-  if (hakd_parse_size(size, &c.height, &c.width)) return command_fail(NULL);
+  if (command_size("--size", size, &c.height, &c.width)) return 1;
   hakd_bench_result r;
   if (hakd_bench_run(&c, &r)) return command_fail(NULL);
   printf("{\"model\": \"%s\", \"mode\": \"%s\", ", c.model, hakd_bench_mode_name(c.mode));

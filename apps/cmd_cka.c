@@ -103,18 +103,26 @@ int cmd_cka(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) switch (c) {
       case 't': teacher.name = optarg; break;
       case 'T': teacher.weights = optarg; break;
-      case 'x': teacher.width = (float)atof(optarg); break;
+      case 'x':
+        if (command_float("--teacher-width", optarg, 1e-3, 4.0, &teacher.width)) return 1;
+        break;
       case 's': student.name = optarg; break;
       case 'S': student.weights = optarg; break;
-      case 'y': student.width = (float)atof(optarg); break;
+      case 'y':
+        if (command_float("--student-width", optarg, 1e-3, 4.0, &student.width)) return 1;
+        break;
       case 'd': dataset_name = optarg; break;
       case 'r': data_root = optarg; break;
       case 'p': split = optarg; break;
-      case 'n': max_images = atoi(optarg); break;
+      case 'n':
+        if (command_int("--max-images", optarg, 2, 1 << 30, &max_images)) return 1;
+        break;
       case 'z': size = optarg; break;
       case 'o': out_path = optarg; break;
       case 'N': norm_name = optarg; break;
-      case 'j': threads = atoi(optarg); break;
+      case 'j':
+        if (command_int("--threads", optarg, 0, 4096, &threads)) return 1;
+        break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
@@ -127,9 +135,8 @@ int cmd_cka(int argc, char **argv) {
   if (strcmp(norm_name, "imagenet") && strcmp(norm_name, "bgr-mean"))
     return command_fail("--norm '%s': use imagenet or bgr-mean", norm_name);
   hakd_norm norm = strcmp(norm_name, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN;
-  char tail;
-  if (size && (sscanf(size, "%dx%d%c", &scale_h, &scale_w, &tail) != 2 || scale_h < 1 || scale_w < 1))
-    return command_fail("--size '%s': expected HxW, e.g. 512x1024", size);
+  if (size && command_size("--size", size, &scale_h, &scale_w)) return 1;
+  if (command_output("--out", out_path)) return 1;
   if (max_images < 2) return command_fail("--max-images %d: CKA needs at least 2 images", max_images);
   if (!(teacher.width > 0) || !(student.width > 0))
     return command_fail("--teacher-width / --student-width must be positive");
@@ -148,6 +155,12 @@ int cmd_cka(int argc, char **argv) {
   }
   if (side_open(&teacher, hakd_dataset_num_classes(ds)) || side_open(&student, hakd_dataset_num_classes(ds)))
     goto done;
+  /* --size bounds every image: a bound below either model's minimum fails before any image */
+  if (size && (hakd_model_check_input(teacher.model, 1, scale_h, scale_w, 0) ||
+               hakd_model_check_input(student.model, 1, scale_h, scale_w, 0))) {
+    hakd_error_prefix("--size %s", size);
+    goto done;
+  }
   if (!(ctx = hakd_ctx_new())) {
     hakd_error(HAKD_ENOMEM, "out of memory");
     goto done;

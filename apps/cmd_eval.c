@@ -62,11 +62,11 @@ static int cmd_eval(int argc, char **argv) {
         else return command_fail("--mode '%s': use whole or slide", optarg);
         break;
       case 'c':
-        if (hakd_parse_size(optarg, &o.crop_h, &o.crop_w)) return command_fail(NULL);
+        if (command_size("--crop", optarg, &o.crop_h, &o.crop_w)) return 1;
         have_crop = 1;
         break;
       case 's':
-        if (hakd_parse_size(optarg, &o.stride_h, &o.stride_w)) return command_fail(NULL);
+        if (command_size("--stride", optarg, &o.stride_h, &o.stride_w)) return 1;
         have_stride = 1;
         break;
       case 'f': o.flip = 1; break;
@@ -74,10 +74,12 @@ static int cmd_eval(int argc, char **argv) {
         if (parse_scales(optarg, &o)) return 1;
         break;
       case 'e':
-        if (hakd_parse_size(optarg, &o.scale_h, &o.scale_w)) return command_fail(NULL);
+        if (command_size("--eval-scale", optarg, &o.scale_h, &o.scale_w)) return 1;
         break;
       case 'p': o.save_pred_dir = optarg; break;
-      case 'W': width = (float)atof(optarg); break;
+      case 'W':
+        if (command_float("--width", optarg, 1e-3, 4.0, &width)) return 1;
+        break;
       case 'A':
         if (hakd_aspp_dilations_parse(optarg, aspp)) return command_fail(NULL);
         break;
@@ -88,13 +90,16 @@ static int cmd_eval(int argc, char **argv) {
         break;
       case 'P': prefix = optarg; break;
       case 'b': o.skip_bad = 1; break;
-      case 't': threads = atoi(optarg); break;
+      case 't':
+        if (command_int("--threads", optarg, 0, 4096, &threads)) return 1;
+        break;
       case 'R':
         if (hakd_precision_parse(optarg, &o.precision)) return command_fail(NULL);
         break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
+  if (optind < argc) return command_fail("unexpected argument '%s' (see hakd eval --help)", argv[optind]);
   if (!model || !weights || !dataset || !root) {
     usage(stderr);
     return command_fail("--model, --weights, --dataset and --data-root are required");
@@ -119,6 +124,15 @@ static int cmd_eval(int argc, char **argv) {
   mo.width = width;
   memcpy(mo.aspp_dilations, aspp, sizeof aspp);
   if (hakd_model_create(model, &mo, &m)) goto done;
+  /* a sliding window or a resize bound below the model's minimum fails here, not at image 1 */
+  if (o.mode == HAKD_EVAL_SLIDE && hakd_model_check_input(m, 1, o.crop_h, o.crop_w, 0)) {
+    hakd_error_prefix("--crop %dx%d", o.crop_h, o.crop_w);
+    goto done;
+  }
+  if (o.scale_h && hakd_model_check_input(m, 1, o.scale_h, o.scale_w, 0)) {
+    hakd_error_prefix("--eval-scale %dx%d", o.scale_h, o.scale_w);
+    goto done;
+  }
   hakd_load_options lo;
   hakd_load_options_default(&lo);
   lo.key_map = prefix;

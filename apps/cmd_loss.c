@@ -28,37 +28,20 @@ static void usage(FILE *out) {
           "  --weights-out     write the KEM weight map W (heteroakd; (N, h, w) ce, (N, K, h, w) bce)\n");
 }
 
-static const char *npy_dtype_name(hakd_npy_dtype t) {
-  switch (t) {
-    case HAKD_NPY_F32: return "float32";
-    case HAKD_NPY_F64: return "float64";
-    case HAKD_NPY_I32: return "int32";
-    case HAKD_NPY_I64: return "int64";
-    case HAKD_NPY_U8: return "uint8";
-    case HAKD_NPY_BOOL: return "bool";
-  }
-  return "?";
-}
-
-static void shape_text(const hakd_npy *a, char *buf, size_t size) {
-  size_t len = (size_t)snprintf(buf, size, "(");
-  for (int d = 0; d < a->ndim && len < size; d++)
-    len += (size_t)snprintf(buf + len, size - len, d ? ", %lld" : "%lld", (long long)a->shape[d]);
-  if (len < size) snprintf(buf + len, size - len, ")");
-}
-
 /* Reads logits: float32/float64, 4-D, finite; converted into a step tensor. */
 static int read_logits(hakd_ctx *ctx, const char *path, hakd_tensor **out) {
   hakd_npy a;
   if (hakd_npy_read(path, &a)) return command_fail(NULL);
   char shape[128];
-  shape_text(&a, shape, sizeof shape);
+  command_npy_shape(&a, shape, sizeof shape);
   int rc = 0;
   float *data = NULL;
   if (a.dtype != HAKD_NPY_F32 && a.dtype != HAKD_NPY_F64)
-    rc = command_fail("%s: dtype %s, expected float32 logits", path, npy_dtype_name(a.dtype));
+    rc = command_fail("%s: dtype %s, expected float32 logits", path, hakd_npy_dtype_name(a.dtype));
   else if (a.ndim != 4)
     rc = command_fail("%s: shape %s, expected logits (N, K, h, w)", path, shape);
+  else if (hakd_npy_numel(&a) == 0) /* a loss over nothing would print 0 as if it were a result */
+    rc = command_fail("%s: shape %s is empty, expected logits (N, K, h, w) with every size >= 1", path, shape);
   else if (hakd_npy_to_f32(&a, &data))
     rc = command_fail("%s: %s", path, hakd_error_message());
   if (!rc) {
@@ -81,14 +64,16 @@ static int read_labels(hakd_ctx *ctx, const char *path, const hakd_tensor *s, co
   hakd_npy a;
   if (hakd_npy_read(path, &a)) return command_fail(NULL);
   char shape[128];
-  shape_text(&a, shape, sizeof shape);
+  command_npy_shape(&a, shape, sizeof shape);
   int rc = 0;
   int32_t *data = NULL;
   if (a.dtype == HAKD_NPY_F32 || a.dtype == HAKD_NPY_F64)
-    rc = command_fail("%s: dtype %s, expected integer labels", path, npy_dtype_name(a.dtype));
+    rc = command_fail("%s: dtype %s, expected integer labels", path, hakd_npy_dtype_name(a.dtype));
   else if (a.ndim != 3 || a.shape[0] != s->shape[0])
     rc = command_fail("%s: shape %s, expected labels (N, H, W) with N = %lld as in %s", path, shape,
                       (long long)s->shape[0], s_path);
+  else if (hakd_npy_numel(&a) == 0)
+    rc = command_fail("%s: shape %s is empty, expected labels (N, H, W) with every size >= 1", path, shape);
   else if (hakd_npy_to_i32(&a, &data))
     rc = command_fail("%s: %s", path, hakd_error_message());
   if (!rc) {
@@ -176,6 +161,7 @@ static int parse_args(int argc, char **argv, loss_args *a) {
     return command_fail("--labels and --weights-out apply to --method heteroakd only");
   if (a->o.kem_axis == HAKD_KEM_AXIS_CLASS && a->o.reliability != HAKD_RELIABILITY_BCE)
     return command_fail("--kem-axis class needs --reliability bce");
+  if (command_output("--grad-out", a->grad_out) || command_output("--weights-out", a->weights_out)) return 1;
   return 0;
 }
 
@@ -205,7 +191,11 @@ static int run(hakd_ctx *ctx, const loss_args *a) {
     if (hakd_backward(ctx, loss)) return command_fail(NULL);
     if (write_tensor(a->grad_out, s, s->grad)) return 1;
   }
-  if (a->weights_out && write_tensor(a->weights_out, weights, hakd_f32(weights))) return 1;
+  if (a->weights_out && write_tensor(a->weights_out, weights, hakd_f32(weights))) {
+    /* the run failed: leave no output of it, not even the complete gradient file */
+    if (a->grad_out) remove(a->grad_out);
+    return 1;
+  }
   printf("{\"loss\": %.9g}\n", (double)hakd_f32(loss)[0]);
   return 0;
 }

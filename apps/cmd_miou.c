@@ -1,9 +1,11 @@
 /* hakd miou: scores predicted class-index PNGs against a dataset split's labels. */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "command.h"
 #include "hakd/data.h"
@@ -94,10 +96,14 @@ static void json_percent(FILE *fp, double fraction) {
     fprintf(fp, "%.2f", 100.0 * fraction);
 }
 
+/* Formats the JSON in memory and writes it atomically: a failure (disk full, folder gone) leaves
+ * no truncated JSON for a script to read. */
 static int write_json(const char *path, const hakd_dataset *ds, const hakd_metrics *m, int64_t scored,
                       int64_t skipped) {
-  FILE *fp = fopen(path, "w");
-  if (!fp) return hakd_error(HAKD_EIO, "%s: cannot create", path);
+  char *text = NULL;
+  size_t text_size = 0;
+  FILE *fp = open_memstream(&text, &text_size);
+  if (!fp) return hakd_error(HAKD_ENOMEM, "%s: out of memory", path);
   fputs("{\n  \"dataset\": ", fp);
   json_string(fp, hakd_dataset_name(ds));
   fputs(",\n  \"split\": ", fp);
@@ -119,8 +125,10 @@ static int write_json(const char *path, const hakd_dataset *ds, const hakd_metri
     fprintf(fp, "}%s\n", k + 1 < m->num_classes ? "," : "");
   }
   fputs("  ]\n}\n", fp);
-  if (fclose(fp) != 0) return hakd_error(HAKD_EIO, "%s: write error", path);
-  return 0;
+  int status = fclose(fp) != 0 ? hakd_error(HAKD_ENOMEM, "%s: out of memory", path)
+                                : hakd_file_write_atomic(path, text, text_size);
+  free(text);
+  return status;
 }
 
 static int cmd_miou(int argc, char **argv) {
@@ -153,6 +161,10 @@ static int cmd_miou(int argc, char **argv) {
   if (optind < argc) return command_fail("miou: unexpected argument '%s' (see hakd miou --help)", argv[optind]);
   if (!config.name || !config.root || !pred_dir)
     return command_fail("miou: --dataset, --data-root and --pred-dir are required (see hakd miou --help)");
+  struct stat st;
+  if (stat(pred_dir, &st) != 0) return command_fail("--pred-dir %s: %s", pred_dir, strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return command_fail("--pred-dir %s: not a folder", pred_dir);
+  if (command_output("--json", json_path)) return 1;
 
   hakd_dataset *ds;
   if (hakd_dataset_open(&ds, &config)) return command_fail(NULL);

@@ -31,8 +31,12 @@ static int cmd_info(int argc, char **argv) {
     switch (c) {
       case 'm': model = optarg; break;
       case 's': size = optarg; break;
-      case 'k': o.num_classes = atoi(optarg); break;
-      case 'w': o.width = (float)atof(optarg); break;
+      case 'k':
+        if (command_int("--num-classes", optarg, 1, 4096, &o.num_classes)) return 1;
+        break;
+      case 'w':
+        if (command_float("--width", optarg, 1e-3, 4.0, &o.width)) return 1;
+        break;
       case 'h':
         printf("usage: hakd info --model NAME [--size HxW] [--num-classes K] [--width W]\n"
                "Prints parameters and FLOPs at that input size. FLOPs are counted as multiply-adds\n"
@@ -42,11 +46,16 @@ static int cmd_info(int argc, char **argv) {
       default: return 2;
     }
   }
+  if (optind < argc) return command_fail("unexpected argument '%s' (see hakd info --help)", argv[optind]);
   if (!model) return command_fail("--model is required (see hakd models)");
   int h, w;
-  if (hakd_parse_size(size, &h, &w)) return command_fail(NULL);
+  if (command_size("--size", size, &h, &w)) return 1;
   hakd_model *m;
   if (hakd_model_create(model, &o, &m)) return command_fail(NULL);
+  if (hakd_model_check_input(m, 1, h, w, 0)) {
+    hakd_model_free(m);
+    return command_fail("--size %s: %s", size, hakd_error_message());
+  }
   int64_t macs = hakd_model_macs(m, h, w);
   if (macs < 0) {
     hakd_model_free(m);

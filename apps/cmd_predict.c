@@ -1,5 +1,6 @@
 /* hakd predict: one image (or a .npy input tensor) through a model with imported weights. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,31 +49,41 @@ int cmd_predict(int argc, char **argv) {
   optind = 1;
   while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) switch (c) {
       case 'm': model_name = optarg; break;
-      case 'k': mo.num_classes = atoi(optarg); break;
+      case 'k':
+        if (command_int("--num-classes", optarg, 1, 4096, &mo.num_classes)) return 1;
+        break;
       case 'w': weights = optarg; break;
       case 'i': input = optarg; break;
       case 'l': logits_out = optarg; break;
       case 's': mask_out = optarg; break;
       case 'o': overlay_out = optarg; break;
-      case 'W': mo.width = (float)atof(optarg); break;
+      case 'W':
+        if (command_float("--width", optarg, 1e-3, 4.0, &mo.width)) return 1;
+        break;
       case 'A':
         if (hakd_aspp_dilations_parse(optarg, mo.aspp_dilations)) return command_fail(NULL);
         break;
       case 'p': prefix = optarg; break;
       case 'n': norm_name = optarg; break;
-      case 't': threads = atoi(optarg); break;
+      case 't':
+        if (command_int("--threads", optarg, 0, 4096, &threads)) return 1;
+        break;
       case 'P':
         if (hakd_precision_parse(optarg, &precision)) return command_fail(NULL);
         break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
+  if (optind < argc) return command_fail("unexpected argument '%s' (see hakd predict --help)", argv[optind]);
   if (!model_name || !weights || !input) {
     usage(stderr);
     return command_fail("--model, --weights and --input are required");
   }
   if (strcmp(norm_name, "imagenet") && strcmp(norm_name, "bgr-mean"))
     return command_fail("--norm '%s': use imagenet or bgr-mean", norm_name);
+  if (command_output("--save-logits", logits_out) || command_output("--save-mask", mask_out) ||
+      command_output("--overlay", overlay_out))
+    return 1;
   hakd_set_threads(threads);
   hakd_model *m = NULL;
   hakd_ctx *ctx = NULL;
@@ -80,20 +91,38 @@ int cmd_predict(int argc, char **argv) {
   hakd_npy arr = {0};
   float *x_data = NULL;
   int rc = 1, H = 0, W = 0;
+  const char *written[3] = {NULL, NULL, NULL};
+  int n_written = 0;
   if (hakd_model_create(model_name, &mo, &m)) goto fail;
-  hakd_load_options lo;
-  hakd_load_options_default(&lo);
-  lo.key_map = prefix;
-  hakd_load_report rep;
-  if (hakd_model_load(m, weights, &lo, &rep)) goto fail;
-  fprintf(stderr, "loaded %s: %d tensors (%d ignored counters)\n", weights, rep.loaded, rep.ignored);
   if (ends_with(input, ".npy")) {
     if (hakd_npy_read(input, &arr)) goto fail;
+    char shape[128];
+    command_npy_shape(&arr, shape, sizeof shape);
+    /* The array goes into the network as it is: integer pixels (0-255, not normalised) would
+     * run and give garbage, so only floats are taken. */
+    if (arr.dtype != HAKD_NPY_F32 && arr.dtype != HAKD_NPY_F64) {
+      hakd_error(HAKD_EFORMAT,
+                 "%s: dtype %s, expected a float32 (1, 3, H, W) array already normalised for the model "
+                 "(give an image as PNG/JPEG to have it normalised)",
+                 input, hakd_npy_dtype_name(arr.dtype));
+      goto fail;
+    }
     if (arr.ndim != 4 || arr.shape[0] != 1 || arr.shape[1] != 3) {
-      hakd_error(HAKD_ESHAPE, "%s: input must be (1, 3, H, W), got %d dims", input, arr.ndim);
+      hakd_error(HAKD_ESHAPE, "%s: shape %s, expected (1, 3, H, W)", input, shape);
+      goto fail;
+    }
+    if (arr.shape[2] > 65536 || arr.shape[3] > 65536) {
+      hakd_error(HAKD_ESHAPE, "%s: shape %s is larger than 65536 pixels a side", input, shape);
       goto fail;
     }
     if (hakd_npy_to_f32(&arr, &x_data)) goto fail;
+    int64_t n = hakd_npy_numel(&arr);
+    for (int64_t i = 0; i < n; i++)
+      if (!isfinite(x_data[i])) {
+        hakd_error(HAKD_ENUMERIC, "%s: element %lld is %g; the input must be finite", input, (long long)i,
+                   (double)x_data[i]);
+        goto fail;
+      }
     H = (int)arr.shape[2], W = (int)arr.shape[3];
   } else {
     if (hakd_image_read(input, &img)) goto fail;
@@ -112,14 +141,32 @@ int cmd_predict(int argc, char **argv) {
     free(rgb);
     if (trc) goto fail;
   }
+  /* before the weights load and the forward: a too small input names its size and the minimum */
+  if (hakd_model_check_input(m, 1, H, W, 0)) {
+    hakd_error_prefix("%s", input);
+    goto fail;
+  }
+  hakd_load_options lo;
+  hakd_load_options_default(&lo);
+  lo.key_map = prefix;
+  hakd_load_report rep;
+  if (hakd_model_load(m, weights, &lo, &rep)) goto fail;
+  fprintf(stderr, "loaded %s: %d tensors (%d ignored counters)\n", weights, rep.loaded, rep.ignored);
   ctx = hakd_ctx_new();
+  if (!ctx) {
+    hakd_error(HAKD_ENOMEM, "out of memory");
+    goto fail;
+  }
   hakd_ctx_set_precision(ctx, precision);
   hakd_ctx_set_grad(ctx, 0);
   hakd_ctx_set_training(ctx, 0);
   hakd_tensor *x = hakd_tensor_wrap(ctx, HAKD_F32, 4, (int64_t[]){1, 3, H, W}, x_data);
   hakd_model_output out;
   if (hakd_model_forward(m, ctx, x, &out)) goto fail;
-  if (logits_out && hakd_npy_write(logits_out, HAKD_NPY_F32, 4, out.logits->shape, out.logits->data)) goto fail;
+  if (logits_out) {
+    if (hakd_npy_write(logits_out, HAKD_NPY_F32, 4, out.logits->shape, out.logits->data)) goto fail;
+    written[n_written++] = logits_out;
+  }
   if (mask_out || overlay_out) {
     hakd_tensor *up = hakd_resize_bilinear(ctx, out.logits, H, W, 0);
     if (!up) goto fail;
@@ -143,6 +190,7 @@ int cmd_predict(int argc, char **argv) {
         rgb[3 * p + ch] = img.pixels ? img.pixels[p * img.channels + (img.channels >= 3 ? ch : 0)] : 128;
     }
     int wrc = mask_out ? hakd_png_write_palette(mask_out, W, H, mask, palette, K < 256 ? (int)K : 256) : 0;
+    if (!wrc && mask_out) written[n_written++] = mask_out;
     if (!wrc && overlay_out) {
       hakd_overlay(blend, rgb, mask32, hw, palette, 256, 0.5f);
       wrc = hakd_png_write_rgb(overlay_out, W, H, blend);
@@ -154,7 +202,11 @@ int cmd_predict(int argc, char **argv) {
          (long long)out.logits->shape[3], hakd_model_output_stride(m));
   rc = 0;
 fail:
-  if (rc) command_fail(NULL);
+  if (rc) {
+    command_fail(NULL);
+    /* each file is written atomically; a failed run also leaves none of its other outputs */
+    for (int i = 0; i < n_written; i++) remove(written[i]);
+  }
   free(x_data);
   hakd_npy_free(&arr);
   hakd_image_free(&img);

@@ -1,4 +1,6 @@
 /* hakd command-line tool: `hakd <verb> [options]`. */
+#include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +40,45 @@ int command_fail(const char *fmt, ...) {
   }
   fputc('\n', stderr);
   return 1;
+}
+
+int command_int(const char *flag, const char *text, long min, long max, int *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(text, &end, 10);
+  if (errno || end == text || *end || v < min || v > max)
+    return command_fail("%s '%s': expected an integer from %ld to %ld", flag, text, min, max);
+  *out = (int)v;
+  return 0;
+}
+
+int command_float(const char *flag, const char *text, double min, double max, float *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(text, &end);
+  if (errno || end == text || *end || !isfinite(v) || v < min || v > max)
+    return command_fail("%s '%s': expected a number from %g to %g", flag, text, min, max);
+  *out = (float)v;
+  return 0;
+}
+
+int command_size(const char *flag, const char *text, int *h, int *w) {
+  if (hakd_parse_size(text, h, w))
+    return command_fail("%s '%s': expected HxW with positive sizes up to 65536, e.g. 512x1024", flag, text);
+  return 0;
+}
+
+int command_output(const char *flag, const char *path) {
+  if (path && hakd_output_check(path)) return command_fail("%s: %s", flag, hakd_error_message());
+  return 0;
+}
+
+const char *command_npy_shape(const hakd_npy *a, char *buf, size_t size) {
+  size_t len = (size_t)snprintf(buf, size, "(");
+  for (int d = 0; d < a->ndim && len < size; d++)
+    len += (size_t)snprintf(buf + len, size - len, d ? ", %lld" : "%lld", (long long)a->shape[d]);
+  if (len < size) snprintf(buf + len, size - len, ")");
+  return buf;
 }
 
 static int compare_commands(const void *a, const void *b) {
