@@ -188,6 +188,7 @@ int hakd_label_read(const char *path, int *width, int *height, int32_t **out) {
   if (size < sizeof png_magic || memcmp(data, png_magic, sizeof png_magic) != 0) {
     int is_jpeg = size >= sizeof jpeg_magic && memcmp(data, jpeg_magic, sizeof jpeg_magic) == 0;
     free(data);
+    if (size == 0) return hakd_error(HAKD_EFORMAT, "%s: empty file (0 bytes), not a label map", path);
     return hakd_error(HAKD_EUNSUPPORTED, "%s: %s; label maps must be PNG (lossy JPEG would change class ids)", path,
                       is_jpeg ? "is a JPEG" : "not a PNG file");
   }
