@@ -71,6 +71,8 @@ static int cmd_info(int argc, char **argv) {
   for (int s = 1; s <= 4; s++)
     printf("%s%d: %d ch, stride %d", s > 1 ? "; " : "", s, hakd_model_stage_channels(m, s), hakd_model_stage_stride(m, s));
   printf("\noutput       stride %d\n", hakd_model_output_stride(m));
+  printf("min input    %dx%d; training at %dx%d needs a batch of at least %d\n", hakd_model_min_input(m),
+         hakd_model_min_input(m), h, w, hakd_model_min_train_batch(m, h, w));
   hakd_model_free(m);
   return 0;
 }
