@@ -229,31 +229,43 @@ static void *synth_writer(void *arg) {
   return NULL;
 }
 
+/* Formats a small text file in memory and writes it atomically (a list file cut short by a
+ * full disk would silently drop images from the split). */
+static int write_text_file(const char *path, const char *what, int n_lines,
+                           void (*line)(FILE *fp, const char *arg, int i), const char *arg) {
+  char *text = NULL;
+  size_t size = 0;
+  FILE *fp = open_memstream(&text, &size);
+  if (!fp) return hakd_error(HAKD_ENOMEM, "%s: out of memory writing %s", path, what);
+  for (int i = 0; i < n_lines; i++) line(fp, arg, i);
+  int status = fclose(fp) != 0 ? hakd_error(HAKD_ENOMEM, "%s: out of memory writing %s", path, what)
+                                : hakd_file_write_atomic(path, text, size);
+  free(text);
+  return status;
+}
+
+static void list_line(FILE *fp, const char *split, int i) {
+  fprintf(fp, "images/%s/%05d.png labels/%s/%05d.png\n", split, i, split, i);
+}
+
+static void class_line(FILE *fp, const char *unused, int k) {
+  (void)unused;
+  fprintf(fp, "%s %d %d %d\n", synth_classes[k], synth_palette[3 * k], synth_palette[3 * k + 1],
+          synth_palette[3 * k + 2]);
+}
+
 static int write_list_file(const char *out, const char *split, int n) {
   char *path = hakd__strdup_printf("%s/%s.txt", out, split);
-  FILE *fp = path ? fopen(path, "w") : NULL;
-  if (!fp) {
-    int status = hakd_error(HAKD_EIO, "%s/%s.txt: cannot create", out, split);
-    free(path);
-    return status;
-  }
-  for (int i = 0; i < n; i++) fprintf(fp, "images/%s/%05d.png labels/%s/%05d.png\n", split, i, split, i);
-  int status = fclose(fp) != 0 ? hakd_error(HAKD_EIO, "%s: write error", path) : 0;
+  if (!path) return hakd_error(HAKD_ENOMEM, "out of memory");
+  int status = write_text_file(path, "the split list", n, list_line, split);
   free(path);
   return status;
 }
 
 static int write_classes_file(const char *out) {
   char *path = hakd__strdup_printf("%s/classes.txt", out);
-  FILE *fp = path ? fopen(path, "w") : NULL;
-  if (!fp) {
-    free(path);
-    return hakd_error(HAKD_EIO, "%s/classes.txt: cannot create", out);
-  }
-  for (int k = 0; k < HAKD_SYNTH_NUM_CLASSES; k++)
-    fprintf(fp, "%s %d %d %d\n", synth_classes[k], synth_palette[3 * k], synth_palette[3 * k + 1],
-            synth_palette[3 * k + 2]);
-  int status = fclose(fp) != 0 ? hakd_error(HAKD_EIO, "%s: write error", path) : 0;
+  if (!path) return hakd_error(HAKD_ENOMEM, "out of memory");
+  int status = write_text_file(path, "the class list", HAKD_SYNTH_NUM_CLASSES, class_line, NULL);
   free(path);
   return status;
 }
