@@ -644,6 +644,7 @@ static const bad_row predict_rows[] = {
     {"predict --model nosuch-net --num-classes 8 --weights {T}/w/r18.safetensors --input {T}/bad/ok.npy", {"nosuch-net", "hakd models"}, 0},
     {PREDICT " --input {T}/bad/ok.npy --precision fp8", {"fp8"}, 0},
     {PREDICT " --input {T}/bad/ok.npy --norm rgb", {"--norm", "rgb"}, 0},
+    {PREDICT " --input {T}/bad/ok.npy --aspp-dilations 12,24", {"aspp_dilations", "12,24"}, 0},
     {PREDICT " --input {T}/bad/ok.npy --bogus", {"bogus"}, 0},
     {PREDICT " --input {T}/bad/ok.npy stray", {"unexpected argument", "stray"}, 0},
     {PREDICT, {"--input", "required"}, 0},
@@ -794,6 +795,7 @@ static const bad_row train_rows[] = {
     {TRAIN " --schedule step", {"schedule", "step"}, 0},
     {TRAIN " --norm rgb", {"norm", "rgb"}, 0},
     {TRAIN " --precision fp8", {"fp8"}, 0},
+    {TRAIN " --aspp-dilations -1,2,3", {"aspp_dilations", "-1,2,3"}, 0},
     {TRAIN " --model nosuch-net", {"nosuch-net", "hakd models"}, 0},
     {TRAIN " --dataset nosuchset", {"nosuchset"}, 0},
     {TRAIN " --bogus 1", {"--bogus"}, 0},
@@ -1077,6 +1079,35 @@ static const bad_row bench_rows[] = {
 };
 
 TEST(bench_refuses_bad_input) { ROWS("bench", bench_rows); }
+
+/* ---- stats (per-seed results tables of hakd demo) ---- */
+
+static const bad_row stats_rows[] = {
+    {"stats", {"usage: hakd stats"}, 0},
+    {"stats {T}/r/missing.tsv {T}/r/good.tsv", {"missing.tsv", "No such file"}, 0},
+    {"stats {T}/r/empty.tsv {T}/r/good.tsv", {"empty.tsv", "empty file"}, 0},
+    {"stats {T}/r/garbage.tsv {T}/r/good.tsv", {"garbage.tsv", "not a results table"}, 0},
+    {"stats {T}/r/binary.tsv {T}/r/good.tsv", {"binary.tsv", "not a results table"}, 0},
+    {"stats {T}/r/nan.tsv {T}/r/good.tsv", {"nan.tsv:2", "not a number"}, 0},
+    {"stats {T}/r/columns.tsv {T}/r/good.tsv", {"columns.tsv:2", "fields"}, 0},
+    {"stats {T}/r {T}/r/good.tsv", {"{T}/r"}, 0},
+    {"stats --baseline nosuch {T}/r/good.tsv {T}/r/good.tsv", {"nosuch", "not in the results"}, 0},
+    {"stats --bogus {T}/r/good.tsv", {"bogus"}, 0},
+};
+
+TEST(stats_refuses_bad_input) {
+  mkdir(tpath("r"), 0755);
+  const char *good = "method\tmiou\tbg\tfg\nnone\t40\t50\t30\nkd\t41\t51\t31\nteacher\t45\t55\t35\n";
+  int rc = write_bytes(tpath("r/good.tsv"), good, strlen(good));
+  rc |= write_bytes(tpath("r/empty.tsv"), "", 0);
+  rc |= write_bytes(tpath("r/garbage.tsv"), "garbage line\n", 13);
+  rc |= write_bytes(tpath("r/binary.tsv"), "\0\1binary\377", 9);
+  const char *nan = "method\tmiou\tbg\nnone\tabc\t50\n", *columns = "method\tmiou\tbg\nnone\t40\t50\t30\t99\n";
+  rc |= write_bytes(tpath("r/nan.tsv"), nan, strlen(nan));
+  rc |= write_bytes(tpath("r/columns.tsv"), columns, strlen(columns));
+  ASSERT_EQ_INT(rc, 0);
+  ROWS("stats", stats_rows);
+}
 
 /* ---- the minimum input size is the real one ---- */
 
