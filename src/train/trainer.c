@@ -93,6 +93,16 @@ static double peak_rss_mb(void) {
   return (double)ru.ru_maxrss / 1024.0;
 }
 
+/* Resident memory now (not the high-water mark): the log's record of memory over time, where a
+ * leak shows as a rising line that the peak would hide behind an early maximum. 0 if unknown. */
+static double rss_mb(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages_total = 0, pages_resident = 0;
+  int ok = f && fscanf(f, "%ld %ld", &pages_total, &pages_resident) == 2;
+  if (f) fclose(f);
+  return ok ? (double)pages_resident * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0) : 0.0;
+}
+
 static int create_model(const char *name, float width, const hakd_config *c, int num_classes, hakd_model **out) {
   hakd_model_options o;
   hakd_model_options_default(&o);
@@ -611,8 +621,8 @@ static void log_iteration(trainer *t, int64_t iter, float lr, const double *term
   fprintf(t->jsonl, "{\"iter\": %" PRId64 ", \"lr\": %.6e", iter, (double)lr);
   for (int i = 0; i < t->n_terms; i++) fprintf(t->jsonl, ", \"%s\": %.6f", t->term_names[i], terms[i]);
   if (t->cfg->skip_nonfinite > 0) fprintf(t->jsonl, ", \"skipped_nonfinite\": %" PRId64, t->skipped_nonfinite);
-  fprintf(t->jsonl, ", \"time\": %.4f, \"data_time\": %.4f, \"eta_s\": %.0f, \"peak_mem_mb\": %.0f}\n", iter_time,
-          data_time, eta, peak_rss_mb());
+  fprintf(t->jsonl, ", \"time\": %.4f, \"data_time\": %.4f, \"eta_s\": %.0f, \"peak_mem_mb\": %.0f, \"rss_mb\": %.3f}\n",
+          iter_time, data_time, eta, peak_rss_mb(), rss_mb());
   fflush(t->jsonl);
 }
 
