@@ -8,10 +8,12 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "hakd/config.h"
 #include "hakd/data.h"
+#include "hakd/error.h"
 #include "hakd/train.h"
 
 /* AddressSanitizer keeps freed memory in quarantine and adds shadow pages, so resident memory
@@ -155,4 +157,76 @@ TEST(distill_rss_flat_over_2000_iterations) {
   c.log_every = c.eval_every = c.save_every = LOG_EVERY;
   ASSERT_OK(run(&c, 1));
   check_flat("distill deeplabv3-r18-d8 -> segformer-b0 (heteroakd)", c.work_dir);
+}
+
+static double peak_rss_mb(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_maxrss / 1024.0;
+}
+
+/* A batch/crop no machine has the memory for (a tiny SegFormer, but 64 crops of 8192x8192:
+ * stage 1's attention alone is 4M x 64K scores per image) is refused before training, with the
+ * estimate, and nothing of that size is allocated on the way (the probes run at 256x256). */
+TEST(huge_batch_crop_refused_before_training) {
+  const char *root = make_dataset();
+  ASSERT_TRUE(root != NULL);
+  hakd_config c;
+  tiny_config(&c, root, "segformer-b0", "huge");
+  snprintf(c.crop, sizeof c.crop, "8192x8192");
+  c.batch = 64;
+  double before = peak_rss_mb();
+  int rc = run(&c, 0);
+  double grown = peak_rss_mb() - before;
+  const char *msg = hakd_error_message();
+  printf("rc %d, peak RSS +%.1f MB: %s\n", rc, grown, msg);
+  ASSERT_EQ_INT(rc, HAKD_ENOMEM);
+  ASSERT_TRUE(strstr(msg, "batch 64 at 8192x8192 needs about ") != NULL);
+  ASSERT_TRUE(strstr(msg, " TB for one training step") != NULL);
+  ASSERT_TRUE(strstr(msg, "available") != NULL);
+  ASSERT_TRUE(strstr(msg, "lower --batch or --crop") != NULL);
+  /* the batch alone would be 51 GB of floats; the probes and the model take a few MB */
+  if (grown > 100) test_fail(__FILE__, __LINE__, "peak RSS grew %.1f MB while refusing", grown);
+  char path[1200];
+  struct stat sb;
+  snprintf(path, sizeof path, "%s/latest.safetensors", c.work_dir);
+  ASSERT_TRUE(stat(path, &sb) != 0);
+  /* --memory-check 0 is the way around a wrong estimate: then the refusal is not the check's
+   * (the run stops at the loader's allocation or later; not tried here) */
+}
+
+/* The limit of the address space (ulimit -v) counts: with 1 GB of room, a batch of 16 2048x2048
+ * crops (3 GB of batch buffers alone) is refused naming RLIMIT_AS, and the tiny run is not. */
+TEST(address_space_limit_is_respected) {
+  if (UNDER_ASAN) {
+    /* ASan reserves terabytes of address space for its shadow memory: no RLIMIT_AS fits it */
+    printf("skipped under AddressSanitizer\n");
+    return;
+  }
+  const char *root = make_dataset();
+  ASSERT_TRUE(root != NULL);
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages = 0;
+  ASSERT_TRUE(f && fscanf(f, "%ld", &pages) == 1);
+  fclose(f);
+  struct rlimit old, lim;
+  ASSERT_TRUE(getrlimit(RLIMIT_AS, &old) == 0);
+  lim = old;
+  lim.rlim_cur = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + ((rlim_t)1 << 30);
+  ASSERT_TRUE(setrlimit(RLIMIT_AS, &lim) == 0);
+  hakd_config c;
+  tiny_config(&c, root, "segformer-b0", "rlimit_big");
+  snprintf(c.crop, sizeof c.crop, "2048x2048");
+  c.batch = 16;
+  int rc_big = run(&c, 0);
+  char msg[1024];
+  snprintf(msg, sizeof msg, "%s", hakd_error_message());
+  tiny_config(&c, root, "segformer-b0", "rlimit_small");
+  int rc_small = run(&c, 0);
+  setrlimit(RLIMIT_AS, &old);
+  printf("big: rc %d: %s\nsmall: rc %d %s\n", rc_big, msg, rc_small, rc_small ? hakd_error_message() : "");
+  ASSERT_EQ_INT(rc_big, HAKD_ENOMEM);
+  ASSERT_TRUE(strstr(msg, "batch 16 at 2048x2048 needs about ") != NULL);
+  ASSERT_TRUE(strstr(msg, "RLIMIT_AS") != NULL);
+  ASSERT_OK(rc_small);
 }
