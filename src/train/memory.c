@@ -49,6 +49,45 @@ static double read_bytes_file(const char *path) {
   return ok && end != text ? v : -1;
 }
 
+/* Room under the memory limits of this process's cgroup and of its ancestors (a container's
+ * limit: MemAvailable is the host's, the cgroup's OOM killer strikes first): the smallest
+ * limit - usage on the path, cgroup v1 (memory.limit_in_bytes / usage_in_bytes) or v2
+ * (memory.max / memory.current), found through /proc/self/cgroup. -1: no limit found. */
+static double cgroup_room(void) {
+  FILE *f = fopen("/proc/self/cgroup", "r");
+  if (!f) return -1;
+  char line[1024], path[1024] = "";
+  int v1 = 0;
+  while (fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = '\0';
+    char *a = strchr(line, ':'), *b = a ? strchr(a + 1, ':') : NULL;
+    if (!b) continue;
+    *b = '\0';
+    int memory = strstr(a + 1, "memory") != NULL; /* v1: "4:memory:/path"; v2: "0::/path" */
+    if (memory || (!a[1] && !v1 && !path[0])) {
+      snprintf(path, sizeof path, "%s", b + 1);
+      v1 = memory;
+    }
+  }
+  fclose(f);
+  double room = -1;
+  for (;;) {
+    char lim_path[1200], use_path[1200];
+    snprintf(lim_path, sizeof lim_path, v1 ? "/sys/fs/cgroup/memory%s/memory.limit_in_bytes" : "/sys/fs/cgroup%s/memory.max",
+             path);
+    snprintf(use_path, sizeof use_path, v1 ? "/sys/fs/cgroup/memory%s/memory.usage_in_bytes" : "/sys/fs/cgroup%s/memory.current",
+             path);
+    double limit = read_bytes_file(lim_path), used = read_bytes_file(use_path);
+    /* v1 writes "no limit" as about 2^63 */
+    if (limit > 0 && limit < 1e18 && used >= 0 && (room < 0 || limit - used < room)) room = limit > used ? limit - used : 0;
+    if (!path[0]) break; /* the root was the last */
+    char *slash = strrchr(path, '/');
+    if (!slash) break;
+    *slash = '\0'; /* "/a/b" -> "/a" -> "" (the root) */
+  }
+  return room;
+}
+
 void train_memory_available(train_memory_estimate *e) {
   double resident = train_memory_resident(), room = -1;
   snprintf(e->source, sizeof e->source, "unknown");
@@ -63,13 +102,10 @@ void train_memory_available(train_memory_estimate *e) {
       }
     fclose(f);
   }
-  /* A container's limit: MemAvailable is the host's, the cgroup kills at memory.max first
-   * (cgroup v2, as the container sees its own cgroup at the root of the hierarchy). */
-  double cg_max = read_bytes_file("/sys/fs/cgroup/memory.max");
-  double cg_cur = read_bytes_file("/sys/fs/cgroup/memory.current");
-  if (cg_max > 0 && cg_cur >= 0 && (room < 0 || cg_max - cg_cur < room)) {
-    room = cg_max - cg_cur > 0 ? cg_max - cg_cur : 0;
-    snprintf(e->source, sizeof e->source, "cgroup memory.max");
+  double cg_room = cgroup_room();
+  if (cg_room >= 0 && (room < 0 || cg_room < room)) {
+    room = cg_room;
+    snprintf(e->source, sizeof e->source, "the cgroup's memory limit");
   }
   /* A limit on the address space: allocations fail beyond it whatever the machine has. */
   struct rlimit rl;
