@@ -121,12 +121,12 @@ void train_memory_available(train_memory_estimate *e) {
   e->available = room < 0 ? INFINITY : resident + room;
 }
 
-/* Binary units, as the log's "mem" column (getrusage's kilobytes / 1024). */
+/* Binary units, as the log's "mem" column (getrusage's kilobytes / 1024); MB up to 10 GB. */
 const char *train_memory_format(char *buf, size_t size, double bytes) {
   const double mb = 1024.0 * 1024.0;
   if (bytes >= 1024.0 * 1024.0 * mb)
     snprintf(buf, size, "%.1f TB", bytes / (1024.0 * 1024.0 * mb));
-  else if (bytes >= 1024.0 * mb)
+  else if (bytes >= 10 * 1024.0 * mb) /* below 10 GB in MB: estimates compared with the log's "mem" */
     snprintf(buf, size, "%.1f GB", bytes / (1024.0 * mb));
   else
     snprintf(buf, size, "%.0f MB", bytes / mb);

@@ -55,7 +55,7 @@ int train_memory_check(const train_memory_probe *p, const char *what, FILE *log)
 /* Resident bytes of this process now (/proc/self/statm; 0 if unreadable). */
 double train_memory_resident(void);
 
-/* "1.5 GB" / "340 MB" into buf. */
+/* "155.5 TB" / "22.3 GB" / "1092 MB" into buf (binary units, MB below 10 GB). */
 const char *train_memory_format(char *buf, size_t size, double bytes);
 
 #endif
