@@ -230,3 +230,47 @@ TEST(address_space_limit_is_respected) {
   ASSERT_TRUE(strstr(msg, "RLIMIT_AS") != NULL);
   ASSERT_OK(rc_small);
 }
+
+static long read_file(const char *path, unsigned char **out) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return -1;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  *out = malloc((size_t)n + 1);
+  long got = *out ? (long)fread(*out, 1, (size_t)n, f) : -1;
+  fclose(f);
+  return got == n ? n : -1;
+}
+
+/* The probe steps run the real models (student, distiller projectors) in training mode: their
+ * BatchNorm statistics are restored and their gradients zeroed, so a distillation with the check
+ * writes the same bytes as one without it. */
+TEST(memory_check_leaves_training_unchanged) {
+  const char *root = make_dataset();
+  ASSERT_TRUE(root != NULL);
+  hakd_config tc;
+  tiny_config(&tc, root, "deeplabv3-r18-d8", "teacher");
+  ASSERT_OK(run(&tc, 0));
+  unsigned char *bytes[2] = {NULL, NULL};
+  long n[2];
+  for (int check = 0; check < 2; check++) {
+    hakd_config c;
+    tiny_config(&c, root, "segformer-b0", check ? "with_check" : "without_check");
+    snprintf(c.teacher, sizeof c.teacher, "deeplabv3-r18-d8");
+    c.teacher_width = 0.125f;
+    snprintf(c.teacher_weights, sizeof c.teacher_weights, "%s/best.safetensors", tc.work_dir);
+    snprintf(c.method, sizeof c.method, "heteroakd");
+    c.warmup_iters = 1;
+    c.memory_check = check;
+    ASSERT_OK(run(&c, 1));
+    char path[1200];
+    snprintf(path, sizeof path, "%s/best.safetensors", c.work_dir);
+    n[check] = read_file(path, &bytes[check]);
+    ASSERT_TRUE(n[check] > 0);
+  }
+  int same = n[0] == n[1] && !memcmp(bytes[0], bytes[1], (size_t)n[0]);
+  free(bytes[0]);
+  free(bytes[1]);
+  ASSERT_TRUE(same);
+}
