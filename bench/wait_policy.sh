@@ -12,7 +12,10 @@ BEFORE=${1:-}
 AFTER=${2:-build/hakd}
 ITERS=${ITERS:-16}
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+pids=""
+# the busy loops must not outlive an interrupted run
+trap 'rm -rf "$TMP"; [ -z "$pids" ] || kill $pids 2>/dev/null' EXIT
+trap 'exit 130' INT TERM
 "$AFTER" synth --out "$TMP/synth" >/dev/null || exit 1
 
 # step HAKD PREFIX VAR=VALUE: the median seconds per step
@@ -46,4 +49,5 @@ for busy in 0 1 2; do
   for i in $(seq 1 "$busy"); do sh -c 'while :; do :; done' & pids="$pids $!"; done
   row "load $(cut -d' ' -f1 /proc/loadavg) + $busy busy" ""
   for p in $pids; do kill "$p"; done
+  pids=""
 done
