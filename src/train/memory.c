@@ -230,6 +230,10 @@ int train_memory_estimate_step(const train_memory_probe *p, train_memory_estimat
   float *saved_s = NULL, *saved_d = NULL;
   int rc = snapshot(sp, &saved_s, 0);
   if (!rc && dp) rc = snapshot(dp, &saved_d, 0);
+  /* The conv2d scratch block is grow-only and shared by the whole process: emptied here, its size
+   * after the probes is theirs, not that of an earlier, larger run in this process (the demo
+   * trains several models in one process). The next convolution rebuilds what it needs. */
+  conv2d_release();
   int n = p->batch < 2 ? p->batch : 2;
   double crop = (double)p->crop_h * p->crop_w, want = (double)p->batch * crop;
   if (!rc && crop <= PROBE_BIG) {
