@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "command.h"
 #include "hakd/error.h"
@@ -91,7 +92,24 @@ static void usage(FILE *out) {
   for (int i = 0; i < n_commands; i++) fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
 }
 
+/* OpenMP threads that wait for work spin by default (libgomp: 300,000 spins, milliseconds, before
+ * sleeping), which is fastest on an idle machine of one's own and several times slower when
+ * another process wants the cores: a waiting thread burns the time slice that the thread it waits
+ * for needs (README, "Threads and shared machines", has the measurements). hakd therefore waits
+ * passively unless the user chose: it sets OMP_WAIT_POLICY=passive when neither OMP_WAIT_POLICY
+ * nor GOMP_SPINCOUNT is set. libgomp reads these variables once, when it is loaded, before main
+ * runs (and before any constructor of this program), so setting one here takes effect only in a
+ * fresh process image: the CLI re-executes itself once with the variable set. If exec fails (no
+ * /proc), it runs on with the runtime's default. */
+static void wait_policy_reexec(char **argv) {
+  if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+  if (setenv("OMP_WAIT_POLICY", "passive", 1)) return;
+  execv("/proc/self/exe", argv);
+  unsetenv("OMP_WAIT_POLICY"); /* not in effect: do not tell child processes otherwise */
+}
+
 int main(int argc, char **argv) {
+  wait_policy_reexec(argv);
   if (argc > 0 && argv[0]) command_program = argv[0];
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     usage(argc < 2 ? stderr : stdout);

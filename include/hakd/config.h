@@ -40,6 +40,7 @@ typedef struct {
   int64_t seed;
   int threads;
   char precision[8]; /* fp32 | bf16 */
+  int memory_check;  /* refuse a batch/crop whose estimated step exceeds the available memory */
   /* distillation */
   char teacher[HAKD_NAME_MAX], teacher_weights[HAKD_PATH_MAX], method[16], teacher_norm[16];
   float teacher_width;

@@ -470,6 +470,8 @@ void *conv2d_scratch(size_t bytes) {
 
 uint64_t conv2d_scratch_growths(void) { return conv2d_scratch_grown; }
 
+size_t conv2d_scratch_bytes(void) { return conv2d_scratch_capacity; }
+
 void conv2d_release(void) {
   free(conv2d_scratch_base);
   conv2d_scratch_base = NULL;

@@ -44,6 +44,9 @@ void *conv2d_scratch(size_t bytes);
 static inline size_t conv2d_scratch_round(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
 /* How often the scratch block grew (each growth is one malloc). */
 uint64_t conv2d_scratch_growths(void);
+/* Bytes the scratch block holds now (its high-water size): the trainer's memory estimate counts
+ * it beside the step arena, which does not hold it. */
+size_t conv2d_scratch_bytes(void);
 /* Frees the scratch block and every cached oneDNN primitive (tools call it at exit; later calls
  * rebuild what they need). */
 void conv2d_release(void);

@@ -70,6 +70,10 @@ static const hakd_config_key keys[] = {
     {"precision", STR(precision), "fp32",
      "fp32 | bf16 (mixed: convolutions and matrix products multiply in bfloat16, accumulate in float32)",
      0},
+    {"memory_check", NUM(HAKD_KEY_BOOL, memory_check), "1",
+     "estimate one step's memory from probe steps on small crops before training; refuse when it exceeds the "
+     "available memory (0: skip)",
+     0},
     {"teacher", STR(teacher), "", "teacher model name", 1},
     {"teacher_weights", STR(teacher_weights), "", "teacher weights (safetensors)", 1},
     {"teacher_norm", STR(teacher_norm), "", "the teacher's input normalisation if not --norm: imagenet | bgr-mean", 1},

@@ -20,6 +20,7 @@
 #include "hakd/ops.h"
 #include "hakd/optim.h"
 #include "train/checkpoint.h"
+#include "train/memory.h"
 #include "train/numerics.h"
 #include "io/plot.h"
 #include "train/progress.h"
@@ -93,6 +94,10 @@ static double peak_rss_mb(void) {
   return (double)ru.ru_maxrss / 1024.0;
 }
 
+/* Resident memory now (not the high-water mark): the log's record of memory over time, where a
+ * leak shows as a rising line that the peak would hide behind an early maximum. */
+static double rss_mb(void) { return train_memory_resident() / (1024.0 * 1024.0); }
+
 static int create_model(const char *name, float width, const hakd_config *c, int num_classes, hakd_model **out) {
   hakd_model_options o;
   hakd_model_options_default(&o);
@@ -150,6 +155,20 @@ static int evaluate(trainer *t, hakd_model *m, const hakd_eval_options *o, hakd_
   if (!rc) rc = hakd_confusion_compute(out, &cm);
   hakd_confusion_free(&cm);
   return rc;
+}
+
+/* Refuses a batch/crop whose step cannot fit before anything big is allocated (see memory.h). */
+static int check_memory(trainer *t) {
+  const hakd_config *c = t->cfg;
+  int teacher_runs = t->teacher && hakd_distiller_method(t->distiller) != HAKD_DISTILL_NONE;
+  size_t pixels = (size_t)c->batch * (size_t)t->crop_h * (size_t)t->crop_w;
+  /* the trainer's images (+ the teacher's copy) and labels, and the loader's 2 prefetched batches */
+  size_t batch_bytes = pixels * (3 * sizeof(float) * (teacher_runs && t->teacher_eval.norm != t->eval.norm ? 2 : 1) +
+                                 sizeof(int32_t)) +
+                       (c->workers > 0 ? 2 : 0) * pixels * (3 * sizeof(float) + sizeof(int32_t));
+  train_memory_probe p = {t->student, teacher_runs ? t->teacher : NULL, t->distiller, c->batch, t->crop_h, t->crop_w,
+                          c->aux_weight, t->eval.precision, strcmp(c->optimizer, "adamw") ? 1 : 2, batch_bytes};
+  return train_memory_check(&p, t->distill ? "distillation" : "training", t->log);
 }
 
 static int setup(trainer *t, hakd_train_result *result) {
@@ -224,6 +243,11 @@ static int setup(trainer *t, hakd_train_result *result) {
     t->teacher_eval = t->eval;
     if (c->teacher_norm[0])
       t->teacher_eval.norm = strcmp(c->teacher_norm, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN;
+    if ((rc = setup_distiller(t))) return rc;
+  }
+  /* Before the teacher's evaluation, which can take minutes on a real validation set. */
+  if (c->memory_check && (rc = check_memory(t))) return rc;
+  if (t->distill) {
     hakd_metrics tm;
     if ((rc = evaluate(t, t->teacher, &t->teacher_eval, &tm))) return rc;
     char who[160];
@@ -232,7 +256,6 @@ static int setup(trainer *t, hakd_train_result *result) {
     result->teacher_miou = tm.miou;
     for (int k = 0; k < t->K && k < 256; k++) result->teacher_class_iou[k] = tm.iou[k];
     hakd_metrics_free(&tm);
-    if ((rc = setup_distiller(t))) return rc;
   }
 
   hakd_optim_config oc;
@@ -611,8 +634,8 @@ static void log_iteration(trainer *t, int64_t iter, float lr, const double *term
   fprintf(t->jsonl, "{\"iter\": %" PRId64 ", \"lr\": %.6e", iter, (double)lr);
   for (int i = 0; i < t->n_terms; i++) fprintf(t->jsonl, ", \"%s\": %.6f", t->term_names[i], terms[i]);
   if (t->cfg->skip_nonfinite > 0) fprintf(t->jsonl, ", \"skipped_nonfinite\": %" PRId64, t->skipped_nonfinite);
-  fprintf(t->jsonl, ", \"time\": %.4f, \"data_time\": %.4f, \"eta_s\": %.0f, \"peak_mem_mb\": %.0f}\n", iter_time,
-          data_time, eta, peak_rss_mb());
+  fprintf(t->jsonl, ", \"time\": %.4f, \"data_time\": %.4f, \"eta_s\": %.0f, \"peak_mem_mb\": %.0f, \"rss_mb\": %.3f}\n",
+          iter_time, data_time, eta, peak_rss_mb(), rss_mb());
   fflush(t->jsonl);
 }
 
