@@ -137,7 +137,7 @@ static int read_results(stats_table *t, const char *path, int seed) {
     }
     m->seen++;
   }
-  if (!rc && ferror(f)) rc = command_fail("%s: read error", path);
+  if (!rc && ferror(f)) rc = command_fail("%s: cannot read: %s", path, strerror(errno)); /* EISDIR for a folder */
   if (!rc && row == 0) rc = command_fail("%s: empty file", path);
   fclose(f);
   if (rc) return rc;

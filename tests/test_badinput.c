@@ -1090,7 +1090,7 @@ static const bad_row stats_rows[] = {
     {"stats {T}/r/binary.tsv {T}/r/good.tsv", {"binary.tsv", "not a results table"}, 0},
     {"stats {T}/r/nan.tsv {T}/r/good.tsv", {"nan.tsv:2", "not a number"}, 0},
     {"stats {T}/r/columns.tsv {T}/r/good.tsv", {"columns.tsv:2", "fields"}, 0},
-    {"stats {T}/r {T}/r/good.tsv", {"{T}/r"}, 0},
+    {"stats {T}/r {T}/r/good.tsv", {"{T}/r", "Is a directory"}, 0},
     {"stats --baseline nosuch {T}/r/good.tsv {T}/r/good.tsv", {"nosuch", "not in the results"}, 0},
     {"stats --bogus {T}/r/good.tsv", {"bogus"}, 0},
 };
