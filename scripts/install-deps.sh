@@ -4,6 +4,8 @@
 set -e
 PKGS="build-essential cmake pkg-config libopenblas-dev libdnnl-dev libpng-dev libjpeg62-turbo-dev"
 [ "${HAKD_WITH_TORCH:-0}" = 1 ] && PKGS="$PKGS python3-torch python3-torchvision python3-numpy"
+# make fuzz-build / fuzz-smoke only: clang with its libFuzzer/sanitizer runtimes and OpenMP.
+[ "${HAKD_WITH_FUZZ:-0}" = 1 ] && PKGS="$PKGS clang libclang-rt-dev libomp-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
