@@ -254,8 +254,10 @@ TEST(rgb_label_is_an_error) {
   ASSERT_EQ_INT(w, 0);
 }
 
-/* Compresses (H, W, C) pixels to a JPEG file with libjpeg; returns 0 on success. */
-static int write_jpeg(const char *path, int width, int height, int channels, const uint8_t *pixels, int quality) {
+/* Compresses (H, W, C) pixels to a JPEG file with libjpeg, baseline or progressive;
+ * returns 0 on success. */
+static int write_jpeg_mode(const char *path, int width, int height, int channels, const uint8_t *pixels, int quality,
+                           int progressive) {
   FILE *fp = fopen(path, "wb");
   if (!fp) return -1;
   struct jpeg_compress_struct cinfo;
@@ -269,6 +271,7 @@ static int write_jpeg(const char *path, int width, int height, int channels, con
   cinfo.in_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_set_defaults(&cinfo);
   jpeg_set_quality(&cinfo, quality, TRUE);
+  if (progressive) jpeg_simple_progression(&cinfo);
   jpeg_start_compress(&cinfo, TRUE);
   while (cinfo.next_scanline < cinfo.image_height) {
     JSAMPROW row = (JSAMPROW)(pixels + (size_t)cinfo.next_scanline * width * channels);
@@ -277,6 +280,62 @@ static int write_jpeg(const char *path, int width, int height, int channels, con
   jpeg_finish_compress(&cinfo);
   jpeg_destroy_compress(&cinfo);
   return fclose(fp);
+}
+
+static int write_jpeg(const char *path, int width, int height, int channels, const uint8_t *pixels, int quality) {
+  return write_jpeg_mode(path, width, height, channels, pixels, quality, 0);
+}
+
+/* Rewrites the frame header (SOF) of a JPEG file to claim height x width; 0 on success. */
+static int patch_jpeg_size(const char *path, int height, int width) {
+  static uint8_t bytes[16384];
+  FILE *fp = fopen(path, "rb");
+  if (!fp) return -1;
+  size_t n = fread(bytes, 1, sizeof bytes, fp);
+  fclose(fp);
+  for (size_t i = 2; i + 9 < n;) { /* marker segments: FF xx, 16-bit big-endian length */
+    if (bytes[i] != 0xFF) return -1;
+    int marker = bytes[i + 1], length = bytes[i + 2] << 8 | bytes[i + 3];
+    if (marker == 0xC0 || marker == 0xC2) {
+      bytes[i + 5] = (uint8_t)(height >> 8), bytes[i + 6] = (uint8_t)height;
+      bytes[i + 7] = (uint8_t)(width >> 8), bytes[i + 8] = (uint8_t)width;
+      fp = fopen(path, "wb");
+      if (!fp) return -1;
+      fwrite(bytes, 1, n, fp);
+      return fclose(fp);
+    }
+    i += 2 + (size_t)length;
+  }
+  return -1;
+}
+
+/* A small file whose frame header claims 16384x16384 (fuzz/corpus/jpeg/): a baseline one was
+ * decoded as a 768 MB gray image (libjpeg only warned at the scan's premature end), a
+ * progressive one made libjpeg allocate and zero 1.5 GB of coefficients. Now the first is a
+ * corrupt file and the second a refusal naming the memory limit, both at once. */
+TEST(jpeg_header_claiming_a_huge_image) {
+  enum { W = 16, H = 16 };
+  uint8_t rgb[H * W * 3];
+  for (int i = 0; i < H * W * 3; i++) rgb[i] = (uint8_t)(i * 7);
+  hakd_image img;
+  const char *path = tmp_path("huge_baseline.jpg");
+  ASSERT_EQ_INT(write_jpeg_mode(path, W, H, 3, rgb, 90, 0), 0);
+  ASSERT_EQ_INT(patch_jpeg_size(path, 16384, 16384), 0);
+  ASSERT_EQ_INT(hakd_image_read(path, &img), HAKD_EFORMAT);
+  ASSERT_TRUE(strstr(hakd_error_message(), "huge_baseline.jpg: corrupt JPEG") != NULL);
+  ASSERT_TRUE(strstr(hakd_error_message(), "premature end of data segment") != NULL);
+  ASSERT_TRUE(img.pixels == NULL);
+  path = tmp_path("huge_progressive.jpg");
+  ASSERT_EQ_INT(write_jpeg_mode(path, W, H, 3, rgb, 90, 1), 0);
+  ASSERT_EQ_INT(patch_jpeg_size(path, 16384, 16384), 0);
+  ASSERT_EQ_INT(hakd_image_read(path, &img), HAKD_EUNSUPPORTED);
+  ASSERT_TRUE(strstr(hakd_error_message(), "huge_progressive.jpg: progressive JPEG 16384x16384 needs more than") != NULL);
+  ASSERT_TRUE(img.pixels == NULL);
+  /* The same progressive file at its real size still decodes. */
+  ASSERT_EQ_INT(write_jpeg_mode(path, W, H, 3, rgb, 90, 1), 0);
+  ASSERT_OK(hakd_image_read(path, &img));
+  ASSERT_TRUE(img.width == W && img.height == H && img.channels == 3);
+  hakd_image_free(&img);
 }
 
 TEST(jpeg_read) {
