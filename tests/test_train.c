@@ -424,6 +424,26 @@ TEST(config_file_unknown_key_and_flags) {
   ASSERT_EQ_INT(hakd_config_set(&c, "T", "nan"), HAKD_EINVAL);
 }
 
+/* A NUL byte is an error naming file and line wherever it is, the last line without a
+ * newline included (it used to load `model = a<NUL>b` there as model "a"). */
+TEST(config_file_nul_byte_on_any_line) {
+  static const char mid[] = "batch = 4\nmodel = a\0b\nwidth = 1\n", last[] = "batch = 4\nmodel = a\0b";
+  const char *texts[2] = {mid, last};
+  size_t sizes[2] = {sizeof mid - 1, sizeof last - 1};
+  for (int i = 0; i < 2; i++) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/nul.cfg", test_tmpdir());
+    FILE *f = fopen(path, "wb");
+    ASSERT_TRUE(f != NULL);
+    fwrite(texts[i], 1, sizes[i], f);
+    fclose(f);
+    hakd_config c;
+    hakd_config_default(&c);
+    ASSERT_EQ_INT(hakd_config_load(&c, path), HAKD_EFORMAT);
+    ASSERT_TRUE(strstr(hakd_error_message(), "nul.cfg:2: NUL byte") != NULL);
+  }
+}
+
 /* Every shipped config parses with the key table and passes the cross-key checks. */
 TEST(shipped_configs_are_valid) {
   const char *names[] = {

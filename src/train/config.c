@@ -185,14 +185,19 @@ int hakd_config_load(hakd_config *c, const char *path) {
   }
   char line[2048];
   int lineno = 0, rc = 0;
+  long before = 0;
   while (!rc && fgets(line, sizeof line, f)) {
     lineno++;
     size_t len = strlen(line);
-    /* a NUL would cut the line short and hide the rest of it: binary, not a config */
-    if (len + 1 < sizeof line && !feof(f) && line[len ? len - 1 : 0] != '\n') {
+    /* a NUL would cut the line short and hide the rest of it: binary, not a config. fgets
+     * read more bytes than strlen sees exactly then, also on a last line without '\n' (which
+     * an end-of-file test let through: `model = a<NUL>b` there loaded as "a") */
+    long after = ftell(f);
+    if (after >= 0 && (size_t)(after - before) != len) {
       rc = hakd_error(HAKD_EFORMAT, "%s:%d: NUL byte in the line; a config file is text", path, lineno);
       break;
     }
+    before = after;
     if (len == sizeof line - 1 && line[len - 1] != '\n') {
       rc = hakd_error(HAKD_EFORMAT, "%s:%d: line longer than %zu characters", path, lineno, sizeof line - 2);
       break;
