@@ -16,7 +16,11 @@ build: deps
 demo: build
 	./$(BUILD)/hakd demo
 
+# The suite, after a deterministic fuzz smoke run (fixed seed and run count, so CI cannot fail on
+# the luck of a time budget): each harness replays its corpus, kept crashes included, under
+# ASan + UBSan with libFuzzer. CTest's summary comes last.
 test: build
+	@$(MAKE) --no-print-directory fuzz-smoke FUZZ_SECONDS=60 FUZZ_EXTRA="-seed=1 -runs=$(FUZZ_RUNS)"
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 test-sanitize: deps
@@ -31,6 +35,8 @@ test-sanitize: deps
 # `make test` replays fuzz/corpus/ through the gcc-built harnesses).
 FUZZ_HARNESSES = safetensors npy png jpeg config
 FUZZ_SECONDS ?= 10
+FUZZ_RUNS ?= 5000
+FUZZ_EXTRA ?=
 FUZZ_FLAGS ?= -rss_limit_mb=2048 -timeout=10 -max_len=65536 -print_final_stats=1
 fuzz-build:
 	@HAKD_WITH_FUZZ=1 sh scripts/install-deps.sh
@@ -41,7 +47,7 @@ fuzz-smoke: fuzz-build
 	@for h in $(FUZZ_HARNESSES); do \
 	  mkdir -p build-fuzz/corpus/$$h build-fuzz/artifacts/$$h || exit 1; \
 	  echo "fuzz-smoke: $$h (corpus replay + $(FUZZ_SECONDS) s)"; \
-	  OMP_NUM_THREADS=1 ./build-fuzz/fuzz/fuzz_$$h $(FUZZ_FLAGS) -max_total_time=$(FUZZ_SECONDS) \
+	  OMP_NUM_THREADS=1 ./build-fuzz/fuzz/fuzz_$$h $(FUZZ_FLAGS) -max_total_time=$(FUZZ_SECONDS) $(FUZZ_EXTRA) \
 	    -artifact_prefix=build-fuzz/artifacts/$$h/ build-fuzz/corpus/$$h fuzz/corpus/$$h \
 	    >build-fuzz/fuzz-$$h.log 2>&1 || { tail -n 40 build-fuzz/fuzz-$$h.log; echo "fuzz-smoke: $$h FAILED"; exit 1; }; \
 	  grep -E "^stat::number_of_executed_units|^#[0-9]+.*DONE" build-fuzz/fuzz-$$h.log | tail -n 2; \
