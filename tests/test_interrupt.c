@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "train_testutil.h"
 #include "hakd/config.h"
 #include "hakd/data.h"
 #include "hakd/error.h"
@@ -27,15 +28,6 @@
 
 #define ITERS "12"
 
-static const char *make_dataset(void) {
-  static char root[600];
-  snprintf(root, sizeof root, "%s/synth", test_tmpdir());
-  struct stat sb;
-  if (stat(root, &sb) == 0) return root;
-  hakd_synth_config sc = {root, 12, 4, 32, 32, 3};
-  if (hakd_synth_write(&sc)) return NULL;
-  return root;
-}
 
 static const char *cli_path(void) {
   const char *cli = getenv("HAKD_CLI");
@@ -327,18 +319,10 @@ static ssize_t signalling_write(void *cookie, const char *buf, size_t size) {
   return (ssize_t)size;
 }
 
-static void tiny_config(hakd_config *c, const char *root, const char *work) {
-  hakd_config_default(c);
-  snprintf(c->model, sizeof c->model, "deeplabv3-r18-d8");
-  snprintf(c->dataset, sizeof c->dataset, "generic");
-  snprintf(c->data_root, sizeof c->data_root, "%s", root);
-  snprintf(c->crop, sizeof c->crop, "32x32");
-  work_dir(c->work_dir, sizeof c->work_dir, work);
-  c->width = 0.125f;
-  c->batch = 2;
-  c->iters = 4;
-  c->workers = 1;
-  c->lr = 0.01f;
+/* The shared tiny run (deeplabv3-r18-d8), logging every iteration: the SIGTERM hook above reads
+ * the "iter 2/" line. */
+static void term_config(hakd_config *c, const char *root, const char *work) {
+  tiny_config(c, root, "deeplabv3-r18-d8", work);
   c->log_every = 1;
 }
 
@@ -346,8 +330,8 @@ TEST(sigterm_stops_after_the_iteration_and_resumes_bit_identically) {
   const char *root = make_dataset();
   ASSERT_TRUE(root != NULL);
   hakd_config a, b;
-  tiny_config(&a, root, "term_straight");
-  tiny_config(&b, root, "term");
+  term_config(&a, root, "term_straight");
+  term_config(&b, root, "term");
   hakd_train_result r;
   FILE *null_log = fopen("/dev/null", "w");
   ASSERT_OK(hakd_train_run(&a, 0, null_log, &r));

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "train_testutil.h"
 #include "hakd/config.h"
 #include "hakd/data.h"
 #include "hakd/error.h"
@@ -39,29 +40,9 @@
  * step on); from here on the footprint must not grow. */
 #define WARM_ITER (UNDER_ASAN ? 40 : 200)
 
-static const char *make_dataset(void) {
-  static char root[600];
-  snprintf(root, sizeof root, "%s/synth", test_tmpdir());
-  struct stat sb;
-  if (stat(root, &sb) == 0) return root;
-  hakd_synth_config sc = {root, 12, 4, 32, 32, 3};
-  if (hakd_synth_write(&sc)) return NULL;
-  return root;
-}
 
-static void tiny_config(hakd_config *c, const char *root, const char *model, const char *work) {
-  hakd_config_default(c);
-  snprintf(c->model, sizeof c->model, "%s", model);
-  snprintf(c->dataset, sizeof c->dataset, "generic");
-  snprintf(c->data_root, sizeof c->data_root, "%s", root);
-  snprintf(c->crop, sizeof c->crop, "32x32");
-  snprintf(c->work_dir, sizeof c->work_dir, "%s/%s", test_tmpdir(), work);
-  c->width = 0.125f;
-  c->batch = 2;
-  c->iters = 4;
-  c->workers = 1;
-  c->lr = 0.01f;
-  c->log_every = 2;
+static void memory_config(hakd_config *c, const char *root, const char *model, const char *work) {
+  tiny_config(c, root, model, work);
   /* One compute thread: a tiny step is microseconds of work per kernel, and under `ctest -j`
    * on a busy machine two threads spend most of it waiting for each other (oneDNN's barriers in
    * convolution backward spin); the test is about memory, not threads. */
@@ -129,7 +110,7 @@ TEST(train_rss_flat_over_2000_iterations) {
   const char *root = make_dataset();
   ASSERT_TRUE(root != NULL);
   hakd_config c;
-  tiny_config(&c, root, "segformer-b0", "train_long");
+  memory_config(&c, root, "segformer-b0", "train_long");
   snprintf(c.optimizer, sizeof c.optimizer, "adamw");
   c.lr = 1e-3f;
   c.iters = LONG_ITERS;
@@ -142,10 +123,10 @@ TEST(distill_rss_flat_over_2000_iterations) {
   const char *root = make_dataset();
   ASSERT_TRUE(root != NULL);
   hakd_config tc;
-  tiny_config(&tc, root, "deeplabv3-r18-d8", "teacher");
+  memory_config(&tc, root, "deeplabv3-r18-d8", "teacher");
   ASSERT_OK(run(&tc, 0));
   hakd_config c;
-  tiny_config(&c, root, "segformer-b0", "distill_long");
+  memory_config(&c, root, "segformer-b0", "distill_long");
   snprintf(c.teacher, sizeof c.teacher, "deeplabv3-r18-d8");
   c.teacher_width = 0.125f;
   snprintf(c.teacher_weights, sizeof c.teacher_weights, "%s/best.safetensors", tc.work_dir);
@@ -172,7 +153,7 @@ TEST(huge_batch_crop_refused_before_training) {
   const char *root = make_dataset();
   ASSERT_TRUE(root != NULL);
   hakd_config c;
-  tiny_config(&c, root, "segformer-b0", "huge");
+  memory_config(&c, root, "segformer-b0", "huge");
   snprintf(c.crop, sizeof c.crop, "8192x8192");
   c.batch = 64;
   double before = peak_rss_mb();
@@ -215,13 +196,13 @@ TEST(address_space_limit_is_respected) {
   lim.rlim_cur = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + ((rlim_t)1 << 30);
   ASSERT_TRUE(setrlimit(RLIMIT_AS, &lim) == 0);
   hakd_config c;
-  tiny_config(&c, root, "segformer-b0", "rlimit_big");
+  memory_config(&c, root, "segformer-b0", "rlimit_big");
   snprintf(c.crop, sizeof c.crop, "2048x2048");
   c.batch = 16;
   int rc_big = run(&c, 0);
   char msg[1024];
   snprintf(msg, sizeof msg, "%s", hakd_error_message());
-  tiny_config(&c, root, "segformer-b0", "rlimit_small");
+  memory_config(&c, root, "segformer-b0", "rlimit_small");
   int rc_small = run(&c, 0);
   setrlimit(RLIMIT_AS, &old);
   printf("big: rc %d: %s\nsmall: rc %d %s\n", rc_big, msg, rc_small, rc_small ? hakd_error_message() : "");
@@ -250,13 +231,13 @@ TEST(memory_check_leaves_training_unchanged) {
   const char *root = make_dataset();
   ASSERT_TRUE(root != NULL);
   hakd_config tc;
-  tiny_config(&tc, root, "deeplabv3-r18-d8", "teacher");
+  memory_config(&tc, root, "deeplabv3-r18-d8", "teacher");
   ASSERT_OK(run(&tc, 0));
   unsigned char *bytes[2] = {NULL, NULL};
   long n[2];
   for (int check = 0; check < 2; check++) {
     hakd_config c;
-    tiny_config(&c, root, "segformer-b0", check ? "with_check" : "without_check");
+    memory_config(&c, root, "segformer-b0", check ? "with_check" : "without_check");
     snprintf(c.teacher, sizeof c.teacher, "deeplabv3-r18-d8");
     c.teacher_width = 0.125f;
     snprintf(c.teacher_weights, sizeof c.teacher_weights, "%s/best.safetensors", tc.work_dir);

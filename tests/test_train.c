@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "harness.h"
+#include "train_testutil.h"
 #include "hakd/config.h"
 #include "hakd/data.h"
 #include "hakd/evaluate.h"
@@ -14,30 +15,7 @@
 #include "hakd/train.h"
 #include "train/numerics.h"
 
-static const char *make_dataset(void) {
-  static char root[600];
-  snprintf(root, sizeof root, "%s/synth", test_tmpdir());
-  struct stat sb;
-  if (stat(root, &sb) == 0) return root;
-  hakd_synth_config sc = {root, 12, 4, 32, 32, 3};
-  if (hakd_synth_write(&sc)) return NULL;
-  return root;
-}
 
-static void tiny_config(hakd_config *c, const char *root, const char *model, const char *work) {
-  hakd_config_default(c);
-  snprintf(c->model, sizeof c->model, "%s", model);
-  snprintf(c->dataset, sizeof c->dataset, "generic");
-  snprintf(c->data_root, sizeof c->data_root, "%s", root);
-  snprintf(c->crop, sizeof c->crop, "32x32");
-  snprintf(c->work_dir, sizeof c->work_dir, "%s/%s", test_tmpdir(), work);
-  c->width = 0.125f;
-  c->batch = 2;
-  c->iters = 4;
-  c->workers = 1;
-  c->lr = 0.01f;
-  c->log_every = 2;
-}
 
 static FILE *quiet_log(void) {
   FILE *f = fopen("/dev/null", "w");
