@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "hakd/error.h"
+#include "hakd/io.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -75,6 +76,22 @@ static void fuzz_check_error(const char *what, int status, const char *path) {
 
 #ifndef HAKD_FUZZ_LIBFUZZER
 /* Replay main: every argument is an input file or a directory of input files (not recursive). */
+/* Reads path as an image through hakd_image_read and checks the contract: a failure leaves no
+ * pixels and names the file; a success holds (H, W, C) bytes (the last one is touched). */
+static inline void fuzz_check_image_read(const char *path) {
+  hakd_image img;
+  int status = hakd_image_read(path, &img);
+  if (status) {
+    FUZZ_ASSERT(img.pixels == NULL);
+    fuzz_check_error("hakd_image_read", status, path);
+  } else {
+    FUZZ_ASSERT(img.width > 0 && img.height > 0 && (img.channels == 1 || img.channels == 3));
+    volatile uint8_t last = img.pixels[(size_t)img.width * img.height * img.channels - 1];
+    (void)last;
+    hakd_image_free(&img);
+  }
+}
+
 static int fuzz_replay_file(const char *path, int *count) {
   FILE *fp = fopen(path, "rb");
   if (!fp) {

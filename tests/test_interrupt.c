@@ -110,28 +110,6 @@ static void drain(int fd) {
   close(fd);
 }
 
-static int read_all_floats(const char *path, float **out, int64_t *n) {
-  hakd_st_file *f;
-  *out = NULL;
-  *n = 0;
-  int rc = hakd_st_open(path, &f);
-  if (rc) return rc;
-  int64_t total = 0;
-  for (int i = 0; i < hakd_st_count(f); i++)
-    if (hakd_st_get(f, i)->dtype == HAKD_ST_F32) total += (int64_t)(hakd_st_get(f, i)->nbytes / 4);
-  float *buf = malloc((size_t)total * sizeof(float) + 1);
-  int64_t at = 0;
-  for (int i = 0; i < hakd_st_count(f) && !rc; i++) {
-    const hakd_st_tensor *t = hakd_st_get(f, i);
-    if (t->dtype != HAKD_ST_F32) continue;
-    rc = hakd_st_read_f32(f, t->name, buf + at, (int64_t)(t->nbytes / 4));
-    at += (int64_t)(t->nbytes / 4);
-  }
-  hakd_st_close(f);
-  *out = buf;
-  *n = total;
-  return rc;
-}
 
 /* 1 when dir_a/name and dir_b/name hold the same float tensors bit for bit. */
 static int same_floats(const char *dir_a, const char *dir_b, const char *name) {

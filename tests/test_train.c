@@ -108,29 +108,6 @@ TEST(every_distill_method_runs) {
   }
 }
 
-static int read_all_floats(const char *path, float **out, int64_t *n) {
-  hakd_st_file *f;
-  int rc = hakd_st_open(path, &f);
-  if (rc) return rc;
-  int64_t total = 0;
-  for (int i = 0; i < hakd_st_count(f); i++) {
-    const hakd_st_tensor *t = hakd_st_get(f, i);
-    if (t->dtype != HAKD_ST_F32) continue;
-    total += (int64_t)(t->nbytes / 4);
-  }
-  float *buf = malloc((size_t)total * sizeof(float) + 1);
-  int64_t at = 0;
-  for (int i = 0; i < hakd_st_count(f) && !rc; i++) {
-    const hakd_st_tensor *t = hakd_st_get(f, i);
-    if (t->dtype != HAKD_ST_F32) continue;
-    rc = hakd_st_read_f32(f, t->name, buf + at, (int64_t)(t->nbytes / 4));
-    at += (int64_t)(t->nbytes / 4);
-  }
-  hakd_st_close(f);
-  *out = buf;
-  *n = total;
-  return rc;
-}
 
 /* N iterations straight == N/2, stop, resume, N/2: same weights, same optimizer state. */
 TEST(resume_is_bit_identical) {
