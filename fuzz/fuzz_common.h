@@ -74,8 +74,6 @@ static void fuzz_check_error(const char *what, int status, const char *path) {
     }                                                                                   \
   } while (0)
 
-#ifndef HAKD_FUZZ_LIBFUZZER
-/* Replay main: every argument is an input file or a directory of input files (not recursive). */
 /* Reads path as an image through hakd_image_read and checks the contract: a failure leaves no
  * pixels and names the file; a success holds (H, W, C) bytes (the last one is touched). */
 static inline void fuzz_check_image_read(const char *path) {
@@ -92,6 +90,8 @@ static inline void fuzz_check_image_read(const char *path) {
   }
 }
 
+#ifndef HAKD_FUZZ_LIBFUZZER
+/* Replay main: every argument is an input file or a directory of input files (not recursive). */
 static int fuzz_replay_file(const char *path, int *count) {
   FILE *fp = fopen(path, "rb");
   if (!fp) {
