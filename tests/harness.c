@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAX_TESTS 512
@@ -92,4 +93,19 @@ int main(int argc, char **argv) {
   }
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
+}
+
+int test_run_capture(const char *cmd, char *out, size_t size) {
+  char full[8192];
+  snprintf(full, sizeof full, "%s 2>&1", cmd);
+  out[0] = 0;
+  FILE *p = popen(full, "r");
+  if (!p) return -1;
+  size_t n = fread(out, 1, size - 1, p);
+  out[n] = 0;
+  char sink[4096]; /* drain the rest so the child never blocks on a full pipe */
+  while (fread(sink, 1, sizeof sink, p) > 0) {
+  }
+  int status = pclose(p);
+  return status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }

@@ -18,6 +18,9 @@ int test_failed(void);
 const char *test_fixture_path(const char *rel);
 /* A fresh empty temporary directory for this case (removed at exit unless the case failed). */
 const char *test_tmpdir(void);
+/* Runs a shell command with stdout and stderr captured into out (NUL-terminated, truncated to
+ * size); returns its exit status, or -1 when it could not run or died by a signal. */
+int test_run_capture(const char *cmd, char *out, size_t size);
 
 /* max |a-b| / max(max|b|, floor) — the normalised error used against PyTorch references. */
 double test_max_rel_err(const float *a, const float *b, int64_t n, double floor);

@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include "harness.h"
 
@@ -13,13 +12,8 @@ static int run_demo(const char *args, char *out, size_t size) {
   const char *cli = getenv("HAKD_CLI");
   if (!cli) cli = HAKD_BINARY_DIR "/hakd";
   char cmd[2048];
-  snprintf(cmd, sizeof cmd, "'%s' demo --quick --threads 1 --out '%s/d' %s 2>&1", cli, test_tmpdir(), args);
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t n = fread(out, 1, size - 1, p);
-  out[n] = 0;
-  int status = pclose(p);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  snprintf(cmd, sizeof cmd, "'%s' demo --quick --threads 1 --out '%s/d' %s", cli, test_tmpdir(), args);
+  return test_run_capture(cmd, out, size);
 }
 
 static int file_has(const char *rel, const char *text) {

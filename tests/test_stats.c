@@ -73,13 +73,8 @@ static int run_stats(const char *args, char *out, size_t size) {
   const char *cli = getenv("HAKD_CLI");
   if (!cli) return -1;
   char cmd[4096];
-  snprintf(cmd, sizeof cmd, "'%s' stats %s 2>&1", cli, args);
-  FILE *p = popen(cmd, "r");
-  if (!p) return -1;
-  size_t n = fread(out, 1, size - 1, p);
-  out[n] = 0;
-  int status = pclose(p);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  snprintf(cmd, sizeof cmd, "'%s' stats %s", cli, args);
+  return test_run_capture(cmd, out, size);
 }
 
 /* The CLI prints the same numbers from per-seed results files, the teacher gap per seed, and the
