@@ -157,6 +157,14 @@ static void teacher_config(hakd_config *c, const demo_options *o, const char *da
   snprintf(c->work_dir, sizeof c->work_dir, "%s/teacher", o->out);
 }
 
+/* One --set KEY=VALUE onto a config; prints the error and returns 1 when the key or value is bad. */
+static int apply_set(hakd_config *c, const char *kv) {
+  char key[64];
+  const char *eq = strchr(kv, '=');
+  snprintf(key, sizeof key, "%.*s", (int)(eq - kv), kv);
+  return hakd_config_set(c, key, eq + 1) ? command_fail("--set %s: %s", kv, hakd_error_message()) : 0;
+}
+
 static int student_config(hakd_config *c, const demo_options *o, const char *data_root, const demo_method *m) {
   base_config(c, o, data_root);
   snprintf(c->model, sizeof c->model, "%s", o->dir.student);
@@ -179,12 +187,8 @@ static int student_config(hakd_config *c, const demo_options *o, const char *dat
     snprintf(c->dump_kem, sizeof c->dump_kem, "%s/kem", c->work_dir);
     c->dump_every = c->iters / 4 > 0 ? c->iters / 4 : 1;
   }
-  for (int i = 0; i < o->n_sets; i++) {
-    char key[64];
-    const char *eq = strchr(o->sets[i], '=');
-    snprintf(key, sizeof key, "%.*s", (int)(eq - o->sets[i]), o->sets[i]);
-    if (hakd_config_set(c, key, eq + 1)) return command_fail("--set %s: %s", o->sets[i], hakd_error_message());
-  }
+  for (int i = 0; i < o->n_sets; i++)
+    if (apply_set(c, o->sets[i])) return 1;
   return 0;
 }
 
@@ -398,6 +402,12 @@ static int cmd_demo(int argc, char **argv) {
   if (student_iters > 0) o.dir.student_iters = student_iters;
   hakd_precision precision;
   if (hakd_precision_parse(o.precision, &precision)) return command_fail(NULL);
+  /* --set keys and values are checked before the teacher's minutes of training, not after */
+  for (int i = 0; i < o.n_sets; i++) {
+    hakd_config probe;
+    hakd_config_default(&probe);
+    if (apply_set(&probe, o.sets[i])) return 2;
+  }
   double t0 = now_s();
   mkdir(o.out, 0755);
   char data_root[HAKD_PATH_MAX];
