@@ -4,6 +4,8 @@
 set -e
 PKGS="build-essential cmake pkg-config libopenblas-dev libdnnl-dev libpng-dev libjpeg62-turbo-dev"
 [ "${HAKD_WITH_TORCH:-0}" = 1 ] && PKGS="$PKGS python3-torch python3-torchvision python3-numpy"
+# tools/check_onnx.sh only: onnx.checker (onnxruntime-node comes from npm, outside the repository).
+[ "${HAKD_WITH_ONNX:-0}" = 1 ] && PKGS="$PKGS python3-onnx python3-numpy"
 # make fuzz-build / fuzz-smoke only: clang with its libFuzzer/sanitizer runtimes and OpenMP.
 [ "${HAKD_WITH_FUZZ:-0}" = 1 ] && PKGS="$PKGS clang libclang-rt-dev libomp-dev"
 missing=""

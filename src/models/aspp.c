@@ -36,6 +36,21 @@ static hakd_tensor *aspp_forward(head *base, hakd_ctx *ctx, hakd_tensor *const s
   return layer_conv_forward(ctx, &h->classifier, y);
 }
 
+static int aspp_describe(head *base, model_graph *g, const int stages[4]) {
+  aspp_head *h = (aspp_head *)base;
+  int x = stages[3], branches[ASPP_BRANCHES];
+  int64_t shape[HAKD_MAX_DIMS];
+  if (g->shape(g, x, shape) != 4) return 0;
+  for (int i = 0; i < ASPP_BRANCHES - 1; i++)
+    branches[i] = g->conv(g, x, &h->branch_conv[i], &h->branch_bn[i], 0, HAKD_ACT_RELU);
+  int pooled = g->conv(g, g->adaptive_avgpool(g, x, 1, 1), &h->branch_conv[ASPP_BRANCHES - 1],
+                       &h->branch_bn[ASPP_BRANCHES - 1], 0, HAKD_ACT_RELU);
+  branches[ASPP_BRANCHES - 1] = g->resize_bilinear(g, pooled, shape[2], shape[3]);
+  int y = g->conv(g, g->concat(g, ASPP_BRANCHES, branches, 1), &h->project_conv, &h->project_bn, 0, HAKD_ACT_RELU);
+  y = g->conv(g, y, &h->conv, &h->bn, 0, HAKD_ACT_RELU);
+  return g->conv(g, y, &h->classifier, NULL, 0, HAKD_ACT_NONE);
+}
+
 static void aspp_destroy(head *h) { free(h); }
 
 int aspp_head_create(hakd_params *p, const char *prefix, const backbone *b, const hakd_model_options *o, head **out) {
@@ -45,6 +60,7 @@ int aspp_head_create(hakd_params *p, const char *prefix, const backbone *b, cons
   aspp_head *h = calloc(1, sizeof *h);
   if (!h) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
   h->base.forward = aspp_forward;
+  h->base.describe = aspp_describe;
   h->base.destroy = aspp_destroy;
   h->base.pooled_bn = 1; /* the image-pooling branch: conv + BN on a 1x1 map */
   h->dropout = o->dropout >= 0.0f ? o->dropout : 0.5f;

@@ -20,6 +20,12 @@ static hakd_tensor *fcn_forward(head *base, hakd_ctx *ctx, hakd_tensor *const st
   return layer_conv_forward(ctx, &h->classifier, hakd_dropout(ctx, y, h->dropout));
 }
 
+static int fcn_describe(head *base, model_graph *g, const int stages[4]) {
+  fcn_head *h = (fcn_head *)base;
+  int y = g->conv(g, stages[h->stage], &h->conv, &h->bn, 0, HAKD_ACT_RELU);
+  return g->conv(g, y, &h->classifier, NULL, 0, HAKD_ACT_NONE);
+}
+
 static void fcn_destroy(head *h) { free(h); }
 
 int fcn_head_create(hakd_params *p, const char *prefix, const backbone *b, int stage, const hakd_model_options *o,
@@ -29,6 +35,7 @@ int fcn_head_create(hakd_params *p, const char *prefix, const backbone *b, int s
   fcn_head *h = calloc(1, sizeof *h);
   if (!h) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
   h->base.forward = fcn_forward;
+  h->base.describe = fcn_describe;
   h->base.destroy = fcn_destroy;
   h->stage = stage - 1;
   h->dropout = o->dropout >= 0.0f ? o->dropout : 0.1f;

@@ -162,6 +162,76 @@ static int mit_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_tenso
   return stages[3] ? 0 : hakd_error(HAKD_EINVAL, "MiT forward produced no stage 4 feature");
 }
 
+/* Symbolic versions of the token reshapes above. */
+static int map_to_tokens_describe(model_graph *g, int x) {
+  static const int perm[3] = {0, 2, 1};
+  int64_t s[HAKD_MAX_DIMS];
+  if (g->shape(g, x, s) != 4) return 0;
+  int64_t shape[3] = {0, s[1], s[2] * s[3]};
+  return g->permute(g, g->reshape(g, x, 3, shape), perm);
+}
+
+static int tokens_to_map_describe(model_graph *g, int t, int64_t h, int64_t w) {
+  static const int perm[3] = {0, 2, 1};
+  int64_t s[HAKD_MAX_DIMS];
+  if (g->shape(g, t, s) != 3) return 0;
+  int64_t shape[4] = {0, s[2], h, w};
+  return g->reshape(g, g->permute(g, t, perm), 4, shape);
+}
+
+static int split_heads_describe(model_graph *g, int t, int heads) {
+  static const int perm[4] = {0, 2, 1, 3};
+  int64_t s[HAKD_MAX_DIMS];
+  if (g->shape(g, t, s) != 3) return 0;
+  if (heads == 1) return g->reshape(g, t, 4, (int64_t[]){0, 1, s[1], s[2]});
+  return g->permute(g, g->reshape(g, t, 4, (int64_t[]){0, s[1], heads, s[2] / heads}), perm);
+}
+
+static int merge_heads_describe(model_graph *g, int t) {
+  static const int perm[4] = {0, 2, 1, 3};
+  int64_t s[HAKD_MAX_DIMS];
+  if (g->shape(g, t, s) != 4) return 0;
+  int64_t shape[3] = {0, s[2], s[1] * s[3]};
+  if (s[1] != 1) t = g->permute(g, t, perm);
+  return g->reshape(g, t, 3, shape);
+}
+
+static int block_describe(model_graph *g, const mit_block *b, int x, int heads, int sr_ratio, int64_t h, int64_t w) {
+  int normed = g->layernorm(g, x, &b->norm1);
+  int q = split_heads_describe(g, g->linear(g, normed, &b->query), heads), kv_in = normed;
+  if (sr_ratio > 1) {
+    int reduced = g->conv(g, tokens_to_map_describe(g, normed, h, w), &b->sr, NULL, 0, HAKD_ACT_NONE);
+    kv_in = g->layernorm(g, map_to_tokens_describe(g, reduced), &b->sr_norm);
+  }
+  int k = split_heads_describe(g, g->linear(g, kv_in, &b->key), heads);
+  int v = split_heads_describe(g, g->linear(g, kv_in, &b->value), heads);
+  int64_t qs[HAKD_MAX_DIMS];
+  if (g->shape(g, q, qs) != 4) return 0;
+  int scores = g->matmul(g, q, k, 1, 1.0f / sqrtf((float)qs[3]));
+  int context = g->matmul(g, g->softmax(g, scores, -1), v, 0, 1.0f);
+  x = g->add(g, x, g->linear(g, merge_heads_describe(g, context), &b->attn_out));
+  int hidden = g->linear(g, g->layernorm(g, x, &b->norm2), &b->fc1);
+  hidden = map_to_tokens_describe(g, g->conv(g, tokens_to_map_describe(g, hidden, h, w), &b->dwconv, NULL, 0,
+                                             HAKD_ACT_NONE));
+  return g->add(g, x, g->linear(g, g->gelu(g, hidden), &b->fc2));
+}
+
+static int mit_describe(backbone *base, model_graph *g, int x, int stages[4]) {
+  mit *m = (mit *)base;
+  int map = x;
+  for (int s = 0; s < MIT_STAGES; s++) {
+    int embedded = g->conv(g, map, &m->patch_proj[s], NULL, 0, HAKD_ACT_NONE);
+    int64_t shape[HAKD_MAX_DIMS];
+    if (g->shape(g, embedded, shape) != 4) return HAKD_EINVAL;
+    int tokens = g->layernorm(g, map_to_tokens_describe(g, embedded), &m->patch_norm[s]);
+    for (int j = 0; j < m->depth[s]; j++)
+      tokens = block_describe(g, &m->blocks[s][j], tokens, m->heads[s], m->sr_ratio[s], shape[2], shape[3]);
+    map = tokens_to_map_describe(g, g->layernorm(g, tokens, &m->stage_norm[s]), shape[2], shape[3]);
+    stages[s] = map;
+  }
+  return map ? 0 : HAKD_EINVAL;
+}
+
 static void mit_destroy(backbone *base) {
   mit *m = (mit *)base;
   for (int s = 0; s < MIT_STAGES; s++) free(m->blocks[s]);
@@ -223,6 +293,7 @@ int mit_create(hakd_params *p, const char *prefix, int variant, const hakd_model
   mit *m = calloc(1, sizeof *m);
   if (!m) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
   m->base.forward = mit_forward;
+  m->base.describe = mit_describe;
   m->base.destroy = mit_destroy;
   m->base.family = "transformer";
   const int *reference = variant == 0 ? mit_hidden_b0 : mit_hidden_b1_b5;

@@ -96,6 +96,20 @@ static int mobilenetv2_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, ha
   return hakd_ctx_status(ctx);
 }
 
+static int mobilenetv2_describe(backbone *base, model_graph *g, int x, int stages[4]) {
+  mobilenetv2 *m = (mobilenetv2 *)base;
+  x = g->conv(g, x, &m->stem_conv, &m->stem_bn, 0, HAKD_ACT_RELU6);
+  int stage = 0;
+  for (int i = 0; i < MBV2_BLOCKS; i++) {
+    const inverted_residual *b = &m->blocks[i];
+    int y = b->has_expand ? g->conv(g, x, &b->expand_conv, &b->expand_bn, 0, HAKD_ACT_RELU6) : x;
+    y = g->conv(g, y, &b->depthwise_conv, &b->depthwise_bn, 0, HAKD_ACT_RELU6);
+    x = g->conv(g, y, &b->project_conv, &b->project_bn, b->use_residual ? x : 0, HAKD_ACT_NONE);
+    if (stage < 4 && i + 1 == stage_end[stage]) stages[stage++] = x;
+  }
+  return x ? 0 : HAKD_EINVAL;
+}
+
 static void mobilenetv2_destroy(backbone *base) { free(base); }
 
 int mobilenetv2_create(hakd_params *p, const char *prefix, int output_stride, const hakd_model_options *o,
@@ -109,6 +123,7 @@ int mobilenetv2_create(hakd_params *p, const char *prefix, int output_stride, co
   mobilenetv2 *m = calloc(1, sizeof *m);
   if (!m) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
   m->base.forward = mobilenetv2_forward;
+  m->base.describe = mobilenetv2_describe;
   m->base.destroy = mobilenetv2_destroy;
   m->base.family = "cnn";
   /* every conv is padded to (kernel - 1) / 2 * dilation, so any input size >= 1 has an output;

@@ -228,6 +228,12 @@ int hakd_model_forward(hakd_model *m, hakd_ctx *ctx, hakd_tensor *x, hakd_model_
   return 0;
 }
 
+int hakd_model_describe(hakd_model *m, model_graph *g, int x) {
+  int stages[4] = {0, 0, 0, 0};
+  if (!x || m->backbone->describe(m->backbone, g, x, stages)) return 0;
+  return m->head->describe(m->head, g, stages);
+}
+
 int64_t hakd_model_macs(hakd_model *m, int h, int w) {
   hakd_ctx *ctx = hakd_ctx_new();
   if (!ctx) return -1;

@@ -5,11 +5,15 @@
 
 #include "hakd/model.h"
 #include "models/layers.h"
+#include "models/model_graph.h"
 
 typedef struct backbone backbone;
 struct backbone {
   /* Writes stages[0..3]; returns 0 or the context's error. */
   int (*forward)(backbone *b, hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *stages[4]);
+  /* The same computation in inference mode on symbolic values (model_graph.h): writes the stage
+   * values; returns 0 or an error. */
+  int (*describe)(backbone *b, model_graph *g, int x, int stages[4]);
   void (*destroy)(backbone *b);
   int channels[4], strides[4];
   const char *family; /* "cnn" or "transformer" */
@@ -27,6 +31,8 @@ typedef struct head head;
 struct head {
   /* Logits at the head's native resolution from the backbone stages. */
   hakd_tensor *(*forward)(head *h, hakd_ctx *ctx, hakd_tensor *const stages[4]);
+  /* The same on symbolic values (model_graph.h): the logits value, 0 after an error. */
+  int (*describe)(head *h, model_graph *g, const int stages[4]);
   void (*destroy)(head *h);
   /* A BatchNorm after global pooling (ASPP image pooling, PSP bin 1): one value per channel and
    * image, so a training-mode forward needs a batch of at least 2. */

@@ -37,6 +37,21 @@ static hakd_tensor *psp_forward(head *base, hakd_ctx *ctx, hakd_tensor *const st
   return layer_conv_forward(ctx, &h->conv_seg, hakd_dropout(ctx, y, h->dropout));
 }
 
+static int psp_describe(head *base, model_graph *g, const int stages[4]) {
+  psp_head *h = (psp_head *)base;
+  int x = stages[3], parts[1 + PSP_BINS];
+  int64_t shape[HAKD_MAX_DIMS];
+  if (g->shape(g, x, shape) != 4) return 0;
+  parts[0] = x;
+  for (int i = 0; i < PSP_BINS; i++) {
+    int y = g->adaptive_avgpool(g, x, psp_bins[i], psp_bins[i]);
+    y = g->conv(g, y, &h->pool_conv[i], &h->pool_bn[i], 0, HAKD_ACT_RELU);
+    parts[1 + i] = g->resize_bilinear(g, y, shape[2], shape[3]);
+  }
+  int y = g->conv(g, g->concat(g, 1 + PSP_BINS, parts, 1), &h->bottleneck_conv, &h->bottleneck_bn, 0, HAKD_ACT_RELU);
+  return g->conv(g, y, &h->conv_seg, NULL, 0, HAKD_ACT_NONE);
+}
+
 static void psp_destroy(head *h) { free(h); }
 
 int psp_head_create(hakd_params *p, const char *prefix, const backbone *b, const hakd_model_options *o, head **out) {
@@ -44,6 +59,7 @@ int psp_head_create(hakd_params *p, const char *prefix, const backbone *b, const
   psp_head *h = calloc(1, sizeof *h);
   if (!h) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
   h->base.forward = psp_forward;
+  h->base.describe = psp_describe;
   h->base.destroy = psp_destroy;
   h->base.pooled_bn = 1; /* the bin-1 branch: conv + BN on a 1x1 map */
   h->dropout = o->dropout >= 0.0f ? o->dropout : 0.1f;

@@ -104,6 +104,30 @@ static int resnet_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_te
   return hakd_ctx_status(ctx);
 }
 
+static int block_describe(model_graph *g, const resnet_block *b, int x) {
+  int shortcut = b->has_downsample ? g->conv(g, x, &b->downsample_conv, &b->downsample_bn, 0, HAKD_ACT_NONE) : x;
+  int y = g->conv(g, x, &b->conv1, &b->bn1, 0, HAKD_ACT_RELU);
+  if (b->is_bottleneck) {
+    y = g->conv(g, y, &b->conv2, &b->bn2, 0, HAKD_ACT_RELU);
+    return g->conv(g, y, &b->conv3, &b->bn3, shortcut, HAKD_ACT_RELU);
+  }
+  return g->conv(g, y, &b->conv2, &b->bn2, shortcut, HAKD_ACT_RELU);
+}
+
+static int resnet_describe(backbone *base, model_graph *g, int x, int stages[4]) {
+  resnet *r = (resnet *)base;
+  if (r->deep_stem)
+    for (int i = 0; i < 3; i++) x = g->conv(g, x, &r->stem_conv[i], &r->stem_bn[i], 0, HAKD_ACT_RELU);
+  else
+    x = g->conv(g, x, &r->conv1, &r->bn1, 0, HAKD_ACT_RELU);
+  x = g->maxpool(g, x, 3, 2, 1);
+  for (int l = 0; l < 4; l++) {
+    for (int i = 0; i < r->n_blocks[l]; i++) x = block_describe(g, &r->blocks[l][i], x);
+    stages[l] = x;
+  }
+  return x ? 0 : HAKD_EINVAL;
+}
+
 static void resnet_destroy(backbone *base) {
   resnet *r = (resnet *)base;
   for (int l = 0; l < 4; l++) free(r->blocks[l]);
@@ -147,6 +171,7 @@ int resnet_create(hakd_params *p, const char *prefix, int depth, int output_stri
   resnet *r = calloc(1, sizeof *r);
   if (!r) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
   r->base.forward = resnet_forward;
+  r->base.describe = resnet_describe;
   r->base.destroy = resnet_destroy;
   r->base.family = "cnn";
   /* every conv is padded to (kernel - 1) / 2 * dilation, so any input size >= 1 has an output;

@@ -47,6 +47,22 @@ static hakd_tensor *segformer_head_forward(head *base, hakd_ctx *ctx, hakd_tenso
   return layer_conv_forward(ctx, &h->classifier, hakd_dropout(ctx, activated, h->dropout));
 }
 
+static int segformer_head_describe(head *base, model_graph *g, const int stages[4]) {
+  static const int to_nhwc[4] = {0, 2, 3, 1}, to_nchw[4] = {0, 3, 1, 2};
+  segformer_head *h = (segformer_head *)base;
+  int64_t out[HAKD_MAX_DIMS], shape[HAKD_MAX_DIMS];
+  if (g->shape(g, stages[0], out) != 4) return 0;
+  int reversed[SEGFORMER_STAGES];
+  for (int s = 0; s < SEGFORMER_STAGES; s++) {
+    int projected = g->permute(g, g->linear(g, g->permute(g, stages[s], to_nhwc), &h->linear_c[s]), to_nchw);
+    if (g->shape(g, projected, shape) != 4) return 0;
+    if (shape[2] != out[2] || shape[3] != out[3]) projected = g->resize_bilinear(g, projected, out[2], out[3]);
+    reversed[SEGFORMER_STAGES - 1 - s] = projected;
+  }
+  int y = g->conv(g, g->concat(g, SEGFORMER_STAGES, reversed, 1), &h->fuse, &h->bn, 0, HAKD_ACT_RELU);
+  return g->conv(g, y, &h->classifier, NULL, 0, HAKD_ACT_NONE);
+}
+
 static void segformer_head_destroy(head *base) { free(base); }
 
 int segformer_head_create(hakd_params *p, const char *prefix, const backbone *b, int variant,
@@ -55,6 +71,7 @@ int segformer_head_create(hakd_params *p, const char *prefix, const backbone *b,
   segformer_head *h = calloc(1, sizeof *h);
   if (!h) return hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix);
   h->base.forward = segformer_head_forward;
+  h->base.describe = segformer_head_describe;
   h->base.destroy = segformer_head_destroy;
   h->dropout = o->dropout < 0.0f ? 0.1f : o->dropout;
   int dim = layer_scale_channels(variant <= 1 ? 256 : 768, o->width, 1);
