@@ -2,7 +2,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build demo test test-sanitize fuzz-smoke fuzz-build bench clean fixtures
+.PHONY: all deps build install demo test test-sanitize fuzz-smoke fuzz-build bench clean fixtures
 
 all: build
 
@@ -12,6 +12,11 @@ deps:
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
+
+# Headers, libhakd.a / libhakd.so, the CLI, hakd.pc and the CMake package under PREFIX.
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 demo: build
 	./$(BUILD)/hakd demo

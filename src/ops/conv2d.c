@@ -7,6 +7,7 @@
  *   dnnl: oneDNN primitives (conv2d_dnnl.c).
  * HAKD_CONV=gemm|dnnl|auto (or conv2d_set_path) picks one; auto applies a per-shape rule derived
  * from bench/bench_kernels (conv2d_auto_path). Temporaries live in one reused scratch block. */
+#include <pthread.h>
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -450,12 +451,28 @@ static int conv2d_gemm_backward(float *dx,       /* (N, Cin, h, w) or NULL */
 
 /* ---- call scratch (see conv2d.h) ---- */
 
-static unsigned char *conv2d_scratch_base;
-static size_t conv2d_scratch_capacity;
-static uint64_t conv2d_scratch_grown;
+static _Thread_local unsigned char *conv2d_scratch_base;
+static _Thread_local size_t conv2d_scratch_capacity;
+static _Thread_local uint64_t conv2d_scratch_grown;
+
+/* A thread that exits frees its scratch and oneDNN state: a key whose destructor runs
+ * conv2d_release in the exiting thread (its thread-local variables are still there then). */
+static pthread_key_t conv2d_thread_key;
+static pthread_once_t conv2d_thread_key_once = PTHREAD_ONCE_INIT;
+static void conv2d_thread_exit(void *unused) {
+  (void)unused;
+  conv2d_release();
+}
+static void conv2d_thread_key_create(void) { (void)pthread_key_create(&conv2d_thread_key, conv2d_thread_exit); }
+
+void conv2d_thread_state_used(void) {
+  pthread_once(&conv2d_thread_key_once, conv2d_thread_key_create);
+  if (!pthread_getspecific(conv2d_thread_key)) (void)pthread_setspecific(conv2d_thread_key, &conv2d_thread_key);
+}
 
 void *conv2d_scratch(size_t bytes) {
   if (bytes <= conv2d_scratch_capacity && conv2d_scratch_base) return conv2d_scratch_base;
+  conv2d_thread_state_used();
   size_t capacity = conv2d_scratch_round(bytes ? bytes : 1);
   free(conv2d_scratch_base); /* contents need not survive: callers carve after reserving */
   conv2d_scratch_base = aligned_alloc(64, capacity);

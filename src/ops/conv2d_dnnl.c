@@ -3,9 +3,11 @@
  * pointers. The primitives choose their own layouts (format "any", usually channel-blocked);
  * reorders convert from/to our NCHW tensors through step scratch, and gradients are accumulated
  * (+=) by reorders with a sum post-op. Reordered tensors and oneDNN's (user-managed) scratchpad
- * live in the conv2d scratch block, so a steady-state call allocates nothing. Single-threaded
- * callers only (the cache has no lock). */
+ * live in the conv2d scratch block, so a steady-state call allocates nothing. The engine, stream
+ * and cache belong to the calling thread (thread-local, freed when the thread exits; see
+ * conv2d_thread_state_used), so threads running forwards at the same time share nothing. */
 #include <dnnl.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hakd/tensor.h"
@@ -41,10 +43,10 @@ typedef struct {
   conv2d_dnnl_op forward, backward_data, backward_weights;
 } conv2d_dnnl_entry;
 
-static dnnl_engine_t conv2d_dnnl_engine;
-static dnnl_stream_t conv2d_dnnl_stream;
-static conv2d_dnnl_entry conv2d_dnnl_cache[CONV2D_DNNL_CACHE_SIZE];
-static int conv2d_dnnl_next_slot; /* round-robin eviction when the cache is full */
+static _Thread_local dnnl_engine_t conv2d_dnnl_engine;
+static _Thread_local dnnl_stream_t conv2d_dnnl_stream;
+static _Thread_local conv2d_dnnl_entry *conv2d_dnnl_cache; /* CONV2D_DNNL_CACHE_SIZE entries, made on first use */
+static _Thread_local int conv2d_dnnl_next_slot;            /* round-robin eviction when the cache is full */
 
 static void conv2d_dnnl_op_free(conv2d_dnnl_op *op) {
   for (int i = 0; i < op->n_args; i++) {
@@ -67,7 +69,11 @@ static void conv2d_dnnl_entry_free(conv2d_dnnl_entry *e) {
 }
 
 void conv2d_dnnl_release(void) {
-  for (int i = 0; i < CONV2D_DNNL_CACHE_SIZE; i++) conv2d_dnnl_entry_free(&conv2d_dnnl_cache[i]);
+  if (conv2d_dnnl_cache)
+    for (int i = 0; i < CONV2D_DNNL_CACHE_SIZE; i++) conv2d_dnnl_entry_free(&conv2d_dnnl_cache[i]);
+  free(conv2d_dnnl_cache);
+  conv2d_dnnl_cache = NULL;
+  conv2d_dnnl_next_slot = 0;
   conv2d_dnnl_stream = NULL;
   conv2d_dnnl_engine = NULL;
 }
@@ -191,6 +197,8 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
 static int conv2d_dnnl_entry_get(const conv2d_shape *s, int backward, conv2d_dnnl_entry **out) {
   int rc = conv2d_dnnl_init_engine();
   if (rc) return rc;
+  if (!conv2d_dnnl_cache && !(conv2d_dnnl_cache = calloc(CONV2D_DNNL_CACHE_SIZE, sizeof *conv2d_dnnl_cache)))
+    return hakd_error(HAKD_ENOMEM, "conv2d: out of memory for the oneDNN cache");
   conv2d_dnnl_entry *e = NULL;
   for (int i = 0; i < CONV2D_DNNL_CACHE_SIZE && !e; i++)
     if (conv2d_dnnl_cache[i].valid && memcmp(&conv2d_dnnl_cache[i].shape, s, sizeof *s) == 0) e = &conv2d_dnnl_cache[i];

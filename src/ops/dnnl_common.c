@@ -2,11 +2,15 @@
 
 #include <stddef.h>
 
-static dnnl_engine_t ops_engine;
-static dnnl_stream_t ops_stream;
+#include "ops/conv2d.h"
+
+/* one engine and stream per thread (a stream is not to be shared by concurrent callers) */
+static _Thread_local dnnl_engine_t ops_engine;
+static _Thread_local dnnl_stream_t ops_stream;
 
 int ops_dnnl_engine(dnnl_engine_t *engine, dnnl_stream_t *stream) {
   if (!ops_engine) {
+    conv2d_thread_state_used();
     DNNL_TRY(dnnl_engine_create(&ops_engine, dnnl_cpu, 0));
     dnnl_status_t st = dnnl_stream_create(&ops_stream, ops_engine, dnnl_stream_default_flags);
     if (st != dnnl_success) {

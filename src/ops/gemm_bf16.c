@@ -2,9 +2,11 @@
  * primitive: reorders round the float32 operands to bfloat16 (and apply any transpose), the
  * primitive accumulates in float32 and writes float32, scaled by alpha, added to C when beta is 1.
  * Primitives and reorders are cached per shape; the rounded operands and oneDNN's scratchpad live
- * in the conv2d scratch block. Single-threaded callers only (the cache has no lock). */
+ * in the conv2d scratch block. Engine, stream and cache are the calling thread's (thread-local,
+ * like conv2d_dnnl.c's). */
 #include <cblas.h>
 #include <dnnl.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ops/conv2d.h"
@@ -21,10 +23,10 @@ typedef struct {
   size_t inner_a_bytes, inner_b_bytes, scratchpad_bytes;
 } gemm_bf16_entry;
 
-static dnnl_engine_t gemm_bf16_engine;
-static dnnl_stream_t gemm_bf16_stream;
-static gemm_bf16_entry gemm_bf16_cache[GEMM_BF16_CACHE_SIZE];
-static int gemm_bf16_next_slot;
+static _Thread_local dnnl_engine_t gemm_bf16_engine;
+static _Thread_local dnnl_stream_t gemm_bf16_stream;
+static _Thread_local gemm_bf16_entry *gemm_bf16_cache; /* GEMM_BF16_CACHE_SIZE entries, made on first use */
+static _Thread_local int gemm_bf16_next_slot;
 
 static void gemm_bf16_entry_free(gemm_bf16_entry *e) {
   dnnl_primitive_t prims[3] = {e->matmul, e->reorder_a, e->reorder_b};
@@ -37,7 +39,11 @@ static void gemm_bf16_entry_free(gemm_bf16_entry *e) {
 }
 
 void gemm_bf16_release(void) {
-  for (int i = 0; i < GEMM_BF16_CACHE_SIZE; i++) gemm_bf16_entry_free(&gemm_bf16_cache[i]);
+  if (gemm_bf16_cache)
+    for (int i = 0; i < GEMM_BF16_CACHE_SIZE; i++) gemm_bf16_entry_free(&gemm_bf16_cache[i]);
+  free(gemm_bf16_cache);
+  gemm_bf16_cache = NULL;
+  gemm_bf16_next_slot = 0;
   gemm_bf16_stream = NULL;
   gemm_bf16_engine = NULL;
 }
@@ -101,6 +107,8 @@ static int gemm_bf16_entry_create(gemm_bf16_entry *e, const gemm_bf16_shape *s) 
 static int gemm_bf16_entry_get(const gemm_bf16_shape *s, gemm_bf16_entry **out) {
   int rc = ops_dnnl_engine(&gemm_bf16_engine, &gemm_bf16_stream);
   if (rc) return rc;
+  if (!gemm_bf16_cache && !(gemm_bf16_cache = calloc(GEMM_BF16_CACHE_SIZE, sizeof *gemm_bf16_cache)))
+    return hakd_error(HAKD_ENOMEM, "gemm_bf16: out of memory for the oneDNN cache");
   for (int i = 0; i < GEMM_BF16_CACHE_SIZE; i++)
     if (gemm_bf16_cache[i].valid && !memcmp(&gemm_bf16_cache[i].shape, s, sizeof *s)) {
       *out = &gemm_bf16_cache[i];
