@@ -8,6 +8,7 @@
 set -eu
 BUILD=$1
 SRC=$2
+FLAGS=${HAKD_EXAMPLE_FLAGS:-} # the sanitizer build's -fsanitize, empty otherwise
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 PREFIX=$TMP/prefix
@@ -31,12 +32,13 @@ export PKG_CONFIG_PATH="$LIBDIR/pkgconfig"
 CFLAGS=$(pkg-config --cflags hakd)
 LIBS=$(pkg-config --libs hakd)
 case "$CFLAGS" in *"$PREFIX"*) ;; *) echo "install: pkg-config --cflags '$CFLAGS' does not point into $PREFIX"; exit 1 ;; esac
-cc -std=c11 -Wall -Wextra -Werror $CFLAGS "$SRC/examples/segment_image.c" -o "$TMP/seg_pkgconfig" $LIBS \
+cc -std=c11 -Wall -Wextra -Werror $FLAGS $CFLAGS "$SRC/examples/segment_image.c" -o "$TMP/seg_pkgconfig" $LIBS \
   -Wl,-rpath,"$(pkg-config --variable=libdir hakd)"
 "$TMP/seg_pkgconfig" "$TMP/run/latest.safetensors" "$IMAGE" "$TMP/mask_pc.png" > "$TMP/out_pc.txt"
 
 # 2. CMake find_package(hakd)
-cmake -S "$SRC/examples" -B "$TMP/cmake-build" -DCMAKE_PREFIX_PATH="$PREFIX" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S "$SRC/examples" -B "$TMP/cmake-build" -DCMAKE_PREFIX_PATH="$PREFIX" -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_C_FLAGS="$FLAGS" -DCMAKE_EXE_LINKER_FLAGS="$FLAGS" >/dev/null
 cmake --build "$TMP/cmake-build" >/dev/null
 "$TMP/cmake-build/segment_image" "$TMP/run/latest.safetensors" "$IMAGE" "$TMP/mask_cmake.png" > "$TMP/out_cmake.txt"
 
