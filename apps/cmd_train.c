@@ -6,6 +6,7 @@
 
 #include "command.h"
 #include "hakd/config.h"
+#include "hakd/dist.h"
 #include "hakd/error.h"
 #include "hakd/train.h"
 
@@ -129,10 +130,24 @@ static void print_resume_command(FILE *out, int argc, char **argv) {
   fputs(" --resume auto\n", out);
 }
 
+static int run_ranks(int argc, char **argv, int distill);
+
+/* Under a launcher (mpirun) the processes form one data-parallel run: MPI starts here (or, in a
+ * build without MPI, the launch is refused with the reason) and ends after the run. Rank 0 alone
+ * prints; every rank returns the same status (the trainer agrees on failures). */
 static int run(int argc, char **argv, int distill) {
+  if (hakd_dist_launcher_size() == 0) return run_ranks(argc, argv, distill);
+  if (hakd_dist_init(NULL, NULL)) return command_fail(NULL);
+  int status = run_ranks(argc, argv, distill);
+  hakd_dist_finalize();
+  return status;
+}
+
+static int run_ranks(int argc, char **argv, int distill) {
+  int quiet = hakd_dist_rank() != 0;
   for (int i = 1; i < argc; i++)
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      usage(stdout, argv[0], distill);
+      if (!quiet) usage(stdout, argv[0], distill);
       return 0;
     }
   hakd_config c;
@@ -140,6 +155,7 @@ static int run(int argc, char **argv, int distill) {
   hakd_train_result r;
   install_stop_handlers();
   int rc = hakd_train_run(&c, distill, stdout, &r);
+  if (quiet) return rc == HAKD_EINTERRUPTED ? 128 + r.stop_signal : rc ? 1 : 0;
   if (rc == HAKD_EINTERRUPTED) {
     fflush(stdout);
     fprintf(stderr, "hakd: %s\nhakd: resume with:\n  ", hakd_error_message());

@@ -2,7 +2,8 @@
 # Installs the Debian packages hakd builds against, only those missing.
 # Called by `make`; root installs with apt-get, anyone else gets the command to run.
 set -e
-PKGS="build-essential cmake pkg-config libopenblas-dev libdnnl-dev libpng-dev libjpeg62-turbo-dev"
+# libopenmpi-dev + openmpi-bin: data-parallel runs (mpirun -np N hakd train) and their tests.
+PKGS="build-essential cmake pkg-config libopenblas-dev libdnnl-dev libpng-dev libjpeg62-turbo-dev libopenmpi-dev openmpi-bin"
 [ "${HAKD_WITH_TORCH:-0}" = 1 ] && PKGS="$PKGS python3-torch python3-torchvision python3-numpy"
 # tools/check_onnx.sh only: onnx.checker (onnxruntime-node comes from npm, outside the repository).
 [ "${HAKD_WITH_ONNX:-0}" = 1 ] && PKGS="$PKGS python3-onnx python3-numpy"

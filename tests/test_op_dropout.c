@@ -119,9 +119,10 @@ TEST(p_one_drops_everything_and_bad_p_is_an_error) {
   hakd_ctx_free(ctx);
 }
 
-/* The mask is a fixed function of the seed: the context's stream gives one seed per chunk of
- * 4096 elements, and element i of a chunk is kept when the chunk stream's (i+1)-th
- * hakd_rng_uniform draw is >= p. Spelled out here with the public RNG so a faster sampler
+/* The mask is a fixed function of the seed: the call takes one value `site` from the context's
+ * stream; the sample's stream hakd_rng_substream(site, 0) (a 1-D tensor is one sample) gives one
+ * seed per chunk of 4096 elements, and element i of a chunk is kept when the chunk stream's
+ * (i+1)-th hakd_rng_uniform draw is >= p. Spelled out here with the public RNG so a faster sampler
  * cannot change which elements a seeded run drops (a partial last chunk and two p values). */
 TEST(mask_is_the_seeded_chunk_streams) {
   const int64_t n = 3 * 4096 + 1000, chunk = 4096;
@@ -134,13 +135,44 @@ TEST(mask_is_the_seeded_chunk_streams) {
     hakd_tensor *y = hakd_dropout(ctx, x, ps[t]);
     ASSERT_TRUE(y != NULL);
     uint64_t ctx_stream = hakd_rng_seed(1234 + (uint64_t)t), chunk_stream = 0;
+    uint64_t sample_stream = hakd_rng_substream(hakd_rng_next(&ctx_stream), 0);
     int64_t mismatches = 0;
     for (int64_t i = 0; i < n; i++) {
-      if (i % chunk == 0) chunk_stream = hakd_rng_seed(hakd_rng_next(&ctx_stream));
+      if (i % chunk == 0) chunk_stream = hakd_rng_seed(hakd_rng_next(&sample_stream));
       int want_kept = hakd_rng_uniform(&chunk_stream) >= ps[t];
       mismatches += (hakd_f32(y)[i] != 0.0f) != want_kept;
     }
     hakd_ctx_free(ctx);
     ASSERT_EQ_INT(mismatches, 0);
   }
+}
+
+/* Masks are drawn per sample: a batch of 4 gives the same mask as its halves run as two batches
+ * of 2 from the same context state, the second with sample offset 2 (a data-parallel split). */
+TEST(mask_of_a_sample_does_not_depend_on_the_batch_split) {
+  const int64_t shape[4] = {4, 3, 40, 50}, half[4] = {2, 3, 40, 50}, per = 3 * 40 * 50;
+  hakd_ctx *whole = hakd_ctx_new();
+  hakd_ctx_seed(whole, 77);
+  hakd_tensor *x = hakd_tensor_new(whole, HAKD_F32, 4, shape);
+  for (int64_t i = 0; i < 4 * per; i++) hakd_f32(x)[i] = 1.0f;
+  hakd_tensor *y = hakd_dropout(whole, x, 0.5f);
+  ASSERT_TRUE(y != NULL);
+  int64_t mismatches = 0, dropped = 0;
+  for (int part = 0; part < 2; part++) {
+    hakd_ctx *ctx = hakd_ctx_new();
+    hakd_ctx_seed(ctx, 77);
+    hakd_ctx_set_sample_offset(ctx, 2 * part);
+    hakd_tensor *xh = hakd_tensor_new(ctx, HAKD_F32, 4, half);
+    for (int64_t i = 0; i < 2 * per; i++) hakd_f32(xh)[i] = 1.0f;
+    hakd_tensor *yh = hakd_dropout(ctx, xh, 0.5f);
+    ASSERT_TRUE(yh != NULL);
+    for (int64_t i = 0; i < 2 * per; i++) {
+      mismatches += hakd_f32(yh)[i] != hakd_f32(y)[2 * part * per + i];
+      dropped += hakd_f32(yh)[i] == 0.0f;
+    }
+    hakd_ctx_free(ctx);
+  }
+  hakd_ctx_free(whole);
+  ASSERT_EQ_INT(mismatches, 0);
+  ASSERT_TRUE(dropped > per && dropped < 3 * per); /* about half of 4 * per */
 }

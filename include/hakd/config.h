@@ -41,6 +41,7 @@ typedef struct {
   int threads;
   char precision[8]; /* fp32 | bf16 */
   int memory_check;  /* refuse a batch/crop whose estimated step exceeds the available memory */
+  int sync_bn;       /* data-parallel runs: BatchNorm over the global batch; -1 = on when N > 1 */
   /* distillation */
   char teacher[HAKD_NAME_MAX], teacher_weights[HAKD_PATH_MAX], method[16], teacher_norm[16];
   float teacher_width;

@@ -131,6 +131,10 @@ typedef struct {
   hakd_augment augment;
   hakd_log_fn log; /* NULL = stderr */
   void *log_user;
+  /* Data-parallel runs: this loader fills shard shard_index of shard_count equal parts of every
+   * batch (batch_size is the global batch; it must divide, and drop_last must be on). The batch
+   * sequence, and so the loader state, are those of the whole batch. 0, 0: the whole batch. */
+  int shard_index, shard_count;
 } hakd_loader_config;
 
 /* Where the iterator stands: the next batch starts at sample `position` of epoch `epoch`. */
@@ -141,8 +145,8 @@ typedef struct {
 /* Borrows ds (must outlive the loader). Starts the workers. */
 int hakd_loader_new(hakd_loader **out, const hakd_dataset *ds, const hakd_loader_config *config);
 void hakd_loader_free(hakd_loader *loader);
-/* Endless iterator: fills the next batch and returns the number of samples in it (batch_size,
- * or fewer for an epoch's last batch without drop_last), or a negative status naming the bad
+/* Endless iterator: fills the next batch (this loader's shard of it) and returns the number of
+ * samples in it (batch_size / shard_count, or fewer for an epoch's last batch without drop_last), or a negative status naming the bad
  * file. After an error the loader keeps returning it. Batch contents depend only on (seed,
  * epoch, position), never on the number of workers. */
 int hakd_loader_next(hakd_loader *loader, float *images, /* (B, 3, crop_h, crop_w) */

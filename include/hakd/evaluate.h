@@ -25,6 +25,9 @@ typedef struct {
   int64_t max_images;        /* 0 = all */
   FILE *progress;            /* progress line with rate and ETA (NULL: none) */
   FILE *warnings;            /* one line per item skipped by skip_bad (NULL: none) */
+  /* Sharded evaluation (data-parallel runs): only the items i with i % shard_count == shard_index
+   * are scored here, and the shards' confusion matrices add up to the whole split's. 0, 0: all. */
+  int shard_index, shard_count;
 } hakd_eval_options;
 
 void hakd_eval_options_default(hakd_eval_options *o);

@@ -38,6 +38,7 @@ typedef struct hakd_tensor {
   const char *name;  /* state_dict name for parameters/buffers, else NULL */
   int32_t buffer;      /* step buffer holding data (id + 1; views share it); 0: not step memory */
   int32_t grad_buffer; /* step buffer holding grad; 0: none or persistent */
+  int32_t pending_reads; /* backward bookkeeping of parameters: tape nodes still to run that read it */
 } hakd_tensor;
 
 static inline float *hakd_f32(const hakd_tensor *t) { return (float *)t->data; }
@@ -84,6 +85,40 @@ const char *hakd_precision_name(hakd_precision precision);
 /* Seed of the context's RNG (dropout). */
 void hakd_ctx_seed(hakd_ctx *ctx, uint64_t seed);
 uint64_t *hakd_ctx_rng(hakd_ctx *ctx);
+/* Random masks (dropout, drop path) are drawn per sample: an op takes one value `site` from
+ * hakd_ctx_rng per call (the same on every process of a data-parallel run, which calls the same
+ * ops in the same order), and sample b of its batch draws from hakd_rng_substream(site, first + b),
+ * where `first` is the index of this process's first sample in the global batch (0 by default).
+ * So a sample's mask depends on (seed, step, sample index), never on how the batch is split. */
+void hakd_ctx_set_sample_offset(hakd_ctx *ctx, int64_t first);
+int64_t hakd_ctx_sample_offset(const hakd_ctx *ctx);
+
+/* ---- collectives (data-parallel training) ------------------------------------------------ */
+
+/* The processes of a data-parallel run, as ops see them: core and ops know no MPI; the train
+ * layer installs a communicator that src/dist implements (over MPI). */
+typedef struct hakd_comm {
+  int rank, size;
+  /* In-place sum of n doubles over every process (all call it in the same order); returns 0 or
+   * a negative status with the error set. */
+  int (*allreduce_sum)(const struct hakd_comm *comm, double *values, int64_t n);
+  void *impl;
+} hakd_comm;
+/* NULL (the default): this process alone. Ops use it for the global normalisation of a
+ * cross-entropy mean; BatchNorm uses it too when sync_bn is on (SyncBN). */
+void hakd_ctx_set_comm(hakd_ctx *ctx, const hakd_comm *comm, int sync_bn);
+/* The communicator when it spans more than one process, else NULL. */
+const hakd_comm *hakd_ctx_comm(const hakd_ctx *ctx);
+int hakd_ctx_sync_bn(const hakd_ctx *ctx);
+/* Sums values over the processes (a no-op without a communicator); a failure is recorded as the
+ * context's status and returned. */
+int hakd_ctx_allreduce_sum(hakd_ctx *ctx, double *values, int64_t n);
+
+/* Called during backward once the gradient of a parameter is complete (no node left on the tape
+ * reads it), so that its reduction can start while backward goes on; parameters that no node
+ * reads are not reported. */
+typedef void (*hakd_grad_ready_fn)(void *user, hakd_tensor *param);
+void hakd_ctx_set_grad_ready(hakd_ctx *ctx, hakd_grad_ready_fn fn, void *user);
 
 /* First error recorded by an op in this step (ops return NULL after it), 0 if none. */
 int hakd_ctx_status(const hakd_ctx *ctx);
@@ -202,6 +237,8 @@ float hakd_rng_uniform(uint64_t *state);
 /* Standard normal. */
 float hakd_rng_normal(uint64_t *state);
 uint64_t hakd_rng_seed(uint64_t seed);
+/* The state of the independent stream number `index` of `seed` (a mixed pair, not a sequence). */
+uint64_t hakd_rng_substream(uint64_t seed, int64_t index);
 
 /* ---- threads ------------------------------------------------------------------------- */
 

@@ -73,6 +73,11 @@ struct hakd_ctx {
   int grad_enabled, training, status;
   hakd_precision precision;
   uint64_t rng;
+  int64_t sample_offset;
+  const hakd_comm *comm;
+  int sync_bn;
+  hakd_grad_ready_fn grad_ready;
+  void *grad_ready_user;
 };
 
 /* ---- metadata arena ---- */
@@ -378,6 +383,25 @@ void hakd_ctx_set_precision(hakd_ctx *ctx, hakd_precision precision) { ctx->prec
 hakd_precision hakd_ctx_precision(const hakd_ctx *ctx) { return ctx->precision; }
 void hakd_ctx_seed(hakd_ctx *ctx, uint64_t seed) { ctx->rng = hakd_rng_seed(seed); }
 uint64_t *hakd_ctx_rng(hakd_ctx *ctx) { return &ctx->rng; }
+void hakd_ctx_set_sample_offset(hakd_ctx *ctx, int64_t first) { ctx->sample_offset = first; }
+int64_t hakd_ctx_sample_offset(const hakd_ctx *ctx) { return ctx->sample_offset; }
+void hakd_ctx_set_comm(hakd_ctx *ctx, const hakd_comm *comm, int sync_bn) {
+  ctx->comm = comm;
+  ctx->sync_bn = sync_bn;
+}
+const hakd_comm *hakd_ctx_comm(const hakd_ctx *ctx) { return ctx->comm && ctx->comm->size > 1 ? ctx->comm : NULL; }
+int hakd_ctx_sync_bn(const hakd_ctx *ctx) { return hakd_ctx_comm(ctx) && ctx->sync_bn; }
+int hakd_ctx_allreduce_sum(hakd_ctx *ctx, double *values, int64_t n) {
+  const hakd_comm *comm = hakd_ctx_comm(ctx);
+  if (!comm || ctx->status) return ctx->status;
+  int rc = comm->allreduce_sum(comm, values, n);
+  if (rc && !ctx->status) ctx->status = rc;
+  return rc;
+}
+void hakd_ctx_set_grad_ready(hakd_ctx *ctx, hakd_grad_ready_fn fn, void *user) {
+  ctx->grad_ready = fn;
+  ctx->grad_ready_user = user;
+}
 int hakd_ctx_status(const hakd_ctx *ctx) { return ctx->status; }
 
 hakd_ctx_stats hakd_ctx_get_stats(const hakd_ctx *ctx) {
@@ -575,11 +599,24 @@ int hakd_backward_seeded(hakd_ctx *ctx, hakd_tensor *loss, const float *seed) {
   for (int64_t i = 0; i < n; i++) g[i] += seed ? seed[i] : 1.0f;
   ctx->tape_consumed = 1;
   ctx->in_backward = 1;
+  /* A parameter's gradient is complete once every node reading it has run backward. */
+  if (ctx->grad_ready) {
+    for (hakd_node *node = ctx->tape; node; node = node->prev)
+      for (int i = 0; i < node->n_in; i++)
+        if (node->in[i] && node->in[i]->is_param) node->in[i]->pending_reads = 0;
+    for (hakd_node *node = ctx->tape; node; node = node->prev)
+      for (int i = 0; i < node->n_in; i++)
+        if (node->in[i] && node->in[i]->is_param) node->in[i]->pending_reads++;
+  }
   for (hakd_node *node = ctx->tape; node; node = node->prev) {
     int32_t first_buffer = ctx->n_buf;
     if (node->out->grad) node->backward(ctx, node); /* else no gradient reached this op */
     if (ctx->status) break;
     node_done(ctx, node, first_buffer);
+    if (ctx->grad_ready)
+      for (int i = 0; i < node->n_in; i++)
+        if (node->in[i] && node->in[i]->is_param && --node->in[i]->pending_reads == 0)
+          ctx->grad_ready(ctx->grad_ready_user, node->in[i]);
   }
   ctx->in_backward = 0;
   return ctx->status;

@@ -20,3 +20,10 @@ float hakd_rng_normal(uint64_t *state) {
   double u2 = (double)(hakd_rng_next(state) >> 11) * (1.0 / 9007199254740992.0);
   return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
+
+uint64_t hakd_rng_substream(uint64_t seed, int64_t index) {
+  /* one splitmix64 draw keyed by the index, mixed with the seed's own draw */
+  uint64_t a = seed, b = (uint64_t)index ^ 0xD1B54A32D192ED03ull;
+  uint64_t z = hakd_rng_next(&a) ^ hakd_rng_next(&b);
+  return hakd_rng_seed(z);
+}

@@ -6,6 +6,11 @@
  * position + j). Workers only decide when a sample is computed, never what it is, so any
  * number of workers gives the same batches.
  *
+ * Sharding (data-parallel runs): with shard_count > 1, the loader of shard r fills only samples
+ * r*b .. r*b + b - 1 (b = batch_size / shard_count) of every global batch, with the same streams
+ * (seed, e, position + j) as one loader of the whole batch: together the shards hold exactly
+ * the batch one process would, whatever their number.
+ *
  * Threads: a ring of `prefetch` slots, each holding one batch. Workers claim samples in
  * sequence order under the mutex (a slot is claimable once the consumer has released it),
  * decode and augment outside the lock, and count the slot's finished samples. The consumer
@@ -36,6 +41,7 @@ struct hakd_loader {
   hakd_loader_config config;
   int64_t n_items;
   int64_t sample_floats, sample_labels; /* per sample: 3*H*W and H*W */
+  int local_batch, shard_first;         /* samples of a batch this loader fills, and the first */
 
   pthread_mutex_t mutex;
   pthread_cond_t slot_free, slot_done;
@@ -67,6 +73,12 @@ static int batch_count(const hakd_loader *l, int64_t position) {
   int64_t left = l->n_items - position, b = l->config.batch_size;
   if (left >= b) return (int)b;
   return l->config.drop_last || left <= 0 ? 0 : (int)left;
+}
+
+/* Samples of the batch at `position` that this loader fills (its shard). */
+static int shard_count_of(const hakd_loader *l, int64_t position) {
+  int count = batch_count(l, position);
+  return count == l->config.batch_size ? l->local_batch : count; /* partial batches: one shard only */
 }
 
 /* The first batch at or after (epoch, position). */
@@ -149,16 +161,16 @@ static void *worker_main(void *arg) {
     if (l->claim_sample == 0) {
       s->epoch = l->claim_epoch;
       s->position = l->claim_position;
-      s->count = batch_count(l, l->claim_position);
+      s->count = shard_count_of(l, l->claim_position);
       s->done = 0;
       s->status = 0;
       s->error_sample = s->count;
       if (l->order_epoch != l->claim_epoch) compute_order(l, l->claim_epoch);
     }
     const int j = l->claim_sample;
-    const int64_t epoch = s->epoch, position = s->position + j, item = l->order[position];
+    const int64_t epoch = s->epoch, position = s->position + l->shard_first + j, item = l->order[position];
     if (++l->claim_sample == s->count) {
-      hakd_loader_state next = normalize_state(l, (hakd_loader_state){epoch, s->position + s->count});
+      hakd_loader_state next = normalize_state(l, (hakd_loader_state){epoch, s->position + batch_count(l, s->position)});
       l->claim_epoch = next.epoch;
       l->claim_position = next.position;
       l->claim_seq++;
@@ -221,6 +233,14 @@ int hakd_loader_new(hakd_loader **out, const hakd_dataset *ds, const hakd_loader
   hakd_loader_config c = *config;
   if (c.prefetch <= 0) c.prefetch = 2;
   if (c.batch_size <= 0) return hakd_error(HAKD_EINVAL, "loader: batch size %d", c.batch_size);
+  if (c.shard_count <= 0) c.shard_count = 1;
+  if (c.shard_index < 0 || c.shard_index >= c.shard_count)
+    return hakd_error(HAKD_EINVAL, "loader: shard %d of %d", c.shard_index, c.shard_count);
+  if (c.batch_size % c.shard_count)
+    return hakd_error(HAKD_EINVAL, "loader: the batch of %d does not split into %d equal shards", c.batch_size,
+                      c.shard_count);
+  if (c.shard_count > 1 && !c.drop_last)
+    return hakd_error(HAKD_EINVAL, "loader: %d shards need drop_last (a partial batch does not split)", c.shard_count);
   if (c.num_workers < 0 || c.num_workers > 64) return hakd_error(HAKD_EINVAL, "loader: %d workers", c.num_workers);
   if (c.augment.crop_h <= 0 || c.augment.crop_w <= 0)
     return hakd_error(HAKD_EINVAL, "loader: crop size %dx%d (batches need a fixed size)", c.augment.crop_h,
@@ -236,6 +256,8 @@ int hakd_loader_new(hakd_loader **out, const hakd_dataset *ds, const hakd_loader
   l->n_items = n;
   l->sample_labels = (int64_t)c.augment.crop_h * c.augment.crop_w;
   l->sample_floats = 3 * l->sample_labels;
+  l->local_batch = c.batch_size / c.shard_count;
+  l->shard_first = c.shard_index * l->local_batch;
   l->order = malloc((size_t)n * sizeof *l->order);
   l->bad = calloc((size_t)n, 1);
   l->slots = calloc((size_t)c.prefetch, sizeof *l->slots);
@@ -294,16 +316,16 @@ static int fail(hakd_loader *l, int status, const char *message) {
 
 /* No workers: the batch is computed here, in order. */
 static int next_inline(hakd_loader *l, float *images, int32_t *labels) {
-  int count = batch_count(l, l->state.position);
+  int count = shard_count_of(l, l->state.position);
   if (l->order_epoch != l->state.epoch) compute_order(l, l->state.epoch);
   for (int j = 0; j < count; j++) {
-    int64_t position = l->state.position + j;
+    int64_t position = l->state.position + l->shard_first + j;
     int status = fill_sample(l, images + j * l->sample_floats, labels + j * l->sample_labels, &l->last_items[j],
                              l->order[position], l->state.epoch, position, 0);
     if (status) return fail(l, status, hakd_error_message());
   }
   l->last_count = count;
-  l->state = normalize_state(l, (hakd_loader_state){l->state.epoch, l->state.position + count});
+  l->state = normalize_state(l, (hakd_loader_state){l->state.epoch, l->state.position + batch_count(l, l->state.position)});
   return count;
 }
 
@@ -320,7 +342,7 @@ int hakd_loader_next(hakd_loader *l, float *images, int32_t *labels) {
   memcpy(l->last_items, s->items, (size_t)s->count * sizeof *l->last_items);
   const int count = s->count;
   l->last_count = count;
-  l->state = normalize_state(l, (hakd_loader_state){s->epoch, s->position + count});
+  l->state = normalize_state(l, (hakd_loader_state){s->epoch, s->position + batch_count(l, s->position)});
   pthread_mutex_lock(&l->mutex);
   s->seq = l->next_seq + l->config.prefetch;
   s->count = -1;

@@ -93,15 +93,19 @@ static hakd_tensor *merge_heads(hakd_ctx *ctx, hakd_tensor *t) {
 }
 
 /* reference: drop_path in modeling_segformer.py: per sample, the branch is zeroed with
- * probability p and scaled by 1/(1-p) otherwise; identity outside training. */
+ * probability p and scaled by 1/(1-p) otherwise; identity outside training. Sample b draws from
+ * its own stream (see hakd_ctx_set_sample_offset), so a data-parallel split changes no mask. */
 static hakd_tensor *drop_path(hakd_ctx *ctx, hakd_tensor *branch, float p) {
   if (!branch || p <= 0.0f || !hakd_ctx_training(ctx)) return branch;
   int64_t shape[3] = {branch->shape[0], 1, 1};
   hakd_tensor *mask = hakd_tensor_new(ctx, HAKD_F32, 3, shape);
   if (!mask) return NULL;
   float keep = 1.0f - p;
-  for (int64_t i = 0; i < shape[0]; i++)
-    hakd_f32(mask)[i] = floorf(keep + hakd_rng_uniform(hakd_ctx_rng(ctx))) / keep;
+  uint64_t site = hakd_rng_next(hakd_ctx_rng(ctx));
+  for (int64_t i = 0; i < shape[0]; i++) {
+    uint64_t stream = hakd_rng_substream(site, hakd_ctx_sample_offset(ctx) + i);
+    hakd_f32(mask)[i] = floorf(keep + hakd_rng_uniform(&stream)) / keep;
+  }
   return hakd_mul(ctx, branch, mask);
 }
 

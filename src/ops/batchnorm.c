@@ -48,25 +48,46 @@ static bn_layout bn_layout_of(const hakd_tensor *x) {
   return l;
 }
 
-/* Per-channel batch mean and biased variance (double). (N, C) inputs are strided per channel,
- * so they are summed element by element. */
-static void bn_batch_stats(double *mean,     /* (C) */
-                           double *var,      /* (C), biased */
-                           const float *x,   /* (N, C, hw) */
-                           bn_layout l) {
-  int64_t m = l.n * l.hw;
+/* Per-channel batch mean and biased variance (double) over the batch of every process when
+ * the context synchronises BatchNorm (SyncBN: each sum is reduced before it is used, so the
+ * statistics are those of the global batch); returns the values per channel behind them (the
+ * global count), or -1 when a reduction failed (the context holds the error). (N, C) inputs are
+ * strided per channel, so they are summed element by element. */
+static double bn_batch_stats(hakd_ctx *ctx,
+                             double *mean,   /* (C) */
+                             double *var,    /* (C), biased */
+                             const float *x, /* (N, C, hw) */
+                             bn_layout l) {
+  int sync = hakd_ctx_sync_bn(ctx);
+  double m = (double)(l.n * l.hw);
 #pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
   for (int64_t c = 0; c < l.c; c++) {
-    double sum = 0.0, sq = 0.0;
+    double sum = 0.0;
     for (int64_t n = 0; n < l.n; n++) sum += bn_sum(x + (n * l.c + c) * l.hw, l.hw);
-    double mu = sum / (double)m;
-    for (int64_t n = 0; n < l.n; n++) sq += bn_sum_sq_dev(x + (n * l.c + c) * l.hw, l.hw, mu);
-    mean[c] = mu;
-    var[c] = sq / (double)m;
+    mean[c] = sum;
   }
+  if (sync) {
+    var[0] = m; /* the count travels with the sums */
+    double *red = var + 1;
+    memcpy(red, mean, (size_t)l.c * sizeof *red);
+    if (hakd_ctx_allreduce_sum(ctx, var, l.c + 1)) return -1;
+    m = var[0];
+    memcpy(mean, red, (size_t)l.c * sizeof *mean);
+  }
+  for (int64_t c = 0; c < l.c; c++) mean[c] /= m;
+#pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
+  for (int64_t c = 0; c < l.c; c++) {
+    double sq = 0.0;
+    for (int64_t n = 0; n < l.n; n++) sq += bn_sum_sq_dev(x + (n * l.c + c) * l.hw, l.hw, mean[c]);
+    var[c] = sq;
+  }
+  if (sync && hakd_ctx_allreduce_sum(ctx, var, l.c)) return -1;
+  for (int64_t c = 0; c < l.c; c++) var[c] /= m;
+  return m;
 }
 
-/* Forward saved mean/rstd (saved[0], saved[1], floats (C)); iarg[0] = batch statistics used. */
+/* Forward saved mean/rstd (saved[0], saved[1], floats (C)); iarg[0] = batch statistics used,
+ * farg[0] = the values per channel behind them (global under SyncBN). */
 static void batchnorm_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0], *weight = node->in[1], *bias = node->in[2];
   float *dx = hakd_grad(ctx, x), *dw = hakd_grad(ctx, weight), *db = hakd_grad(ctx, bias);
@@ -75,7 +96,10 @@ static void batchnorm_backward(hakd_ctx *ctx, hakd_node *node) {
   const float *xs = hakd_f32(x), *dy = node->out->grad, *w = weight ? hakd_f32(weight) : NULL;
   const float *mean = node->saved[0], *rstd = node->saved[1];
   int batch_stats = (int)node->iarg[0];
-  int64_t m = l.n * l.hw;
+  double m = node->farg[0];
+  /* sums[c] = sum dy, sums[C + c] = sum dy (x - mean), over this process's batch */
+  double *sums = hakd_ctx_alloc(ctx, 4 * (size_t)l.c * sizeof(double));
+  if (!sums) return;
 #pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
   for (int64_t c = 0; c < l.c; c++) {
     double sum_dy = 0.0, sum_dy_dev = 0.0, mu = mean[c];
@@ -84,16 +108,30 @@ static void batchnorm_backward(hakd_ctx *ctx, hakd_node *node) {
       sum_dy += bn_sum(dyp, l.hw);
       sum_dy_dev += bn_sum_dy_dev(dyp, xp, l.hw, mu);
     }
-    double r = rstd[c], scale = w ? w[c] : 1.0;
+    sums[c] = sum_dy;
+    sums[l.c + c] = sum_dy_dev;
     if (db) db[c] += (float)sum_dy;
-    if (dw) dw[c] += (float)(sum_dy_dev * r);
-    if (!dx) continue;
+    if (dw) dw[c] += (float)(sum_dy_dev * rstd[c]);
+  }
+  if (!dx) return;
+  /* SyncBN: the statistics came from every process, so their gradient terms are the global sums
+   * (each process's dy is the gradient of its own loss; the averaging of the parameter gradients
+   * over the processes completes the global gradient, as in PyTorch's SyncBatchNorm). */
+  double *global = sums;
+  if (batch_stats && node->iarg[1]) {
+    global = sums + 2 * l.c;
+    memcpy(global, sums, 2 * (size_t)l.c * sizeof *global);
+    if (hakd_ctx_allreduce_sum(ctx, global, 2 * l.c)) return;
+  }
+#pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
+  for (int64_t c = 0; c < l.c; c++) {
+    double r = rstd[c], scale = w ? w[c] : 1.0;
     /* Batch statistics: dx = w r (dy - mean(dy) - xhat mean(dy xhat)); running statistics are
      * constants: dx = w r dy. */
     double k_dy = scale * r, k_mean = 0.0, k_dev = 0.0;
     if (batch_stats) {
-      k_mean = -k_dy * sum_dy / (double)m;
-      k_dev = -k_dy * r * r * sum_dy_dev / (double)m;
+      k_mean = -k_dy * global[c] / m;
+      k_dev = -k_dy * r * r * global[l.c + c] / m;
     }
     float a = (float)k_dy, b = (float)k_mean, d = (float)k_dev, muf = mean[c];
     for (int64_t n = 0; n < l.n; n++) {
@@ -128,9 +166,9 @@ hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight
       !bn_check_vector(ctx, running_var, "running_var", l.c))
     return NULL;
   if (!(eps > 0.0f)) return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d: eps %g must be positive", (double)eps);
-  int batch_stats = hakd_ctx_training(ctx);
+  int batch_stats = hakd_ctx_training(ctx), sync = batch_stats && hakd_ctx_sync_bn(ctx);
   int64_t m = l.n * l.hw;
-  if (batch_stats && m < 2)
+  if (batch_stats && m < 2 && !sync)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d: training needs more than 1 value per channel, input %s",
                          hakd_shape_str(x, xs, sizeof xs));
   if (!batch_stats && (!running_mean || !running_var))
@@ -138,11 +176,15 @@ hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight
   hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, x->shape);
   float *mean = hakd_ctx_alloc(ctx, (size_t)l.c * sizeof(float));
   float *rstd = hakd_ctx_alloc(ctx, (size_t)l.c * sizeof(float));
-  double *stats = hakd_ctx_alloc(ctx, 2 * (size_t)l.c * sizeof(double));
+  double *stats = hakd_ctx_alloc(ctx, (2 * (size_t)l.c + 1) * sizeof(double));
   if (!y || !mean || !rstd || !stats) return NULL;
-  double *bmean = stats, *bvar = stats + l.c;
+  double *bmean = stats, *bvar = stats + l.c, count = (double)m;
   if (batch_stats) {
-    bn_batch_stats(bmean, bvar, hakd_f32(x), l);
+    count = bn_batch_stats(ctx, bmean, bvar, hakd_f32(x), l);
+    if (count < 0) return NULL;
+    if (count < 2)
+      return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d: training needs more than 1 value per channel, input %s",
+                           hakd_shape_str(x, xs, sizeof xs));
     for (int64_t c = 0; c < l.c; c++) {
       mean[c] = (float)bmean[c];
       rstd[c] = (float)(1.0 / sqrt(bvar[c] + (double)eps));
@@ -152,7 +194,7 @@ hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight
       float *rm = hakd_f32(running_mean), *rv = hakd_f32(running_var);
       for (int64_t c = 0; c < l.c; c++) {
         rm[c] = (float)((1.0 - momentum) * rm[c] + momentum * bmean[c]);
-        rv[c] = (float)((1.0 - momentum) * rv[c] + momentum * bvar[c] * (double)m / (double)(m - 1));
+        rv[c] = (float)((1.0 - momentum) * rv[c] + momentum * bvar[c] * count / (count - 1.0));
       }
     }
   } else {
@@ -176,6 +218,8 @@ hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight
   hakd_node *node = hakd_record(ctx, "batchnorm2d", batchnorm_backward, y, 3, inputs);
   if (node) {
     node->iarg[0] = batch_stats;
+    node->iarg[1] = sync;
+    node->farg[0] = count;
     node->saved[0] = mean;
     node->saved[1] = rstd;
     hakd_node_unneeded(ctx, node, -1);

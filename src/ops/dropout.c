@@ -43,20 +43,30 @@ hakd_tensor *hakd_dropout(hakd_ctx *ctx, hakd_tensor *x, float p) {
   if (!y || !keep) return NULL;
   /* p == 1 drops everything (PyTorch returns zeros), the scale is then irrelevant. */
   float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-  /* The context's stream seeds one sub-stream per chunk of elements, drawn in order: the mask is
-   * a function of the seed and the sequence of ops, independent of the thread count, and the
-   * chunks can be drawn in parallel. */
-  int64_t n_chunks = (n + DROPOUT_CHUNK - 1) / DROPOUT_CHUNK;
+  /* Per sample (the leading dimension; a 1-D tensor is one sample): the sample's stream,
+   * hakd_rng_substream(site, global sample index) with `site` drawn once per call from the
+   * context's stream, seeds one sub-stream per chunk of the sample's elements, drawn in order. So
+   * a mask is a function of the seed, the sequence of ops and the sample's index in the global
+   * batch: independent of the thread count and of how a data-parallel run splits the batch, and
+   * the chunks can be drawn in parallel. */
+  int64_t samples = x->ndim >= 2 && x->shape[0] > 0 ? x->shape[0] : 1, per_sample = n / samples;
+  int64_t chunks_per_sample = (per_sample + DROPOUT_CHUNK - 1) / DROPOUT_CHUNK, n_chunks = samples * chunks_per_sample;
   uint64_t *chunk_seed = hakd_ctx_alloc(ctx, (size_t)(n_chunks ? n_chunks : 1) * sizeof *chunk_seed);
   if (!chunk_seed) return NULL;
-  uint64_t *rng = hakd_ctx_rng(ctx);
-  for (int64_t c = 0; c < n_chunks; c++) chunk_seed[c] = hakd_rng_next(rng);
+  uint64_t site = hakd_rng_next(hakd_ctx_rng(ctx));
+  int64_t first = hakd_ctx_sample_offset(ctx);
+  for (int64_t b = 0; b < samples; b++) {
+    uint64_t sample_stream = hakd_rng_substream(site, first + b);
+    for (int64_t c = 0; c < chunks_per_sample; c++) chunk_seed[b * chunks_per_sample + c] = hakd_rng_next(&sample_stream);
+  }
   const float *xs = hakd_f32(x);
   float *ys = hakd_f32(y);
 #pragma omp parallel for schedule(static) if (n > OPS_PARALLEL_MIN)
-  for (int64_t c = 0; c < n_chunks; c++) {
-    uint64_t stream = hakd_rng_seed(chunk_seed[c]);
-    int64_t begin = c * DROPOUT_CHUNK, end = begin + DROPOUT_CHUNK < n ? begin + DROPOUT_CHUNK : n;
+  for (int64_t bc = 0; bc < n_chunks; bc++) {
+    uint64_t stream = hakd_rng_seed(chunk_seed[bc]);
+    int64_t b = bc / chunks_per_sample, c = bc % chunks_per_sample;
+    int64_t begin = b * per_sample + c * DROPOUT_CHUNK;
+    int64_t end = c * DROPOUT_CHUNK + DROPOUT_CHUNK < per_sample ? begin + DROPOUT_CHUNK : (b + 1) * per_sample;
     for (int64_t i = begin; i < end; i++) {
       /* hakd_rng_uniform's value: the top 24 bits (exact as int32 and as float) times 2^-24. */
       float u = (float)(int32_t)(stream_draw(stream, (uint64_t)(i - begin)) >> 40) * (1.0f / 16777216.0f);

@@ -117,13 +117,13 @@ static void cross_entropy_backward_kernel(float *dx, const float *x, const int32
   }
 }
 
-/* iarg: N, K, S, ignore_index, valid count; saved[0]: lse (N, S). */
+/* iarg: N, K, S, ignore_index, valid count; farg[0]: the divisor of the mean; saved[0]: lse (N, S). */
 static void cross_entropy_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *logits = node->in[0], *labels = node->in[1];
   float *dx = hakd_grad(ctx, logits);
-  int64_t valid = node->iarg[4];
-  if (!dx || valid == 0) return; /* no valid pixel: the loss is the constant 0 */
-  float scale = (float)((double)node->out->grad[0] / (double)valid);
+  double divisor = node->farg[0];
+  if (!dx || divisor == 0) return; /* no valid pixel: the loss is the constant 0 */
+  float scale = (float)((double)node->out->grad[0] / divisor);
   cross_entropy_backward_kernel(dx, hakd_f32(logits), hakd_i32(labels), node->saved[0], node->iarg[0], node->iarg[1],
                                 node->iarg[2], (int)node->iarg[3], scale);
 }
@@ -172,8 +172,18 @@ hakd_tensor *hakd_cross_entropy(hakd_ctx *ctx, hakd_tensor *logits, hakd_tensor 
   if (!y || !lse || !partial) return NULL;
   if (k_classes > 0)
     cross_entropy_forward(lse, partial, hakd_f32(logits), lab, n_img, k_classes, s_pixels, ignore_index);
+  /* In a data-parallel run (a communicator on the context) the mean is over the valid pixels of
+   * the global batch: each process divides its sum by (global count / processes), so the average
+   * of the processes' losses and of their gradients is the global batch's, however the ignored
+   * pixels fall on the processes (a per-process mean would weigh them by their own counts). */
+  double divisor = (double)valid;
+  const hakd_comm *comm = hakd_ctx_comm(ctx);
+  if (comm) {
+    if (hakd_ctx_allreduce_sum(ctx, &divisor, 1)) return NULL;
+    divisor /= (double)comm->size;
+  }
   /* No valid pixel: exactly 0 (PyTorch gives 0/0 = nan), so a batch of pure ignore is harmless. */
-  hakd_f32(y)[0] = valid ? (float)(sum_partials(partial, n_blocks) / (double)valid) : 0.0f;
+  hakd_f32(y)[0] = divisor > 0 ? (float)(sum_partials(partial, n_blocks) / divisor) : 0.0f;
   hakd_tensor *in[2] = {logits, labels};
   hakd_node *node = hakd_record(ctx, "cross_entropy", cross_entropy_backward, y, 2, in);
   if (node) {
@@ -182,6 +192,7 @@ hakd_tensor *hakd_cross_entropy(hakd_ctx *ctx, hakd_tensor *logits, hakd_tensor 
     node->iarg[2] = s_pixels;
     node->iarg[3] = ignore_index;
     node->iarg[4] = valid;
+    node->farg[0] = divisor;
     node->saved[0] = lse;
   }
   return y;

@@ -74,6 +74,10 @@ static const hakd_config_key keys[] = {
      "estimate one step's memory from probe steps on small crops before training; refuse when it exceeds the "
      "available memory (0: skip)",
      0},
+    {"sync_bn", NUM(HAKD_KEY_INT, sync_bn), "-1",
+     "data-parallel runs (mpirun): BatchNorm statistics over the global batch (SyncBN): 1 on, 0 off, -1 on when "
+     "more than one process",
+     0},
     {"teacher", STR(teacher), "", "teacher model name", 1},
     {"teacher_weights", STR(teacher_weights), "", "teacher weights (safetensors)", 1},
     {"teacher_norm", STR(teacher_norm), "", "the teacher's input normalisation if not --norm: imagenet | bgr-mean", 1},
@@ -297,6 +301,8 @@ int hakd_config_validate(const hakd_config *c, int distill) {
    * negative momentum or weight decay, or a save interval that never saves. */
   if (c->threads < 0) return hakd_error(HAKD_EINVAL, "threads must be >= 0 (0: all cores), got %d", c->threads);
   if (c->aux < -1 || c->aux > 1) return hakd_error(HAKD_EINVAL, "aux must be -1, 0 or 1, got %d", c->aux);
+  if (c->sync_bn < -1 || c->sync_bn > 1)
+    return hakd_error(HAKD_EINVAL, "sync_bn must be -1, 0 or 1, got %d", c->sync_bn);
   if (!(c->width > 0)) return hakd_error(HAKD_EINVAL, "width must be > 0, got %g", c->width);
   if (!(c->drop_path >= 0 && c->drop_path < 1))
     return hakd_error(HAKD_EINVAL, "drop_path must be in [0, 1), got %g", c->drop_path);

@@ -188,7 +188,8 @@ int hakd_evaluate(hakd_model *m, const hakd_dataset *ds, const hakd_eval_options
   progress_bar bar;
   progress_start(&bar, o->progress, "eval", n);
   int rc = 0;
-  for (int64_t i = 0; i < n && !rc; i++) {
+  int shards = o->shard_count > 1 ? o->shard_count : 1;
+  for (int64_t i = shards > 1 ? o->shard_index : 0; i < n && !rc; i += shards) {
     hakd_sample s;
     rc = hakd_dataset_load(ds, i, &s);
     if (rc) {

@@ -19,6 +19,7 @@
 #include "hakd/model.h"
 #include "hakd/ops.h"
 #include "hakd/optim.h"
+#include "dist/dist.h"
 #include "train/checkpoint.h"
 #include "train/memory.h"
 #include "train/numerics.h"
@@ -58,6 +59,11 @@ typedef struct {
   /* numerical faults: batches skipped so far, and the buffers before the step (skip_nonfinite) */
   int64_t skipped_nonfinite;
   numerics_snapshot snap_student, snap_extra;
+  /* data parallelism (src/dist): this process is `rank` of `size`; rank 0 alone writes files */
+  int rank, size, writer, sync_bn;
+  int local_batch;
+  FILE *quiet; /* where the other ranks' log and jsonl lines go (/dev/null) */
+  dist_grads *grads;
 } trainer;
 
 /* Set by hakd_train_request_stop (from a signal handler): the signal number, 0 when none. */
@@ -151,7 +157,12 @@ static int evaluate(trainer *t, hakd_model *m, const hakd_eval_options *o, hakd_
   hakd_confusion cm;
   int rc = hakd_confusion_init(&cm, t->K);
   if (rc) return rc;
-  rc = hakd_evaluate(m, t->val_ds, o, &cm);
+  /* Each rank scores every size-th image; the matrices are summed (exact: counts). */
+  hakd_eval_options sharded = *o;
+  sharded.shard_index = t->rank;
+  sharded.shard_count = t->size;
+  rc = dist_agree(hakd_evaluate(m, t->val_ds, &sharded, &cm));
+  if (!rc) rc = dist_sum_u64(cm.counts, (int64_t)t->K * t->K);
   if (!rc) rc = hakd_confusion_compute(out, &cm);
   hakd_confusion_free(&cm);
   return rc;
@@ -161,12 +172,12 @@ static int evaluate(trainer *t, hakd_model *m, const hakd_eval_options *o, hakd_
 static int check_memory(trainer *t) {
   const hakd_config *c = t->cfg;
   int teacher_runs = t->teacher && hakd_distiller_method(t->distiller) != HAKD_DISTILL_NONE;
-  size_t pixels = (size_t)c->batch * (size_t)t->crop_h * (size_t)t->crop_w;
+  size_t pixels = (size_t)t->local_batch * (size_t)t->crop_h * (size_t)t->crop_w;
   /* the trainer's images (+ the teacher's copy) and labels, and the loader's 2 prefetched batches */
   size_t batch_bytes = pixels * (3 * sizeof(float) * (teacher_runs && t->teacher_eval.norm != t->eval.norm ? 2 : 1) +
                                  sizeof(int32_t)) +
                        (c->workers > 0 ? 2 : 0) * pixels * (3 * sizeof(float) + sizeof(int32_t));
-  train_memory_probe p = {t->student, teacher_runs ? t->teacher : NULL, t->distiller, c->batch, t->crop_h, t->crop_w,
+  train_memory_probe p = {t->student, teacher_runs ? t->teacher : NULL, t->distiller, t->local_batch, t->crop_h, t->crop_w,
                           c->aux_weight, t->eval.precision, strcmp(c->optimizer, "adamw") ? 1 : 2, batch_bytes};
   return train_memory_check(&p, t->distill ? "distillation" : "training", t->log);
 }
@@ -175,8 +186,15 @@ static int setup(trainer *t, hakd_train_result *result) {
   const hakd_config *c = t->cfg;
   int rc = hakd_config_validate(c, t->distill);
   if (rc) return rc;
+  t->sync_bn = t->size > 1 && c->sync_bn != 0;
+  if (c->batch % t->size)
+    return hakd_error(HAKD_EINVAL,
+                      "--batch %d (the global batch) does not split over %d processes: each takes an equal share, so "
+                      "use a multiple of %d (e.g. --batch %d) or another process count",
+                      c->batch, t->size, t->size, (c->batch / t->size + 1) * t->size);
+  t->local_batch = c->batch / t->size;
   hakd_set_threads(c->threads);
-  if ((rc = mkdir_p(c->work_dir))) return rc;
+  if (t->writer && (rc = mkdir_p(c->work_dir))) return rc;
   FILE *mem = fmemopen(t->config_text, sizeof t->config_text - 1, "w");
   if (mem) {
     hakd_config_write(c, mem);
@@ -184,7 +202,7 @@ static int setup(trainer *t, hakd_train_result *result) {
   }
   char path[HAKD_PATH_MAX + 32];
   snprintf(path, sizeof path, "%s/config.txt", c->work_dir);
-  if ((rc = hakd_config_save(c, path))) return rc;
+  if (t->writer && (rc = hakd_config_save(c, path))) return rc;
   hakd_parse_size(c->crop, &t->crop_h, &t->crop_w);
 
   hakd_dataset_config dc = {c->dataset, c->data_root, c->train_split, 0};
@@ -197,7 +215,8 @@ static int setup(trainer *t, hakd_train_result *result) {
   if ((rc = create_model(c->model, c->width, c, t->K, &t->student))) return rc;
   /* A crop or batch the model cannot train on fails here with its minimum, not inside conv2d
    * or BatchNorm at the first step. */
-  if ((rc = hakd_model_check_input(t->student, c->batch, t->crop_h, t->crop_w, 1))) {
+  /* BatchNorm sees the local batch unless it is synchronised */
+  if ((rc = hakd_model_check_input(t->student, t->sync_bn ? c->batch : t->local_batch, t->crop_h, t->crop_w, 1))) {
     hakd_error_prefix("crop %s, batch %d", c->crop, c->batch);
     return rc;
   }
@@ -232,7 +251,7 @@ static int setup(trainer *t, hakd_train_result *result) {
     to.width = c->teacher_width;
     if ((rc = hakd_aspp_dilations_parse(c->teacher_aspp_dilations, to.aspp_dilations))) return rc;
     if ((rc = hakd_model_create(c->teacher, &to, &t->teacher))) return rc;
-    if ((rc = hakd_model_check_input(t->teacher, c->batch, t->crop_h, t->crop_w, 0))) {
+    if ((rc = hakd_model_check_input(t->teacher, t->local_batch, t->crop_h, t->crop_w, 0))) {
       hakd_error_prefix("teacher on crop %s", c->crop);
       return rc;
     }
@@ -247,6 +266,9 @@ static int setup(trainer *t, hakd_train_result *result) {
   }
   /* Before the teacher's evaluation, which can take minutes on a real validation set. */
   if (c->memory_check && (rc = check_memory(t))) return rc;
+  /* Every rank got here, or all stop with the first failing rank's error (the evaluation below
+   * is the first collective). */
+  if ((rc = dist_agree(rc))) return rc;
   if (t->distill) {
     hakd_metrics tm;
     if ((rc = evaluate(t, t->teacher, &t->teacher_eval, &tm))) return rc;
@@ -288,6 +310,8 @@ static int setup(trainer *t, hakd_train_result *result) {
   lc.augment.photometric = c->photometric;
   lc.augment.cat_max_ratio = c->cat_max_ratio;
   lc.augment.norm = t->eval.norm;
+  lc.shard_index = t->rank;
+  lc.shard_count = t->size;
   if ((rc = hakd_loader_new(&t->loader, t->train_ds, &lc))) return rc;
 
   size_t pixels = (size_t)c->batch * t->crop_h * t->crop_w;
@@ -307,19 +331,58 @@ static int setup(trainer *t, hakd_train_result *result) {
   if (!t->images || !t->labels || !t->ctx || !t->hist_iter || !t->hist_terms[MAX_TERMS - 1] || !t->eval_miou)
     return hakd_error(HAKD_ENOMEM, "out of memory");
   hakd_ctx_seed(t->ctx, (uint64_t)c->seed + 13);
+  if (t->size > 1) {
+    hakd_ctx_set_comm(t->ctx, dist_comm(), t->sync_bn);
+    /* HAKD_DIST_BUCKET_KB / HAKD_DIST_OVERLAP=0: the bucket size and the overlap, for bench/mpi_scaling.sh */
+    const char *kb = getenv("HAKD_DIST_BUCKET_KB"), *overlap = getenv("HAKD_DIST_OVERLAP");
+    size_t bucket_bytes = kb && atoi(kb) > 0 ? (size_t)atoi(kb) * 1024 : (size_t)1 << 20;
+    hakd_params *lists[2] = {hakd_model_params(t->student), t->distiller ? hakd_distiller_params(t->distiller) : NULL};
+    if ((rc = dist_grads_new(&t->grads, lists, 2, bucket_bytes, !(overlap && !strcmp(overlap, "0"))))) return rc;
+  }
   if (c->skip_nonfinite > 0) {
     if ((rc = numerics_snapshot_init(&t->snap_student, hakd_model_params(t->student)))) return rc;
     if ((rc = numerics_snapshot_init(&t->snap_extra, t->distiller ? hakd_distiller_params(t->distiller) : NULL)))
       return rc;
   }
   snprintf(path, sizeof path, "%s/log.jsonl", c->work_dir);
-  t->jsonl = fopen(path, c->resume[0] ? "a" : "w");
+  t->jsonl = t->writer ? fopen(path, c->resume[0] ? "a" : "w") : t->quiet;
   if (!t->jsonl) return hakd_error(HAKD_EIO, "%s: cannot write", path);
   return 0;
 }
 
+/* Rank 0's parameters and buffers to every rank: the same start whatever each read or drew. */
+static int broadcast_params(hakd_params *p, int buffers_only) {
+  for (int i = 0; p && i < p->count; i++) {
+    hakd_tensor *t = p->items[i];
+    if (buffers_only && t->requires_grad) continue;
+    if (t->dtype != HAKD_F32) continue;
+    int rc = dist_broadcast_f32(hakd_f32(t), hakd_numel(t));
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int broadcast_model(trainer *t, int buffers_only) {
+  int rc = broadcast_params(hakd_model_params(t->student), buffers_only);
+  if (!rc && t->distiller) rc = broadcast_params(hakd_distiller_params(t->distiller), buffers_only);
+  return rc;
+}
+
+/* A failure of this rank alone in the middle of a step, where the others wait in a collective
+ * that this one will not join: the message goes out and the whole run ends (MPI_Abort). */
+static int fail_alone(trainer *t, int rc) {
+  if (t->size > 1 && rc && rc != HAKD_EINTERRUPTED) {
+    fprintf(stderr, "hakd: error: rank %d: %s\nhakd: ending every process of the run\n", t->rank, hakd_error_message());
+    fflush(stderr);
+    hakd_dist_abort(1);
+  }
+  return rc;
+}
+
 static void teardown(trainer *t) {
-  if (t->jsonl) fclose(t->jsonl);
+  if (t->jsonl && t->jsonl != t->quiet) fclose(t->jsonl);
+  if (t->quiet) fclose(t->quiet);
+  dist_grads_free(t->grads);
   hakd_loader_free(t->loader);
   hakd_distiller_free(t->distiller);
   hakd_optim_free(t->opt);
@@ -342,8 +405,15 @@ static void teardown(trainer *t) {
 static int save_checkpoint(trainer *t, int64_t iter) {
   checkpoint_state st = {iter, hakd_loader_get_state(t->loader), *hakd_ctx_rng(t->ctx), t->best_miou,
                          t->skipped_nonfinite};
-  int rc = checkpoint_save(t->cfg->work_dir, t->student, t->distiller ? hakd_distiller_params(t->distiller) : NULL,
-                           t->opt, &st, t->config_text, t->saved_path, sizeof t->saved_path);
+  /* Rank 0 writes; the state is the same on every rank (the loader state is the global batch's),
+   * so a checkpoint resumes on any process count. */
+  int rc = 0;
+  if (t->writer)
+    rc = checkpoint_save(t->cfg->work_dir, t->student, t->distiller ? hakd_distiller_params(t->distiller) : NULL,
+                         t->opt, &st, t->config_text, t->saved_path, sizeof t->saved_path);
+  else
+    snprintf(t->saved_path, sizeof t->saved_path, "%s/iter_%" PRId64 ".safetensors", t->cfg->work_dir, iter);
+  rc = dist_agree(rc);
   if (rc) {
     /* The user's question after a failed save (a full disk) is what is left: say it. */
     if (t->saved_iter >= 0)
@@ -385,6 +455,21 @@ static int resume(trainer *t, int64_t *start_iter) {
   return 0;
 }
 
+/* Every rank read a checkpoint of its own (they need the work_dir on a shared file system):
+ * they must have found the same one. */
+static int resume_agreed(trainer *t, int64_t *start_iter) {
+  int rc = dist_agree(resume(t, start_iter));
+  if (rc || t->size == 1) return rc;
+  int64_t range[2] = {*start_iter, -*start_iter};
+  if ((rc = dist_max_i64(range, 2))) return rc;
+  if (range[0] != -range[1])
+    return hakd_error(HAKD_EINVAL,
+                      "--resume: the processes found checkpoints of different iterations (%" PRId64 " to %" PRId64
+                      ") in %s: put the work_dir on a file system every machine shares",
+                      -range[1], range[0], t->cfg->work_dir);
+  return 0;
+}
+
 static int run_eval(trainer *t, int64_t iter, hakd_train_result *result) {
   hakd_metrics m;
   int rc = evaluate(t, t->student, &t->eval, &m);
@@ -405,7 +490,8 @@ static int run_eval(trainer *t, int64_t iter, hakd_train_result *result) {
     snprintf(path, sizeof path, "%s/best.safetensors", t->cfg->work_dir);
     snprintf(iter_text, sizeof iter_text, "%" PRId64, iter);
     const char *meta[] = {"iteration", iter_text, "model", t->cfg->model, "format", "pt", NULL};
-    rc = hakd_params_save(hakd_model_params(t->student), path, meta);
+    if (t->writer) rc = hakd_params_save(hakd_model_params(t->student), path, meta);
+    rc = dist_agree(rc);
   }
   result->best_miou = t->best_miou;
   hakd_metrics_free(&m);
@@ -537,10 +623,13 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
   const hakd_config *c = t->cfg;
   double t0 = progress_now();
   int n = hakd_loader_next(t->loader, t->images, t->labels);
-  if (n < 0) return n;
+  /* a bad file in one rank's shard stops every rank, with its name */
+  int rc = dist_agree(n < 0 ? n : 0);
+  if (rc) return rc;
   *data_time = progress_now() - t0;
   hakd_ctx *ctx = t->ctx;
   hakd_ctx_reset(ctx);
+  hakd_ctx_set_sample_offset(ctx, (int64_t)t->rank * n);
   if (c->skip_nonfinite > 0) {
     numerics_snapshot_take(&t->snap_student);
     numerics_snapshot_take(&t->snap_extra);
@@ -548,7 +637,6 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
   hakd_tensor *x = hakd_tensor_wrap(ctx, HAKD_F32, 4, (int64_t[]){n, 3, t->crop_h, t->crop_w}, t->images);
   hakd_tensor *y = hakd_tensor_wrap(ctx, HAKD_I32, 3, (int64_t[]){n, t->crop_h, t->crop_w}, t->labels);
   hakd_model_output tout, sout;
-  int rc = 0;
   /* method none trains on labels only: the teacher is loaded and evaluated, never run per step */
   int teacher_runs = t->teacher && hakd_distiller_method(t->distiller) != HAKD_DISTILL_NONE;
   if (teacher_runs) {
@@ -563,9 +651,9 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
     rc = hakd_model_forward(t->teacher, ctx, tx, &tout);
     hakd_ctx_set_grad(ctx, 1);
     hakd_ctx_set_training(ctx, 1);
-    if (rc) return rc;
+    if (rc) return fail_alone(t, rc);
   }
-  if ((rc = hakd_model_forward(t->student, ctx, x, &sout))) return rc;
+  if ((rc = hakd_model_forward(t->student, ctx, x, &sout))) return fail_alone(t, rc);
   hakd_tensor *ce = hakd_cross_entropy(ctx, hakd_resize_bilinear(ctx, sout.logits, t->crop_h, t->crop_w, 0), y, 255);
   hakd_tensor *total = ce;
   hakd_tensor *named[MAX_TERMS];
@@ -579,7 +667,8 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
   hakd_distill_losses dl;
   memset(&dl, 0, sizeof dl);
   if (t->distiller) {
-    if ((rc = hakd_distiller_forward(t->distiller, ctx, teacher_runs ? &tout : NULL, &sout, y, iter, &dl))) return rc;
+    if ((rc = hakd_distiller_forward(t->distiller, ctx, teacher_runs ? &tout : NULL, &sout, y, iter, &dl)))
+      return fail_alone(t, rc);
     const char *names[] = {"kd", "hakd", "proj", "cwd", "fitnet"};
     hakd_tensor *terms_d[] = {dl.kd, dl.hakd, dl.proj, dl.cwd, dl.fitnet};
     for (int i = 0; i < 5; i++)
@@ -588,8 +677,14 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
   }
   t->term_names[k] = "loss", named[k++] = total;
   t->n_terms = k;
-  if (hakd_ctx_status(ctx)) return hakd_ctx_status(ctx);
+  if (hakd_ctx_status(ctx)) return fail_alone(t, hakd_ctx_status(ctx));
   for (int i = 0; i < k; i++) terms[i] = hakd_f32(named[i])[0];
+  /* The global batch's terms (each rank's term is its share's mean, cross-entropies already
+   * normalised by the global count): the log's numbers, and one decision on NaN for all ranks. */
+  if (t->size > 1) {
+    if ((rc = dist_sum_f64(terms, k))) return fail_alone(t, rc);
+    for (int i = 0; i < k; i++) terms[i] /= t->size;
+  }
   for (int i = 0; i < k; i++)
     if (!isfinite(terms[i])) {
       char what[160];
@@ -598,7 +693,11 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
     }
   hakd_params_zero_grad(hakd_model_params(t->student));
   if (t->distiller) hakd_params_zero_grad(hakd_distiller_params(t->distiller));
-  if ((rc = hakd_backward(ctx, total))) return rc;
+  double backward_start = progress_now();
+  if (t->grads) dist_grads_begin(t->grads, ctx);
+  if ((rc = hakd_backward(ctx, total))) return fail_alone(t, rc);
+  /* the average of the ranks' gradients: the global batch's gradient */
+  if (t->grads && (rc = dist_grads_finish(t->grads, ctx, progress_now() - backward_start))) return fail_alone(t, rc);
   /* A finite loss can still have a NaN/Inf gradient (an overflow inside backward); one step
    * with it would spoil every weight it reaches, and the optimizer state for good. */
   float bad = 0;
@@ -610,7 +709,10 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
     return nonfinite(t, iter, what);
   }
   hakd_optim_step(t->opt, lr);
-  if (t->distiller && c->dump_kem[0] && c->dump_every > 0 && (iter + 1) % c->dump_every == 0) {
+  /* Without SyncBN each rank's running statistics follow its own share: rank 0's are everyone's
+   * (as PyTorch's DistributedDataParallel broadcasts buffers), so evaluation and checkpoints agree. */
+  if (t->size > 1 && !t->sync_bn && (rc = broadcast_model(t, 1))) return fail_alone(t, rc);
+  if (t->writer && t->distiller && c->dump_kem[0] && c->dump_every > 0 && (iter + 1) % c->dump_every == 0) {
     if ((rc = mkdir_p(c->dump_kem))) return rc;
     if ((rc = dump_kem(t, iter + 1, &dl))) return rc;
   }
@@ -627,15 +729,17 @@ static void log_iteration(trainer *t, int64_t iter, float lr, const double *term
   if (t->skipped_nonfinite > 0 && n < (int)sizeof line)
     n += snprintf(line + n, sizeof line - (size_t)n, "  skipped %" PRId64, t->skipped_nonfinite);
   if (n < (int)sizeof line)
-    snprintf(line + n, sizeof line - (size_t)n, "  time %.3fs  data %.3fs  eta %s  mem %.0fMB", iter_time, data_time,
-             eta_text, peak_rss_mb());
+    snprintf(line + n, sizeof line - (size_t)n, "  time %.3fs  data %.3fs  %.1f img/s  eta %s  mem %.0fMB", iter_time,
+             data_time, t->cfg->batch / iter_time, eta_text, peak_rss_mb());
   fprintf(t->log, "%s\n", line);
   fflush(t->log);
   fprintf(t->jsonl, "{\"iter\": %" PRId64 ", \"lr\": %.6e", iter, (double)lr);
   for (int i = 0; i < t->n_terms; i++) fprintf(t->jsonl, ", \"%s\": %.6f", t->term_names[i], terms[i]);
   if (t->cfg->skip_nonfinite > 0) fprintf(t->jsonl, ", \"skipped_nonfinite\": %" PRId64, t->skipped_nonfinite);
-  fprintf(t->jsonl, ", \"time\": %.4f, \"data_time\": %.4f, \"eta_s\": %.0f, \"peak_mem_mb\": %.0f, \"rss_mb\": %.3f}\n",
-          iter_time, data_time, eta, peak_rss_mb(), rss_mb());
+  fprintf(t->jsonl,
+          ", \"time\": %.4f, \"data_time\": %.4f, \"img_per_s\": %.2f, \"eta_s\": %.0f, \"peak_mem_mb\": %.0f, "
+          "\"rss_mb\": %.3f}\n",
+          iter_time, data_time, t->cfg->batch / iter_time, eta, peak_rss_mb(), rss_mb());
   fflush(t->jsonl);
 }
 
@@ -648,17 +752,34 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
   t.distill = distill;
   t.log = log;
   t.saved_iter = -1;
-  int rc = setup(&t, result);
+  t.rank = hakd_dist_rank();
+  t.size = hakd_dist_size();
+  t.writer = t.rank == 0;
+  int rc = 0;
+  if (!t.writer) {
+    /* the other ranks' log lines and jsonl records are rank 0's too: they go nowhere */
+    t.quiet = fopen("/dev/null", "w");
+    if (!t.quiet) rc = hakd_error(HAKD_EIO, "/dev/null: cannot open: %s", strerror(errno));
+    t.log = log = t.quiet;
+  }
+  if (!rc) rc = setup(&t, result);
   int64_t iter = 0;
-  if (!rc && config->resume[0]) rc = resume(&t, &iter);
-  if (!rc)
+  if (!rc && config->resume[0]) rc = resume_agreed(&t, &iter);
+  /* every rank starts from rank 0's weights */
+  if (!rc && t.size > 1) rc = dist_agree(broadcast_model(&t, 0));
+  if (!rc) {
     fprintf(log, "%s %s (%s, %.2fM params) on %s/%s: %" PRId64 " iterations, batch %d, crop %dx%d\n",
             distill ? "distilling into" : "training", config->model, hakd_model_family(t.student),
             (double)hakd_params_count(hakd_model_params(t.student)) / 1e6, hakd_dataset_name(t.train_ds),
             config->train_split, config->iters, config->batch, t.crop_h, t.crop_w);
+    if (t.size > 1)
+      fprintf(log, "data parallel: %d processes x batch %d, SyncBN %s, gradients averaged in %d buckets (%.2f MB)\n",
+              t.size, t.local_batch, t.sync_bn ? "on" : "off", dist_grads_get_stats(t.grads).buckets,
+              (double)dist_grads_get_stats(t.grads).floats * 4 / 1e6);
+  }
   /* A live progress line on a terminal (stderr), cleared before each log line. */
   progress_bar bar;
-  progress_start(&bar, isatty(STDERR_FILENO) ? stderr : NULL, distill ? "distill" : "train", config->iters);
+  progress_start(&bar, t.writer && isatty(STDERR_FILENO) ? stderr : NULL, distill ? "distill" : "train", config->iters);
   bar.first = iter;
   double start = progress_now(), window_start = start, window_data = 0;
   int64_t first_iter = iter, window_iters = 0;
@@ -666,6 +787,12 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
   while (!rc && iter < end) {
     /* A stop request is honoured between iterations: the state is whole there. */
     int signo = stop_request;
+    if (t.size > 1) {
+      /* a signal reaches the ranks at different moments: they stop at the same iteration */
+      int64_t any = signo;
+      if ((rc = dist_max_i64(&any, 1))) break;
+      signo = (int)any;
+    }
     if (signo) {
       if (bar.out) fputs("\r\033[K", bar.out);
       if (iter > t.saved_iter && iter > first_iter) rc = save_checkpoint(&t, iter);
@@ -682,7 +809,7 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
       break;
     }
     float lr = hakd_schedule_lr(&t.sched, iter);
-    double terms[MAX_TERMS], data_time;
+    double terms[MAX_TERMS], data_time = 0;
     int step = train_step(&t, iter, lr, terms, &data_time);
     if (step < 0) {
       rc = step;
@@ -705,8 +832,11 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
                       avg * (double)(config->iters - iter));
         window_start = now, window_iters = 0, window_data = 0;
       }
-      char loss_text[48];
-      snprintf(loss_text, sizeof loss_text, "loss %.4f", terms[t.n_terms - 1]);
+      char loss_text[64];
+      /* the global batch's throughput: every rank's images */
+      double elapsed = progress_now() - start;
+      snprintf(loss_text, sizeof loss_text, "loss %.4f  %.1f img/s", terms[t.n_terms - 1],
+               elapsed > 0 ? (double)config->batch * (double)(iter - first_iter) / elapsed : 0.0);
       progress_update(&bar, iter, loss_text);
     }
     int last = iter == config->iters || iter == config->stop_after;
@@ -714,11 +844,20 @@ int hakd_train_run(const hakd_config *config, int distill, FILE *log, hakd_train
     if (config->eval_every > 0 ? (iter % config->eval_every == 0 || last) : last) rc = run_eval(&t, iter, result);
     if (!rc && (config->save_every > 0 ? (iter % config->save_every == 0 || last) : last)) rc = save_checkpoint(&t, iter);
   }
+  if (t.grads && iter > first_iter) {
+    dist_grads_stats gs = dist_grads_get_stats(t.grads);
+    if (gs.iterations > 0)
+      fprintf(log,
+              "data parallel: gradient all-reduce of %.2f MB per iteration; backward %.1f ms, then %.2f ms waiting "
+              "for the reductions (mean of %" PRId64 " iterations)\n",
+              (double)gs.floats * 4 / 1e6, 1e3 * gs.backward_s / (double)gs.iterations,
+              1e3 * gs.wait_s / (double)gs.iterations, gs.iterations);
+  }
   stop_request = 0;
   result->iters_done = iter;
   result->skipped_nonfinite = t.skipped_nonfinite;
   if (t.saved_iter >= 0) snprintf(result->checkpoint, sizeof result->checkpoint, "%s", t.saved_path);
-  if (!rc || rc == HAKD_EINTERRUPTED) write_plots(&t);
+  if (t.writer && (!rc || rc == HAKD_EINTERRUPTED)) write_plots(&t);
   teardown(&t);
   return rc;
 }
