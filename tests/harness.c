@@ -36,6 +36,12 @@ void test_fail(const char *file, int line, const char *fmt, ...) {
 
 int test_failed(void) { return current_failed; }
 
+void test_skip(const char *reason) {
+  printf("[skip] %s\n", reason);
+  fflush(stdout);
+  exit(77);
+}
+
 const char *test_fixture_path(const char *rel) {
   static _Thread_local char path[1024];
   snprintf(path, sizeof path, "%s/tests/fixtures/%s", HAKD_SOURCE_DIR, rel);

@@ -13,6 +13,9 @@ void test_register(const char *name, test_fn fn);
 /* Marks the current case failed (assert macros call it). */
 void test_fail(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int test_failed(void);
+/* Ends the case as skipped (exit status 77, CTest's SKIP_RETURN_CODE) with the reason; only for
+ * a case whose subject this build lacks (the MPI cases in a build without MPI). */
+void test_skip(const char *reason) __attribute__((noreturn));
 
 /* Path of a committed fixture: HAKD_SOURCE_DIR "/tests/fixtures/" rel. */
 const char *test_fixture_path(const char *rel);
