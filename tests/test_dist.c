@@ -34,7 +34,10 @@ static int run_hakd(int ranks, const char *verb, const char *args, const char *w
   }
   char cmd[4096];
   if (ranks > 1)
-    snprintf(cmd, sizeof cmd, "%s --oversubscribe --allow-run-as-root --bind-to none -np %d %s %s %s --work-dir %s/%s",
+    /* single_copy_mechanism none: containers without ptrace rights refuse OpenMPI's default copy */
+    snprintf(cmd, sizeof cmd,
+             "%s --oversubscribe --allow-run-as-root --bind-to none --mca btl_vader_single_copy_mechanism none "
+             "-np %d %s %s %s --work-dir %s/%s",
              mpiexec(), ranks, cli, verb, args, test_tmpdir(), work);
   else
     snprintf(cmd, sizeof cmd, "%s %s %s --work-dir %s/%s", cli, verb, args, test_tmpdir(), work);
