@@ -10,6 +10,7 @@
 #include "hakd/io.h"
 #include "hakd/ops.h"
 #include "ops/conv2d.h"
+#include "ops/scratch.h"
 
 /* fp32 against PyTorch's fp32: each output is a sum of at most Cin/g*kh*kw = 98 products (and
  * each weight gradient of at most N*oh*ow = 280), whose rounding error stays near
@@ -120,14 +121,14 @@ static void check_partial_grads(conv2d_path path) {
 TEST(frozen_inputs_gemm) { check_partial_grads(CONV2D_PATH_GEMM); }
 TEST(frozen_inputs_dnnl) { check_partial_grads(CONV2D_PATH_DNNL); }
 
-/* Releasing the scratch block and the oneDNN cache (tools do it at exit) leaves later calls
+/* Releasing the scratch block and the oneDNN caches (ops_release) leaves later calls
  * working: both are rebuilt on demand. */
 TEST(release_and_rebuild) {
   check_fixture_cases(CONV2D_PATH_DNNL, 1);
-  conv2d_release();
+  ops_release();
   check_fixture_cases(CONV2D_PATH_DNNL, 1);
   check_fixture_cases(CONV2D_PATH_GEMM, 1);
-  conv2d_release();
+  ops_release();
 }
 
 /* ---- larger shapes against a double-precision naive reference ---- */
@@ -404,7 +405,7 @@ static void check_steady_state(conv2d_path path) {
     ASSERT_TRUE(h != NULL);
     ASSERT_OK(hakd_backward(ctx, h));
     mallocs[step] = hakd_ctx_get_stats(ctx).arena_mallocs;
-    growths[step] = conv2d_scratch_growths();
+    growths[step] = ops_scratch_growths();
   }
   conv2d_set_path(CONV2D_PATH_AUTO);
   ASSERT_EQ_INT(mallocs[2], mallocs[1]);

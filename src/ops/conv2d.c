@@ -6,8 +6,7 @@
  *         group x channel slice), each calling a single-threaded sgemm;
  *   dnnl: oneDNN primitives (conv2d_dnnl.c).
  * HAKD_CONV=gemm|dnnl|auto (or conv2d_set_path) picks one; auto applies a per-shape rule derived
- * from bench/bench_kernels (conv2d_auto_path). Temporaries live in one reused scratch block. */
-#include <pthread.h>
+ * from bench/bench_kernels (conv2d_auto_path). Temporaries live in the ops' scratch block (scratch.h). */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -16,8 +15,7 @@
 
 #include "hakd/ops.h"
 #include "ops/conv2d.h"
-#include "ops/dnnl_common.h"
-#include "ops/gemm_bf16.h"
+#include "ops/scratch.h"
 
 /* Largest column buffer of one thread in floats (4 MB): bounded scratch, GEMMs still hundreds
  * of columns wide. */
@@ -245,8 +243,8 @@ static int conv2d_depthwise_backward(float *dx,       /* (N, Cin, h, w) or NULL,
    * (kh * kw * ow floats per thread, step memory) over the rows of one image; images are summed
    * in double, so large maps keep fp32 accuracy. */
   int threads = omp_get_max_threads();
-  size_t acc_bytes = conv2d_scratch_round((size_t)(threads * kk) * sizeof(double));
-  double *acc_all = conv2d_scratch(acc_bytes + (size_t)(threads * kk * s->ow) * sizeof(float));
+  size_t acc_bytes = ops_scratch_round((size_t)(threads * kk) * sizeof(double));
+  double *acc_all = ops_scratch(acc_bytes + (size_t)(threads * kk * s->ow) * sizeof(float));
   if (!acc_all) return HAKD_ENOMEM;
   float *lanes_all = (float *)((unsigned char *)acc_all + acc_bytes);
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -320,8 +318,8 @@ static int conv2d_gemm_forward(float *y,       /* (N, Cout, oh, ow) */
   /* Work items: image x group x row tile; every thread has its own column buffer. */
   int64_t tile_rows = conv2d_tile_rows(s, k, conv2d_parts(s->oh, planes, 2 * threads));
   int64_t tiles = (s->oh + tile_rows - 1) / tile_rows, items = planes * tiles;
-  size_t col_bytes = pointwise ? 0 : conv2d_scratch_round((size_t)(k * tile_rows * s->ow) * sizeof(float));
-  unsigned char *cols = pointwise ? NULL : conv2d_scratch((size_t)threads * col_bytes);
+  size_t col_bytes = pointwise ? 0 : ops_scratch_round((size_t)(k * tile_rows * s->ow) * sizeof(float));
+  unsigned char *cols = pointwise ? NULL : ops_scratch((size_t)threads * col_bytes);
   if (!pointwise && !cols) return HAKD_ENOMEM;
   int blas_threads = conv2d_blas_single();
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
@@ -438,8 +436,8 @@ static int conv2d_gemm_backward(float *dx,       /* (N, Cin, h, w) or NULL */
   unsigned char *cols = NULL;
   size_t col_bytes = 0;
   if (!conv2d_is_pointwise(s)) {
-    col_bytes = conv2d_scratch_round((size_t)(rows_per_col * tile_rows * s->ow) * sizeof(float));
-    cols = conv2d_scratch((size_t)threads * col_bytes);
+    col_bytes = ops_scratch_round((size_t)(rows_per_col * tile_rows * s->ow) * sizeof(float));
+    cols = ops_scratch((size_t)threads * col_bytes);
     if (!cols) return HAKD_ENOMEM;
   }
   int blas_threads = conv2d_blas_single();
@@ -447,55 +445,6 @@ static int conv2d_gemm_backward(float *dx,       /* (N, Cin, h, w) or NULL */
   if (dx) conv2d_gemm_input_grad(dx, w, dy, s, cols, col_bytes, tile_rows, dx_slices, threads);
   conv2d_blas_restore(blas_threads);
   return 0;
-}
-
-/* ---- call scratch (see conv2d.h) ---- */
-
-static _Thread_local unsigned char *conv2d_scratch_base;
-static _Thread_local size_t conv2d_scratch_capacity;
-static _Thread_local uint64_t conv2d_scratch_grown;
-
-/* A thread that exits frees its scratch and oneDNN state: a key whose destructor runs
- * conv2d_release in the exiting thread (its thread-local variables are still there then). */
-static pthread_key_t conv2d_thread_key;
-static pthread_once_t conv2d_thread_key_once = PTHREAD_ONCE_INIT;
-static void conv2d_thread_exit(void *unused) {
-  (void)unused;
-  conv2d_release();
-}
-static void conv2d_thread_key_create(void) { (void)pthread_key_create(&conv2d_thread_key, conv2d_thread_exit); }
-
-void conv2d_thread_state_used(void) {
-  pthread_once(&conv2d_thread_key_once, conv2d_thread_key_create);
-  if (!pthread_getspecific(conv2d_thread_key)) (void)pthread_setspecific(conv2d_thread_key, &conv2d_thread_key);
-}
-
-void *conv2d_scratch(size_t bytes) {
-  if (bytes <= conv2d_scratch_capacity && conv2d_scratch_base) return conv2d_scratch_base;
-  conv2d_thread_state_used();
-  size_t capacity = conv2d_scratch_round(bytes ? bytes : 1);
-  free(conv2d_scratch_base); /* contents need not survive: callers carve after reserving */
-  conv2d_scratch_base = aligned_alloc(64, capacity);
-  conv2d_scratch_capacity = conv2d_scratch_base ? capacity : 0;
-  if (!conv2d_scratch_base) {
-    hakd_error(HAKD_ENOMEM, "conv2d: out of memory for %zu bytes of scratch", capacity);
-    return NULL;
-  }
-  conv2d_scratch_grown++;
-  return conv2d_scratch_base;
-}
-
-uint64_t conv2d_scratch_growths(void) { return conv2d_scratch_grown; }
-
-size_t conv2d_scratch_bytes(void) { return conv2d_scratch_capacity; }
-
-void conv2d_release(void) {
-  free(conv2d_scratch_base);
-  conv2d_scratch_base = NULL;
-  conv2d_scratch_capacity = 0;
-  conv2d_dnnl_release();
-  gemm_bf16_release();
-  ops_dnnl_engine_release();
 }
 
 /* ---- path selection ---- */

@@ -33,28 +33,6 @@ conv2d_path conv2d_get_path(void);
  * not depend on timing noise. */
 conv2d_path conv2d_auto_path(const conv2d_shape *s);
 
-/* Temporaries of one conv2d call (im2col tiles, depthwise partial sums, oneDNN reorders and
- * scratchpad) live in one grow-only block shared by all calls: the convs of a network would
- * otherwise pile activation-sized temporaries up in the step arena until the step ends. After
- * the first step the block has its high-water size and calls allocate nothing. The block is
- * valid until the next conv2d_scratch call. It is the calling thread's (thread-local, like the
- * oneDNN engine and caches), so forwards may run on several threads at once (hakd_model_predict);
- * OpenMP workers inside one call use their slices of the caller's block.
- * Returns at least `bytes`, 64-byte aligned, or NULL with an error set when out of memory. */
-void *conv2d_scratch(size_t bytes);
-/* Bytes a carve of `bytes` takes inside the scratch block (keeps 64-byte alignment). */
-static inline size_t conv2d_scratch_round(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
-/* How often the scratch block grew (each growth is one malloc). */
-uint64_t conv2d_scratch_growths(void);
-/* Bytes the scratch block holds now (its high-water size): the trainer's memory estimate counts
- * it beside the step arena, which does not hold it. */
-size_t conv2d_scratch_bytes(void);
-/* Frees the calling thread's scratch block and every cached oneDNN primitive (tools call it at
- * exit; later calls rebuild what they need). Other threads run it when they exit. */
-void conv2d_release(void);
-/* Marks the calling thread as holding scratch or oneDNN state, so that its exit releases it. */
-void conv2d_thread_state_used(void);
-
 /* ---- oneDNN path (conv2d_dnnl.c). Return 0 or a negative hakd_status with a message. ---- */
 
 /* y = conv(x, w) + b, overwriting y. */
@@ -63,7 +41,5 @@ int conv2d_dnnl_forward(float *y, const float *x, const float *w, const float *b
  * computed but not wanted goes to step memory from ctx). */
 int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s);
-/* Frees every cached oneDNN primitive (conv2d_release calls it). */
-void conv2d_dnnl_release(void);
 
 #endif

@@ -3,9 +3,9 @@
  * pointers. The primitives choose their own layouts (format "any", usually channel-blocked);
  * reorders convert from/to our NCHW tensors through step scratch, and gradients are accumulated
  * (+=) by reorders with a sum post-op. Reordered tensors and oneDNN's (user-managed) scratchpad
- * live in the conv2d scratch block, so a steady-state call allocates nothing. The engine, stream
+ * live in the ops' scratch block (scratch.h), so a steady-state call allocates nothing. The engine, stream
  * and cache belong to the calling thread (thread-local, freed when the thread exits; see
- * conv2d_thread_state_used), so threads running forwards at the same time share nothing. */
+ * ops_thread_on_release in scratch.h), so threads running forwards at the same time share nothing. */
 #include <dnnl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +13,7 @@
 #include "hakd/tensor.h"
 #include "ops/conv2d.h"
 #include "ops/dnnl_common.h"
+#include "ops/scratch.h"
 
 #define CONV2D_DNNL_CACHE_SIZE 128
 #define CONV2D_DNNL_MAX_ARGS 4
@@ -68,7 +69,7 @@ static void conv2d_dnnl_entry_free(conv2d_dnnl_entry *e) {
   e->valid = e->has_backward = 0;
 }
 
-void conv2d_dnnl_release(void) {
+static void conv2d_dnnl_release(void) {
   if (conv2d_dnnl_cache)
     for (int i = 0; i < CONV2D_DNNL_CACHE_SIZE; i++) conv2d_dnnl_entry_free(&conv2d_dnnl_cache[i]);
   free(conv2d_dnnl_cache);
@@ -78,7 +79,7 @@ void conv2d_dnnl_release(void) {
   conv2d_dnnl_engine = NULL;
 }
 
-static int conv2d_dnnl_init_engine(void) { return ops_dnnl_engine(&conv2d_dnnl_engine, &conv2d_dnnl_stream); }
+static int conv2d_dnnl_init_engine(void) { return ops_dnnl_engine(&conv2d_dnnl_engine, &conv2d_dnnl_stream, conv2d_dnnl_release); }
 
 /* Our plain layouts: activations NCHW, weights (G, Cout/G, Cin/G, kh, kw) == (Cout, Cin/G, kh, kw). */
 typedef struct {
@@ -240,9 +241,9 @@ static int conv2d_dnnl_reorder_run(dnnl_primitive_t reorder, dnnl_memory_t from,
 
 /* Runs op on our buffers ptrs[i] (one per argument, in the order they were added). */
 static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs) {
-  size_t total = conv2d_scratch_round(op->scratchpad_bytes);
-  for (int i = 0; i < op->n_args; i++) total += conv2d_scratch_round(op->args[i].inner_bytes);
-  unsigned char *scratch = conv2d_scratch(total);
+  size_t total = ops_scratch_round(op->scratchpad_bytes);
+  for (int i = 0; i < op->n_args; i++) total += ops_scratch_round(op->args[i].inner_bytes);
+  unsigned char *scratch = ops_scratch(total);
   if (!scratch) return HAKD_ENOMEM;
   dnnl_exec_arg_t args[CONV2D_DNNL_MAX_ARGS + 1];
   int n = 0;
@@ -251,7 +252,7 @@ static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs) {
     DNNL_TRY(dnnl_memory_set_data_handle(a->user, ptrs[i]));
     if (a->inner) {
       DNNL_TRY(dnnl_memory_set_data_handle(a->inner, scratch));
-      scratch += conv2d_scratch_round(a->inner_bytes);
+      scratch += ops_scratch_round(a->inner_bytes);
       if (!a->is_output) {
         int rc = conv2d_dnnl_reorder_run(a->reorder, a->user, a->inner);
         if (rc) return rc;

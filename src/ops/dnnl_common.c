@@ -2,15 +2,24 @@
 
 #include <stddef.h>
 
-#include "ops/conv2d.h"
+#include "ops/scratch.h"
 
 /* one engine and stream per thread (a stream is not to be shared by concurrent callers) */
 static _Thread_local dnnl_engine_t ops_engine;
 static _Thread_local dnnl_stream_t ops_stream;
+/* release functions of the thread's primitive caches (a handful of files; registered once each) */
+#define OPS_DNNL_MAX_CACHES 8
+static _Thread_local void (*ops_cache_release[OPS_DNNL_MAX_CACHES])(void);
+static _Thread_local int ops_n_caches;
 
-int ops_dnnl_engine(dnnl_engine_t *engine, dnnl_stream_t *stream) {
+int ops_dnnl_engine(dnnl_engine_t *engine, dnnl_stream_t *stream, void (*cache_release)(void)) {
+  if (cache_release) {
+    int known = 0;
+    for (int i = 0; i < ops_n_caches; i++) known |= ops_cache_release[i] == cache_release;
+    if (!known && ops_n_caches < OPS_DNNL_MAX_CACHES) ops_cache_release[ops_n_caches++] = cache_release;
+  }
   if (!ops_engine) {
-    conv2d_thread_state_used();
+    ops_thread_on_release(ops_dnnl_release);
     DNNL_TRY(dnnl_engine_create(&ops_engine, dnnl_cpu, 0));
     dnnl_status_t st = dnnl_stream_create(&ops_stream, ops_engine, dnnl_stream_default_flags);
     if (st != dnnl_success) {
@@ -24,7 +33,8 @@ int ops_dnnl_engine(dnnl_engine_t *engine, dnnl_stream_t *stream) {
   return 0;
 }
 
-void ops_dnnl_engine_release(void) {
+void ops_dnnl_release(void) {
+  for (int i = 0; i < ops_n_caches; i++) ops_cache_release[i]();
   if (ops_stream) dnnl_stream_destroy(ops_stream);
   if (ops_engine) dnnl_engine_destroy(ops_engine);
   ops_stream = NULL;
@@ -35,7 +45,7 @@ int ops_dnnl_reorder_create(dnnl_primitive_t *reorder, const dnnl_memory_desc_t 
                             int accumulate) {
   dnnl_engine_t engine = NULL;
   dnnl_stream_t stream = NULL;
-  int rc = ops_dnnl_engine(&engine, &stream);
+  int rc = ops_dnnl_engine(&engine, &stream, NULL);
   if (rc) return rc;
   dnnl_primitive_attr_t attr = NULL;
   dnnl_post_ops_t post_ops = NULL;

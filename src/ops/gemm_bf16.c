@@ -2,16 +2,17 @@
  * primitive: reorders round the float32 operands to bfloat16 (and apply any transpose), the
  * primitive accumulates in float32 and writes float32, scaled by alpha, added to C when beta is 1.
  * Primitives and reorders are cached per shape; the rounded operands and oneDNN's scratchpad live
- * in the conv2d scratch block. Engine, stream and cache are the calling thread's (thread-local,
+ * in the ops' scratch block (scratch.h). Engine, stream and cache are the calling thread's (thread-local,
  * like conv2d_dnnl.c's). */
 #include <cblas.h>
 #include <dnnl.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops/conv2d.h"
-#include "ops/dnnl_common.h"
 #include "ops/gemm_bf16.h"
+
+#include "ops/dnnl_common.h"
+#include "ops/scratch.h"
 
 #define GEMM_BF16_CACHE_SIZE 128
 
@@ -38,7 +39,7 @@ static void gemm_bf16_entry_free(gemm_bf16_entry *e) {
   memset(e, 0, sizeof *e);
 }
 
-void gemm_bf16_release(void) {
+static void gemm_bf16_release(void) {
   if (gemm_bf16_cache)
     for (int i = 0; i < GEMM_BF16_CACHE_SIZE; i++) gemm_bf16_entry_free(&gemm_bf16_cache[i]);
   free(gemm_bf16_cache);
@@ -105,7 +106,7 @@ static int gemm_bf16_entry_create(gemm_bf16_entry *e, const gemm_bf16_shape *s) 
 }
 
 static int gemm_bf16_entry_get(const gemm_bf16_shape *s, gemm_bf16_entry **out) {
-  int rc = ops_dnnl_engine(&gemm_bf16_engine, &gemm_bf16_stream);
+  int rc = ops_dnnl_engine(&gemm_bf16_engine, &gemm_bf16_stream, gemm_bf16_release);
   if (rc) return rc;
   if (!gemm_bf16_cache && !(gemm_bf16_cache = calloc(GEMM_BF16_CACHE_SIZE, sizeof *gemm_bf16_cache)))
     return hakd_error(HAKD_ENOMEM, "gemm_bf16: out of memory for the oneDNN cache");
@@ -138,8 +139,8 @@ int gemm_bf16_run(const gemm_bf16_shape *s, const float *a, const float *b, floa
   gemm_bf16_entry *e = NULL;
   int rc = gemm_bf16_entry_get(s, &e);
   if (rc) return rc;
-  size_t a_bytes = conv2d_scratch_round(e->inner_a_bytes), b_bytes = conv2d_scratch_round(e->inner_b_bytes);
-  unsigned char *scratch = conv2d_scratch(a_bytes + b_bytes + conv2d_scratch_round(e->scratchpad_bytes));
+  size_t a_bytes = ops_scratch_round(e->inner_a_bytes), b_bytes = ops_scratch_round(e->inner_b_bytes);
+  unsigned char *scratch = ops_scratch(a_bytes + b_bytes + ops_scratch_round(e->scratchpad_bytes));
   if (!scratch) return HAKD_ENOMEM;
   DNNL_TRY(dnnl_memory_set_data_handle(e->user_a, (void *)a));
   DNNL_TRY(dnnl_memory_set_data_handle(e->user_b, (void *)b));

@@ -24,7 +24,5 @@ int gemm_bf16_run(const gemm_bf16_shape *s, const float *a, const float *b, floa
  * product when bf16 is set. 0 or a negative hakd_status. */
 int gemm_run(int bf16, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
              int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
-/* Frees every cached primitive (conv2d_release calls it). */
-void gemm_bf16_release(void);
 
 #endif

@@ -11,7 +11,7 @@
 
 #include "hakd/error.h"
 #include "hakd/ops.h"
-#include "ops/conv2d.h"
+#include "ops/scratch.h"
 
 /* Probe crops: a crop up to PROBE_BIG pixels is probed as it is; a larger one at its shape
  * scaled to about PROBE_SMALL and PROBE_BIG pixels. 256x256 keeps a probe step of the largest
@@ -230,17 +230,17 @@ int train_memory_estimate_step(const train_memory_probe *p, train_memory_estimat
   float *saved_s = NULL, *saved_d = NULL;
   int rc = snapshot(sp, &saved_s, 0);
   if (!rc && dp) rc = snapshot(dp, &saved_d, 0);
-  /* The conv2d scratch block is grow-only and shared by the whole process: emptied here, its size
+  /* The ops' scratch block is grow-only and shared by the whole process: emptied here, its size
    * after the probes is theirs, not that of an earlier, larger run in this process (the demo
    * trains several models in one process). The next convolution rebuilds what it needs. */
-  conv2d_release();
+  ops_release();
   int n = p->batch < 2 ? p->batch : 2;
   double crop = (double)p->crop_h * p->crop_w, want = (double)p->batch * crop;
   if (!rc && crop <= PROBE_BIG) {
     double bytes = 0;
     rc = probe_step(p, n, p->crop_h, p->crop_w, &bytes);
     e->step = bytes * p->batch / n;
-    e->scratch = (double)conv2d_scratch_bytes() * p->batch / n;
+    e->scratch = (double)ops_scratch_bytes() * p->batch / n;
   } else if (!rc) {
     int h1, w1, h2, w2;
     probe_shape(p->crop_h, p->crop_w, PROBE_SMALL, &h1, &w1);
@@ -256,7 +256,7 @@ int train_memory_estimate_step(const train_memory_probe *p, train_memory_estimat
     double a = a2 - b * p2;
     e->step = p->batch * (a * crop + b * crop * crop);
     /* im2col tiles, oneDNN reorders and bf16 operand copies grow at most with the batch's pixels */
-    e->scratch = (double)conv2d_scratch_bytes() * want / (n * p2);
+    e->scratch = (double)ops_scratch_bytes() * want / (n * p2);
   }
   if (saved_s) snapshot(sp, &saved_s, 1);
   if (saved_d) snapshot(dp, &saved_d, 1);
