@@ -24,7 +24,7 @@ typedef struct {
 
 typedef struct {
   double step;      /* activations and their gradients: the step's planned block */
-  double scratch;   /* convolution temporaries (the conv2d scratch block) */
+  double scratch;   /* convolution temporaries (the ops' scratch block, ops/scratch.h) */
   double fixed;     /* parameter gradients, optimizer state, batch buffers */
   double resident;  /* the process now: code, libraries, parameters, teacher */
   double total;     /* the sum: resident memory the process reaches in training */
