@@ -372,9 +372,12 @@ TEST(env_selects_path_and_rejects_unknown) {
   ASSERT_OK(hakd_backward(ctx, y));
   /* The auto rule: depthwise and 1x1 on gemm, other kernels on oneDNN; in bf16 all but
    * depthwise on oneDNN. */
-  conv2d_shape dense = {1, 2, 5, 5, 2, 3, 3, 5, 5, 1, 1, 1, 1, 0, 0};
-  conv2d_shape depthwise = {1, 8, 5, 5, 8, 3, 3, 5, 5, 1, 1, 1, 8, 1, 0};
-  conv2d_shape pointwise_s2 = {1, 8, 5, 5, 4, 1, 1, 3, 3, 2, 0, 1, 1, 0, 0};
+  conv2d_shape dense = {.n = 1, .cin = 2, .h = 5, .w = 5, .cout = 2, .kh = 3, .kw = 3, .oh = 5, .ow = 5,
+                        .stride = 1, .pad = 1, .dilation = 1, .groups = 1};
+  conv2d_shape depthwise = {.n = 1, .cin = 8, .h = 5, .w = 5, .cout = 8, .kh = 3, .kw = 3, .oh = 5, .ow = 5,
+                            .stride = 1, .pad = 1, .dilation = 1, .groups = 8, .has_bias = 1};
+  conv2d_shape pointwise_s2 = {.n = 1, .cin = 8, .h = 5, .w = 5, .cout = 4, .kh = 1, .kw = 1, .oh = 3, .ow = 3,
+                               .stride = 2, .pad = 0, .dilation = 1, .groups = 1};
   ASSERT_EQ_INT(conv2d_auto_path(&dense), CONV2D_PATH_DNNL);
   ASSERT_EQ_INT(conv2d_auto_path(&depthwise), CONV2D_PATH_GEMM);
   ASSERT_EQ_INT(conv2d_auto_path(&pointwise_s2), CONV2D_PATH_GEMM);

@@ -21,6 +21,15 @@ typedef enum { HAKD_ACT_NONE = 0, HAKD_ACT_RELU, HAKD_ACT_RELU6 } hakd_activatio
 hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b,
                                     const hakd_tensor *scale, const hakd_tensor *shift, const hakd_tensor *residual,
                                     hakd_activation act, int stride, int padding, int dilation, int groups);
+/* In the bf16 precision, a CNN's consecutive inference convolutions keep their activations in
+ * oneDNN's blocked bfloat16 layout (HAKD_BF16_BLOCKED, hakd/tensor.h): hakd_conv2d_affine_act
+ * takes x and residual in either layout and writes its result in x's (blocked only where the
+ * product runs in bf16 on oneDNN; otherwise it converts x and answers float32). A chain starts
+ * with hakd_to_bf16_blocked and ends with hakd_to_f32 before ops that need float32. Both are
+ * inference only for now (an error while gradients are recorded for x); each returns x itself
+ * when it already has the layout asked for, and to_bf16_blocked is refused where bf16 cannot run. */
+hakd_tensor *hakd_to_bf16_blocked(hakd_ctx *ctx, hakd_tensor *x);
+hakd_tensor *hakd_to_f32(hakd_ctx *ctx, hakd_tensor *x);
 /* reference: F.linear. x (..., in), w (out, in), b (out) or NULL -> (..., out). */
 hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b);
 /* reference: torch.matmul on (B..., M, K) x (B..., K, N), with optional transposes of the last two dims of a / b.

@@ -22,7 +22,12 @@
 
 #define HAKD_MAX_DIMS 6
 
-typedef enum { HAKD_F32 = 0, HAKD_I32 = 1 } hakd_dtype;
+/* HAKD_BF16_BLOCKED: a 4-D (N, C, H, W) CNN activation in the bf16 precision, held as bfloat16 in
+ * oneDNN's channel-blocked layout nChw16c ((N, ceil(C/16), H, W, 16), padding channels zero), the
+ * layout its AVX512-BF16 convolutions read and write, so consecutive convolutions pass it on without
+ * converting. Made by hakd_to_bf16_blocked and by the ops that take it (see hakd/ops.h); every other
+ * op needs float32 and refuses it: hakd_to_f32 converts. */
+typedef enum { HAKD_F32 = 0, HAKD_I32 = 1, HAKD_BF16_BLOCKED = 2 } hakd_dtype;
 
 typedef struct hakd_node hakd_node;
 
@@ -44,6 +49,8 @@ typedef struct hakd_tensor {
 static inline float *hakd_f32(const hakd_tensor *t) { return (float *)t->data; }
 static inline int32_t *hakd_i32(const hakd_tensor *t) { return (int32_t *)t->data; }
 int64_t hakd_numel(const hakd_tensor *t);
+/* Bytes of t's data: numel elements, or for HAKD_BF16_BLOCKED the padded blocked size. */
+size_t hakd_tensor_bytes(const hakd_tensor *t);
 /* shape[d] with negative d counting from the end. */
 int64_t hakd_dim(const hakd_tensor *t, int d);
 int hakd_same_shape(const hakd_tensor *a, const hakd_tensor *b);

@@ -424,8 +424,6 @@ void hakd_ctx_scratch_free(hakd_ctx *ctx, void *scratch) {
   }
 }
 
-static size_t dtype_size(hakd_dtype dtype) { return dtype == HAKD_I32 ? sizeof(int32_t) : sizeof(float); }
-
 hakd_tensor *hakd_tensor_new(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape) {
   if (ndim < 0 || ndim > HAKD_MAX_DIMS) return hakd_ctx_fail(ctx, HAKD_EINVAL, "tensor with %d dims", ndim);
   hakd_tensor *t = hakd_ctx_alloc(ctx, sizeof *t);
@@ -439,13 +437,13 @@ hakd_tensor *hakd_tensor_new(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const in
   }
   /* made while an op runs backward: that op's temporary */
   buffer_kind kind = ctx->in_backward ? BUFFER_SCRATCH : BUFFER_DATA;
-  t->data = buffer_alloc(ctx, (size_t)hakd_numel(t) * dtype_size(dtype), kind, &t->buffer);
+  t->data = buffer_alloc(ctx, hakd_tensor_bytes(t), kind, &t->buffer);
   return t->data ? t : NULL;
 }
 
 hakd_tensor *hakd_tensor_zeros(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape) {
   hakd_tensor *t = hakd_tensor_new(ctx, dtype, ndim, shape);
-  if (t) memset(t->data, 0, (size_t)hakd_numel(t) * dtype_size(dtype));
+  if (t) memset(t->data, 0, hakd_tensor_bytes(t));
   return t;
 }
 
@@ -456,7 +454,7 @@ hakd_tensor *hakd_tensor4(hakd_ctx *ctx, int64_t n, int64_t c, int64_t h, int64_
 
 hakd_tensor *hakd_tensor_from(hakd_ctx *ctx, hakd_dtype dtype, int ndim, const int64_t *shape, const void *data) {
   hakd_tensor *t = hakd_tensor_new(ctx, dtype, ndim, shape);
-  if (t) memcpy(t->data, data, (size_t)hakd_numel(t) * dtype_size(dtype));
+  if (t) memcpy(t->data, data, hakd_tensor_bytes(t));
   return t;
 }
 

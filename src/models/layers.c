@@ -76,6 +76,17 @@ hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn 
                                 c->dilation, c->groups);
 }
 
+/* The same condition as layer_conv_bn_forward's fused path. */
+static int layer_chain_fused(hakd_ctx *ctx) {
+  return !hakd_ctx_grad(ctx) && !hakd_ctx_training(ctx) && hakd_ctx_precision(ctx) == HAKD_BF16;
+}
+
+hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x) {
+  return layer_chain_fused(ctx) ? hakd_to_bf16_blocked(ctx, x) : x;
+}
+
+hakd_tensor *layer_chain_end(hakd_ctx *ctx, hakd_tensor *x) { return hakd_to_f32(ctx, x); }
+
 int layer_linear_init(layer_linear *l, hakd_params *p, const char *prefix, int in, int out, int bias) {
   char name[LAYER_NAME_MAX];
   int64_t wshape[2] = {out, in}, bshape[1] = {out};

@@ -524,14 +524,15 @@ static void conv2d_backward(hakd_ctx *ctx, hakd_node *node) {
   if (rc != 0) hakd_ctx_fail(ctx, rc, "conv2d backward: %s", hakd_error_message());
 }
 
-/* Validates the operands of a conv2d and fills *s; 0, or NULL-returning failure recorded in ctx. */
+/* Validates the operands of a conv2d and fills *s; 0, or NULL-returning failure recorded in ctx.
+ * x may be blocked bfloat16 where take_blocked is set. */
 static int conv2d_check(hakd_ctx *ctx, const hakd_tensor *x, const hakd_tensor *w, const hakd_tensor *b, int stride,
-                        int padding, int dilation, int groups, conv2d_shape *s) {
+                        int padding, int dilation, int groups, int take_blocked, conv2d_shape *s) {
   if (!x || !w || hakd_ctx_status(ctx)) return -1;
   char xs[64], ws[64], bs[64];
   hakd_shape_str(x, xs, sizeof xs);
   hakd_shape_str(w, ws, sizeof ws);
-  if (x->dtype != HAKD_F32 || x->ndim != 4)
+  if ((x->dtype != HAKD_F32 && !(take_blocked && x->dtype == HAKD_BF16_BLOCKED)) || x->ndim != 4)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: input must be float32 (N, Cin, H, W), got %s", xs), -1;
   if (w->dtype != HAKD_F32 || w->ndim != 4)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: weight must be float32 (Cout, Cin/groups, kh, kw), got %s", ws), -1;
@@ -562,7 +563,7 @@ static int conv2d_check(hakd_ctx *ctx, const hakd_tensor *x, const hakd_tensor *
 hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b, int stride, int padding,
                          int dilation, int groups) {
   conv2d_shape s;
-  if (conv2d_check(ctx, x, w, b, stride, padding, dilation, groups, &s)) return NULL;
+  if (conv2d_check(ctx, x, w, b, stride, padding, dilation, groups, 0, &s)) return NULL;
   hakd_tensor *y = hakd_tensor4(ctx, s.n, s.cout, s.oh, s.ow);
   if (!y) return NULL;
   if (s.n == 0 || s.cout == 0) return y;
@@ -593,18 +594,25 @@ static void conv2d_affine_act_backward(hakd_ctx *ctx, hakd_node *node) {
 
 /* The per-channel affine goes into the weights and bias (one weight-sized pass), and the
  * residual and activation into one pass over the output, instead of three activation-sized
- * passes (affine, add, activation) that each write a new tensor. */
+ * passes (affine, add, activation) that each write a new tensor. With blocked bfloat16
+ * activations the residual and activation are oneDNN post-ops of the convolution itself (sum over
+ * the residual copied into the output, then eltwise), so the output is written once. */
 hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b,
                                     const hakd_tensor *scale, const hakd_tensor *shift, const hakd_tensor *residual,
                                     hakd_activation act, int stride, int padding, int dilation, int groups) {
   conv2d_shape s;
-  if (conv2d_check(ctx, x, w, b, stride, padding, dilation, groups, &s)) return NULL;
+  if (conv2d_check(ctx, x, w, b, stride, padding, dilation, groups, 1, &s)) return NULL;
   if (hakd_ctx_grad(ctx) && (x->requires_grad || w->requires_grad || (b && b->requires_grad)))
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "conv2d_affine_act: inference only (gradient recording is on)");
+  /* blocked activations stay blocked where the product runs in bf16 on oneDNN (not on the
+   * depthwise kernel or a forced GEMM path, which read float32) */
+  if (x->dtype == HAKD_BF16_BLOCKED && !s.bf16 && !(x = hakd_to_f32(ctx, x))) return NULL;
+  s.src_blocked = s.dst_blocked = x->dtype == HAKD_BF16_BLOCKED;
   if (!scale || !shift || hakd_numel(scale) != s.cout || hakd_numel(shift) != s.cout)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d_affine_act: scale and shift need %lld channels",
                          (long long)s.cout);
-  hakd_tensor *y = hakd_tensor4(ctx, s.n, s.cout, s.oh, s.ow);
+  int64_t yshape[4] = {s.n, s.cout, s.oh, s.ow};
+  hakd_tensor *y = hakd_tensor_new(ctx, s.dst_blocked ? HAKD_BF16_BLOCKED : HAKD_F32, 4, yshape);
   if (!y) return NULL;
   if (residual && !hakd_same_shape(residual, y)) {
     char rs[64], ys[64];
@@ -612,6 +620,15 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
                          hakd_shape_str(residual, rs, sizeof rs), hakd_shape_str(y, ys, sizeof ys));
   }
   if (s.n == 0 || s.cout == 0) return y;
+  if (residual && residual->dtype != y->dtype) { /* into the output's layout */
+    hakd_tensor *r = (hakd_tensor *)residual;
+    if (!(residual = s.dst_blocked ? hakd_to_bf16_blocked(ctx, r) : hakd_to_f32(ctx, r))) return NULL;
+  }
+  if (s.dst_blocked) {
+    if (residual) memcpy(y->data, residual->data, hakd_tensor_bytes(y));
+    s.post_sum = residual != NULL;
+    s.post_act = act;
+  }
   int64_t per_out = hakd_numel(w) / s.cout;
   float *folded = hakd_ctx_scratch(ctx, (size_t)(hakd_numel(w) + s.cout) * sizeof(float));
   if (!folded) return NULL;
@@ -623,10 +640,11 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
     folded_bias[co] = (b ? hakd_f32(b)[co] * sc[co] : 0.0f) + sh[co];
   }
   s.has_bias = 1;
-  int rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s);
+  int rc = s.dst_blocked ? conv2d_dnnl_forward(y->data, x->data, folded, folded_bias, &s)
+                         : conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s);
   hakd_ctx_scratch_free(ctx, folded);
   if (rc != 0) return hakd_ctx_fail(ctx, rc, "conv2d_affine_act: %s", hakd_error_message());
-  if (residual || act != HAKD_ACT_NONE) {
+  if (!s.dst_blocked && (residual || act != HAKD_ACT_NONE)) {
     float *yd = hakd_f32(y);
     const float *rd = residual ? hakd_f32(residual) : NULL;
     int64_t n = hakd_numel(y);

@@ -16,6 +16,10 @@ typedef struct {
   int64_t stride, pad, dilation, groups;
   int64_t has_bias;
   int64_t bf16;           /* products in bfloat16 (inputs rounded), sums and outputs in float32 */
+  /* bf16 on oneDNN only: input / output in the blocked bfloat16 layout (HAKD_BF16_BLOCKED) instead
+   * of float32 NCHW, and the fused forward's post-ops (y = act(conv + y), y holding the residual) */
+  int64_t src_blocked, dst_blocked, post_sum;
+  int64_t post_act; /* hakd_activation */
 } conv2d_shape;
 
 typedef enum {
@@ -35,8 +39,9 @@ conv2d_path conv2d_auto_path(const conv2d_shape *s);
 
 /* ---- oneDNN path (conv2d_dnnl.c). Return 0 or a negative hakd_status with a message. ---- */
 
-/* y = conv(x, w) + b, overwriting y. */
-int conv2d_dnnl_forward(float *y, const float *x, const float *w, const float *b, const conv2d_shape *s);
+/* y = conv(x, w) + b, overwriting y (y = act(conv(x, w) + b + y) with post_sum and post_act). x and y
+ * are float32 NCHW, or blocked bfloat16 where s says so. */
+int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, const conv2d_shape *s);
 /* dx += conv_transpose(dy, w) when dx != NULL; dw += dL/dw, db += dL/db when non-NULL (a gradient
  * computed but not wanted goes to step memory from ctx). */
 int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "hakd/tensor.h"
+#include "hakd/ops.h"
 #include "ops/conv2d.h"
 #include "ops/dnnl_common.h"
 #include "ops/scratch.h"
@@ -83,7 +83,7 @@ static int conv2d_dnnl_init_engine(void) { return ops_dnnl_engine(&conv2d_dnnl_e
 
 /* Our plain layouts: activations NCHW, weights (G, Cout/G, Cin/G, kh, kw) == (Cout, Cin/G, kh, kw). */
 typedef struct {
-  dnnl_memory_desc_t src, weights, bias, dst;       /* plain */
+  dnnl_memory_desc_t src, weights, bias, dst;       /* ours: plain float32, or blocked bf16 (src, dst) */
   dnnl_memory_desc_t src_any, weights_any, dst_any; /* float32 results, layout left to the primitive */
   /* what the products read: float32, or bfloat16 in the bf16 precision (the reorders round) */
   dnnl_memory_desc_t src_in, weights_in, dst_in;
@@ -95,8 +95,10 @@ static int conv2d_dnnl_descs_init(conv2d_dnnl_descs *d, const conv2d_shape *s) {
   dnnl_dims_t weights = {s->groups, s->cout / s->groups, s->cin / s->groups, s->kh, s->kw};
   int grouped = s->groups > 1, wdims = grouped ? 5 : 4;
   const int64_t *wshape = grouped ? weights : weights + 1;
-  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->src, 4, src, dnnl_f32, dnnl_nchw));
-  DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dnnl_f32, dnnl_nchw));
+  DNNL_TRY(s->src_blocked ? dnnl_memory_desc_init_by_tag(&d->src, 4, src, dnnl_bf16, dnnl_nChw16c)
+                          : dnnl_memory_desc_init_by_tag(&d->src, 4, src, dnnl_f32, dnnl_nchw));
+  DNNL_TRY(s->dst_blocked ? dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dnnl_bf16, dnnl_nChw16c)
+                          : dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dnnl_f32, dnnl_nchw));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->bias, 1, bias, dnnl_f32, dnnl_x));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->weights, wdims, wshape, dnnl_f32, grouped ? dnnl_goihw : dnnl_oihw));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->src_any, 4, src, dnnl_f32, dnnl_format_tag_any));
@@ -143,10 +145,29 @@ static int conv2d_dnnl_op_finish(conv2d_dnnl_op *op) {
   return 0;
 }
 
-static int conv2d_dnnl_pd_create(dnnl_primitive_desc_t *pd, const void *op_desc, const_dnnl_primitive_desc_t hint) {
+/* The post-ops of a fused forward: sum (the residual already in dst), then ReLU or ReLU6. */
+static dnnl_status_t conv2d_dnnl_post_ops(dnnl_primitive_attr_t attr, const conv2d_shape *s) {
+  if (!s->post_sum && s->post_act == HAKD_ACT_NONE) return dnnl_success;
+  dnnl_post_ops_t po;
+  dnnl_status_t st = dnnl_post_ops_create(&po);
+  if (st != dnnl_success) return st;
+  if (s->post_sum) st = dnnl_post_ops_append_sum(po, 1.0f);
+  if (st == dnnl_success && s->post_act == HAKD_ACT_RELU)
+    st = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f);
+  if (st == dnnl_success && s->post_act == HAKD_ACT_RELU6)
+    st = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_clip, 0.0f, 6.0f);
+  if (st == dnnl_success) st = dnnl_primitive_attr_set_post_ops(attr, po);
+  dnnl_post_ops_destroy(po);
+  return st;
+}
+
+/* post: the shape whose post-ops the primitive applies (forward), or NULL. */
+static int conv2d_dnnl_pd_create(dnnl_primitive_desc_t *pd, const void *op_desc, const_dnnl_primitive_desc_t hint,
+                                 const conv2d_shape *post) {
   dnnl_primitive_attr_t attr;
   DNNL_TRY(dnnl_primitive_attr_create(&attr));
   dnnl_status_t st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+  if (st == dnnl_success && post) st = conv2d_dnnl_post_ops(attr, post);
   if (st == dnnl_success) st = dnnl_primitive_desc_create(pd, op_desc, attr, conv2d_dnnl_engine, hint);
   dnnl_primitive_attr_destroy(attr);
   if (st != dnnl_success)
@@ -159,9 +180,10 @@ static int conv2d_dnnl_forward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_de
   conv2d_dnnl_op *op = &e->forward;
   dnnl_convolution_desc_t cd;
   DNNL_TRY(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &d->src_in,
-                                                      &d->weights_in, s->has_bias ? &d->bias : NULL, &d->dst_any,
-                                                      d->strides, d->dilates, d->pad_l, d->pad_r));
-  int rc = conv2d_dnnl_pd_create(&op->pd, &cd, NULL);
+                                                      &d->weights_in, s->has_bias ? &d->bias : NULL,
+                                                      s->dst_blocked ? &d->dst : &d->dst_any, d->strides, d->dilates,
+                                                      d->pad_l, d->pad_r));
+  int rc = conv2d_dnnl_pd_create(&op->pd, &cd, NULL, s);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_SRC, dnnl_query_src_md, 0, &d->src, 0, 0);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, &d->weights, 0, 0);
   if (!rc && s->has_bias) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_BIAS, dnnl_query_weights_md, 1, &d->bias, 0, 0);
@@ -175,7 +197,7 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
   dnnl_convolution_desc_t cd;
   DNNL_TRY(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &d->src_any, &d->weights_in,
                                                             &d->dst_in, d->strides, d->dilates, d->pad_l, d->pad_r));
-  int rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd);
+  int rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd, NULL);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->dst, 0, 0);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, &d->weights, 0, 0);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_SRC, dnnl_query_diff_src_md, 0, &d->src, 1, 1);
@@ -185,7 +207,7 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
   DNNL_TRY(dnnl_dilated_convolution_backward_weights_desc_init(
       &cd, dnnl_convolution_direct, &d->src_in, &d->weights_any, s->has_bias ? &d->bias : NULL, &d->dst_in,
       d->strides, d->dilates, d->pad_l, d->pad_r));
-  rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd);
+  rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd, NULL);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_SRC, dnnl_query_src_md, 0, &d->src, 0, 0);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->dst, 0, 0);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_WEIGHTS, dnnl_query_diff_weights_md, 0, &d->weights, 1, 1);
@@ -276,7 +298,7 @@ static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs) {
   return 0;
 }
 
-int conv2d_dnnl_forward(float *y, const float *x, const float *w, const float *b, const conv2d_shape *s) {
+int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, const conv2d_shape *s) {
   conv2d_dnnl_entry *e;
   int rc = conv2d_dnnl_entry_get(s, 0, &e);
   if (rc) return rc;
