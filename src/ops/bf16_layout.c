@@ -78,7 +78,13 @@ static int bf16_layout_run(const int64_t *dims, int to_blocked, const void *src,
   return 0;
 }
 
-/* The conversions carry no gradient yet: training keeps its activations in float32. */
+/* The conversions carry no gradient yet (training keeps its activations in float32), so
+ * hakd_record never puts them on the tape; they call it for the per-op accounting of profilers
+ * (bench/op_profile.c hooks hakd_record). */
+static void bf16_layout_backward(hakd_ctx *ctx, hakd_node *node) {
+  hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: inference only, no backward", node->op);
+}
+
 static hakd_tensor *bf16_layout_convert(hakd_ctx *ctx, hakd_tensor *x, hakd_dtype to, const char *op) {
   if (!x || hakd_ctx_status(ctx)) return NULL;
   if (x->dtype == to) return x;
@@ -99,6 +105,7 @@ static hakd_tensor *bf16_layout_convert(hakd_ctx *ctx, hakd_tensor *x, hakd_dtyp
   if (!y || hakd_numel(y) == 0) return y;
   int rc = bf16_layout_run(x->shape, to == HAKD_BF16_BLOCKED, x->data, y->data);
   if (rc) return hakd_ctx_fail(ctx, rc, "%s %s: %s", op, hakd_shape_str(x, xs, sizeof xs), hakd_error_message());
+  hakd_record(ctx, op, bf16_layout_backward, y, 1, &x);
   return y;
 }
 
