@@ -250,7 +250,7 @@ static void check_against_naive(conv2d_path path) {
  * results equal the double reference of the rounded operands to float32 accumulation accuracy
  * (2e-5 as above), while they differ from the unrounded reference by the rounding (relative
  * 2^-9 per operand: > 1e-4 normalised on these sums, so the check sees bf16 at work). */
-TEST(bf16_products_read_rounded_operands) {
+static void check_bf16_rounded_operands(void) {
   const conv_case cases[] = {
       {1, 128, 48, 40, 16, 3, 1, 1, 1, 1},
       {1, 4, 12, 13, 5, 5, 3, 1, 1, 1},
@@ -303,6 +303,17 @@ TEST(bf16_products_read_rounded_operands) {
     hakd_ctx_free(ctx);
     hakd_params_free(&p);
   }
+}
+
+TEST(bf16_products_read_rounded_operands) { check_bf16_rounded_operands(); }
+
+/* Large bf16 calls run in parts (images; row bands for 1x1 stride-1) to bound their scratch: with
+ * a tiny part budget every case is cut, down to single rows of single images for the 1x1 one, and
+ * the weight and bias gradients accumulated over the parts meet the same reference. */
+TEST(bf16_calls_cut_into_parts_read_rounded_operands) {
+  conv2d_dnnl_set_part_bytes(1);
+  check_bf16_rounded_operands();
+  conv2d_dnnl_set_part_bytes(0);
 }
 
 TEST(gemm_matches_naive_reference) { check_against_naive(CONV2D_PATH_GEMM); }

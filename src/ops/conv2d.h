@@ -20,6 +20,9 @@ typedef struct {
    * of float32 NCHW, and the fused forward's post-ops (y = act(conv + y), y holding the residual) */
   int64_t src_blocked, dst_blocked, post_sum;
   int64_t post_act; /* hakd_activation */
+  /* a band of h rows (input and output) out of images of band_of_h rows: how conv2d_dnnl cuts a
+   * 1x1 stride-1 convolution to bound its scratch; 0: whole images */
+  int64_t band_of_h;
 } conv2d_shape;
 
 typedef enum {
@@ -46,5 +49,8 @@ int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, 
  * computed but not wanted goes to step memory from ctx). */
 int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s);
+/* Budget of one part when a large bf16 call is cut into images or row bands (bytes of its float32
+ * input + output; tests cut small calls with a tiny one); <= 0 restores the default (24 MB). */
+void conv2d_dnnl_set_part_bytes(int64_t bytes);
 
 #endif

@@ -99,6 +99,12 @@ static int conv2d_dnnl_descs_init(conv2d_dnnl_descs *d, const conv2d_shape *s) {
                           : dnnl_memory_desc_init_by_tag(&d->src, 4, src, dnnl_f32, dnnl_nchw));
   DNNL_TRY(s->dst_blocked ? dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dnnl_bf16, dnnl_nChw16c)
                           : dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dnnl_f32, dnnl_nchw));
+  if (s->band_of_h) { /* rows of NCHW images band_of_h rows high: channel stride band_of_h * w */
+    dnnl_dims_t src_strides = {s->cin * s->band_of_h * s->w, s->band_of_h * s->w, s->w, 1};
+    dnnl_dims_t dst_strides = {s->cout * s->band_of_h * s->ow, s->band_of_h * s->ow, s->ow, 1};
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&d->src, 4, src, dnnl_f32, src_strides));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&d->dst, 4, dst, dnnl_f32, dst_strides));
+  }
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->bias, 1, bias, dnnl_f32, dnnl_x));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->weights, wdims, wshape, dnnl_f32, grouped ? dnnl_goihw : dnnl_oihw));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->src_any, 4, src, dnnl_f32, dnnl_format_tag_any));
@@ -298,13 +304,68 @@ static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs) {
   return 0;
 }
 
+/* ---- cutting large bf16 calls ----
+ * A bf16 call reorders its float32 operands into bfloat16 copies, and oneDNN adds float32 result
+ * buffers and scratchpads of the same order: for SegFormer's 1024 -> 256 fuse convolution at 128x128,
+ * batch 2, 272 MB of scratch in backward, more than a fifth of the step. Such calls run image by
+ * image, and 1x1 stride-1 convolutions (where every output row reads only its own input row) in
+ * bands of rows, so the scratch stays near CONV2D_DNNL_PART_BYTES. Weight and bias gradients
+ * accumulate over the parts (their reorders add). */
+#define CONV2D_DNNL_PART_BYTES ((int64_t)24 << 20)
+
+static int64_t conv2d_dnnl_part_bytes = CONV2D_DNNL_PART_BYTES;
+
+void conv2d_dnnl_set_part_bytes(int64_t bytes) { conv2d_dnnl_part_bytes = bytes > 0 ? bytes : CONV2D_DNNL_PART_BYTES; }
+
+typedef struct {
+  conv2d_shape part;       /* shape of a full part (the last band may be shorter) */
+  int64_t images, rows;    /* images per part (n or 1), rows per band (h: whole images) */
+} conv2d_dnnl_cut;
+
+/* The parts of a call of shape s (a single part unless s is bf16 on plain float32 tensors and its
+ * float32 input and output exceed the budget). */
+static conv2d_dnnl_cut conv2d_dnnl_cut_of(const conv2d_shape *s) {
+  conv2d_dnnl_cut c = {*s, s->n, s->h};
+  int64_t image_bytes = (s->cin * s->h * s->w + s->cout * s->oh * s->ow) * (int64_t)sizeof(float);
+  if (!s->bf16 || s->src_blocked || s->dst_blocked || s->n * image_bytes <= conv2d_dnnl_part_bytes) return c;
+  c.images = c.part.n = 1;
+  int banded = s->kh == 1 && s->kw == 1 && s->stride == 1 && s->pad == 0 && s->h > 1;
+  if (!banded || image_bytes <= conv2d_dnnl_part_bytes) return c;
+  c.rows = s->h * conv2d_dnnl_part_bytes / image_bytes;
+  if (c.rows < 1) c.rows = 1;
+  c.part.h = c.part.oh = c.rows;
+  c.part.band_of_h = s->h;
+  return c;
+}
+
+/* Runs `which` (0 forward, 1 backward data, 2 backward weights) of shape s over its parts; ptrs
+ * as conv2d_dnnl_op_run takes them, with x and y (or dx and dy) at the indices ix and iy. */
+static int conv2d_dnnl_run_cut(const conv2d_shape *s, int which, void *const *ptrs, int n_ptrs, int ix, int iy) {
+  conv2d_dnnl_cut c = conv2d_dnnl_cut_of(s);
+  for (int64_t n0 = 0; n0 < s->n; n0 += c.images) {
+    for (int64_t r0 = 0; r0 < s->h; r0 += c.rows) {
+      conv2d_shape part = c.part;
+      if (r0 + c.rows > s->h) part.h = part.oh = s->h - r0;
+      conv2d_dnnl_entry *e;
+      int rc = conv2d_dnnl_entry_get(&part, which != 0, &e);
+      if (rc) return rc;
+      void *p[CONV2D_DNNL_MAX_ARGS];
+      for (int i = 0; i < n_ptrs; i++) p[i] = ptrs[i];
+      if (c.images != s->n) { /* plain float32 tensors (see conv2d_dnnl_cut_of) */
+        p[ix] = (float *)ptrs[ix] + (n0 * s->cin * s->h + r0) * s->w;
+        p[iy] = (float *)ptrs[iy] + (n0 * s->cout * s->oh + r0) * s->ow;
+      }
+      conv2d_dnnl_op *op = which == 0 ? &e->forward : which == 1 ? &e->backward_data : &e->backward_weights;
+      if ((rc = conv2d_dnnl_op_run(op, p))) return rc;
+    }
+  }
+  return 0;
+}
+
 int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, const conv2d_shape *s) {
-  conv2d_dnnl_entry *e;
-  int rc = conv2d_dnnl_entry_get(s, 0, &e);
-  if (rc) return rc;
   void *ptrs[4] = {(void *)x, (void *)w, (void *)b, y};
   if (!s->has_bias) ptrs[2] = y; /* arguments: src, weights, [bias,] dst */
-  return conv2d_dnnl_op_run(&e->forward, ptrs);
+  return conv2d_dnnl_run_cut(s, 0, ptrs, s->has_bias ? 4 : 3, 0, s->has_bias ? 3 : 2);
 }
 
 static float *conv2d_dnnl_zeros(hakd_ctx *ctx, size_t n) {
@@ -315,13 +376,10 @@ static float *conv2d_dnnl_zeros(hakd_ctx *ctx, size_t n) {
 
 int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s) {
-  conv2d_dnnl_entry *e;
-  int rc = conv2d_dnnl_entry_get(s, 1, &e);
-  if (rc) return rc;
+  int rc;
   if (dx) {
     void *ptrs[3] = {(void *)dy, (void *)w, dx};
-    rc = conv2d_dnnl_op_run(&e->backward_data, ptrs);
-    if (rc) return rc;
+    if ((rc = conv2d_dnnl_run_cut(s, 1, ptrs, 3, 2, 0))) return rc;
   }
   if (!dw && !db) return 0;
   /* One primitive computes both; a gradient nobody wants goes to throwaway scratch. */
@@ -329,5 +387,5 @@ int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const f
   if (!dw && !(dw = conv2d_dnnl_zeros(ctx, nw))) return hakd_ctx_status(ctx);
   if (!db && s->has_bias && !(db = conv2d_dnnl_zeros(ctx, (size_t)s->cout))) return hakd_ctx_status(ctx);
   void *ptrs[4] = {(void *)x, (void *)dy, dw, db};
-  return conv2d_dnnl_op_run(&e->backward_weights, ptrs);
+  return conv2d_dnnl_run_cut(s, 2, ptrs, s->has_bias ? 4 : 3, 0, 1);
 }
