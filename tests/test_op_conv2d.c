@@ -511,3 +511,68 @@ TEST(affine_act_equals_the_ops_one_by_one) {
   hakd_ctx_free(ctx);
   hakd_params_free(&p);
 }
+
+/* A chain of residual blocks in bf16 inference: x -> to_bf16_blocked -> [conv+BN+ReLU ->
+ * conv+BN + shortcut + ReLU/ReLU6] x 3 -> to_f32. Every intermediate stays blocked bfloat16 (24
+ * channels: the last block of 16 is padded), the residual and activation run as oneDNN post-ops,
+ * and the result equals the same chain in fp32 within bf16 rounding: each product rounds its
+ * operands (2^-9 relative each) and the blocked activations are stored rounded, so through six
+ * convolutions the error is ~1% of max|fp32|; 3% still catches a wrong layout, residual or
+ * activation (errors of order 1). A float32 residual into a blocked output is converted. */
+TEST(bf16_residual_chain_stays_blocked) {
+  hakd_params p;
+  hakd_params_init(&p);
+  enum { C = 24, BLOCKS = 3 };
+  int64_t xs[4] = {2, C, 10, 9}, ws[4] = {C, C, 3, 3}, cs[1] = {C};
+  hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, 1), *w[2 * BLOCKS], *scale[2 * BLOCKS], *shift[2 * BLOCKS];
+  fill_normal(hakd_f32(x), hakd_numel(x), 1.0f, 11);
+  for (int i = 0; i < 2 * BLOCKS; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "w%d", i);
+    w[i] = hakd_params_add(&p, name, 4, ws, 1);
+    snprintf(name, sizeof name, "s%d", i);
+    scale[i] = hakd_params_add(&p, name, 1, cs, 1);
+    snprintf(name, sizeof name, "t%d", i);
+    shift[i] = hakd_params_add(&p, name, 1, cs, 1);
+    fill_normal(hakd_f32(w[i]), hakd_numel(w[i]), 0.1f, 20 + (uint64_t)i);
+    fill_normal(hakd_f32(scale[i]), C, 0.5f, 40 + (uint64_t)i);
+    fill_normal(hakd_f32(shift[i]), C, 0.5f, 60 + (uint64_t)i);
+  }
+  hakd_tensor *out[2] = {NULL, NULL};
+  hakd_ctx *ctx[2] = {hakd_ctx_new(), hakd_ctx_new()};
+  for (int bf16 = 0; bf16 < 2; bf16++) {
+    hakd_ctx *c = ctx[bf16];
+    hakd_ctx_set_grad(c, 0);
+    hakd_ctx_set_training(c, 0);
+    hakd_ctx_set_precision(c, bf16 ? HAKD_BF16 : HAKD_FP32);
+    hakd_tensor *h = bf16 ? hakd_to_bf16_blocked(c, x) : x;
+    if (bf16 && bf16_refused(c, h, "to_bf16_blocked")) goto done;
+    for (int blk = 0; blk < BLOCKS && h; blk++) {
+      /* the first block's shortcut is float32 x itself: converted into the output's layout */
+      hakd_tensor *shortcut = blk == 0 ? x : h;
+      hakd_tensor *y = hakd_conv2d_affine_act(c, h, w[2 * blk], NULL, scale[2 * blk], shift[2 * blk], NULL,
+                                              HAKD_ACT_RELU, 1, 1, 1, 1);
+      ASSERT_TRUE(y != NULL);
+      ASSERT_EQ_INT(y->dtype, bf16 ? HAKD_BF16_BLOCKED : HAKD_F32);
+      h = hakd_conv2d_affine_act(c, y, w[2 * blk + 1], NULL, scale[2 * blk + 1], shift[2 * blk + 1], shortcut,
+                                 blk == BLOCKS - 1 ? HAKD_ACT_RELU6 : HAKD_ACT_RELU, 1, 1, 1, 1);
+      ASSERT_TRUE(h != NULL);
+      ASSERT_EQ_INT(h->dtype, bf16 ? HAKD_BF16_BLOCKED : HAKD_F32);
+    }
+    out[bf16] = hakd_to_f32(c, h);
+    ASSERT_TRUE(out[bf16] != NULL && out[bf16]->dtype == HAKD_F32);
+    /* an op that needs float32 refuses the blocked layout instead of misreading it (the error
+     * stops this context's later ops; out[1] stays readable until the context resets) */
+    if (bf16) ASSERT_TRUE(hakd_conv2d(c, h, w[0], NULL, 1, 1, 1, 1) == NULL && hakd_ctx_status(c) == HAKD_ESHAPE);
+  }
+  double err = test_max_rel_err(hakd_f32(out[1]), hakd_f32(out[0]), hakd_numel(out[0]), 1e-6);
+  printf("bf16 residual chain: max rel err %.3g vs fp32\n", err);
+  ASSERT_TRUE(err > 0 && err <= 0.03);
+  float top = 0;
+  for (int64_t i = 0; i < hakd_numel(out[1]); i++) top = hakd_f32(out[1])[i] > top ? hakd_f32(out[1])[i] : top;
+  ASSERT_TRUE(top <= 6.0f); /* the last ReLU6 */
+done:
+  hakd_ctx_free(ctx[0]);
+  hakd_ctx_free(ctx[1]);
+  hakd_params_free(&p);
+}
