@@ -25,8 +25,9 @@ static void bench_usage(void) {
          "(hakd info's MACs x 2). infer counts 2 x MACs per image; train counts 3 x the forward FLOPs\n"
          "(6 x MACs: forward, backward to inputs, backward to weights); distill counts the teacher's\n"
          "forward plus the student's train step. --precision bf16: convolutions, linear layers and matrix\n"
-         "products multiply in bfloat16 and accumulate in float32 (tensors, weights, gradients and losses\n"
-         "stay float32).\n");
+         "products multiply in bfloat16 and accumulate in float32 (weights, gradients and losses stay\n"
+         "float32; in infer and the teacher's forward a ResNet's activations stay bfloat16 between its\n"
+         "convolutions).\n");
 }
 
 static int cmd_bench(int argc, char **argv) {
