@@ -1,8 +1,9 @@
 /* Conversions between float32 NCHW and the blocked bfloat16 layout of CNN activations in the bf16
  * precision (HAKD_BF16_BLOCKED, see hakd/tensor.h): oneDNN reorders, cached per shape. They run
  * where a chain of convolutions begins and ends, so the convolutions in between read and write
- * bfloat16 without converting. Single-threaded callers only (the cache has no lock). */
+ * bfloat16 without converting. The cache is the calling thread's. */
 #include <dnnl.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hakd/ops.h"
@@ -18,10 +19,11 @@ typedef struct {
   dnnl_memory_t from, to;
 } bf16_layout_entry;
 
-static dnnl_engine_t bf16_layout_engine;
-static dnnl_stream_t bf16_layout_stream;
-static bf16_layout_entry bf16_layout_cache[BF16_LAYOUT_CACHE_SIZE];
-static int bf16_layout_next_slot;
+/* the calling thread's, like conv2d_dnnl.c's (threads may run forwards at once) */
+static _Thread_local dnnl_engine_t bf16_layout_engine;
+static _Thread_local dnnl_stream_t bf16_layout_stream;
+static _Thread_local bf16_layout_entry *bf16_layout_cache; /* BF16_LAYOUT_CACHE_SIZE entries, made on first use */
+static _Thread_local int bf16_layout_next_slot;
 
 static void bf16_layout_entry_free(bf16_layout_entry *e) {
   if (e->reorder) dnnl_primitive_destroy(e->reorder);
@@ -31,7 +33,11 @@ static void bf16_layout_entry_free(bf16_layout_entry *e) {
 }
 
 static void bf16_layout_release(void) {
-  for (int i = 0; i < BF16_LAYOUT_CACHE_SIZE; i++) bf16_layout_entry_free(&bf16_layout_cache[i]);
+  if (bf16_layout_cache)
+    for (int i = 0; i < BF16_LAYOUT_CACHE_SIZE; i++) bf16_layout_entry_free(&bf16_layout_cache[i]);
+  free(bf16_layout_cache);
+  bf16_layout_cache = NULL;
+  bf16_layout_next_slot = 0;
   bf16_layout_engine = NULL;
   bf16_layout_stream = NULL;
 }
@@ -53,6 +59,8 @@ static int bf16_layout_entry_create(bf16_layout_entry *e) {
 static int bf16_layout_run(const int64_t *dims, int to_blocked, const void *src, void *dst) {
   int rc = ops_dnnl_engine(&bf16_layout_engine, &bf16_layout_stream, bf16_layout_release);
   if (rc) return rc;
+  if (!bf16_layout_cache && !(bf16_layout_cache = calloc(BF16_LAYOUT_CACHE_SIZE, sizeof *bf16_layout_cache)))
+    return hakd_error(HAKD_ENOMEM, "to_f32/to_bf16_blocked: out of memory for the oneDNN cache");
   bf16_layout_entry *e = NULL;
   for (int i = 0; i < BF16_LAYOUT_CACHE_SIZE && !e; i++) {
     bf16_layout_entry *c = &bf16_layout_cache[i];
