@@ -136,7 +136,11 @@ static int cmd_eval(int argc, char **argv) {
   hakd_load_options lo;
   hakd_load_options_default(&lo);
   lo.key_map = prefix;
-  if (hakd_model_load(m, weights, &lo, NULL)) goto done;
+  hakd_load_report rep;
+  if (hakd_model_load(m, weights, &lo, &rep)) goto done;
+  if (rep.unused_aux)
+    fprintf(stderr, "note: %s: %d auxiliary-head tensor(s) unused (a training-only head this model is built without)\n",
+            weights, rep.unused_aux);
   if (hakd_confusion_init(&cm, mo.num_classes)) goto done;
   char protocol[256];
   hakd_eval_protocol(&o, protocol, sizeof protocol);

@@ -20,7 +20,7 @@ static int ends_with(const char *s, const char *suffix) {
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: hakd predict --model NAME --num-classes K --weights FILE.safetensors --input IN\n"
+          "usage: hakd predict --model NAME --num-classes K --weights FILE.safetensors|FILE.pth --input IN\n"
           "                    [--save-logits OUT.npy] [--save-mask OUT.png] [--overlay OUT.png]\n"
           "                    [--width W] [--weights-prefix FROM=TO] [--norm imagenet|bgr-mean] [--threads N]\n"
           "                    [--precision fp32|bf16] [--aspp-dilations 12,24,36]\n"
@@ -152,6 +152,9 @@ int cmd_predict(int argc, char **argv) {
   hakd_load_report rep;
   if (hakd_model_load(m, weights, &lo, &rep)) goto fail;
   fprintf(stderr, "loaded %s: %d tensors (%d ignored counters)\n", weights, rep.loaded, rep.ignored);
+  if (rep.unused_aux)
+    fprintf(stderr, "note: %d auxiliary-head tensor(s) unused (a training-only head this model is built without)\n",
+            rep.unused_aux);
   ctx = hakd_ctx_new();
   if (!ctx) {
     hakd_error(HAKD_ENOMEM, "out of memory");

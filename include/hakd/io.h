@@ -41,17 +41,33 @@ int hakd_st_read_f32(const hakd_st_file *f, const char *name, float *dst, int64_
 /* Integer tensors (I64/I32/I16/I8/U8/BOOL) into int64. */
 int hakd_st_read_i64(const hakd_st_file *f, const char *name, int64_t *dst, int64_t n);
 const char *hakd_st_path(const hakd_st_file *f);
+/* The tensor's raw little-endian bytes (t->nbytes of them), valid until hakd_st_close. */
+const void *hakd_st_data(const hakd_st_file *f, const hakd_st_tensor *t);
 
 /* Writer: add tensors (data copied or borrowed until write), then write atomically
  * (temporary file in the same directory, fsync, rename). */
 typedef struct hakd_st_writer hakd_st_writer;
 hakd_st_writer *hakd_st_writer_new(void);
-/* Borrows data until hakd_st_writer_write returns. dtype F32, I64, I32 or U8. */
+/* Borrows data (little-endian, of any hakd_st_dtype) until hakd_st_writer_write returns. */
 int hakd_st_writer_add(hakd_st_writer *w, const char *name, hakd_st_dtype dtype, int ndim, const int64_t *shape,
                        const void *data);
 int hakd_st_writer_metadata(hakd_st_writer *w, const char *key, const char *value);
 int hakd_st_writer_write(hakd_st_writer *w, const char *path);
 void hakd_st_writer_free(hakd_st_writer *w);
+
+/* ---- PyTorch checkpoints (.pth, .pt) and weights files ---- */
+
+/* Reads the state_dict of a torch.save zip checkpoint (torch >= 1.6) into a tensor file read
+ * with the hakd_st_* accessors above (views and shared storages copied out contiguous). The
+ * pickle is read by a restricted reader that never runs code: only dicts/OrderedDicts, tensors
+ * (_rebuild_tensor_v2, _rebuild_parameter), typed storages, tuples, lists, numbers, strings,
+ * bools and None are accepted; any other global is refused by name. The state_dict is the
+ * top-level dict or the one under "state_dict", "model", "net" or "model_state_dict". The
+ * legacy pre-1.6 formats and TorchScript archives are refused with how to re-save. */
+int hakd_pth_open(const char *path, hakd_st_file **out);
+/* A weights file of either format, told apart by content: a PyTorch checkpoint (zip, or a
+ * legacy torch.save file, refused) or safetensors. */
+int hakd_weights_open(const char *path, hakd_st_file **out);
 
 /* ---- .npy (format 1.0 / 2.0, little-endian, C order) ---- */
 

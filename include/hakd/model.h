@@ -92,16 +92,19 @@ typedef struct {
 
 typedef struct {
   int loaded, missing, unexpected, mismatched, ignored; /* ignored: num_batches_tracked */
+  int unused_aux; /* tensors of an auxiliary head (aux_classifier.*, auxiliary_head.*) the model is built without */
   int targets;                                           /* tensors the load was to fill */
   char first_missing[160], first_unexpected[160], first_mismatched[320];
 } hakd_load_report;
 
 void hakd_load_options_default(hakd_load_options *o);
-/* Loads a safetensors state_dict into the model by name. Names are taken as torchvision /
- * Hugging Face write them; official MiT names (patch_embed1, block1.0.attn.kv, norm1, ...) and
+/* Loads a state_dict into the model by name, from a safetensors file or a PyTorch .pth / .pt
+ * checkpoint (hakd_weights_open: nested {"state_dict": ...} checkpoints unwrapped; a leading
+ * `module.` of DataParallel stripped). Names are taken as torchvision / Hugging Face write them; official MiT names (patch_embed1, block1.0.attn.kv, norm1, ...) and
  * mmsegmentation names (MiT backbone.layers.*, with the fused in_proj split into query/key/value
  * and 1x1-conv FFN weights; aux/FCN ConvModule heads) are mapped. Shape mismatches are always an error
  * naming the key; non-finite values too. A load that fills fewer than half of the targets is
+ * refused. Auxiliary-head tensors of a model built without one are counted in unused_aux, not
  * refused. On error the model's values are unchanged. */
 int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *opts, hakd_load_report *report);
 /* Writes parameters and buffers as a safetensors state_dict PyTorch loads

@@ -15,6 +15,7 @@
 #include "hakd/io.h"
 #include "io/fileio.h"
 #include "io/json.h"
+#include "io/st_internal.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; this reader copies it as host order"
@@ -63,6 +64,9 @@ struct hakd_st_file {
   hakd_st_tensor *tensors; /* header order */
   const hakd_st_tensor **by_name; /* the tensors sorted by name, for lookups */
   const hakd__json *metadata;
+  /* built in memory by another reader (hakd__st_adopt): owned data block and names */
+  uint8_t *owned_data;
+  char **owned_names;
 };
 
 /* "(3, 3)", "(3,)" or "()" like Python prints shapes. */
@@ -283,11 +287,51 @@ int hakd_st_open(const char *path, hakd_st_file **out) {
 void hakd_st_close(hakd_st_file *f) {
   if (!f) return;
   if (f->map) munmap(f->map, f->map_size);
+  if (f->owned_names)
+    for (int i = 0; i < f->n_tensors; i++) free(f->owned_names[i]);
+  free(f->owned_names);
+  free(f->owned_data);
   hakd__json_free(&f->header);
   free(f->tensors);
   free(f->by_name);
   free(f->path);
   free(f);
+}
+
+int hakd__st_adopt(const char *path, hakd_st_tensor *tensors, int n, char **names, uint8_t *data, uint64_t size,
+                   hakd_st_file **out) {
+  *out = NULL;
+  hakd_st_file *f = calloc(1, sizeof *f);
+  if (f) f->path = strdup(path);
+  if (f) {
+    f->tensors = tensors;
+    f->owned_names = names;
+    f->n_tensors = n;
+    f->owned_data = data;
+    f->data = data;
+    f->data_size = size;
+    f->by_name = calloc((size_t)n + 1, sizeof *f->by_name);
+  }
+  if (!f || !f->path || !f->by_name) {
+    if (f) hakd_st_close(f);
+    else {
+      for (int i = 0; i < n; i++) free(names[i]);
+      free(names);
+      free(tensors);
+      free(data);
+    }
+    return hakd_error(HAKD_ENOMEM, "%s: out of memory", path);
+  }
+  for (int i = 0; i < n; i++) f->by_name[i] = &f->tensors[i];
+  qsort(f->by_name, (size_t)n, sizeof *f->by_name, compare_names);
+  for (int i = 1; i < n; i++)
+    if (!strcmp(f->by_name[i]->name, f->by_name[i - 1]->name)) {
+      int rc = hakd_error(HAKD_EFORMAT, "%s: tensor '%s' appears twice", path, f->by_name[i]->name);
+      hakd_st_close(f);
+      return rc;
+    }
+  *out = f;
+  return 0;
 }
 
 int hakd_st_count(const hakd_st_file *f) { return f->n_tensors; }
@@ -315,6 +359,8 @@ const char *hakd_st_metadata(const hakd_st_file *f, const char *key) {
 }
 
 const char *hakd_st_path(const hakd_st_file *f) { return f->path; }
+
+const void *hakd_st_data(const hakd_st_file *f, const hakd_st_tensor *t) { return f->data + t->offset; }
 
 static int64_t tensor_numel(const hakd_st_tensor *t) {
   int64_t n = 1;

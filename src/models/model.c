@@ -72,8 +72,9 @@ int hakd_model_create(const char *name, const hakd_model_options *opts, hakd_mod
   if (!m) return hakd_error(HAKD_ENOMEM, "out of memory creating %s", name);
   snprintf(m->name, sizeof m->name, "%s", name);
   m->spec = spec;
-  m->opts = o;
   hakd_params_init(&m->params);
+  if (spec->deep_stem) o.deep_stem = 1;
+  m->opts = o;
   int rc = 0;
   switch (spec->backbone) {
     case BACKBONE_RESNET:
@@ -90,6 +91,12 @@ int hakd_model_create(const char *name, const hakd_model_options *opts, hakd_mod
       case HEAD_PSP: rc = psp_head_create(&m->params, spec->head_prefix, m->backbone, &o, &m->head); break;
       case HEAD_SEGFORMER:
         rc = segformer_head_create(&m->params, spec->head_prefix, m->backbone, spec->variant, &o, &m->head);
+        break;
+      case HEAD_ASPP_MMSEG:
+        rc = aspp_mmseg_head_create(&m->params, spec->head_prefix, m->backbone, spec->head_channels, &o, &m->head);
+        break;
+      case HEAD_SEGFORMER_MMSEG:
+        rc = segformer_mmseg_head_create(&m->params, spec->head_prefix, m->backbone, spec->variant, &o, &m->head);
         break;
     }
   int want_aux = o.aux_head < 0 ? spec->aux_default : o.aux_head;
@@ -125,7 +132,8 @@ const char *hakd_model_head_prefix(const hakd_model *m) { return m->spec->head_p
 
 int hakd_model_output_stride(const hakd_model *m) {
   /* SegFormer decodes at stage 1's stride; DeepLab/FCN/PSP at stage 4's. */
-  return m->spec->head == HEAD_SEGFORMER ? m->backbone->strides[0] : m->backbone->strides[3];
+  int segformer = m->spec->head == HEAD_SEGFORMER || m->spec->head == HEAD_SEGFORMER_MMSEG;
+  return segformer ? m->backbone->strides[0] : m->backbone->strides[3];
 }
 
 void hakd_model_mean_std(const hakd_model *m, float mean[3], float std[3]) {

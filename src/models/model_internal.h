@@ -40,7 +40,7 @@ struct head {
 };
 
 typedef enum { BACKBONE_RESNET, BACKBONE_MOBILENETV2, BACKBONE_MIT } backbone_kind;
-typedef enum { HEAD_ASPP, HEAD_FCN, HEAD_PSP, HEAD_SEGFORMER } head_kind;
+typedef enum { HEAD_ASPP, HEAD_FCN, HEAD_PSP, HEAD_SEGFORMER, HEAD_ASPP_MMSEG, HEAD_SEGFORMER_MMSEG } head_kind;
 
 typedef struct {
   const char *name, *description;
@@ -50,6 +50,8 @@ typedef struct {
   head_kind head;
   int aux_default;   /* FCN aux head on stage 3 by default */
   const char *backbone_prefix, *head_prefix;
+  int deep_stem;     /* ResNet: always mmseg ResNetV1c's deep stem (the -mmseg models) */
+  int head_channels; /* HEAD_ASPP_MMSEG: the config's decode_head channels (512; 128 for R-18/34) */
 } model_spec;
 
 /* Family constructors (resnet.c, mobilenetv2.c, mit.c; heads in aspp.c, fcn.c, psp.c, segformer_head.c). */
@@ -66,6 +68,11 @@ int fcn_head_create(hakd_params *p, const char *prefix, const backbone *b, int s
 int psp_head_create(hakd_params *p, const char *prefix, const backbone *b, const hakd_model_options *o, head **out);
 int segformer_head_create(hakd_params *p, const char *prefix, const backbone *b, int variant,
                           const hakd_model_options *o, head **out);
+/* mmsegmentation's heads with their own module structure and names (aspp_mmseg.c, segformer_head.c). */
+int aspp_mmseg_head_create(hakd_params *p, const char *prefix, const backbone *b, int channels,
+                           const hakd_model_options *o, head **out);
+int segformer_mmseg_head_create(hakd_params *p, const char *prefix, const backbone *b, int variant,
+                                const hakd_model_options *o, head **out);
 
 const model_spec *model_spec_find(const char *name);
 int model_spec_count(void);

@@ -1,4 +1,5 @@
-/* Import and export of state_dicts as safetensors, by name. */
+/* Import of state_dicts (safetensors or PyTorch .pth, see hakd_weights_open) by name, and
+ * export as safetensors. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -173,6 +174,8 @@ static int build_entries(hakd_model *m, const hakd_st_file *f, const hakd_load_o
     const hakd_st_tensor *t = hakd_st_get(f, i);
     char key[KEY_MAX], mapped[3][KEY_MAX];
     apply_key_map(key, t->name, o->key_map);
+    /* DataParallel / DistributedDataParallel checkpoints prefix every key with `module.` */
+    if (!hakd_params_find(p, key) && starts_with(key, "module.")) memmove(key, key + 7, strlen(key + 7) + 1);
     int targets = 0;
     if (!hakd_params_find(p, key)) {
       targets = map_official_mit(key, hakd_model_backbone_prefix(m), mapped);
@@ -241,7 +244,7 @@ int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *op
   hakd_load_report rep;
   memset(&rep, 0, sizeof rep);
   hakd_st_file *f = NULL;
-  int rc = hakd_st_open(path, &f);
+  int rc = hakd_weights_open(path, &f);
   if (rc) return rc;
   load_entry *entries = NULL;
   int n_entries = 0;
@@ -311,6 +314,13 @@ int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *op
     if (opts->backbone_only && !in_backbone) continue; /* classifier of an ImageNet checkpoint */
     if (ends_with(entries[j].target, "num_batches_tracked")) {
       rep.ignored++;
+      continue;
+    }
+    /* A checkpoint trained with an auxiliary head (torchvision aux_classifier, mmseg
+     * auxiliary_head) loads into a model built without one: the head is training-only. */
+    if (!hakd_model_has_aux(m) &&
+        (starts_with(entries[j].target, "aux_classifier.") || starts_with(entries[j].target, "auxiliary_head."))) {
+      rep.unused_aux++;
       continue;
     }
     if (!rep.unexpected) snprintf(rep.first_unexpected, sizeof rep.first_unexpected, "%s", entries[j].source->name);
