@@ -201,6 +201,15 @@ TEST(aspp_dilations_parse) {
   ASSERT_TRUE(hakd_model_create("deeplabv3-r18-d8", &o, &m) != 0);
 }
 
+/* mmsegmentation's DeepLabV3 (ResNetV1c deep stem + ASPPHead: image_pool first, aspp_modules,
+ * 3x3 bottleneck, conv_seg) with mmseg's module names, at width 1/32 with dilations 1,2,3,4 so the
+ * atrous taps of the 7x9 map read real pixels. */
+TEST(deeplabv3_r50_d8_mmseg_matches_pytorch) {
+  hakd_model_options o = options(5, 1.0f / 32);
+  ASSERT_OK(hakd_aspp_dilations_parse("1,2,3,4", o.aspp_dilations));
+  check_forward_parity("deeplabv3-r50-d8-mmseg", "models/deeplabv3-r50-d8-mmseg-w1_32.safetensors", &o);
+}
+
 TEST(pspnet_r18_d8_matches_pytorch) {
   hakd_model_options o = options(5, 1.0f);
   check_forward_parity("pspnet-r18-d8", "models/pspnet-r18-d8.safetensors", &o);

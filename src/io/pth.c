@@ -663,9 +663,10 @@ static int check_archive(hakd__zip *z, const char *path, char *prefix, size_t si
   snprintf(name, sizeof name, "%s/version", prefix);
   if ((rc = read_small_entry(z, name, text, sizeof text, &present))) return rc;
   if (present) {
+    size_t len = strlen(text);
+    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' ')) text[--len] = '\0';
     char *end;
     long version = strtol(text, &end, 10);
-    while (*end == '\n' || *end == '\r' || *end == ' ') end++;
     /* torch's own reader takes file format versions 1 to 10 (kMin/kMaxSupportedFileFormatVersion) */
     if (end == text || *end || version < 1 || version > 10)
       return hakd_error(HAKD_EUNSUPPORTED, "%s: checkpoint file format version '%s' (this reader knows 1 to 10)", path,

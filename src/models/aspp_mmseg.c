@@ -6,8 +6,7 @@
  *   conv_seg                  dropout 0.1, 1x1 conv to K classes with bias
  * ConvModules are bias-free conv + BN (eps 1e-5) + ReLU. It is not torchvision's ASPP (aspp.c):
  * the image pool comes first, there is no 1x1 `project` and no separate 3x3 + BN after it but
- * one 3x3 bottleneck, and the width is 512 (128 for the ResNet-18/34 configs), scaled by the
- * width multiplier. reference: mmseg/models/decode_heads/aspp_head.py. */
+ * one 3x3 bottleneck, and the width is the config's `channels` (512), scaled by the width multiplier. reference: mmseg/models/decode_heads/aspp_head.py. */
 #include <stdlib.h>
 
 #include "models/model_internal.h"
@@ -52,7 +51,10 @@ int aspp_mmseg_head_create(hakd_params *p, const char *prefix, const backbone *b
   int in = b->channels[3], ch = layer_scale_channels(channels, o->width, 1), rc = 0;
   char name[LAYER_NAME_MAX];
   float m = o->bn_momentum;
-  rc = layer_conv_init(&h->pool_conv, p, layer_name(name, "%s.image_pool.1.conv", prefix), in, ch, 1, 1, 0, 1, 1, 0);
+  /* BaseDecodeHead creates conv_seg first: the state_dict starts with it */
+  rc = layer_conv_init(&h->conv_seg, p, layer_name(name, "%s.conv_seg", prefix), ch, o->num_classes, 1, 1, 0, 1, 1, 1);
+  if (!rc)
+    rc = layer_conv_init(&h->pool_conv, p, layer_name(name, "%s.image_pool.1.conv", prefix), in, ch, 1, 1, 0, 1, 1, 0);
   if (!rc) rc = layer_bn_init(&h->pool_bn, p, layer_name(name, "%s.image_pool.1.bn", prefix), ch, MMSEG_BN_EPS, m);
   for (int i = 0; i < MMSEG_ASPP_BRANCHES && !rc; i++) {
     int k = i == 0 ? 1 : 3, d = i == 0 ? 1 : rates[i - 1];
@@ -65,8 +67,6 @@ int aspp_mmseg_head_create(hakd_params *p, const char *prefix, const backbone *b
     rc = layer_conv_init(&h->bottleneck_conv, p, layer_name(name, "%s.bottleneck.conv", prefix),
                          (1 + MMSEG_ASPP_BRANCHES) * ch, ch, 3, 1, 1, 1, 1, 0);
   if (!rc) rc = layer_bn_init(&h->bottleneck_bn, p, layer_name(name, "%s.bottleneck.bn", prefix), ch, MMSEG_BN_EPS, m);
-  if (!rc)
-    rc = layer_conv_init(&h->conv_seg, p, layer_name(name, "%s.conv_seg", prefix), ch, o->num_classes, 1, 1, 0, 1, 1, 1);
   if (rc) {
     free(h);
     if (rc == HAKD_ENOMEM) return hakd_error(HAKD_ENOMEM, "%s: out of memory creating the ASPP head", prefix);

@@ -51,7 +51,7 @@ typedef struct {
   int aux_default;   /* FCN aux head on stage 3 by default */
   const char *backbone_prefix, *head_prefix;
   int deep_stem;     /* ResNet: always mmseg ResNetV1c's deep stem (the -mmseg models) */
-  int head_channels; /* HEAD_ASPP_MMSEG: the config's decode_head channels (512; 128 for R-18/34) */
+  int head_channels; /* HEAD_ASPP_MMSEG: the config's decode_head channels (512) */
 } model_spec;
 
 /* Family constructors (resnet.c, mobilenetv2.c, mit.c; heads in aspp.c, fcn.c, psp.c, segformer_head.c). */

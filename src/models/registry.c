@@ -3,7 +3,8 @@
  * SegformerForSemanticSegmentation (segformer.encoder.*, decode_head.*), mmsegmentation's PSPHead
  * (decode_head.*); the -mmseg models are mmsegmentation's own module structures (ResNetV1c +
  * ASPPHead, MiT + SegformerHead) under backbone.* / decode_head.* (auxiliary_head.* maps onto
- * aux_classifier.*). */
+ * aux_classifier.*). No ResNet-18/34 -mmseg model: mmseg's BasicBlock dilates only its first 3x3
+ * conv, hakd's (as CIRKD's) both. */
 #include <string.h>
 
 #include "models/model_internal.h"
@@ -49,8 +50,6 @@ static const model_spec specs[] = {
     {"fcn-r50-d8", "FCN on dilated ResNet-50 (torchvision fcn_resnet50 names)", BACKBONE_RESNET, 50, 8, HEAD_FCN, 0,
      "backbone", "classifier", 0, 0},
     {"fcn-r101-d8", "FCN on dilated ResNet-101", BACKBONE_RESNET, 101, 8, HEAD_FCN, 0, "backbone", "classifier", 0, 0},
-    {"deeplabv3-r18-d8-mmseg", "mmsegmentation DeepLabV3 (ASPPHead, 128 ch) on ResNetV1c-18, output stride 8",
-     BACKBONE_RESNET, 18, 8, HEAD_ASPP_MMSEG, 0, "backbone", "decode_head", 1, 128},
     {"deeplabv3-r50-d8-mmseg", "mmsegmentation DeepLabV3 (ASPPHead 1,12,24,36, 512 ch) on ResNetV1c-50, output stride 8",
      BACKBONE_RESNET, 50, 8, HEAD_ASPP_MMSEG, 0, "backbone", "decode_head", 1, 512},
     {"deeplabv3-r101-d8-mmseg", "mmsegmentation DeepLabV3 (ASPPHead, 512 ch) on ResNetV1c-101, output stride 8",

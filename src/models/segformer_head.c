@@ -89,6 +89,10 @@ static int create(hakd_params *p, const char *prefix, const backbone *b, int var
   int dim = layer_scale_channels(variant <= 1 ? 256 : 768, o->width, 1);
   char name[LAYER_NAME_MAX];
   int rc = 0;
+  /* mmseg's BaseDecodeHead creates conv_seg first: the state_dict starts with it */
+  if (mmseg)
+    rc = layer_conv_init(&h->classifier, p, layer_name(name, "%s.conv_seg", prefix), dim, o->num_classes, 1, 1, 0, 1, 1,
+                         1);
   for (int s = 0; s < SEGFORMER_STAGES && !rc; s++) {
     if (!mmseg) {
       rc = layer_linear_init(&h->linear_c[s], p, layer_name(name, "%s.linear_c.%d.proj", prefix, s), b->channels[s],
@@ -105,9 +109,9 @@ static int create(hakd_params *p, const char *prefix, const backbone *b, int var
   if (!rc)
     rc = layer_bn_init(&h->bn, p, layer_name(name, mmseg ? "%s.fusion_conv.bn" : "%s.batch_norm", prefix), dim, 1e-5f,
                        o->bn_momentum);
-  if (!rc)
-    rc = layer_conv_init(&h->classifier, p, layer_name(name, mmseg ? "%s.conv_seg" : "%s.classifier", prefix), dim,
-                         o->num_classes, 1, 1, 0, 1, 1, 1);
+  if (!rc && !mmseg)
+    rc = layer_conv_init(&h->classifier, p, layer_name(name, "%s.classifier", prefix), dim, o->num_classes, 1, 1, 0, 1,
+                         1, 1);
   if (rc) {
     free(h);
     return rc == HAKD_ENOMEM ? hakd_error(HAKD_ENOMEM, "%s: out of memory", prefix) : rc;
