@@ -38,7 +38,7 @@ test-sanitize: deps
 # FUZZ_SECONDS from it. New inputs go to build-fuzz/corpus/<name>, crashes to
 # build-fuzz/artifacts/<name>/ (copy them into fuzz/corpus/<name>/crash-<what> once fixed:
 # `make test` replays fuzz/corpus/ through the gcc-built harnesses).
-FUZZ_HARNESSES = safetensors npy png jpeg config
+FUZZ_HARNESSES = safetensors npy png jpeg config pth
 FUZZ_SECONDS ?= 10
 FUZZ_RUNS ?= 5000
 FUZZ_EXTRA ?=

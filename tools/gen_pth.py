@@ -323,7 +323,8 @@ def zip_archive(path, entries, archive="archive"):
     """A torch.save-like zip: stored entries under archive/."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
         for name, data in entries:
-            z.writestr(archive + "/" + name, data)
+            info = zipfile.ZipInfo(archive + "/" + name, date_time=(1980, 1, 1, 0, 0, 0))  # reproducible bytes
+            z.writestr(info, data, compress_type=zipfile.ZIP_STORED)
 
 
 class FakeStorage:
@@ -388,6 +389,36 @@ def refusals():
     torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, out("refuse_no_state_dict.pth"))
 
 
+def fuzz_corpus():
+    """Seeds of fuzz/corpus/pth: whole small .pth files, and bare pickles that fuzz_pth.c wraps into
+    an archive with storages data/0..data/7 of 64 bytes (16 float32 / 8 int64 / 32 float16 each)."""
+    import io
+    import shutil
+    corpus = os.path.join(fixturelib.FIXTURES, "..", "..", "fuzz", "corpus", "pth")
+    os.makedirs(corpus, exist_ok=True)
+    for name in ("views.pth", "refuse_os_system.pth", "refuse_module.pth", "refuse_legacy.pth",
+                 "refuse_out_of_range.pth", "refuse_big_endian.pth", "refuse_no_state_dict.pth"):
+        shutil.copy(out(name), os.path.join(corpus, name))
+    f32 = FakeStorage(torch.FloatStorage, "0", 16)
+    i64 = FakeStorage(torch.LongStorage, "1", 8)
+    f16 = FakeStorage(torch.HalfStorage, "2", 32)
+    sd = collections.OrderedDict()
+    sd["conv.weight"] = FakeTensor(f32, 0, (4, 4), (4, 1))
+    sd["conv.weight_t"] = FakeTensor(f32, 0, (4, 4), (1, 4))
+    sd["slice"] = FakeTensor(f32, 5, (2, 3), (4, 2))
+    sd["bn.num_batches_tracked"] = FakeTensor(i64, 3, (), ())
+    sd["half"] = FakeTensor(f16, 0, (2, 4, 4), (16, 4, 1))
+    ckpt = {"meta": {"iter": 2 ** 40, "neg": -7, "lr": 0.5, "ok": True, "no": False, "x": None, "t": (1, "a"),
+                     "l": [1, [2.0]]}, "state_dict": sd}
+    for proto in (2, 4):
+        buf = io.BytesIO()
+        TorchLikePickler(buf, protocol=proto).dump(ckpt)
+        with open(os.path.join(corpus, "checkpoint_proto%d.pkl" % proto), "wb") as fp:
+            fp.write(buf.getvalue())
+    with open(os.path.join(corpus, "os_system.pkl"), "wb") as fp:
+        fp.write(pickle.dumps({"w": Evil()}, protocol=2))
+
+
 if __name__ == "__main__":
     torch.manual_seed(20261129)
     views_and_dtypes()
@@ -395,5 +426,6 @@ if __name__ == "__main__":
     mmseg_deeplabv3()
     segformers()
     refusals()
+    fuzz_corpus()
     for f in sorted(os.listdir(DIR)):
         print("%8d  %s" % (os.path.getsize(os.path.join(DIR, f)), f))
