@@ -24,7 +24,8 @@ tools/check_pth_full.py: they write to /tmp, never to the repository.
                                               storage, a big-endian byteorder, a future version.
 Model weights come from fixturelib.param_fill (deterministic, but the C tests read them from the
 .pth, never fill them). Refusal fixtures are built with Python's pickle and zipfile (stored
-entries, as torch.save writes)."""
+entries, as torch.save writes, fixed timestamps); every file is byte-identical across runs except
+refuse_legacy.pth, whose storage keys torch derives from object ids."""
 import collections
 import os
 import pickle
