@@ -1018,6 +1018,81 @@ static const bad_row cka_rows[] = {
     {CKA, {"cka.png", "File too large"}, 300},
 };
 
+/* ---- convert, and .pth weights in predict / eval ---- */
+
+/* PyTorch checkpoints from tests/fixtures/pth (written by python3-torch) and damaged copies. */
+static int setup_pth(void) {
+  static const char *const names[][2] = {
+      {"views.pth", "views.pth"},           {"refuse_os_system.pth", "evil.pth"},   {"refuse_legacy.pth", "legacy.pth"},
+      {"refuse_module.pth", "module.pth"}, {"refuse_torchscript.pt", "script.pt"}, {"refuse_huge.pth", "huge.pth"},
+      {"deeplabv3-r18-w1_32-ddp.pth", "ddp.pth"}, {"refuse_no_state_dict.pth", "nosd.pth"}};
+  int rc = 0;
+  mkdir(tpath("p"), 0755);
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    char rel[128];
+    snprintf(rel, sizeof rel, "pth/%s", names[i][0]);
+    rc |= copy_file(tpath("p/%s", names[i][1]), test_fixture_path(rel));
+  }
+  size_t n;
+  uint8_t *b = read_bytes(tpath("p/views.pth"), &n);
+  if (!b || n < 1000) {
+    free(b);
+    return -1;
+  }
+  rc |= write_bytes(tpath("p/trunc.pth"), b, n / 2);
+  rc |= write_bytes(tpath("p/tail.pth"), b, n - 3);
+  rc |= write_bytes(tpath("p/empty.pth"), "", 0);
+  rc |= write_bytes(tpath("p/text.pth"), "not a checkpoint\n", 17);
+  /* a changed float in storage 0 ("f32": -2.0 = 00 00 00 c0, then -1.5): its CRC no longer matches */
+  const uint8_t pattern[8] = {0x00, 0x00, 0x00, 0xc0, 0x00, 0x00, 0xc0, 0xbf};
+  uint8_t *at = memmem(b, n, pattern, sizeof pattern);
+  if (!at) rc = -1;
+  else {
+    at[3] ^= 1;
+    rc |= write_bytes(tpath("p/crc.pth"), b, n);
+  }
+  free(b);
+  return rc;
+}
+
+#define CONVERT_OUT " {T}/out/x.safetensors"
+
+static const bad_row convert_rows[] = {
+    {"convert {T}/p/evil.pth" CONVERT_OUT, {"evil.pth", "'posix.system'", "never runs code"}, 0},
+    {"convert {T}/p/module.pth" CONVERT_OUT, {"module.pth", "torch.nn.modules.conv.Conv2d", "state_dict()"}, 0},
+    {"convert {T}/p/legacy.pth" CONVERT_OUT, {"legacy.pth", "pre-1.6", "_use_new_zipfile_serialization"}, 0},
+    {"convert {T}/p/script.pt" CONVERT_OUT, {"script.pt", "TorchScript"}, 0},
+    {"convert {T}/p/huge.pth" CONVERT_OUT, {"huge.pth", "overflow"}, 0},
+    {"convert {T}/p/nosd.pth" CONVERT_OUT, {"nosd.pth", "no state_dict", "'epoch'"}, 0},
+    {"convert {T}/p/trunc.pth" CONVERT_OUT, {"trunc.pth", "end-of-central-directory"}, 0},
+    {"convert {T}/p/tail.pth" CONVERT_OUT, {"tail.pth", "truncated"}, 0},
+    {"convert {T}/p/crc.pth" CONVERT_OUT, {"crc.pth", "CRC-32", "corrupted"}, 0},
+    {"convert {T}/p/empty.pth" CONVERT_OUT, {"empty.pth", "empty file"}, 0},
+    {"convert {T}/p/text.pth" CONVERT_OUT, {"text.pth"}, 0},
+    {"convert {T}/p/absent.pth" CONVERT_OUT, {"absent.pth", "No such file"}, 0},
+    {"convert {T}/p/views.pth", {"IN and OUT"}, 0},
+    {"convert {T}/p/views.pth {T}/out/x.safetensors extra", {"IN and OUT"}, 0},
+    {"convert {T}/p/views.pth {T}/afile/x.safetensors", {"afile", "Not a directory"}, 0},
+    {"convert {T}/p/views.pth {T}/nodir/x.safetensors", {"nodir", "No such file"}, 0},
+    {"convert {T}/p/views.pth {T}/out/x.safetensors", {"x.safetensors", "File too large"}, 200},
+    /* .pth wherever weights are read */
+    {PREDICT_W("{T}/p/evil.pth"), {"evil.pth", "'posix.system'"}, 0},
+    {PREDICT_W("{T}/p/crc.pth"), {"crc.pth", "CRC-32"}, 0},
+    {PREDICT_W("{T}/p/ddp.pth"), {"ddp.pth", "of another shape"}, 0}, /* width 1/32 weights, width 1/8 model */
+    {PREDICT_W("{T}/p/views.pth"), {"views.pth", "match by name"}, 0},
+    {EVAL_DS " --weights {T}/p/legacy.pth", {"legacy.pth", "_use_new_zipfile_serialization"}, 0},
+    {"cka --teacher deeplabv3-r18-d8 --teacher-width 0.125 --teacher-weights {T}/p/module.pth" CKA_S
+     " --dataset generic --data-root {T}/ds --out {T}/out/cka.png",
+     {"module.pth", "Conv2d"}, 0},
+};
+
+TEST(convert_refuses_bad_input) {
+  int rc = setup();
+  if (!rc) rc = setup_pth();
+  ASSERT_EQ_INT(rc, 0);
+  ROWS("convert", convert_rows);
+}
+
 TEST(cka_refuses_bad_input) {
   int rc = setup();
   const char *variants[] = {"trunc_img", "text_img", "tiny", "one_val", "empty_split"};
