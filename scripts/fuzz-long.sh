@@ -7,7 +7,7 @@
 #   sh scripts/fuzz-long.sh [HARNESS...]      (default: all)
 SECONDS_EACH=${SECONDS_EACH:-600}
 cd "$(dirname "$0")/.." || exit 1
-for h in ${*:-safetensors npy png jpeg config}; do
+for h in ${*:-safetensors npy png jpeg config pth}; do
   bin=build-fuzz/fuzz/fuzz_$h
   # A rebuild of build-fuzz (fixes found by the previous harness) holds this file meanwhile.
   while [ -e build-fuzz/.building ]; do sleep 5; done

@@ -100,10 +100,11 @@ typedef struct {
 void hakd_load_options_default(hakd_load_options *o);
 /* Loads a state_dict into the model by name, from a safetensors file or a PyTorch .pth / .pt
  * checkpoint (hakd_weights_open: nested {"state_dict": ...} checkpoints unwrapped; a leading
- * `module.` of DataParallel stripped). Names are taken as torchvision / Hugging Face write them; official MiT names (patch_embed1, block1.0.attn.kv, norm1, ...) and
+ * `module.` of DataParallel stripped). Names are taken as torchvision / Hugging Face / the
+ * -mmseg models write them; official MiT names (patch_embed1, block1.0.attn.kv, norm1, ...) and
  * mmsegmentation names (MiT backbone.layers.*, with the fused in_proj split into query/key/value
- * and 1x1-conv FFN weights; aux/FCN ConvModule heads) are mapped. Shape mismatches are always an error
- * naming the key; non-finite values too. A load that fills fewer than half of the targets is
+ * and 1x1-conv FFN weights; aux/FCN ConvModule heads) are mapped. Shape mismatches are always an
+ * error naming the key; non-finite values too. A load that fills fewer than half of the targets is
  * refused. Auxiliary-head tensors of a model built without one are counted in unused_aux, not
  * refused. On error the model's values are unchanged. */
 int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *opts, hakd_load_report *report);
