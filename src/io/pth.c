@@ -878,12 +878,18 @@ int hakd_pth_open(const char *path, hakd_st_file **out) {
 
 int hakd_weights_open(const char *path, hakd_st_file **out) {
   *out = NULL;
-  void *map;
-  size_t size;
-  int rc = map_file(path, &map, &size);
-  if (rc) return rc;
-  int pytorch = hakd__zip_is_zip(map, size) || legacy_kind(map, size);
-  if (pytorch) rc = hakd__pth_read(path, map, size, out);
-  munmap(map, size);
-  return pytorch ? rc : hakd_st_open(path, out);
+  /* sniff the first bytes; anything not PyTorch's gets the safetensors reader and its messages */
+  uint8_t head[512];
+  size_t n = 0;
+  FILE *fp = fopen(path, "rb");
+  int opened = fp != NULL;
+  if (fp) {
+    n = fread(head, 1, sizeof head, fp);
+    fclose(fp);
+  }
+  size_t len = strlen(path);
+  /* a .pth / .pt that is neither gets the PyTorch reader's message, not a safetensors one */
+  int named_pth = (len > 4 && !strcmp(path + len - 4, ".pth")) || (len > 3 && !strcmp(path + len - 3, ".pt"));
+  if (hakd__zip_is_zip(head, n) || legacy_kind(head, n) || (named_pth && opened)) return hakd_pth_open(path, out);
+  return hakd_st_open(path, out);
 }
