@@ -187,8 +187,9 @@ static int64_t downsampled(int64_t n, int stride) {
 
 int hakd_model_min_train_batch(const hakd_model *m, int64_t h, int64_t w) {
   int need = m->head->pooled_bn || (m->aux && m->aux->pooled_bn) ? 2 : 1;
-  if (m->backbone->bn_stride) {
-    int64_t values = downsampled(h, m->backbone->bn_stride) * downsampled(w, m->backbone->bn_stride);
+  int stride = m->backbone->bn_stride > m->head->bn_stride ? m->backbone->bn_stride : m->head->bn_stride;
+  if (stride) {
+    int64_t values = downsampled(h, stride) * downsampled(w, stride);
     if (values < 2 && need < 2) need = 2;
   }
   return need;

@@ -37,6 +37,10 @@ struct head {
   /* A BatchNorm after global pooling (ASPP image pooling, PSP bin 1): one value per channel and
    * image, so a training-mode forward needs a batch of at least 2. */
   int pooled_bn;
+  /* Stride of the deepest map the head BatchNorms before upsampling (mmseg's SegformerHead: each
+   * stage's ConvModule, down to stage 4); 0 when its BatchNorms all run at stride <= the
+   * backbone's bn_stride or at stage 1. */
+  int bn_stride;
 };
 
 typedef enum { BACKBONE_RESNET, BACKBONE_MOBILENETV2, BACKBONE_MIT } backbone_kind;

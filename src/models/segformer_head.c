@@ -85,6 +85,7 @@ static int create(hakd_params *p, const char *prefix, const backbone *b, int var
   h->base.describe = segformer_head_describe;
   h->base.destroy = segformer_head_destroy;
   h->mmseg = mmseg;
+  if (mmseg) h->base.bn_stride = b->strides[SEGFORMER_STAGES - 1];
   h->dropout = o->dropout < 0.0f ? 0.1f : o->dropout;
   int dim = layer_scale_channels(variant <= 1 ? 256 : 768, o->width, 1);
   char name[LAYER_NAME_MAX];
