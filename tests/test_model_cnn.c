@@ -336,6 +336,8 @@ static const cnn_expectation cnn_models[] = {
     {"pspnet-r101-d8", {64, 128, 256, 512}, {4, 8, 8, 8}},
     {"fcn-r50-d8", {64, 128, 256, 512}, {4, 8, 8, 8}},
     {"fcn-r101-d8", {64, 128, 256, 512}, {4, 8, 8, 8}},
+    {"deeplabv3-r50-d8-mmseg", {64, 128, 256, 512}, {4, 8, 8, 8}},
+    {"deeplabv3-r101-d8-mmseg", {64, 128, 256, 512}, {4, 8, 8, 8}},
 };
 #define N_CNN_MODELS ((int)(sizeof cnn_models / sizeof cnn_models[0]))
 
