@@ -15,22 +15,25 @@ enum { STAGES = 4 };
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: hakd cka --teacher NAME --teacher-weights FILE [--teacher-width W]\n"
-          "                --student NAME --student-weights FILE [--student-width W]\n"
+          "usage: hakd cka --teacher-weights FILE [--teacher NAME] [--teacher-width W]\n"
+          "                --student-weights FILE [--student NAME] [--student-width W]\n"
           "                --dataset NAME --data-root DIR [--split val] [--max-images N] [--size HxW]\n"
           "                [--out cka.png] [--norm imagenet|bgr-mean] [--threads N]\n"
           "Linear CKA (Kornblith et al. 2019) between teacher stages 1-4 (rows) and student stages 1-4\n"
           "(columns) over the first N images of the split (default 64). One example per image: each\n"
           "stage's feature map is average-pooled to %dx%d and flattened. Only the backbone weights are\n"
           "loaded (the heads do not take part). Images are used whole, or fitted within HxW keeping\n"
-          "their aspect ratio with --size; teacher and student may be the same model.\n",
+          "their aspect ratio with --size; teacher and student may be the same model. A model's name and\n"
+          "width default to what its file's metadata says (files hakd writes carry them); a given one\n"
+          "that contradicts it is refused; a file without them (.pth) needs the name.\n",
           HAKD_CKA_GRID, HAKD_CKA_GRID);
 }
 
 /* One side of the comparison: a model with backbone weights and one example set per stage. */
 typedef struct {
   const char *role, *name, *weights;
-  float width;
+  float width; /* 0: the file's */
+  char resolved[64];
   hakd_model *model;
   hakd_cka_set *sets[STAGES];
 } cka_side;
@@ -38,8 +41,19 @@ typedef struct {
 static int side_open(cka_side *side, int num_classes) {
   hakd_model_options mo;
   hakd_model_options_default(&mo);
-  mo.num_classes = num_classes;
+  /* the head is not loaded: its class count is the file's when it says, else the dataset's */
+  hakd_model_meta meta;
+  if (hakd_model_meta_read(side->weights, &meta)) {
+    hakd_error_prefix("%s weights", side->role);
+    return -1;
+  }
+  mo.num_classes = meta.have & HAKD_META_NUM_CLASSES ? meta.opts.num_classes : num_classes;
   mo.width = side->width;
+  if (hakd_model_options_for_file(side->weights, side->name, &mo, side->resolved, sizeof side->resolved)) {
+    hakd_error_prefix("%s weights", side->role);
+    return -1;
+  }
+  side->name = side->resolved;
   if (hakd_model_create(side->name, &mo, &side->model)) return -1;
   hakd_load_options lo;
   hakd_load_options_default(&lo);
@@ -95,7 +109,7 @@ int cmd_cka(int argc, char **argv) {
       {"size", required_argument, 0, 'z'},      {"out", required_argument, 0, 'o'},
       {"norm", required_argument, 0, 'N'},      {"threads", required_argument, 0, 'j'},
       {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
-  cka_side teacher = {.role = "teacher", .width = 1.0f}, student = {.role = "student", .width = 1.0f};
+  cka_side teacher = {.role = "teacher"}, student = {.role = "student"};
   const char *dataset_name = NULL, *data_root = NULL, *split = "val", *out_path = "cka.png", *norm_name = "imagenet",
              *size = NULL;
   int max_images = 64, threads = 0, scale_h = 0, scale_w = 0, c;
@@ -127,10 +141,9 @@ int cmd_cka(int argc, char **argv) {
       default: usage(stderr); return 2;
     }
   if (optind < argc) return command_fail("unexpected argument '%s'", argv[optind]);
-  if (!teacher.name || !teacher.weights || !student.name || !student.weights || !dataset_name || !data_root) {
+  if (!teacher.weights || !student.weights || !dataset_name || !data_root) {
     usage(stderr);
-    return command_fail("--teacher, --teacher-weights, --student, --student-weights, --dataset and --data-root "
-                        "are required");
+    return command_fail("--teacher-weights, --student-weights, --dataset and --data-root are required");
   }
   if (strcmp(norm_name, "imagenet") && strcmp(norm_name, "bgr-mean"))
     return command_fail("--norm '%s': use imagenet or bgr-mean", norm_name);
@@ -138,8 +151,6 @@ int cmd_cka(int argc, char **argv) {
   if (size && command_size("--size", size, &scale_h, &scale_w)) return 1;
   if (command_output("--out", out_path)) return 1;
   if (max_images < 2) return command_fail("--max-images %d: CKA needs at least 2 images", max_images);
-  if (!(teacher.width > 0) || !(student.width > 0))
-    return command_fail("--teacher-width / --student-width must be positive");
   hakd_set_threads(threads);
 
   hakd_dataset *ds = NULL;

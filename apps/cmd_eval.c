@@ -10,11 +10,14 @@
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: hakd eval --model NAME --weights FILE --dataset NAME --data-root DIR [--split val]\n"
+          "usage: hakd eval --weights FILE --dataset NAME --data-root DIR [--model NAME] [--split val]\n"
           "                 [--mode whole|slide --crop HxW --stride HxW] [--flip] [--scales 0.5,0.75,1.0,...]\n"
           "                 [--eval-scale HxW] [--save-pred DIR] [--width W] [--norm imagenet|bgr-mean]\n"
           "                 [--weights-prefix FROM=TO] [--skip-bad] [--threads N]\n"
-          "                 [--precision fp32|bf16] [--aspp-dilations 12,24,36]\n");
+          "                 [--precision fp32|bf16] [--aspp-dilations 12,24,36]\n"
+          "The model and its options default to what FILE's metadata says (every file hakd writes\n"
+          "carries them); a given one, or the dataset's class count, that contradicts it is refused. A\n"
+          "file without them (.pth) needs --model; its width is read from its tensors' shapes unless given.\n");
 }
 
 static int parse_scales(const char *text, hakd_eval_options *o) {
@@ -47,7 +50,7 @@ static int cmd_eval(int argc, char **argv) {
   const char *model = NULL, *weights = NULL, *dataset = NULL, *root = NULL, *split = "val", *prefix = NULL;
   hakd_eval_options o;
   hakd_eval_options_default(&o);
-  float width = 1.0f;
+  float width = 0; /* 0: the weights file's */
   int threads = 0, c, have_crop = 0, have_stride = 0, aspp[3] = {0, 0, 0};
   optind = 1;
   while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) switch (c) {
@@ -100,9 +103,9 @@ static int cmd_eval(int argc, char **argv) {
       default: usage(stderr); return 2;
     }
   if (optind < argc) return command_fail("unexpected argument '%s' (see hakd eval --help)", argv[optind]);
-  if (!model || !weights || !dataset || !root) {
+  if (!weights || !dataset || !root) {
     usage(stderr);
-    return command_fail("--model, --weights, --dataset and --data-root are required");
+    return command_fail("--weights, --dataset and --data-root are required");
   }
   if (o.mode == HAKD_EVAL_SLIDE) {
     if (!have_crop) return command_fail("--mode slide needs --crop HxW");
@@ -123,6 +126,17 @@ static int cmd_eval(int argc, char **argv) {
   mo.num_classes = hakd_dataset_num_classes(ds);
   mo.width = width;
   memcpy(mo.aspp_dilations, aspp, sizeof aspp);
+  /* the class count is the dataset's, not an option the user gave: say so when the file differs */
+  hakd_model_meta meta;
+  if (hakd_model_meta_read(weights, &meta)) goto done;
+  if ((meta.have & HAKD_META_NUM_CLASSES) && meta.opts.num_classes != mo.num_classes) {
+    hakd_error(HAKD_EINVAL, "%s: num_classes %d in the file's metadata, but dataset %s has %d classes: weights of another dataset?",
+               weights, meta.opts.num_classes, hakd_dataset_name(ds), mo.num_classes);
+    goto done;
+  }
+  char resolved[64];
+  if (hakd_model_options_for_file(weights, model, &mo, resolved, sizeof resolved)) goto done;
+  model = resolved;
   if (hakd_model_create(model, &mo, &m)) goto done;
   /* a sliding window or a resize bound below the model's minimum fails here, not at image 1 */
   if (o.mode == HAKD_EVAL_SLIDE && hakd_model_check_input(m, 1, o.crop_h, o.crop_w, 0)) {

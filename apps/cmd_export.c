@@ -9,8 +9,11 @@
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: hakd export --model NAME --num-classes K --weights FILE --size HxW --out MODEL.onnx\n"
+          "usage: hakd export --weights FILE --size HxW --out MODEL.onnx [--model NAME] [--num-classes K]\n"
           "                   [--width W] [--aspp-dilations 12,24,36] [--weights-prefix FROM=TO]\n"
+          "The model and its options default to what FILE's metadata says (every file hakd writes\n"
+          "carries them); a given one that contradicts it is refused. A file without them (.pth) needs\n"
+          "--model; its class count and width are read from its tensors' shapes unless given.\n"
           "Writes the inference graph as ONNX (opset %d): input \"input\" float32 (N, 3, H, W), normalised as\n"
           "for `hakd predict` with a .npy input, batch N open; output \"logits\" (N, K, h, w) at the model's\n"
           "output stride, the tensor `hakd predict --save-logits` writes. BatchNorm is folded into the convs.\n",
@@ -27,6 +30,8 @@ int cmd_export(int argc, char **argv) {
   const char *model_name = NULL, *weights = NULL, *out = NULL, *prefix = NULL, *size = NULL;
   hakd_model_options mo;
   hakd_model_options_default(&mo);
+  mo.num_classes = 0; /* 0: the weights file's (hakd_model_options_for_file) */
+  mo.width = 0;
   int H = 0, W = 0, c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "", options, NULL)) != -1) switch (c) {
@@ -51,12 +56,15 @@ int cmd_export(int argc, char **argv) {
       default: usage(stderr); return 2;
     }
   if (optind < argc) return command_fail("unexpected argument '%s' (see hakd export --help)", argv[optind]);
-  if (!model_name || !weights || !size || !out) {
+  if (!weights || !size || !out) {
     usage(stderr);
-    return command_fail("--model, --weights, --size and --out are required");
+    return command_fail("--weights, --size and --out are required");
   }
   if (command_output("--out", out)) return 1;
   hakd_model *m = NULL;
+  char resolved[64];
+  if (hakd_model_options_for_file(weights, model_name, &mo, resolved, sizeof resolved)) return command_fail(NULL);
+  model_name = resolved;
   if (hakd_model_create(model_name, &mo, &m)) return command_fail(NULL);
   int rc = 1;
   /* a size the model cannot take fails before the weights are read */

@@ -20,10 +20,14 @@ static int ends_with(const char *s, const char *suffix) {
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: hakd predict --model NAME --num-classes K --weights FILE.safetensors|FILE.pth --input IN\n"
+          "usage: hakd predict --weights FILE.safetensors|FILE.pth --input IN [--model NAME] [--num-classes K]\n"
           "                    [--save-logits OUT.npy] [--save-mask OUT.png] [--overlay OUT.png]\n"
           "                    [--width W] [--weights-prefix FROM=TO] [--norm imagenet|bgr-mean] [--threads N]\n"
           "                    [--precision fp32|bf16] [--aspp-dilations 12,24,36]\n"
+          "The model and its options (--model, --num-classes, --width, --aspp-dilations) default to what\n"
+          "FILE's metadata says (every file hakd writes carries them); a given one that contradicts it\n"
+          "is refused. A file without them (.pth) needs --model; the class count is read from its\n"
+          "classifier's shape and the width from its first tensor unless given.\n"
           "IN is a PNG/JPEG image (normalised with the model's mean/std, ImageNet RGB by default) or a\n"
           ".npy float32 array (1,3,H,W) used exactly as given. --save-logits writes float32 (1,K,h,w)\n"
           "logits at the model's native output resolution; --save-mask the argmax class-index PNG at\n"
@@ -44,6 +48,8 @@ int cmd_predict(int argc, char **argv) {
              *overlay_out = NULL, *prefix = NULL, *norm_name = "imagenet";
   hakd_model_options mo;
   hakd_model_options_default(&mo);
+  mo.num_classes = 0; /* 0: the weights file's (hakd_model_options_for_file) */
+  mo.width = 0;
   int threads = 0, c;
   hakd_precision precision = HAKD_FP32;
   optind = 1;
@@ -75,9 +81,9 @@ int cmd_predict(int argc, char **argv) {
       default: usage(stderr); return 2;
     }
   if (optind < argc) return command_fail("unexpected argument '%s' (see hakd predict --help)", argv[optind]);
-  if (!model_name || !weights || !input) {
+  if (!weights || !input) {
     usage(stderr);
-    return command_fail("--model, --weights and --input are required");
+    return command_fail("--weights and --input are required");
   }
   if (strcmp(norm_name, "imagenet") && strcmp(norm_name, "bgr-mean"))
     return command_fail("--norm '%s': use imagenet or bgr-mean", norm_name);
@@ -93,7 +99,9 @@ int cmd_predict(int argc, char **argv) {
   int rc = 1, H = 0, W = 0;
   const char *written[3] = {NULL, NULL, NULL};
   int n_written = 0;
-  if (hakd_model_create(model_name, &mo, &m)) goto fail;
+  char resolved[64];
+  if (hakd_model_options_for_file(weights, model_name, &mo, resolved, sizeof resolved)) goto fail;
+  if (hakd_model_create(resolved, &mo, &m)) goto fail;
   if (ends_with(input, ".npy")) {
     if (hakd_npy_read(input, &arr)) goto fail;
     char shape[128];

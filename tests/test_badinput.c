@@ -1086,6 +1086,72 @@ static const bad_row convert_rows[] = {
      {"module.pth", "Conv2d"}, 0},
 };
 
+/* ---- the model description in a weights file's metadata (hakd_model_save) ----
+ * {T}/w/meta.safetensors: deeplabv3-r18-d8, width 0.125, 8 classes, described; copies with one
+ * corrupt value, and the contradictions a user can give. */
+static int setup_meta(void) {
+  hakd_model_options o;
+  hakd_model_options_default(&o);
+  o.num_classes = HAKD_SYNTH_NUM_CLASSES;
+  o.width = 0.125f;
+  hakd_model *m;
+  int rc = hakd_model_create("deeplabv3-r18-d8", &o, &m);
+  if (rc) return rc;
+  const char *w = tpath("w/meta.safetensors");
+  rc = hakd_model_save(m, w, NULL);
+  hakd_model_free(m);
+  rc |= patch_st(tpath("w/meta_width.safetensors"), w, "\"width\":\"0.125\"", "\"width\":\"abc\"");
+  rc |= patch_st(tpath("w/meta_classes.safetensors"), w, "\"num_classes\":\"8\"", "\"num_classes\":\"-3\"");
+  rc |= patch_st(tpath("w/meta_aspp.safetensors"), w, "\"aspp_dilations\":\"12,24,36\"", "\"aspp_dilations\":\"1,,3\"");
+  rc |= patch_st(tpath("w/meta_stem.safetensors"), w, "\"deep_stem\":\"0\"", "\"deep_stem\":\"yes\"");
+  rc |= patch_st(tpath("w/meta_model.safetensors"), w, "\"model\":\"deeplabv3-r18-d8\"", "\"model\":\"nosuch-net\"");
+  rc |= patch_st(tpath("w/meta_empty.safetensors"), w, "\"model\":\"deeplabv3-r18-d8\"", "\"model\":\"\"");
+  return rc;
+}
+
+#define META_PREDICT "predict --input {T}/bad/ok.npy --save-logits {T}/out/l.npy --weights "
+
+static const bad_row meta_rows[] = {
+    /* corrupt values: named with the file and the key */
+    {META_PREDICT "{T}/w/meta_width.safetensors", {"meta_width.safetensors", "'width' = 'abc'", "(0, 4]"}, 0},
+    {META_PREDICT "{T}/w/meta_classes.safetensors", {"meta_classes.safetensors", "'num_classes' = '-3'", "[1, 4096]"}, 0},
+    {META_PREDICT "{T}/w/meta_aspp.safetensors", {"meta_aspp.safetensors", "aspp_dilations '1,,3'"}, 0},
+    {META_PREDICT "{T}/w/meta_stem.safetensors", {"meta_stem.safetensors", "'deep_stem' = 'yes'", "0 or 1"}, 0},
+    {META_PREDICT "{T}/w/meta_model.safetensors", {"meta_model.safetensors", "nosuch-net", "hakd models"}, 0},
+    {META_PREDICT "{T}/w/meta_empty.safetensors", {"meta_empty.safetensors", "'model' = ''"}, 0},
+    {"eval --weights {T}/w/meta_width.safetensors --dataset generic --data-root {T}/ds", {"meta_width.safetensors", "'abc'"}, 0},
+    {"export --weights {T}/w/meta_classes.safetensors --size 32x32 --out {T}/out/m.onnx", {"meta_classes.safetensors", "'-3'"}, 0},
+    {"info --weights {T}/w/meta_aspp.safetensors", {"meta_aspp.safetensors", "'1,,3'"}, 0},
+    {"convert {T}/w/meta_width.safetensors {T}/out/x.safetensors", {"meta_width.safetensors", "'abc'"}, 0},
+    {"cka --teacher-weights {T}/w/meta_width.safetensors --student-weights {T}/w/meta.safetensors --dataset generic "
+     "--data-root {T}/ds --out {T}/out/cka.png",
+     {"teacher weights", "meta_width.safetensors", "'abc'"}, 0},
+    {DISTILL_NO_TEACHER " --teacher deeplabv3-r18-d8 --teacher-weights {T}/w/meta_classes.safetensors",
+     {"teacher", "meta_classes.safetensors", "'-3'"}, 0},
+    /* given options that contradict the file: refused naming the file, the option and both values */
+    {META_PREDICT "{T}/w/meta.safetensors --width 0.25", {"meta.safetensors", "width 0.25 was given", "width 0.125"}, 0},
+    {META_PREDICT "{T}/w/meta.safetensors --num-classes 5", {"meta.safetensors", "num_classes 5", "num_classes 8"}, 0},
+    {META_PREDICT "{T}/w/meta.safetensors --aspp-dilations 1,2,3", {"meta.safetensors", "1,2,3", "12,24,36"}, 0},
+    {META_PREDICT "{T}/w/meta.safetensors --model segformer-b0", {"meta.safetensors", "model segformer-b0", "deeplabv3-r18-d8"}, 0},
+    {"export --weights {T}/w/meta.safetensors --width 0.5 --size 32x32 --out {T}/out/m.onnx", {"meta.safetensors", "0.5", "0.125"}, 0},
+    {"info --weights {T}/w/meta.safetensors --num-classes 3", {"meta.safetensors", "num_classes 3", "num_classes 8"}, 0},
+    {DISTILL_NO_TEACHER " --teacher deeplabv3-r18-d8 --teacher-width 0.25 --teacher-weights {T}/w/meta.safetensors",
+     {"teacher", "meta.safetensors", "width 0.25"}, 0},
+    {"convert {T}/w/meta.safetensors {T}/out/x.safetensors --width 0.25", {"meta.safetensors", "width 0.25", "0.125"}, 0},
+    /* files that say nothing: what to pass */
+    {META_PREDICT "{T}/p/ddp.pth", {"ddp.pth", "no model name", "--model"}, 0},
+    {META_PREDICT "{T}/p/views.pth --model deeplabv3-r18-d8", {"views.pth", "no num_classes", "--num-classes"}, 0},
+    {"convert {T}/p/views.pth {T}/out/x.safetensors --width 0.5", {"--width", "--model"}, 0},
+};
+
+TEST(metadata_refuses_bad_input) {
+  int rc = setup();
+  if (!rc) rc = setup_pth();
+  if (!rc) rc = setup_meta();
+  ASSERT_EQ_INT(rc, 0);
+  ROWS("metadata", meta_rows);
+}
+
 TEST(convert_refuses_bad_input) {
   int rc = setup();
   if (!rc) rc = setup_pth();

@@ -108,6 +108,71 @@ void hakd_load_options_default(hakd_load_options *o);
  * refused. Auxiliary-head tensors of a model built without one are counted in unused_aux, not
  * refused. On error the model's values are unchanged. */
 int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *opts, hakd_load_report *report);
+/* ---- the model a weights file describes ----
+ *
+ * Every weights file hakd writes (training checkpoints iter_N / latest / best, distillation
+ * students, `hakd convert --model`) carries in its safetensors __metadata__ the model's name and
+ * the options its tensors were made with, so that it opens without the caller repeating them.
+ * Keys (string values):
+ *   model            registry name
+ *   num_classes      K
+ *   width            channel multiplier ("%.9g": the float exactly)
+ *   aspp_dilations   "r1,r2,r3", the rates in effect (models with an ASPP head only)
+ *   deep_stem        0 | 1, in effect (ResNet backbones; the -mmseg ones always 1)
+ *   aux_head         0 | 1: whether the file holds an auxiliary head
+ *   bn_momentum, dropout, drop_path_rate   training-only; recorded, taken by hakd_model_open
+ * Files without them (PyTorch .pth, safetensors of other tools, hakd's before these keys) open
+ * as before with the options given. */
+
+enum {
+  HAKD_META_MODEL = 1 << 0,
+  HAKD_META_NUM_CLASSES = 1 << 1,
+  HAKD_META_WIDTH = 1 << 2,
+  HAKD_META_ASPP = 1 << 3,
+  HAKD_META_DEEP_STEM = 1 << 4,
+  HAKD_META_AUX_HEAD = 1 << 5,
+  HAKD_META_BN_MOMENTUM = 1 << 6,
+  HAKD_META_DROPOUT = 1 << 7,
+  HAKD_META_DROP_PATH = 1 << 8
+};
+
+typedef struct {
+  char model[64];          /* "" when the file names none */
+  hakd_model_options opts; /* the options the file holds (bits in `have`); the others at their defaults */
+  unsigned have;           /* HAKD_META_* of the keys present */
+} hakd_model_meta;
+
+/* The model description in a weights file (safetensors or .pth; a .pth has none: have 0). A
+ * value that does not parse (width 'abc', num_classes -3, aspp_dilations '1,,3') is an error
+ * naming the file, the key and the value. */
+int hakd_model_meta_read(const char *path, hakd_model_meta *out);
+
+/* The metadata (key, value pairs as above, NULL-terminated) describing model m: what
+ * hakd_model_save writes. The strings live in *out. */
+typedef struct {
+  const char *pairs[2 * 9 + 1];
+  char text[9][40];
+} hakd_model_metadata;
+void hakd_model_metadata_of(const hakd_model *m, hakd_model_metadata *out);
+
+/* The name and options to build for weights file `path`, starting from the caller's: name NULL,
+ * num_classes 0, width 0, aspp_dilations all 0 and aux_head -1 mean "as the file says".
+ * Those are filled from the file's metadata; without it, num_classes is inferred from the shape
+ * of the file's classifier weight and the width from the first tensor the model and the file
+ * share by name (every inferred value is checked by the strict load that follows); an option
+ * the file does not determine falls back to the reference default (width 1, the model's ASPP
+ * rates and aux head). A given name, num_classes, width, aspp_dilations or deep_stem that
+ * contradicts the metadata is refused (HAKD_EINVAL) naming the file, the option and both values,
+ * instead of failing later on a tensor shape. Fails naming the file and what to pass when no
+ * model name or class count can be found. name_out (name_size bytes) gets the model name;
+ * training-only options (bn_momentum, dropout, drop_path_rate) are left as given. */
+int hakd_model_options_for_file(const char *path, const char *name, hakd_model_options *opts, char *name_out,
+                                size_t name_size);
+
+/* hakd_params_save of the model's parameters with its description (hakd_model_metadata_of)
+ * followed by the extra pairs in metadata (NULL-terminated key, value; may be NULL). */
+int hakd_model_save(hakd_model *m, const char *path, const char *const *metadata);
+
 /* Writes parameters and buffers as a safetensors state_dict PyTorch loads
  * (num_batches_tracked as int64 scalars), atomically, with optional __metadata__ given as
  * NULL-terminated key, value pairs (metadata may be NULL). */

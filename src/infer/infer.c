@@ -9,69 +9,27 @@
 #include "hakd/io.h"
 #include "hakd/ops.h"
 
-/* The classifier's weight: the only parameter whose shape follows num_classes. Found by
- * comparing two tiny models of the family with 1 and 2 classes (names do not depend on the
- * width), so no family's naming is written down here. */
-static int classifier_name(const char *model_name, char *out, size_t size) {
-  hakd_model_options o;
-  hakd_model_options_default(&o);
-  o.width = 0.0625f;
-  o.num_classes = 1;
-  hakd_model *one = NULL, *two = NULL;
-  int rc = hakd_model_create(model_name, &o, &one);
-  o.num_classes = 2;
-  if (!rc) rc = hakd_model_create(model_name, &o, &two);
-  int found = 0;
-  if (!rc) {
-    const hakd_params *a = hakd_model_params(one), *b = hakd_model_params(two);
-    for (int i = 0; i < a->count && i < b->count && !found; i++)
-      if (a->items[i]->ndim == 4 && a->items[i]->shape[0] == 1 && b->items[i]->shape[0] == 2) {
-        snprintf(out, size, "%s", a->items[i]->name);
-        found = 1;
-      }
-  }
-  hakd_model_free(one);
-  hakd_model_free(two);
-  if (rc) return rc;
-  return found ? 0 : hakd_error(HAKD_EINVAL, "%s: no classifier weight found", model_name);
-}
-
 int hakd_model_open(const char *path, const char *name, const hakd_model_options *opts, hakd_model **out) {
   if (!out) return hakd_error(HAKD_EINVAL, "hakd_model_open: out is NULL");
   *out = NULL;
   if (!path) return hakd_error(HAKD_EINVAL, "hakd_model_open: no path");
   hakd_model_options o;
-  if (opts)
+  hakd_model_meta meta = {0};
+  if (opts) {
     o = *opts;
-  else
-    hakd_model_options_default(&o);
-  char model_name[128];
-  if (name) snprintf(model_name, sizeof model_name, "%s", name);
-  if (!name || !opts) {
-    /* what the file says about itself: the model name in the metadata, K in the classifier */
-    hakd_st_file *f = NULL;
-    int rc = hakd_st_open(path, &f);
-    if (rc) {
-      if (!name) hakd_error_prefix("%s: no model name given and the file cannot be read for it", path);
-      if (!name) return rc;
-    } else {
-      const char *meta = hakd_st_metadata(f, "model");
-      if (!name && !meta) {
-        hakd_st_close(f);
-        return hakd_error(HAKD_EINVAL, "%s: no model name given and none in the file's metadata", path);
-      }
-      if (!name) snprintf(model_name, sizeof model_name, "%s", meta);
-      char classifier[256];
-      if (!opts && !classifier_name(model_name, classifier, sizeof classifier)) {
-        const hakd_st_tensor *t = hakd_st_find(f, classifier);
-        if (t && t->ndim == 4 && t->shape[0] >= 1 && t->shape[0] <= 4096) o.num_classes = (int)t->shape[0];
-      }
-      hakd_st_close(f);
-      hakd_error_clear();
-    }
+  } else {
+    /* everything as the file says; the training-only options too (a fine-tuning caller sees them) */
+    int rc = hakd_model_meta_read(path, &meta);
+    if (rc) return rc;
+    o = meta.opts;
+    o.num_classes = meta.have & HAKD_META_NUM_CLASSES ? o.num_classes : 0;
+    o.width = meta.have & HAKD_META_WIDTH ? o.width : 0;
   }
+  char model_name[64];
+  int rc = hakd_model_options_for_file(path, name, &o, model_name, sizeof model_name);
+  if (rc) return rc;
   hakd_model *m = NULL;
-  int rc = hakd_model_create(model_name, &o, &m);
+  rc = hakd_model_create(model_name, &o, &m);
   if (rc) return rc;
   hakd_load_options lo;
   hakd_load_options_default(&lo);
@@ -79,6 +37,10 @@ int hakd_model_open(const char *path, const char *name, const hakd_model_options
   rc = hakd_model_load(m, path, &lo, &report);
   if (rc) {
     hakd_model_free(m);
+    if (!opts && !(meta.have & HAKD_META_WIDTH))
+      hakd_error_prefix("%s carries no model options in its metadata (not written by hakd): pass them (opts: width, "
+                        "aspp_dilations, deep_stem, aux_head)",
+                        path);
     return rc;
   }
   *out = m;

@@ -111,6 +111,23 @@ int hakd_model_create(const char *name, const hakd_model_options *opts, hakd_mod
   return 0;
 }
 
+int model_options_effective(const char *name, hakd_model_options *o) {
+  const model_spec *spec = model_spec_find(name);
+  if (!spec) return hakd_error(HAKD_ENOTFOUND, "unknown model '%s' (see `hakd models`)", name);
+  if (o->aux_head < 0) o->aux_head = spec->aux_default;
+  o->aux_head = o->aux_head != 0;
+  o->deep_stem = spec->backbone == BACKBONE_RESNET && (o->deep_stem || spec->deep_stem);
+  if (spec->head == HEAD_ASPP || spec->head == HEAD_ASPP_MMSEG) {
+    /* torchvision's DeepLabHead and mmseg's ASPPHead default to the same rates (aspp.c, aspp_mmseg.c) */
+    if (o->aspp_dilations[0] == 0) o->aspp_dilations[0] = 12, o->aspp_dilations[1] = 24, o->aspp_dilations[2] = 36;
+  } else {
+    memset(o->aspp_dilations, 0, sizeof o->aspp_dilations);
+  }
+  return 0;
+}
+
+const hakd_model_options *model_options(const hakd_model *m) { return &m->opts; }
+
 void hakd_model_free(hakd_model *m) {
   if (!m) return;
   if (m->backbone) m->backbone->destroy(m->backbone);

@@ -78,6 +78,15 @@ int aspp_mmseg_head_create(hakd_params *p, const char *prefix, const backbone *b
 int segformer_mmseg_head_create(hakd_params *p, const char *prefix, const backbone *b, int variant,
                                 const hakd_model_options *o, head **out);
 
+/* The options a model of `name` is built with when given o: aux_head -1 resolved to the model's
+ * default, deep_stem to what the backbone uses (0 without a ResNet, 1 for the -mmseg ones),
+ * aspp_dilations to the rates in effect (the head's 12,24,36 for all 0; all 0 without an ASPP
+ * head). Two option sets that agree after this build the same model. HAKD_ENOTFOUND for an
+ * unknown name. */
+int model_options_effective(const char *name, hakd_model_options *o);
+/* The options m was created with (as given to hakd_model_create). */
+const hakd_model_options *model_options(const hakd_model *m);
+
 const model_spec *model_spec_find(const char *name);
 int model_spec_count(void);
 const model_spec *model_spec_at(int i);

@@ -154,8 +154,9 @@ int checkpoint_save(const char *work_dir, hakd_model *model, hakd_params *extra,
   int rc = write_sidecar(state_path, model, extra, opt, st, config_text);
   if (rc) return rc;
   crash_point("state-written");
-  const char *model_meta[] = {"iteration", iter_text, "model", hakd_model_name(model), "format", "pt", NULL};
-  rc = hakd_params_save(hakd_model_params(model), model_path, model_meta);
+  /* the model's name and options first (hakd_model_save), so that the file opens by itself */
+  const char *model_meta[] = {"iteration", iter_text, "format", "pt", NULL};
+  rc = hakd_model_save(model, model_path, model_meta);
   if (rc) {
     unlink(state_path); /* a sidecar without its model is never used; do not leave it */
     return rc;

@@ -79,10 +79,12 @@ static const hakd_config_key keys[] = {
      "more than one process",
      0},
     {"teacher", STR(teacher), "", "teacher model name", 1},
-    {"teacher_weights", STR(teacher_weights), "", "teacher weights (safetensors)", 1},
+    {"teacher_weights", STR(teacher_weights), "", "teacher weights (safetensors or .pth)", 1},
     {"teacher_norm", STR(teacher_norm), "", "the teacher's input normalisation if not --norm: imagenet | bgr-mean", 1},
-    {"teacher_width", NUM(HAKD_KEY_FLOAT, teacher_width), "1", "teacher width multiplier", 1},
-    {"teacher_aspp_dilations", STR(teacher_aspp_dilations), "12,24,36", "the teacher's ASPP atrous rates (DeepLabV3)", 1},
+    {"teacher_width", NUM(HAKD_KEY_FLOAT, teacher_width), "0",
+     "teacher width multiplier (0: the teacher file's, 1 when it does not say)", 1},
+    {"teacher_aspp_dilations", STR(teacher_aspp_dilations), "",
+     "the teacher's ASPP atrous rates (DeepLabV3; empty: the teacher file's, 12,24,36 when it does not say)", 1},
     {"method", STR(method), "heteroakd", "none | kd | cwd | fitnet | heteroakd", 1},
     {"hakd_stages", STR(hakd_stages), "4", "stages distilled by HeteroAKD, e.g. 4 or 2,3,4", 1},
     {"T", NUM(HAKD_KEY_FLOAT, T), "4", "HeteroAKD temperature", 1},
@@ -333,7 +335,8 @@ int hakd_config_validate(const hakd_config *c, int distill) {
   int rc = hakd_precision_parse(c->precision, &precision), rates[3];
   if (rc) return rc;
   if ((rc = hakd_aspp_dilations_parse(c->aspp_dilations, rates))) return rc;
-  if (distill && (rc = hakd_aspp_dilations_parse(c->teacher_aspp_dilations, rates))) return rc;
+  if (distill && c->teacher_aspp_dilations[0] && (rc = hakd_aspp_dilations_parse(c->teacher_aspp_dilations, rates)))
+    return rc;
   if (distill) {
     static const char *const methods[] = {"none", "kd", "cwd", "fitnet", "heteroakd", NULL},
                              *const rel[] = {"ce", "bce", NULL}, *const axes[] = {"spatial", "class", NULL},
@@ -352,7 +355,8 @@ int hakd_config_validate(const hakd_config *c, int distill) {
       return hakd_error(HAKD_EINVAL, "hakd_grid '%s': use logits, student or teacher", c->hakd_grid);
     if (!(c->T > 0)) return hakd_error(HAKD_EINVAL, "T must be > 0");
     if (!(c->kd_T > 0) || !(c->cwd_T > 0)) return hakd_error(HAKD_EINVAL, "kd_T and cwd_T must be > 0");
-    if (!(c->teacher_width > 0)) return hakd_error(HAKD_EINVAL, "teacher_width must be > 0, got %g", c->teacher_width);
+    if (!(c->teacher_width >= 0 && c->teacher_width <= 4))
+      return hakd_error(HAKD_EINVAL, "teacher_width must be in (0, 4] (or 0: the teacher file's), got %g", c->teacher_width);
     if (!(c->lambda_kd >= 0 || c->lambda_kd == -1))
       return hakd_error(HAKD_EINVAL, "lambda_kd must be >= 0, or -1 for the method's default; got %g", c->lambda_kd);
     const struct {

@@ -245,12 +245,20 @@ static int setup(trainer *t, hakd_train_result *result) {
   t->eval.warnings = t->log;
 
   if (t->distill) {
+    /* width and ASPP rates not given: the teacher file's (hakd_model_options_for_file), which
+     * also refuses a given option or class count that contradicts the file */
     hakd_model_options to;
     hakd_model_options_default(&to);
     to.num_classes = t->K;
     to.width = c->teacher_width;
-    if ((rc = hakd_aspp_dilations_parse(c->teacher_aspp_dilations, to.aspp_dilations))) return rc;
-    if ((rc = hakd_model_create(c->teacher, &to, &t->teacher))) return rc;
+    if (c->teacher_aspp_dilations[0] && (rc = hakd_aspp_dilations_parse(c->teacher_aspp_dilations, to.aspp_dilations)))
+      return rc;
+    char teacher_name[HAKD_NAME_MAX];
+    if ((rc = hakd_model_options_for_file(c->teacher_weights, c->teacher, &to, teacher_name, sizeof teacher_name))) {
+      hakd_error_prefix("teacher");
+      return rc;
+    }
+    if ((rc = hakd_model_create(teacher_name, &to, &t->teacher))) return rc;
     if ((rc = hakd_model_check_input(t->teacher, t->local_batch, t->crop_h, t->crop_w, 0))) {
       hakd_error_prefix("teacher on crop %s", c->crop);
       return rc;
@@ -489,8 +497,8 @@ static int run_eval(trainer *t, int64_t iter, hakd_train_result *result) {
     char path[HAKD_PATH_MAX + 32], iter_text[32];
     snprintf(path, sizeof path, "%s/best.safetensors", t->cfg->work_dir);
     snprintf(iter_text, sizeof iter_text, "%" PRId64, iter);
-    const char *meta[] = {"iteration", iter_text, "model", t->cfg->model, "format", "pt", NULL};
-    if (t->writer) rc = hakd_params_save(hakd_model_params(t->student), path, meta);
+    const char *meta[] = {"iteration", iter_text, "format", "pt", NULL};
+    if (t->writer) rc = hakd_model_save(t->student, path, meta);
     rc = dist_agree(rc);
   }
   result->best_miou = t->best_miou;
