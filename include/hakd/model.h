@@ -148,10 +148,10 @@ typedef struct {
 int hakd_model_meta_read(const char *path, hakd_model_meta *out);
 
 /* The metadata (key, value pairs as above, NULL-terminated) describing model m: what
- * hakd_model_save writes. The strings live in *out. */
+ * hakd_model_save writes. The strings live in *out (valid after m is freed). */
 typedef struct {
   const char *pairs[2 * 9 + 1];
-  char text[9][40];
+  char name[64], text[8][40];
 } hakd_model_metadata;
 void hakd_model_metadata_of(const hakd_model *m, hakd_model_metadata *out);
 

@@ -111,8 +111,9 @@ void hakd_model_metadata_of(const hakd_model *m, hakd_model_metadata *out) {
   hakd_model_options o = *model_options(m);
   model_options_effective(hakd_model_name(m), &o); /* cannot fail: m exists */
   int n = 0, t = 0;
+  snprintf(out->name, sizeof out->name, "%s", hakd_model_name(m));
   out->pairs[n++] = "model";
-  out->pairs[n++] = hakd_model_name(m);
+  out->pairs[n++] = out->name;
   for (size_t i = 0; i < N_KEYS; i++) {
     if (keys[i].bit == HAKD_META_ASPP && o.aspp_dilations[0] == 0) continue; /* no ASPP head */
     format_value(&keys[i], &o, out->text[t], sizeof out->text[t]);
