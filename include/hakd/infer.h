@@ -21,12 +21,18 @@
 
 #include "hakd/model.h"
 
-/* Creates model `name` and loads the weights file at path into it (strict: every key must
- * match; see hakd_model_load for the layouts understood). name NULL: the "model" entry of the
- * file's metadata, as `hakd train` writes it. opts NULL: the reference options, with num_classes
- * read from the shape of the file's classifier weights (safetensors files); otherwise opts as
- * given (num_classes, width, aspp_dilations, deep_stem must match the weights, or the load fails
- * naming the first tensor that does not). On error *out is NULL. Free with hakd_model_free. */
+/* Creates the model a weights file describes and loads the file into it (strict: every key must
+ * match; see hakd_model_load for the layouts understood). Files hakd writes (training checkpoints,
+ * best.safetensors, distilled students, `hakd convert --model` output) carry the model's name and
+ * options in their metadata (see hakd_model_save), so name NULL and opts NULL open them as trained:
+ * width, ASPP rates, class count, deep stem and aux head included. For a file without them (a
+ * PyTorch .pth, safetensors of other tools, hakd's before these keys) name is needed; num_classes
+ * is read from the shape of the classifier weight and the width from the stem's, the rest are
+ * the reference options; a load that then fails says which options to pass. In opts,
+ * num_classes 0, width 0, aspp_dilations all 0 and aux_head -1 also mean "as the file says";
+ * other values are the caller's, and one that contradicts the file's metadata (or a name that is
+ * not the file's model) is refused (HAKD_EINVAL) naming the file, the option and both values.
+ * On error *out is NULL. Free with hakd_model_free. */
 int hakd_model_open(const char *path, const char *name, const hakd_model_options *opts, hakd_model **out);
 
 /* Segments one image: rgb holds `height` rows of `width` pixels, 3 bytes each (R, G, B), rows
