@@ -21,8 +21,10 @@ static void bench_usage(void) {
          "           (SGD momentum 0.9 for CNNs, AdamW for transformers, as in the recipes)\n"
          "  distill  teacher forward (no grad, eval mode), then the student's train step plus the\n"
          "           distiller's terms (--method kd|cwd|fitnet|heteroakd)\n"
-         "FLOPs: one multiply-add = 2 FLOPs over convolutions, linear layers and matrix products\n"
-         "(hakd info's MACs x 2). infer counts 2 x MACs per image; train counts 3 x the forward FLOPs\n"
+         "FLOPs: one multiply-add = 2 FLOPs over convolutions, linear layers and matrix products, as\n"
+         "executed: products with the zero padding that the kernels skip (taps of dilated convolutions\n"
+         "past the feature map, depthwise borders) are not counted (flops_per_iter, gflops);\n"
+         "nominal_flops_per_iter counts every convolution in full (hakd info's MACs x 2). infer counts 2 x MACs per image; train counts 3 x the forward FLOPs\n"
          "(6 x MACs: forward, backward to inputs, backward to weights); distill counts the teacher's\n"
          "forward plus the student's train step. --precision bf16: convolutions, linear layers and matrix\n"
          "products multiply in bfloat16 and accumulate in float32 (weights, gradients and losses stay\n"
@@ -99,9 +101,9 @@ static int cmd_bench(int argc, char **argv) {
     printf("\"teacher\": \"%s\", \"method\": \"%s\", ", c.teacher, hakd_distill_method_name(c.method));
   printf("\"size\": \"%dx%d\", \"batch\": %d, \"images_per_s\": %.4f, \"ms_per_iter\": %.2f, \"ms_min\": %.2f, "
          "\"ms_max\": %.2f, \"peak_rss_mb\": %.1f, \"arena_mb\": %.1f, \"gflops\": %.2f, \"flops_per_iter\": %.4e, "
-         "\"threads\": %d, \"precision\": \"%s\", \"optimizer\": \"%s\", \"iters\": %d, \"warmup\": %d}\n",
+         "\"flops_counted\": \"executed\", \"nominal_flops_per_iter\": %.4e, \"threads\": %d, \"precision\": \"%s\", \"optimizer\": \"%s\", \"iters\": %d, \"warmup\": %d}\n",
          c.height, c.width, c.batch, r.images_per_s, r.ms_median, r.ms_min, r.ms_max, r.peak_rss_mb, r.arena_mb,
-         r.gflops, r.flops_per_iter, r.threads, hakd_precision_name(c.precision), r.optimizer, c.iters, c.warmup);
+         r.gflops, r.flops_per_iter, r.nominal_flops_per_iter, r.threads, hakd_precision_name(c.precision), r.optimizer, c.iters, c.warmup);
   return 0;
 }
 

@@ -391,7 +391,8 @@ TEST(env_selects_path_and_rejects_unknown) {
                                .stride = 2, .pad = 0, .dilation = 1, .groups = 1};
   ASSERT_EQ_INT(conv2d_auto_path(&dense), CONV2D_PATH_DNNL);
   ASSERT_EQ_INT(conv2d_auto_path(&depthwise), CONV2D_PATH_GEMM);
-  ASSERT_EQ_INT(conv2d_auto_path(&pointwise_s2), CONV2D_PATH_GEMM);
+  /* 1x1 on oneDNN when the environment holds OpenBLAS to narrower kernels (scripts/test-kernels.sh) */
+  ASSERT_EQ_INT(conv2d_auto_path(&pointwise_s2), conv2d_blas_full_width() ? CONV2D_PATH_GEMM : CONV2D_PATH_DNNL);
   pointwise_s2.bf16 = 1;
   ASSERT_EQ_INT(conv2d_auto_path(&pointwise_s2), CONV2D_PATH_DNNL);
   hakd_ctx_free(ctx);
@@ -574,5 +575,49 @@ TEST(bf16_residual_chain_stays_blocked) {
 done:
   hakd_ctx_free(ctx[0]);
   hakd_ctx_free(ctx[1]);
+  hakd_params_free(&p);
+}
+
+/* On maps small enough that the weights outweigh the output (1x3x3 output of 12 channels,
+ * 16x12x3x3 weights), the affine goes into the output pass instead of the weights: the same
+ * result up to fp32 rounding (the scale multiplies the sum instead of each product: 1e-5). */
+TEST(affine_act_on_small_maps_equals_the_ops_one_by_one) {
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t xs[4] = {1, 16, 3, 3}, ws[4] = {12, 16, 3, 3}, cs[1] = {12}, ys[4] = {1, 12, 3, 3};
+  hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, 1), *w = hakd_params_add(&p, "w", 4, ws, 1);
+  hakd_tensor *b = hakd_params_add(&p, "b", 1, cs, 1), *scale = hakd_params_add(&p, "s", 1, cs, 1);
+  hakd_tensor *shift = hakd_params_add(&p, "t", 1, cs, 1), *res = hakd_params_add(&p, "r", 4, ys, 1);
+  fill_normal(hakd_f32(x), hakd_numel(x), 2.0f, 11);
+  fill_normal(hakd_f32(w), hakd_numel(w), 0.5f, 12);
+  fill_normal(hakd_f32(b), 12, 1.0f, 13);
+  fill_normal(hakd_f32(scale), 12, 1.0f, 14);
+  fill_normal(hakd_f32(shift), 12, 1.0f, 15);
+  fill_normal(hakd_f32(res), hakd_numel(res), 2.0f, 16);
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_ctx_set_grad(ctx, 0);
+  for (int with_res = 0; with_res < 2 && !test_failed(); with_res++) {
+    for (int dilation = 1; dilation <= 2; dilation++) { /* dilation 2 pad 2: the tap path */
+      hakd_ctx_reset(ctx);
+      hakd_tensor *r = with_res ? res : NULL;
+      hakd_tensor *fused = hakd_conv2d_affine_act(ctx, x, w, b, scale, shift, r, HAKD_ACT_RELU6, 1, dilation,
+                                                  dilation, 1);
+      hakd_tensor *y = hakd_conv2d(ctx, x, w, b, 1, dilation, dilation, 1);
+      ASSERT_TRUE(fused && y);
+      double max_ref = 1e-6, max_diff = 0;
+      for (int64_t i = 0; i < hakd_numel(y); i++) {
+        int64_t c = i / 9;
+        float v = hakd_f32(y)[i] * hakd_f32(scale)[c] + hakd_f32(shift)[c] + (r ? hakd_f32(r)[i] : 0.0f);
+        v = v < 0 ? 0 : v > 6 ? 6 : v;
+        double d = fabs((double)v - hakd_f32(fused)[i]);
+        if (!(d <= max_diff)) max_diff = d;
+        if (fabs(v) > max_ref) max_ref = fabs(v);
+      }
+      if (!(max_diff <= 1e-5 * max_ref))
+        test_fail(__FILE__, __LINE__, "residual %d dilation %d: max diff %.3g of %.3g", with_res, dilation, max_diff,
+                  max_ref);
+    }
+  }
+  hakd_ctx_free(ctx);
   hakd_params_free(&p);
 }

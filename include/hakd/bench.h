@@ -5,8 +5,9 @@
  * teacher first with grad and training off and adds the distiller's terms.
  *
  * FLOP convention (one multiply-add = 2 FLOPs, counted over convolutions, linear layers and
- * matrix products as hakd_model_macs does; normalisation, activations, resizing, losses and the
- * optimizer are not counted):
+ * matrix products as executed: hakd_model_executed_macs, which leaves out the products with the
+ * zero padding that the convolution kernels skip; normalisation, activations, resizing, losses
+ * and the optimizer are not counted):
  *   infer:   2 x MACs per image;
  *   train:   3 x the forward FLOPs (forward + backward for inputs + backward for weights),
  *            i.e. 6 x MACs per image;
@@ -43,11 +44,13 @@ const char *hakd_bench_mode_name(hakd_bench_mode m);
 typedef struct {
   double ms_median, ms_min, ms_max; /* per iteration, over the timed iterations */
   double images_per_s;              /* batch / median time */
-  double flops_per_iter;            /* counted FLOPs of one iteration (convention above) */
+  double flops_per_iter;            /* executed FLOPs of one iteration (convention above) */
+  double nominal_flops_per_iter;    /* the same with every convolution counted in full (hakd info) */
   double gflops;                    /* flops_per_iter / median time / 1e9 */
   double peak_rss_mb;               /* process high-water mark after the timed iterations */
   double arena_mb;                  /* the step arena's high-water mark */
-  int64_t model_macs, teacher_macs; /* one image's forward; teacher_macs 0 unless distilling */
+  int64_t model_macs, teacher_macs; /* one image's executed forward; teacher_macs 0 unless distilling */
+  int64_t model_nominal_macs, teacher_nominal_macs; /* the same counted in full */
   int threads;
   const char *optimizer;            /* "none" (infer), "sgd" (CNNs) or "adamw" (transformers) */
 } hakd_bench_result;

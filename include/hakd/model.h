@@ -73,6 +73,9 @@ int hakd_model_min_train_batch(const hakd_model *m, int64_t h, int64_t w);
 int hakd_model_check_input(const hakd_model *m, int64_t n, int64_t h, int64_t w, int training);
 /* Multiply-adds of one forward pass at (1, 3, h, w) (the mmcv / fvcore convention). */
 int64_t hakd_model_macs(hakd_model *m, int h, int w);
+/* The multiply-adds hakd executes for that pass: convolutions skip the products with the zero
+ * padding on some paths (hakd_tape_executed_macs); what `hakd bench` counts. */
+int64_t hakd_model_executed_macs(hakd_model *m, int h, int w);
 
 
 /* Prefix of the backbone's state_dict names ("backbone", "segformer.encoder", ...). */

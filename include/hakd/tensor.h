@@ -216,6 +216,9 @@ int hakd_backward_seeded(hakd_ctx *ctx, hakd_tensor *out, const float *seed);
 /* Multiply-adds of the conv2d, linear and matmul ops recorded on the tape (what `hakd info`
  * reports; the mmcv/fvcore convention counts one multiply-add as one). */
 int64_t hakd_tape_macs(const hakd_ctx *ctx);
+/* The same with each convolution's multiply-adds as its kernel executed them: products with the
+ * zero padding that the kernel skips (dilated taps past the map, depthwise borders) not counted. */
+int64_t hakd_tape_executed_macs(const hakd_ctx *ctx);
 
 /* Records an error in the context (first one wins) and returns NULL, for ops. */
 hakd_tensor *hakd_ctx_fail(hakd_ctx *ctx, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

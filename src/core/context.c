@@ -620,13 +620,15 @@ int hakd_backward_seeded(hakd_ctx *ctx, hakd_tensor *loss, const float *seed) {
   return ctx->status;
 }
 
-int64_t hakd_tape_macs(const hakd_ctx *ctx) {
+/* executed: a conv2d counts the multiply-adds its path ran (the op stores them in iarg[5]). */
+static int64_t tape_macs(const hakd_ctx *ctx, int executed) {
   double macs = 0;
   for (const hakd_node *node = ctx->tape; node; node = node->prev) {
     const hakd_tensor *out = node->out;
     if (!strcmp(node->op, "conv2d")) {
       const hakd_tensor *w = node->in[1]; /* (Cout, Cin/groups, kh, kw) */
-      macs += (double)hakd_numel(out) * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
+      macs += executed ? (double)node->iarg[5]
+                       : (double)hakd_numel(out) * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
     } else if (!strcmp(node->op, "linear")) {
       macs += (double)hakd_numel(out) * (double)node->in[1]->shape[1];
     } else if (!strcmp(node->op, "matmul")) {
@@ -639,3 +641,7 @@ int64_t hakd_tape_macs(const hakd_ctx *ctx) {
   }
   return (int64_t)(macs + 0.5);
 }
+
+int64_t hakd_tape_macs(const hakd_ctx *ctx) { return tape_macs(ctx, 0); }
+
+int64_t hakd_tape_executed_macs(const hakd_ctx *ctx) { return tape_macs(ctx, 1); }

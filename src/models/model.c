@@ -260,7 +260,7 @@ int hakd_model_describe(hakd_model *m, model_graph *g, int x) {
   return m->head->describe(m->head, g, stages);
 }
 
-int64_t hakd_model_macs(hakd_model *m, int h, int w) {
+static int64_t model_macs(hakd_model *m, int h, int w, int executed) {
   hakd_ctx *ctx = hakd_ctx_new();
   if (!ctx) return -1;
   hakd_ctx_set_training(ctx, 0);
@@ -273,7 +273,11 @@ int64_t hakd_model_macs(hakd_model *m, int h, int w) {
   hakd_model_output out;
   int64_t macs = -1;
   /* The tape records every op with its shapes; count the multiply-adds of the products. */
-  if (hakd_model_forward(m, ctx, x, &out) == 0) macs = hakd_tape_macs(ctx);
+  if (hakd_model_forward(m, ctx, x, &out) == 0) macs = executed ? hakd_tape_executed_macs(ctx) : hakd_tape_macs(ctx);
   hakd_ctx_free(ctx);
   return macs;
 }
+
+int64_t hakd_model_macs(hakd_model *m, int h, int w) { return model_macs(m, h, w, 0); }
+
+int64_t hakd_model_executed_macs(hakd_model *m, int h, int w) { return model_macs(m, h, w, 1); }

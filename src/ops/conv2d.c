@@ -8,6 +8,7 @@
  * HAKD_CONV=gemm|dnnl|auto (or conv2d_set_path) picks one; auto applies a per-shape rule derived
  * from bench/bench_kernels (conv2d_auto_path). Temporaries live in the ops' scratch block (scratch.h). */
 #include <cblas.h>
+#include <dnnl.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -29,20 +30,10 @@ static int conv2d_is_pointwise(const conv2d_shape *s) {
   return s->kh == 1 && s->kw == 1 && s->stride == 1 && s->pad == 0;
 }
 
-/* Output columns ow in [*lo, *hi) read input column ow * stride + off inside [0, w). */
-static void conv2d_valid_columns(int64_t off, int64_t stride, int64_t w, int64_t ow, int64_t *lo, int64_t *hi) {
-  int64_t first = off >= 0 ? 0 : (-off + stride - 1) / stride;
-  int64_t end = w - 1 - off < 0 ? 0 : (w - 1 - off) / stride + 1;
-  if (end > ow) end = ow;
-  if (first > end) first = end;
-  *lo = first;
-  *hi = end;
-}
-
-/* conv2d_valid_columns of every kernel column kj (hoisted out of the row loops: two divisions). */
+/* conv2d_valid_range of every kernel column kj (hoisted out of the row loops: two divisions). */
 static void conv2d_tap_columns(int64_t *lo, int64_t *hi, const conv2d_shape *s) {
   for (int64_t kj = 0; kj < s->kw; kj++)
-    conv2d_valid_columns(kj * s->dilation - s->pad, s->stride, s->w, s->ow, &lo[kj], &hi[kj]);
+    conv2d_valid_range(kj * s->dilation - s->pad, s->stride, s->w, s->ow, &lo[kj], &hi[kj]);
 }
 
 /* Rows [r0, r1) of the column matrix of output rows [oh0, oh1): row r = (c, ki, kj) of the
@@ -55,7 +46,7 @@ static void conv2d_im2col(float *col,     /* (r1 - r0, (oh1 - oh0) * ow) */
   for (int64_t r = r0; r < r1; r++) {
     int64_t c = r / kk, ki = (r / s->kw) % s->kh, kj = r % s->kw;
     int64_t off = kj * s->dilation - s->pad, lo, hi;
-    conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
+    conv2d_valid_range(off, s->stride, s->w, s->ow, &lo, &hi);
     float *dst = col + (r - r0) * ncols;
     for (int64_t oh = oh0; oh < oh1; oh++, dst += s->ow) {
       int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
@@ -85,7 +76,7 @@ static void conv2d_col2im(float *dx,        /* (cin_g, h, w), accumulated */
     for (int64_t ki = 0; ki < s->kh; ki++) {
       for (int64_t kj = 0; kj < s->kw; kj++) {
         int64_t off = kj * s->dilation - s->pad, lo, hi;
-        conv2d_valid_columns(off, s->stride, s->w, s->ow, &lo, &hi);
+        conv2d_valid_range(off, s->stride, s->w, s->ow, &lo, &hi);
         const float *src = col + (((c - c0) * s->kh + ki) * s->kw + kj) * ncols;
         for (int64_t oh = oh0; oh < oh1; oh++, src += s->ow) {
           int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
@@ -128,14 +119,33 @@ static int64_t conv2d_parts(int64_t units, int64_t items, int threads) {
 /* The gemm path's sgemm calls run single-threaded inside OpenMP work items: OpenBLAS's own
  * pthreads would spin between calls and fight OpenMP's threads for the cores (measured 4-15x
  * slower at 2 threads). Returns OpenBLAS's thread count for conv2d_blas_restore. */
-static int conv2d_blas_single(void) {
+int conv2d_blas_single(void) {
   int n = openblas_get_num_threads();
   if (n != 1) openblas_set_num_threads(1);
   return n;
 }
 
-static void conv2d_blas_restore(int n) {
+void conv2d_blas_restore(int n) {
   if (n != 1) openblas_set_num_threads(n);
+}
+
+/* Whether OpenBLAS runs its AVX-512 kernels where oneDNN's JIT has AVX-512: not so when the
+ * environment holds OpenBLAS to older kernels (OPENBLAS_CORETYPE=Haswell on this AMD Zen 4 VM:
+ * sgemm 2048^3 at 188 GFLOP/s against 345 unset, bench/bench_peak), and then the 1x1
+ * convolutions go to oneDNN (a rule read from the environment once, so it is the same for every
+ * call of a process). */
+int conv2d_blas_full_width(void) {
+  static int known, full;
+  if (!known) {
+    const char *core = openblas_get_corename();
+    int blas512 = core && (strcasestr(core, "skylakex") || strcasestr(core, "cooperlake") ||
+                           strcasestr(core, "sapphirerapids"));
+    dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    int dnnl512 = (isa & dnnl_cpu_isa_avx512_core) == dnnl_cpu_isa_avx512_core;
+    full = blas512 || !dnnl512;
+    known = 1;
+  }
+  return full;
 }
 
 /* y[o] += a * x[o * stride] for o in [0, n): the inner loop of the depthwise kernels. */
@@ -284,9 +294,9 @@ static int conv2d_depthwise_backward(float *dx,       /* (N, Cin, h, w) or NULL,
 }
 
 /* db += sum of dy over images and pixels. */
-static void conv2d_bias_backward(float *db,       /* (Cout), accumulated */
-                                 const float *dy, /* (N, Cout, oh, ow) */
-                                 const conv2d_shape *s) {
+void conv2d_bias_backward(float *db,       /* (Cout), accumulated */
+                          const float *dy, /* (N, Cout, oh, ow) */
+                          const conv2d_shape *s) {
   int64_t ohw = s->oh * s->ow;
 #pragma omp parallel for schedule(static) if (s->n * s->cout * ohw > 32768)
   for (int64_t co = 0; co < s->cout; co++) {
@@ -317,30 +327,37 @@ static int conv2d_gemm_forward(float *y,       /* (N, Cout, oh, ow) */
   int pointwise = conv2d_is_pointwise(s);
   /* Work items: image x group x row tile; every thread has its own column buffer. */
   int64_t tile_rows = conv2d_tile_rows(s, k, conv2d_parts(s->oh, planes, 2 * threads));
-  int64_t tiles = (s->oh + tile_rows - 1) / tile_rows, items = planes * tiles;
+  int64_t tiles = (s->oh + tile_rows - 1) / tile_rows;
+  /* Small maps (1x1 convs of layer3/4 at 64-128 pixel inputs, one image: one tile) would leave
+   * threads idle: their output channels are split among them instead. */
+  int64_t slices = planes * tiles >= threads ? 1 : (threads + planes * tiles - 1) / (planes * tiles);
+  if (slices > cout_g) slices = cout_g;
+  int64_t items = planes * tiles * slices;
   size_t col_bytes = pointwise ? 0 : ops_scratch_round((size_t)(k * tile_rows * s->ow) * sizeof(float));
   unsigned char *cols = pointwise ? NULL : ops_scratch((size_t)threads * col_bytes);
   if (!pointwise && !cols) return HAKD_ENOMEM;
   int blas_threads = conv2d_blas_single();
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int64_t item = 0; item < items; item++) {
-    int64_t n = item / (s->groups * tiles), g = item / tiles % s->groups, oh0 = item % tiles * tile_rows;
+    int64_t tile = item / slices, co0, co1;
+    conv2d_split(cout_g, slices, item % slices, &co0, &co1);
+    int64_t n = tile / (s->groups * tiles), g = tile / tiles % s->groups, oh0 = tile % tiles * tile_rows;
     int64_t oh1 = oh0 + tile_rows < s->oh ? oh0 + tile_rows : s->oh, ncols = (oh1 - oh0) * s->ow;
     const float *xg = x + (n * s->cin + g * cin_g) * hw;
-    const float *wg = w + g * cout_g * k;
-    float *yt = y + (n * s->cout + g * cout_g) * ohw + oh0 * s->ow;
+    const float *wg = w + (g * cout_g + co0) * k;
+    float *yt = y + (n * s->cout + g * cout_g + co0) * ohw + oh0 * s->ow;
     if (pointwise) { /* oh, ow == h, w: the input rows are the columns */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout_g, (int)ncols, (int)cin_g, 1.0f, wg, (int)k,
-                  xg + oh0 * s->ow, (int)hw, 0.0f, yt, (int)ohw);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(co1 - co0), (int)ncols, (int)cin_g, 1.0f, wg,
+                  (int)k, xg + oh0 * s->ow, (int)hw, 0.0f, yt, (int)ohw);
     } else {
       float *col = (float *)(cols + (size_t)omp_get_thread_num() * col_bytes);
       conv2d_im2col(col, xg, s, 0, k, oh0, oh1);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)cout_g, (int)ncols, (int)k, 1.0f, wg, (int)k, col,
-                  (int)ncols, 0.0f, yt, (int)ohw);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(co1 - co0), (int)ncols, (int)k, 1.0f, wg, (int)k,
+                  col, (int)ncols, 0.0f, yt, (int)ohw);
     }
     if (b) {
-      for (int64_t co = 0; co < cout_g; co++) {
-        float bias = b[g * cout_g + co], *row = yt + co * ohw;
+      for (int64_t co = 0; co < co1 - co0; co++) {
+        float bias = b[g * cout_g + co0 + co], *row = yt + co * ohw;
         for (int64_t i = 0; i < ncols; i++) row[i] += bias;
       }
     }
@@ -458,13 +475,15 @@ conv2d_path conv2d_get_path(void) {
   const char *env = getenv("HAKD_CONV");
   if (env && strcmp(env, "gemm") == 0) return CONV2D_PATH_GEMM;
   if (env && strcmp(env, "dnnl") == 0) return CONV2D_PATH_DNNL;
+  if (env && strcmp(env, "taps") == 0) return CONV2D_PATH_TAPS;
   return CONV2D_PATH_AUTO;
 }
 
 static int conv2d_check_env(hakd_ctx *ctx) {
   const char *env = getenv("HAKD_CONV");
-  if (env && *env && strcmp(env, "gemm") != 0 && strcmp(env, "dnnl") != 0 && strcmp(env, "auto") != 0) {
-    hakd_ctx_fail(ctx, HAKD_EINVAL, "conv2d: HAKD_CONV=%s: expected gemm, dnnl or auto", env);
+  if (env && *env && strcmp(env, "gemm") != 0 && strcmp(env, "dnnl") != 0 && strcmp(env, "taps") != 0 &&
+      strcmp(env, "auto") != 0) {
+    hakd_ctx_fail(ctx, HAKD_EINVAL, "conv2d: HAKD_CONV=%s: expected gemm, dnnl, taps or auto", env);
     return 0;
   }
   return 1;
@@ -478,24 +497,44 @@ static int conv2d_check_env(hakd_ctx *ctx) {
  * training run computes bit-identically to an uninterrupted one. */
 conv2d_path conv2d_auto_path(const conv2d_shape *s) {
   if (conv2d_is_depthwise(s)) return CONV2D_PATH_GEMM;
+  if (conv2d_taps_worthwhile(s)) return CONV2D_PATH_TAPS; /* padded taps skipped (conv2d_taps.c) */
   if (s->bf16) return CONV2D_PATH_DNNL; /* bfloat16 products exist only there */
-  if (s->kh == 1 && s->kw == 1) return CONV2D_PATH_GEMM;
+  if (s->kh == 1 && s->kw == 1) return conv2d_blas_full_width() ? CONV2D_PATH_GEMM : CONV2D_PATH_DNNL;
   return CONV2D_PATH_DNNL;
+}
+
+/* The path a shape runs on: forced (a forced taps path only where it applies), or auto. */
+static conv2d_path conv2d_path_of(const conv2d_shape *s) {
+  conv2d_path path = conv2d_get_path();
+  if (path == CONV2D_PATH_TAPS && !conv2d_taps_supported(s)) path = CONV2D_PATH_AUTO;
+  return path == CONV2D_PATH_AUTO ? conv2d_auto_path(s) : path;
 }
 
 static int conv2d_forward_dispatch(float *y, const float *x, const float *w, const float *b,
                                    const conv2d_shape *s) {
-  conv2d_path path = conv2d_get_path();
-  if (path == CONV2D_PATH_AUTO) path = conv2d_auto_path(s);
-  return path == CONV2D_PATH_DNNL ? conv2d_dnnl_forward(y, x, w, b, s) : conv2d_gemm_forward(y, x, w, b, s);
+  switch (conv2d_path_of(s)) {
+    case CONV2D_PATH_DNNL: return conv2d_dnnl_forward(y, x, w, b, s);
+    case CONV2D_PATH_TAPS: return conv2d_taps_forward(y, x, w, b, s);
+    default: return conv2d_gemm_forward(y, x, w, b, s);
+  }
 }
 
 static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                                     const float *dy, const conv2d_shape *s) {
-  conv2d_path path = conv2d_get_path();
-  if (path == CONV2D_PATH_AUTO) path = conv2d_auto_path(s);
-  return path == CONV2D_PATH_DNNL ? conv2d_dnnl_backward(ctx, dx, dw, db, x, w, dy, s)
-                                  : conv2d_gemm_backward(dx, dw, db, x, w, dy, s);
+  switch (conv2d_path_of(s)) {
+    case CONV2D_PATH_DNNL: return conv2d_dnnl_backward(ctx, dx, dw, db, x, w, dy, s);
+    case CONV2D_PATH_TAPS: return conv2d_taps_backward(dx, dw, db, x, w, dy, s);
+    default: return conv2d_gemm_backward(dx, dw, db, x, w, dy, s);
+  }
+}
+
+/* Multiply-adds the shape's path executes: the tap path and the depthwise kernel skip products
+ * with the zero padding; the im2col GEMMs and oneDNN are counted in full (oneDNN's direct
+ * kernels skip padded rows of some shapes too, a few percent on the maps these models use). */
+static int64_t conv2d_executed_macs(const conv2d_shape *s) {
+  int64_t per_pair = conv2d_path_of(s) == CONV2D_PATH_TAPS || conv2d_is_depthwise(s) ? conv2d_valid_positions(s)
+                                                                                      : s->kh * s->kw * s->oh * s->ow;
+  return s->n * s->cout * (s->cin / s->groups) * per_pair;
 }
 
 /* ---- the op ---- */
@@ -581,6 +620,7 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
     node->iarg[2] = dilation;
     node->iarg[3] = groups;
     node->iarg[4] = s.bf16;
+    node->iarg[5] = conv2d_executed_macs(&s); /* hakd_tape_executed_macs */
     hakd_node_unneeded(ctx, node, -1);
   }
   return y;
@@ -629,31 +669,48 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
     s.post_sum = residual != NULL;
     s.post_act = act;
   }
-  int64_t per_out = hakd_numel(w) / s.cout;
-  float *folded = hakd_ctx_scratch(ctx, (size_t)(hakd_numel(w) + s.cout) * sizeof(float));
-  if (!folded) return NULL;
-  float *folded_bias = folded + hakd_numel(w);
-  const float *wd = hakd_f32(w), *sc = hakd_f32(scale), *sh = hakd_f32(shift);
+  const float *sc = hakd_f32(scale), *sh = hakd_f32(shift);
+  /* Folding reads and writes the weights once more: on small maps (layer4 and the ASPP at 64-256
+   * pixel inputs) the weights outweigh the output, and the affine goes into the output pass.
+   * A blocked bfloat16 output takes it through the weights (oneDNN's post-ops add and clamp). */
+  int fold = s.dst_blocked || hakd_numel(w) <= hakd_numel(y);
+  int rc;
+  if (fold) {
+    int64_t per_out = hakd_numel(w) / s.cout;
+    float *folded = hakd_ctx_scratch(ctx, (size_t)(hakd_numel(w) + s.cout) * sizeof(float));
+    if (!folded) return NULL;
+    float *folded_bias = folded + hakd_numel(w);
+    const float *wd = hakd_f32(w);
 #pragma omp parallel for schedule(static) if (hakd_numel(w) > 65536)
-  for (int64_t co = 0; co < s.cout; co++) {
-    for (int64_t k = 0; k < per_out; k++) folded[co * per_out + k] = wd[co * per_out + k] * sc[co];
-    folded_bias[co] = (b ? hakd_f32(b)[co] * sc[co] : 0.0f) + sh[co];
+    for (int64_t co = 0; co < s.cout; co++) {
+      for (int64_t k = 0; k < per_out; k++) folded[co * per_out + k] = wd[co * per_out + k] * sc[co];
+      folded_bias[co] = (b ? hakd_f32(b)[co] * sc[co] : 0.0f) + sh[co];
+    }
+    s.has_bias = 1;
+    rc = s.dst_blocked ? conv2d_dnnl_forward(y->data, x->data, folded, folded_bias, &s)
+                       : conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s);
+    hakd_ctx_scratch_free(ctx, folded);
+  } else {
+    rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, &s);
   }
-  s.has_bias = 1;
-  int rc = s.dst_blocked ? conv2d_dnnl_forward(y->data, x->data, folded, folded_bias, &s)
-                         : conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s);
-  hakd_ctx_scratch_free(ctx, folded);
   if (rc != 0) return hakd_ctx_fail(ctx, rc, "conv2d_affine_act: %s", hakd_error_message());
-  if (!s.dst_blocked && (residual || act != HAKD_ACT_NONE)) {
+  if (!s.dst_blocked && (residual || act != HAKD_ACT_NONE || !fold)) {
     float *yd = hakd_f32(y);
     const float *rd = residual ? hakd_f32(residual) : NULL;
-    int64_t n = hakd_numel(y);
+    int64_t ohw = s.oh * s.ow, planes = s.n * s.cout;
     float hi = act == HAKD_ACT_RELU6 ? 6.0f : INFINITY, lo = act == HAKD_ACT_NONE ? -INFINITY : 0.0f;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) { /* compares, not fminf/fmaxf: those stay library calls */
-      float v = rd ? yd[i] + rd[i] : yd[i];
-      v = v < lo ? lo : v;
-      yd[i] = v > hi ? hi : v;
+#pragma omp parallel for schedule(static) if (planes * ohw > 65536)
+    for (int64_t p = 0; p < planes; p++) {
+      float a = fold ? 1.0f : sc[p % s.cout], c = fold ? 0.0f : sh[p % s.cout];
+      float *yp = yd + p * ohw;
+      const float *rp = rd ? rd + p * ohw : NULL;
+#pragma omp simd
+      for (int64_t i = 0; i < ohw; i++) { /* compares, not fminf/fmaxf: those stay library calls */
+        float v = yp[i] * a + c;
+        v = rp ? v + rp[i] : v;
+        v = v < lo ? lo : v;
+        yp[i] = v > hi ? hi : v;
+      }
     }
   }
   hakd_tensor *inputs[3] = {x, w, b};

@@ -28,17 +28,57 @@ typedef struct {
 typedef enum {
   CONV2D_PATH_AUTO = 0, /* per shape, by conv2d_auto_path */
   CONV2D_PATH_GEMM = 1, /* im2col + cblas_sgemm (direct kernel for depthwise, plain GEMM for 1x1) */
-  CONV2D_PATH_DNNL = 2  /* oneDNN primitives */
+  CONV2D_PATH_DNNL = 2, /* oneDNN primitives */
+  CONV2D_PATH_TAPS = 3  /* one GEMM per kernel tap over its valid outputs (conv2d_taps.c) */
 } conv2d_path;
 
 /* Forces a path for every later conv2d call (tests, benchmarks); CONV2D_PATH_AUTO restores the
- * default, which is the environment variable HAKD_CONV=gemm|dnnl|auto (auto when unset). */
+ * default, which is the environment variable HAKD_CONV=gemm|dnnl|taps|auto (auto when unset).
+ * A forced taps path applies where the tap path can compute (conv2d_taps_supported), else auto. */
 void conv2d_set_path(conv2d_path path);
 /* The path the next call uses before the per-shape rule (forced, env, or auto). */
 conv2d_path conv2d_get_path(void);
 /* The path auto takes for a shape (the same forward and backward): a fixed rule, so results do
  * not depend on timing noise. */
 conv2d_path conv2d_auto_path(const conv2d_shape *s);
+
+/* Output positions o in [*lo, *hi) read input position o * stride + off inside [0, size), of
+ * `out` outputs (rows or columns of one kernel tap). */
+static inline void conv2d_valid_range(int64_t off, int64_t stride, int64_t size, int64_t out, int64_t *lo,
+                                      int64_t *hi) {
+  int64_t first = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  int64_t end = size - 1 - off < 0 ? 0 : (size - 1 - off) / stride + 1;
+  if (end > out) end = out;
+  if (first > end) first = end;
+  *lo = first;
+  *hi = end;
+}
+
+/* The gemm and taps paths run single-threaded sgemm inside OpenMP work items (see conv2d.c);
+ * returns OpenBLAS's thread count for conv2d_blas_restore. */
+int conv2d_blas_single(void);
+void conv2d_blas_restore(int n);
+/* 0 when OpenBLAS is held to narrower kernels than oneDNN's JIT uses (OPENBLAS_CORETYPE=Haswell
+ * on an AVX-512 CPU): the auto rule then sends 1x1 convolutions to oneDNN. */
+int conv2d_blas_full_width(void);
+/* db += the sum of dy over images and positions. */
+void conv2d_bias_backward(float *db, const float *dy, const conv2d_shape *s);
+
+/* ---- tap path (conv2d_taps.c). Return 0 or a negative hakd_status with a message. ---- */
+
+/* Sum over kernel taps of the output positions whose input lies inside the map: one image's
+ * executed multiply-adds per (input, output) channel pair on the tap path. */
+int64_t conv2d_valid_positions(const conv2d_shape *s);
+/* Shapes the tap path computes: groups 1, float32 products. */
+int conv2d_taps_supported(const conv2d_shape *s);
+/* The auto rule's choice: a supported dilated conv whose taps reach into the padding enough that
+ * skipping beats computing the zeros (conv2d_taps.c: a cost model of products against weight traffic). */
+int conv2d_taps_worthwhile(const conv2d_shape *s);
+/* y = conv(x, w) + b, overwriting y. */
+int conv2d_taps_forward(float *y, const float *x, const float *w, const float *b, const conv2d_shape *s);
+/* dx += dL/dx, dw += dL/dw, db += dL/db, each when non-NULL. */
+int conv2d_taps_backward(float *dx, float *dw, float *db, const float *x, const float *w, const float *dy,
+                         const conv2d_shape *s);
 
 /* ---- oneDNN path (conv2d_dnnl.c). Return 0 or a negative hakd_status with a message. ---- */
 

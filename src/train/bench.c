@@ -203,14 +203,22 @@ int hakd_bench_run(const hakd_bench_config *c, hakd_bench_result *r) {
     r->ms_median = c->iters % 2 ? ms[c->iters / 2] : 0.5 * (ms[c->iters / 2 - 1] + ms[c->iters / 2]);
     r->images_per_s = 1e3 * c->batch / r->ms_median;
     /* Counted last: hakd_model_macs runs a batch-1 forward with its own context. */
-    r->model_macs = hakd_model_macs(b.model, c->height, c->width);
-    if (b.teacher) r->teacher_macs = hakd_model_macs(b.teacher, c->height, c->width);
-    if (r->model_macs < 0 || r->teacher_macs < 0) rc = hakd_error(HAKD_ENOMEM, "bench: counting the MACs failed");
+    r->model_macs = hakd_model_executed_macs(b.model, c->height, c->width);
+    r->model_nominal_macs = hakd_model_macs(b.model, c->height, c->width);
+    if (b.teacher) {
+      r->teacher_macs = hakd_model_executed_macs(b.teacher, c->height, c->width);
+      r->teacher_nominal_macs = hakd_model_macs(b.teacher, c->height, c->width);
+    }
+    if (r->model_macs < 0 || r->teacher_macs < 0 || r->model_nominal_macs < 0 || r->teacher_nominal_macs < 0)
+      rc = hakd_error(HAKD_ENOMEM, "bench: counting the MACs failed");
   }
   if (!rc) {
-    double per_image = c->mode == HAKD_BENCH_INFER ? 2.0 * (double)r->model_macs
-                                                    : 6.0 * (double)r->model_macs + 2.0 * (double)r->teacher_macs;
+    int infer = c->mode == HAKD_BENCH_INFER;
+    double per_image = infer ? 2.0 * (double)r->model_macs : 6.0 * (double)r->model_macs + 2.0 * (double)r->teacher_macs;
+    double nominal = infer ? 2.0 * (double)r->model_nominal_macs
+                           : 6.0 * (double)r->model_nominal_macs + 2.0 * (double)r->teacher_nominal_macs;
     r->flops_per_iter = per_image * c->batch;
+    r->nominal_flops_per_iter = nominal * c->batch;
     r->gflops = r->flops_per_iter / (r->ms_median * 1e-3) / 1e9;
   }
   free(ms);

@@ -1,0 +1,73 @@
+"""The size sweep's table (bench/compare_pytorch.sh --sweep): reads the JSON lines the sweep appends
+({"side", "case", "round", "load", "result"}) and prints, per point, each side's best step time per
+image (the smallest over all its timed steps and rounds: on a shared machine the least disturbed
+run), the ratio PyTorch time / hakd time (bold when >= 1.5), hakd's executed GFLOP/s in its best
+step and that as a share of the fp32 peak (the larger of OpenBLAS sgemm and oneDNN matmul 2048^3,
+best of the bench_peak runs recorded in the file), the load average range seen when the runs
+started, and how many runs per side. --tsv FILE writes the points for bench_sweep_plot.
+
+usage: sweep_table.py RESULTS.jsonl [--tsv FILE] [--only REGEX]"""
+import argparse
+import collections
+import json
+import re
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results")
+    ap.add_argument("--tsv")
+    ap.add_argument("--only", help="keep the points whose 'MODEL MODE SIZExSIZE bB' name matches")
+    args = ap.parse_args()
+    points = collections.OrderedDict()
+    peaks = []
+    for line in open(args.results):
+        r = json.loads(line)
+        if r["side"] == "peak":
+            peaks.append(r["result"])
+            continue
+        if args.only and not re.search(args.only, r["case"]):
+            continue
+        res = r["result"]
+        key = (res["model"], res["mode"], int(res["size"].split("x")[0]), res["batch"])
+        p = points.setdefault(key, {"hakd": [], "torch": [], "load": [], "gflops": []})
+        p[r["side"]].append(res["ms_min"] / res["batch"])
+        if r["side"] == "hakd":
+            p["gflops"].append(res["flops_per_iter"] / (res["ms_min"] * 1e-3) / 1e9)
+        p["load"].append(float(r.get("load", 0)))
+    rows = []
+    for (model, mode, size, batch), p in sorted(points.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3], kv[0][2])):
+        if p["hakd"] and p["torch"]:
+            rows.append((model, mode, size, batch, min(p["hakd"]), min(p["torch"]), min(p["load"]), max(p["load"]),
+                         min(len(p["hakd"]), len(p["torch"])), max(p["gflops"])))
+    peak = max([max(pk["sgemm_openblas"], pk["matmul_dnnl"]) for pk in peaks] or [0])
+    if peaks:
+        best = lambda key: max(pk[key] for pk in peaks)
+        print("peaks (best of %d bench_peak runs, GFLOP/s): fp32 FMA loop %.0f, OpenBLAS sgemm 2048^3 %.0f (%s), "
+              "oneDNN matmul %.0f; bf16 dot-product loop %.0f, oneDNN bf16 matmul %.0f" % (
+                  len(peaks), best("fma_fp32"), best("sgemm_openblas"), peaks[0]["openblas_core"],
+                  best("matmul_dnnl"), best("dot_bf16"), best("matmul_dnnl_bf16")))
+        print()
+    print("| model | mode | batch | size | hakd ms/img | PyTorch ms/img | PyTorch/hakd | hakd GFLOP/s | of peak "
+          "| load | runs/side |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for model, mode, size, batch, h, t, lo, hi, n, gf in rows:
+        ratio = t / h
+        cell = "**%.2f**" % ratio if ratio >= 1.5 else "%.2f" % ratio
+        share = "%.0f%%" % (100 * gf / peak) if peak > 0 else "n/a"
+        print("| %s | %s | %d | %dx%d | %.1f | %.1f | %s | %.0f | %s | %.1f-%.1f | %d |" % (
+            model, mode, batch, size, size, h, t, cell, gf, share, lo, hi, n))
+    below = ["%s %s %dx%d b%d (%.2f)" % (m, mo, s, s, b, t / h) for m, mo, s, b, h, t, *_ in rows if t / h < 1.0]
+    fast = sum(1 for m, mo, s, b, h, t, *_ in rows if t / h >= 1.5)
+    print()
+    print("points: %d; hakd at least as fast at %d, >= 1.5x at %d; below 1.0: %s" % (
+        len(rows), len(rows) - len(below), fast, ", ".join(below) if below else "none"))
+    if args.tsv:
+        with open(args.tsv, "w") as f:
+            f.write("model\tmode\tbatch\tsize\tpixels\thakd_ms_per_image\ttorch_ms_per_image\n")
+            for model, mode, size, batch, h, t, *_ in rows:
+                f.write("%s\t%s\t%d\t%d\t%d\t%.3f\t%.3f\n" % (model, mode, batch, size, size * size, h, t))
+
+
+if __name__ == "__main__":
+    main()
