@@ -19,7 +19,8 @@
 #             rounds (default 2) of 2 warm-up + N (default 2) timed steps, and each side's best
 #             (smallest) step over all its timed steps counts; bench/sweep_table.py prints ms per
 #             image and the ratio PyTorch time / hakd time (> 1: hakd faster). Points already
-#             complete in an existing --out file are not run again (a sweep can be run in parts,
+#             complete in an existing --out file are not run again, a larger --rounds adds the
+#             missing rounds to them (a sweep can be run in parts, points re-measured later;
 #             --only REGEX picks points by "MODEL MODE SIZExSIZE bB"); --tsv writes the points,
 #             --plot PREFIX draws PREFIX-<mode>-b<B>.png (ms per image against input pixels,
 #             log-log, both sides) with build/bench_sweep_plot.
@@ -107,7 +108,7 @@ if [ "$sweep" = 1 ]; then
           if [ -n "$only" ] && ! printf '%s\n' "$name" | grep -qE -- "$only"; then continue; fi
           done_runs=$(grep -cF "\"case\": \"$name\"" "$results" || true)
           [ "$done_runs" -lt $((2 * rounds)) ] || continue
-          round=1
+          round=$((done_runs / 2 + 1)) # a larger --rounds adds rounds to a measured point
           while [ "$round" -le "$rounds" ]; do
             if [ $((round % 2)) = 1 ]; then order="hakd torch"; else order="torch hakd"; fi
             for side in $order; do
