@@ -15,8 +15,9 @@
 #             to check the script in about a minute; with --sweep: sizes 64,128, 1 timed step.
 #   --sweep   the size sweep: deeplabv3-r18-d8, deeplabv3-r50-d8, deeplabv3-mbv2 and segformer-b0,
 #             inference and training, square inputs of each size in --sizes (64,128,256,512,1024)
-#             at each batch in --batches (1,2; the DeepLabV3 models train at batch >= 2 only). Per point the two sides alternate A/B/A/B for R
-#             rounds (default 2) of 2 warm-up + N (default 2) timed steps, and each side's best
+#             at each batch in --batches (1,2; the DeepLabV3 models train at batch >= 2 only).
+#             Per point the two sides alternate A/B/A/B for R rounds (default 2) of 2 warm-up +
+#             N (default 2) timed steps per side and run, and each side's best
 #             (smallest) step over all its timed steps counts; bench/sweep_table.py prints ms per
 #             image and the ratio PyTorch time / hakd time (> 1: hakd faster). Points already
 #             complete in an existing --out file are not run again, a larger --rounds adds the
@@ -55,7 +56,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --only) only=$2; shift ;;
     --precision) precision=$2; shift ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare_pytorch.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
