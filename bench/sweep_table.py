@@ -6,7 +6,9 @@ step and that as a share of the fp32 peak (the larger of OpenBLAS sgemm and oneD
 best of the bench_peak runs recorded in the file), the load average range seen when the runs
 started, and how many runs per side. --tsv FILE writes the points for bench_sweep_plot.
 
-usage: sweep_table.py RESULTS.jsonl [--tsv FILE] [--only REGEX]"""
+usage: sweep_table.py RESULTS.jsonl [--tsv FILE] [--only REGEX] [--peak GFLOPS]
+--peak replaces the recorded fp32 peak (e.g. one measured on a quiet machine: on a busy one
+bench_peak's loops get a fraction of the cores)."""
 import argparse
 import collections
 import json
@@ -18,6 +20,7 @@ def main():
     ap.add_argument("results")
     ap.add_argument("--tsv")
     ap.add_argument("--only", help="keep the points whose 'MODEL MODE SIZExSIZE bB' name matches")
+    ap.add_argument("--peak", type=float, help="fp32 peak GFLOP/s for the share column")
     args = ap.parse_args()
     points = collections.OrderedDict()
     peaks = []
@@ -41,13 +44,16 @@ def main():
             rows.append((model, mode, size, batch, min(p["hakd"]), min(p["torch"]), min(p["load"]), max(p["load"]),
                          min(len(p["hakd"]), len(p["torch"])), max(p["gflops"])))
     peak = max([max(pk["sgemm_openblas"], pk["matmul_dnnl"]) for pk in peaks] or [0])
+    if args.peak:
+        peak = args.peak
     if peaks:
         best = lambda key: max(pk[key] for pk in peaks)
         print("peaks (best of %d bench_peak runs, GFLOP/s): fp32 FMA loop %.0f, OpenBLAS sgemm 2048^3 %.0f (%s), "
               "oneDNN matmul %.0f; bf16 dot-product loop %.0f, oneDNN bf16 matmul %.0f" % (
                   len(peaks), best("fma_fp32"), best("sgemm_openblas"), peaks[0]["openblas_core"],
                   best("matmul_dnnl"), best("dot_bf16"), best("matmul_dnnl_bf16")))
-        print()
+    print("share of peak against %.0f GFLOP/s%s" % (peak, " (--peak)" if args.peak else ""))
+    print()
     print("| model | mode | batch | size | hakd ms/img | PyTorch ms/img | PyTorch/hakd | hakd GFLOP/s | of peak "
           "| load | runs/side |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
