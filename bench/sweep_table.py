@@ -68,6 +68,20 @@ def main():
     print()
     print("points: %d; hakd at least as fast at %d, >= 1.5x at %d; below 1.0: %s" % (
         len(rows), len(rows) - len(below), fast, ", ".join(below) if below else "none"))
+    # cost as work grows: ms per image against input pixels, one row per model and side
+    sizes = sorted({r[2] for r in rows})
+    print()
+    print("ms per image by input pixels (best run per side):")
+    print()
+    print("| mode, batch | model | side | " + " | ".join("%dx%d (%.2g px)" % (z, z, z * z) for z in sizes) + " |")
+    print("|---|---|---|" + "---:|" * len(sizes))
+    cells = {(r[1], r[3], r[0], z): (r[4], r[5]) for r in rows for z in [r[2]]}
+    for mode, batch in sorted({(r[1], r[3]) for r in rows}):
+        for model in sorted({r[0] for r in rows if r[1] == mode and r[3] == batch}):
+            for side, k in (("hakd", 0), ("PyTorch", 1)):
+                vals = [cells.get((mode, batch, model, z)) for z in sizes]
+                print("| %s, %d | %s | %s | " % (mode, batch, model, side) +
+                      " | ".join("%.0f" % v[k] if v else "-" for v in vals) + " |")
     if args.tsv:
         with open(args.tsv, "w") as f:
             f.write("model\tmode\tbatch\tsize\tpixels\thakd_ms_per_image\ttorch_ms_per_image\n")
