@@ -4,7 +4,8 @@ image (the smallest over all its timed steps and rounds: on a shared machine the
 run), the ratio PyTorch time / hakd time (bold when >= 1.5), hakd's executed GFLOP/s in its best
 step and that as a share of the fp32 peak (the larger of OpenBLAS sgemm and oneDNN matmul 2048^3,
 best of the bench_peak runs recorded in the file), the load average range seen when the runs
-started, and how many runs per side. --tsv FILE writes the points for bench_sweep_plot.
+started, and how many runs per side; then ms per image against input pixels, one row per model
+and side (cost as work grows). --tsv FILE writes the points for bench_sweep_plot.
 
 usage: sweep_table.py RESULTS.jsonl [--tsv FILE] [--only REGEX] [--peak GFLOPS]
 --peak replaces the recorded fp32 peak (e.g. one measured on a quiet machine: on a busy one
