@@ -24,8 +24,9 @@ static void bench_usage(void) {
          "FLOPs: one multiply-add = 2 FLOPs over convolutions, linear layers and matrix products, as\n"
          "executed: products with the zero padding that the kernels skip (taps of dilated convolutions\n"
          "past the feature map, depthwise borders) are not counted (flops_per_iter, gflops);\n"
-         "nominal_flops_per_iter counts every convolution in full (hakd info's MACs x 2). infer counts 2 x MACs per image; train counts 3 x the forward FLOPs\n"
-         "(6 x MACs: forward, backward to inputs, backward to weights); distill counts the teacher's\n"
+         "nominal_flops_per_iter counts every convolution in full (hakd info's MACs x 2). infer counts\n"
+         "2 x MACs per image; train counts 3 x the forward FLOPs (6 x MACs: forward, backward to\n"
+         "inputs, backward to weights); distill counts the teacher's\n"
          "forward plus the student's train step. --precision bf16: convolutions, linear layers and matrix\n"
          "products multiply in bfloat16 and accumulate in float32 (weights, gradients and losses stay\n"
          "float32; in infer and the teacher's forward a ResNet's activations stay bfloat16 between its\n"
@@ -101,9 +102,11 @@ static int cmd_bench(int argc, char **argv) {
     printf("\"teacher\": \"%s\", \"method\": \"%s\", ", c.teacher, hakd_distill_method_name(c.method));
   printf("\"size\": \"%dx%d\", \"batch\": %d, \"images_per_s\": %.4f, \"ms_per_iter\": %.2f, \"ms_min\": %.2f, "
          "\"ms_max\": %.2f, \"peak_rss_mb\": %.1f, \"arena_mb\": %.1f, \"gflops\": %.2f, \"flops_per_iter\": %.4e, "
-         "\"flops_counted\": \"executed\", \"nominal_flops_per_iter\": %.4e, \"threads\": %d, \"precision\": \"%s\", \"optimizer\": \"%s\", \"iters\": %d, \"warmup\": %d}\n",
+         "\"flops_counted\": \"executed\", \"nominal_flops_per_iter\": %.4e, \"threads\": %d, \"precision\": \"%s\", "
+         "\"optimizer\": \"%s\", \"iters\": %d, \"warmup\": %d}\n",
          c.height, c.width, c.batch, r.images_per_s, r.ms_median, r.ms_min, r.ms_max, r.peak_rss_mb, r.arena_mb,
-         r.gflops, r.flops_per_iter, r.nominal_flops_per_iter, r.threads, hakd_precision_name(c.precision), r.optimizer, c.iters, c.warmup);
+         r.gflops, r.flops_per_iter, r.nominal_flops_per_iter, r.threads, hakd_precision_name(c.precision), r.optimizer,
+         c.iters, c.warmup);
   return 0;
 }
 

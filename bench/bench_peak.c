@@ -151,8 +151,9 @@ int main(void) {
   double dnnl = peak_dnnl_matmul(2048, dnnl_f32);
   double matmul_bf16 = has_bf16 ? peak_dnnl_matmul(2048, dnnl_bf16) : 0;
   const char *coretype = getenv("OPENBLAS_CORETYPE");
-  printf("{\"threads\": %d, \"fma_fp32\": %.1f, \"dot_bf16\": %.1f, \"sgemm_openblas\": %.1f, \"openblas_core\": \"%s\", "
-         "\"OPENBLAS_CORETYPE\": \"%s\", \"matmul_dnnl\": %.1f, \"matmul_dnnl_bf16\": %.1f}\n",
+  printf("{\"threads\": %d, \"fma_fp32\": %.1f, \"dot_bf16\": %.1f, \"sgemm_openblas\": %.1f, "
+         "\"openblas_core\": \"%s\", \"OPENBLAS_CORETYPE\": \"%s\", \"matmul_dnnl\": %.1f, "
+         "\"matmul_dnnl_bf16\": %.1f}\n",
          omp_get_max_threads(), fma, dot, sgemm, openblas_get_corename(), coretype ? coretype : "", dnnl, matmul_bf16);
   return 0;
 }

@@ -89,8 +89,8 @@ static void check_equal(const char *what, const taps_case *tc, const taps_result
   double edx = tc->input_grad ? test_max_rel_err(got->dx, want->dx, got->nx, 1e-6) : 0.0;
   if (!(ey <= TAPS_TOL && edx <= TAPS_TOL && edw <= TAPS_TOL && edb <= TAPS_TOL))
     test_fail(__FILE__, __LINE__,
-              "%s: %dx%d map, k%d s%d p%d d%d, cin %d cout %d: rel err y %.3g dx %.3g dw %.3g db %.3g > %g", what, tc->h,
-              tc->w, tc->k, tc->stride, tc->pad, tc->dilation, tc->cin, tc->cout, ey, edx, edw, edb, TAPS_TOL);
+              "%s: %dx%d map, k%d s%d p%d d%d, cin %d cout %d: rel err y %.3g dx %.3g dw %.3g db %.3g > %g", what,
+              tc->h, tc->w, tc->k, tc->stride, tc->pad, tc->dilation, tc->cin, tc->cout, ey, edx, edw, edb, TAPS_TOL);
 }
 
 /* Each case on the tap path against the im2col path and oneDNN (both compute every tap). */
@@ -98,8 +98,10 @@ static void check_cases(const taps_case *cases, size_t count) {
   for (size_t t = 0; t < count && !test_failed(); t++) {
     taps_result taps, gemm, dnnl;
     if (run_case(&cases[t], CONV2D_PATH_TAPS, 10 * t + 1, &taps)) return;
-    if (run_case(&cases[t], CONV2D_PATH_GEMM, 10 * t + 1, &gemm) == 0) check_equal("taps vs gemm", &cases[t], &taps, &gemm);
-    if (run_case(&cases[t], CONV2D_PATH_DNNL, 10 * t + 1, &dnnl) == 0) check_equal("taps vs dnnl", &cases[t], &taps, &dnnl);
+    if (run_case(&cases[t], CONV2D_PATH_GEMM, 10 * t + 1, &gemm) == 0)
+      check_equal("taps vs gemm", &cases[t], &taps, &gemm);
+    if (run_case(&cases[t], CONV2D_PATH_DNNL, 10 * t + 1, &dnnl) == 0)
+      check_equal("taps vs dnnl", &cases[t], &taps, &dnnl);
     taps_result_free(&taps);
     taps_result_free(&gemm);
     taps_result_free(&dnnl);

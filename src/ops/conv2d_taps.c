@@ -64,7 +64,7 @@ int conv2d_taps_worthwhile(const conv2d_shape *s) {
    * weights (read + write); the tap path computes valid / kk products after copying the weights
    * of the used taps, at a lower rate (one GEMM per tap over a rectangle, narrow on small maps;
    * r18-d8 layer4 at 16x16, 69% valid, all taps used: 1.5-2.4x slower than oneDNN). So: whenever
-   * whole taps lie in the padding (the copy is smaller than oneDNN's reorder, and the products
+   * whole taps lie in the padding (the copy writes fewer weights than oneDNN's reorder, and the products
    * fewer), else only when at most 40% of the products are valid. Independent of the batch, so
    * hakd bench's executed count (at batch 1) is what every batch runs. */
   return used < kk || 5 * valid <= 2 * kk * s->oh * s->ow;

@@ -214,7 +214,8 @@ int hakd_bench_run(const hakd_bench_config *c, hakd_bench_result *r) {
   }
   if (!rc) {
     int infer = c->mode == HAKD_BENCH_INFER;
-    double per_image = infer ? 2.0 * (double)r->model_macs : 6.0 * (double)r->model_macs + 2.0 * (double)r->teacher_macs;
+    double per_image =
+        infer ? 2.0 * (double)r->model_macs : 6.0 * (double)r->model_macs + 2.0 * (double)r->teacher_macs;
     double nominal = infer ? 2.0 * (double)r->model_nominal_macs
                            : 6.0 * (double)r->model_nominal_macs + 2.0 * (double)r->teacher_nominal_macs;
     r->flops_per_iter = per_image * c->batch;
