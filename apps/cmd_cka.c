@@ -10,6 +10,7 @@
 #include "hakd/data.h"
 #include "hakd/io.h"
 #include "hakd/model.h"
+#include "hakd/ops.h"
 
 enum { STAGES = 4 };
 
@@ -87,7 +88,7 @@ static int side_add_image(cka_side *side, hakd_ctx *ctx, float *image, int h, in
     return -1;
   }
   for (int s = 0; s < STAGES; s++)
-    if (hakd_cka_set_add_maps(side->sets[s], ctx, out.stages[s], HAKD_CKA_GRID, HAKD_CKA_GRID)) return -1;
+    if (hakd_cka_set_add_maps(side->sets[s], ctx, hakd_to_f32(ctx, out.stages[s]), HAKD_CKA_GRID, HAKD_CKA_GRID)) return -1;
   return 0;
 }
 

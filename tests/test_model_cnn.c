@@ -433,8 +433,9 @@ TEST(deep_stem_uses_mmseg_names) {
 }
 
 /* Eval forward of `name` (width 0.25, param_fill weights, a 1x3x48x64 input) in fp32 and in bf16,
- * where the backbone's activations stay blocked bfloat16 from the first block to the stage ends:
- * logits and every stage (float32 again) agree within `tol` of max|fp32|. */
+ * where the backbone's activations stay blocked bfloat16 from the max pooling through every stage
+ * and the head's convolutions up to its classifier: logits and every stage (float32 again) agree
+ * within `tol` of max|fp32|. */
 static void check_bf16_inference(const char *name, double tol) {
   hakd_model_options o = options(5, 0.25f);
   hakd_model *m = NULL;
@@ -459,7 +460,11 @@ static void check_bf16_inference(const char *name, double tol) {
     ASSERT_OK(rc);
     hakd_tensor **keep = bf16 ? got : ref;
     keep[0] = out.logits;
-    for (int s = 0; s < 4; s++) keep[s + 1] = out.stages[s];
+    for (int s = 0; s < 4; s++) {
+      /* bf16: the stages come out as the chain left them (blocked), float32 on request */
+      ASSERT_EQ_INT(out.stages[s]->dtype, bf16 ? HAKD_BF16_BLOCKED : HAKD_F32);
+      keep[s + 1] = hakd_to_f32(c, out.stages[s]);
+    }
   }
   for (int i = 0; i < 5; i++) {
     ASSERT_TRUE(got[i]->dtype == HAKD_F32 && hakd_same_shape(got[i], ref[i]));

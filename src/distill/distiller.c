@@ -188,7 +188,7 @@ static hakd_tensor *labels_to_grid(hakd_ctx *ctx, hakd_tensor *labels, int64_t h
 
 static hakd_tensor *teacher_tensor(hakd_ctx *ctx, hakd_tensor *t, const char *what) {
   if (!t) return hakd_ctx_fail(ctx, HAKD_EINVAL, "distill: the teacher output has no %s", what);
-  return hakd_detach(ctx, t);
+  return hakd_detach(ctx, hakd_to_f32(ctx, t)); /* a CNN teacher's stages are blocked bfloat16 in bf16 */
 }
 
 /* L_hakd and L_proj of one stage (sections 1-6), added to out->hakd / out->proj. */

@@ -28,7 +28,8 @@ int layer_conv_init(layer_conv *c, hakd_params *p, const char *prefix, int cin, 
 }
 
 hakd_tensor *layer_conv_forward(hakd_ctx *ctx, const layer_conv *c, hakd_tensor *x) {
-  return hakd_conv2d(ctx, x, c->weight, c->bias, c->stride, c->padding, c->dilation, c->groups);
+  /* a plain convolution (a head's classifier) answers float32: blocked input ends its chain here */
+  return hakd_conv2d(ctx, hakd_to_f32(ctx, x), c->weight, c->bias, c->stride, c->padding, c->dilation, c->groups);
 }
 
 int layer_bn_init(layer_bn *bn, hakd_params *p, const char *prefix, int channels, float eps, float momentum) {

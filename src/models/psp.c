@@ -24,7 +24,7 @@ typedef struct {
 
 static hakd_tensor *psp_forward(head *base, hakd_ctx *ctx, hakd_tensor *const stages[4]) {
   psp_head *h = (psp_head *)base;
-  hakd_tensor *x = stages[3], *parts[1 + PSP_BINS];
+  hakd_tensor *x = hakd_to_f32(ctx, stages[3]), *parts[1 + PSP_BINS]; /* its pooling bins need float32 */
   if (!x) return NULL;
   parts[0] = x;
   for (int i = 0; i < PSP_BINS; i++) {

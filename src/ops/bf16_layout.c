@@ -1,21 +1,27 @@
-/* Conversions between float32 NCHW and the blocked bfloat16 layout of CNN activations in the bf16
- * precision (HAKD_BF16_BLOCKED, see hakd/tensor.h): oneDNN reorders, cached per shape. They run
- * where a chain of convolutions begins and ends, so the convolutions in between read and write
- * bfloat16 without converting. The cache is the calling thread's. */
+/* The blocked bfloat16 layout of CNN activations in the bf16 precision (HAKD_BF16_BLOCKED, see
+ * hakd/tensor.h): conversions from and to float32 NCHW (oneDNN reorders, cached per shape) where a
+ * chain of convolutions begins and ends, and the inference ops a CNN runs between its convolutions
+ * without leaving the layout: max pooling (oneDNN's pooling primitive, cached beside the
+ * reorders), global average pooling and concatenation along channels. The cache is the calling
+ * thread's. */
 #include <dnnl.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "hakd/ops.h"
 #include "ops/dnnl_common.h"
+#include "ops/ops_internal.h"
 
 #define BF16_LAYOUT_CACHE_SIZE 64
 
+typedef enum { BF16_LAYOUT_TO_BLOCKED, BF16_LAYOUT_TO_F32, BF16_LAYOUT_MAXPOOL } bf16_layout_kind;
+
 typedef struct {
-  int64_t dims[4];
-  int to_blocked;
+  int64_t dims[4];        /* of the input */
+  int64_t window[3];      /* max pooling: kernel, stride, padding */
+  bf16_layout_kind kind;
   int valid;
-  dnnl_primitive_t reorder;
+  dnnl_primitive_t prim;  /* a reorder, or the pooling */
   dnnl_memory_t from, to;
 } bf16_layout_entry;
 
@@ -26,7 +32,7 @@ static _Thread_local bf16_layout_entry *bf16_layout_cache; /* BF16_LAYOUT_CACHE_
 static _Thread_local int bf16_layout_next_slot;
 
 static void bf16_layout_entry_free(bf16_layout_entry *e) {
-  if (e->reorder) dnnl_primitive_destroy(e->reorder);
+  if (e->prim) dnnl_primitive_destroy(e->prim);
   if (e->from) dnnl_memory_destroy(e->from);
   if (e->to) dnnl_memory_destroy(e->to);
   memset(e, 0, sizeof *e);
@@ -42,36 +48,63 @@ static void bf16_layout_release(void) {
   bf16_layout_stream = NULL;
 }
 
+/* PyTorch's output size (floor mode) and oneDNN's right padding of a max pooling window. */
+static int64_t bf16_layout_pool_out(int64_t in, const int64_t *window) {
+  return (in + 2 * window[2] - window[0]) / window[1] + 1;
+}
+
 static int bf16_layout_entry_create(bf16_layout_entry *e) {
-  dnnl_memory_desc_t plain, blocked;
+  dnnl_memory_desc_t plain, blocked, pooled;
   dnnl_dims_t dims = {e->dims[0], e->dims[1], e->dims[2], e->dims[3]};
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&plain, 4, dims, dnnl_f32, dnnl_nchw));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&blocked, 4, dims, dnnl_bf16, dnnl_nChw16c));
-  const dnnl_memory_desc_t *from = e->to_blocked ? &plain : &blocked, *to = e->to_blocked ? &blocked : &plain;
-  int rc = ops_dnnl_reorder_create(&e->reorder, from, to, 0);
-  if (rc) return rc;
+  const dnnl_memory_desc_t *from = &blocked, *to = &plain;
+  if (e->kind == BF16_LAYOUT_MAXPOOL) {
+    const int64_t *k = e->window;
+    dnnl_dims_t out = {e->dims[0], e->dims[1], bf16_layout_pool_out(e->dims[2], k), bf16_layout_pool_out(e->dims[3], k)};
+    dnnl_dims_t strides = {k[1], k[1]}, kernel = {k[0], k[0]}, pad_l = {k[2], k[2]};
+    dnnl_dims_t pad_r = {(out[2] - 1) * k[1] + k[0] - e->dims[2] - k[2], (out[3] - 1) * k[1] + k[0] - e->dims[3] - k[2]};
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&pooled, 4, out, dnnl_bf16, dnnl_nChw16c));
+    dnnl_pooling_desc_t pd_desc;
+    DNNL_TRY(dnnl_pooling_forward_desc_init(&pd_desc, dnnl_forward_inference, dnnl_pooling_max, &blocked, &pooled,
+                                            strides, kernel, pad_l, pad_r));
+    dnnl_primitive_desc_t pd;
+    DNNL_TRY(dnnl_primitive_desc_create(&pd, &pd_desc, NULL, bf16_layout_engine, NULL));
+    dnnl_status_t st = dnnl_primitive_create(&e->prim, pd);
+    dnnl_primitive_desc_destroy(pd);
+    DNNL_TRY(st);
+    to = &pooled;
+  } else {
+    if (e->kind == BF16_LAYOUT_TO_BLOCKED) from = &plain, to = &blocked;
+    int rc = ops_dnnl_reorder_create(&e->prim, from, to, 0);
+    if (rc) return rc;
+  }
   DNNL_TRY(dnnl_memory_create(&e->from, from, bf16_layout_engine, DNNL_MEMORY_NONE));
   DNNL_TRY(dnnl_memory_create(&e->to, to, bf16_layout_engine, DNNL_MEMORY_NONE));
   return 0;
 }
 
-/* dst = src in the other layout (to_blocked: float32 NCHW -> blocked bf16, else back). */
-static int bf16_layout_run(const int64_t *dims, int to_blocked, const void *src, void *dst) {
+/* dst = the primitive of `kind` on src (dims: the input's; window: max pooling's, else NULL). */
+static int bf16_layout_run(const int64_t *dims, bf16_layout_kind kind, const int64_t *window, const void *src, void *dst) {
   int rc = ops_dnnl_engine(&bf16_layout_engine, &bf16_layout_stream, bf16_layout_release);
   if (rc) return rc;
   if (!bf16_layout_cache && !(bf16_layout_cache = calloc(BF16_LAYOUT_CACHE_SIZE, sizeof *bf16_layout_cache)))
-    return hakd_error(HAKD_ENOMEM, "to_f32/to_bf16_blocked: out of memory for the oneDNN cache");
+    return hakd_error(HAKD_ENOMEM, "bf16 layout: out of memory for the oneDNN cache");
+  int64_t win[3] = {0, 0, 0};
+  if (window) memcpy(win, window, sizeof win);
   bf16_layout_entry *e = NULL;
   for (int i = 0; i < BF16_LAYOUT_CACHE_SIZE && !e; i++) {
     bf16_layout_entry *c = &bf16_layout_cache[i];
-    if (c->valid && c->to_blocked == to_blocked && !memcmp(c->dims, dims, sizeof c->dims)) e = c;
+    if (c->valid && c->kind == kind && !memcmp(c->dims, dims, sizeof c->dims) && !memcmp(c->window, win, sizeof win))
+      e = c;
   }
   if (!e) {
     e = &bf16_layout_cache[bf16_layout_next_slot];
     bf16_layout_next_slot = (bf16_layout_next_slot + 1) % BF16_LAYOUT_CACHE_SIZE;
     bf16_layout_entry_free(e);
     memcpy(e->dims, dims, sizeof e->dims);
-    e->to_blocked = to_blocked;
+    memcpy(e->window, win, sizeof win);
+    e->kind = kind;
     if ((rc = bf16_layout_entry_create(e))) {
       bf16_layout_entry_free(e);
       return rc;
@@ -80,13 +113,14 @@ static int bf16_layout_run(const int64_t *dims, int to_blocked, const void *src,
   }
   DNNL_TRY(dnnl_memory_set_data_handle(e->from, (void *)src));
   DNNL_TRY(dnnl_memory_set_data_handle(e->to, dst));
-  dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, e->from}, {DNNL_ARG_TO, e->to}};
-  DNNL_TRY(dnnl_primitive_execute(e->reorder, bf16_layout_stream, 2, args));
+  dnnl_exec_arg_t reorder_args[2] = {{DNNL_ARG_FROM, e->from}, {DNNL_ARG_TO, e->to}};
+  dnnl_exec_arg_t pool_args[2] = {{DNNL_ARG_SRC, e->from}, {DNNL_ARG_DST, e->to}};
+  DNNL_TRY(dnnl_primitive_execute(e->prim, bf16_layout_stream, 2, kind == BF16_LAYOUT_MAXPOOL ? pool_args : reorder_args));
   DNNL_TRY(dnnl_stream_wait(bf16_layout_stream));
   return 0;
 }
 
-/* The conversions carry no gradient yet (training keeps its activations in float32), so
+/* The ops on this layout carry no gradient yet (training keeps its activations in float32), so
  * hakd_record never puts them on the tape; they call it for the per-op accounting of profilers
  * (bench/op_profile.c hooks hakd_record). */
 static void bf16_layout_backward(hakd_ctx *ctx, hakd_node *node) {
@@ -111,7 +145,8 @@ static hakd_tensor *bf16_layout_convert(hakd_ctx *ctx, hakd_tensor *x, hakd_dtyp
   }
   hakd_tensor *y = hakd_tensor_new(ctx, to, 4, x->shape);
   if (!y || hakd_numel(y) == 0) return y;
-  int rc = bf16_layout_run(x->shape, to == HAKD_BF16_BLOCKED, x->data, y->data);
+  int rc = bf16_layout_run(x->shape, to == HAKD_BF16_BLOCKED ? BF16_LAYOUT_TO_BLOCKED : BF16_LAYOUT_TO_F32, NULL,
+                           x->data, y->data);
   if (rc) return hakd_ctx_fail(ctx, rc, "%s %s: %s", op, hakd_shape_str(x, xs, sizeof xs), hakd_error_message());
   hakd_record(ctx, op, bf16_layout_backward, y, 1, &x);
   return y;
@@ -122,3 +157,75 @@ hakd_tensor *hakd_to_bf16_blocked(hakd_ctx *ctx, hakd_tensor *x) {
 }
 
 hakd_tensor *hakd_to_f32(hakd_ctx *ctx, hakd_tensor *x) { return bf16_layout_convert(ctx, x, HAKD_F32, "to_f32"); }
+
+/* ---- inference ops on blocked tensors (ops_internal.h) ---- */
+
+/* A blocked tensor's values are planes of (N x ceil(C / 16)) blocks of H x W x 16 bfloat16. */
+static int64_t bf16_blocked_planes(const hakd_tensor *x) { return x->shape[0] * ((x->shape[1] + 15) / 16); }
+
+/* Inference only: refuses recording a gradient for x (shared by the ops below). */
+static int bf16_blocked_check(hakd_ctx *ctx, const hakd_tensor *x, const char *op) {
+  if (hakd_ctx_grad(ctx) && x->requires_grad)
+    return hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: blocked bfloat16 input is inference only (gradient recording is on)", op),
+           -1;
+  return 0;
+}
+
+hakd_tensor *bf16_blocked_maxpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int stride, int padding) {
+  if (bf16_blocked_check(ctx, x, "maxpool2d")) return NULL;
+  int64_t window[3] = {kernel, stride, padding};
+  int64_t shape[4] = {x->shape[0], x->shape[1], bf16_layout_pool_out(x->shape[2], window),
+                      bf16_layout_pool_out(x->shape[3], window)};
+  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_BF16_BLOCKED, 4, shape);
+  if (!y || hakd_numel(y) == 0) return y;
+  int rc = bf16_layout_run(x->shape, BF16_LAYOUT_MAXPOOL, window, x->data, y->data);
+  if (rc) return hakd_ctx_fail(ctx, rc, "maxpool2d (blocked bfloat16): %s", hakd_error_message());
+  hakd_record(ctx, "maxpool2d", bf16_layout_backward, y, 1, &x);
+  return y;
+}
+
+hakd_tensor *bf16_blocked_global_avgpool(hakd_ctx *ctx, hakd_tensor *x) {
+  if (bf16_blocked_check(ctx, x, "adaptive_avgpool2d")) return NULL;
+  int64_t shape[4] = {x->shape[0], x->shape[1], 1, 1}, planes = bf16_blocked_planes(x), hw = x->shape[2] * x->shape[3];
+  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_BF16_BLOCKED, 4, shape);
+  if (!y || hakd_numel(y) == 0) return y;
+  const uint16_t *xd = x->data;
+  uint16_t *yd = y->data;
+#pragma omp parallel for schedule(static) if (planes * hw > 32768)
+  for (int64_t p = 0; p < planes; p++) {
+    double sum[16] = {0}; /* whole maps: in double, as the float32 op */
+    for (int64_t i = 0; i < hw; i++)
+      for (int c = 0; c < 16; c++) sum[c] += bf16_value(xd[(p * hw + i) * 16 + c]);
+    for (int c = 0; c < 16; c++) yd[p * 16 + c] = bf16_round((float)(sum[c] / (double)hw));
+  }
+  hakd_record(ctx, "adaptive_avgpool2d", bf16_layout_backward, y, 1, &x);
+  return y;
+}
+
+hakd_tensor *bf16_blocked_concat_channels(hakd_ctx *ctx, int n, hakd_tensor *const *xs) {
+  int64_t channels = 0;
+  for (int k = 0; k < n; k++) {
+    if (bf16_blocked_check(ctx, xs[k], "concat")) return NULL;
+    if (k + 1 < n && xs[k]->shape[1] % 16)
+      return hakd_ctx_fail(ctx, HAKD_ESHAPE,
+                           "concat: blocked bfloat16 input %d has %lld channels, not a multiple of 16 (only the "
+                           "last may be)", k, (long long)xs[k]->shape[1]);
+    channels += xs[k]->shape[1];
+  }
+  int64_t shape[4] = {xs[0]->shape[0], channels, xs[0]->shape[2], xs[0]->shape[3]};
+  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_BF16_BLOCKED, 4, shape);
+  if (!y || hakd_numel(y) == 0) return y;
+  /* per image, the inputs' channel blocks one after the other */
+  int64_t block = shape[2] * shape[3] * 16, y_blocks = (channels + 15) / 16, offset = 0;
+  for (int k = 0; k < n; k++) {
+    int64_t blocks = (xs[k]->shape[1] + 15) / 16;
+    const uint16_t *src = xs[k]->data;
+    uint16_t *dst = (uint16_t *)y->data + offset * block;
+#pragma omp parallel for schedule(static) if (shape[0] * blocks * block > 32768)
+    for (int64_t i = 0; i < shape[0]; i++)
+      memcpy(dst + i * y_blocks * block, src + i * blocks * block, (size_t)(blocks * block) * sizeof *src);
+    offset += blocks;
+  }
+  hakd_record(ctx, "concat", bf16_layout_backward, y, n, (hakd_tensor **)xs);
+  return y;
+}

@@ -687,8 +687,9 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
       folded_bias[co] = (b ? hakd_f32(b)[co] * sc[co] : 0.0f) + sh[co];
     }
     s.has_bias = 1;
-    rc = s.dst_blocked ? conv2d_dnnl_forward(y->data, x->data, folded, folded_bias, &s)
-                       : conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s);
+    rc = !s.dst_blocked              ? conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s)
+         : conv2d_regions_apply(&s) ? conv2d_regions_forward(ctx, y->data, x->data, folded, folded_bias, &s)
+                                    : conv2d_dnnl_forward(y->data, x->data, folded, folded_bias, &s);
     hakd_ctx_scratch_free(ctx, folded);
   } else {
     rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, &s);

@@ -19,6 +19,7 @@ typedef struct {
   /* bf16 on oneDNN only: input / output in the blocked bfloat16 layout (HAKD_BF16_BLOCKED) instead
    * of float32 NCHW, and the fused forward's post-ops (y = act(conv + y), y holding the residual) */
   int64_t src_blocked, dst_blocked, post_sum;
+  int64_t dst_f32; /* with dst_blocked: the blocked output holds float32 (conv2d_regions' sums) */
   int64_t post_act; /* hakd_activation */
   /* a band of h rows (input and output) out of images of band_of_h rows: how conv2d_dnnl cuts a
    * 1x1 stride-1 convolution to bound its scratch; 0: whole images */
@@ -89,6 +90,13 @@ int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, 
  * computed but not wanted goes to step memory from ctx). */
 int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s);
+/* Wide-padded dilated convolutions on blocked bfloat16 activations (conv2d_regions.c): whether s
+ * is one (stride 1, one group, padding past what oneDNN's direct kernels take), and its forward as
+ * unpadded convolutions over the output regions whose valid taps are the same (the same results as
+ * conv2d_dnnl_forward, every tap in padding skipped; region buffers from ctx's step scratch). */
+int conv2d_regions_apply(const conv2d_shape *s);
+int conv2d_regions_forward(hakd_ctx *ctx, void *y, const void *x, const float *w, const float *b,
+                           const conv2d_shape *s);
 /* Budget of one part when a large bf16 call is cut into images or row bands (bytes of its float32
  * input + output; tests cut small calls with a tiny one); <= 0 restores the default (24 MB). */
 void conv2d_dnnl_set_part_bytes(int64_t bytes);

@@ -97,7 +97,7 @@ static int conv2d_dnnl_descs_init(conv2d_dnnl_descs *d, const conv2d_shape *s) {
   const int64_t *wshape = grouped ? weights : weights + 1;
   DNNL_TRY(s->src_blocked ? dnnl_memory_desc_init_by_tag(&d->src, 4, src, dnnl_bf16, dnnl_nChw16c)
                           : dnnl_memory_desc_init_by_tag(&d->src, 4, src, dnnl_f32, dnnl_nchw));
-  DNNL_TRY(s->dst_blocked ? dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dnnl_bf16, dnnl_nChw16c)
+  DNNL_TRY(s->dst_blocked ? dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, s->dst_f32 ? dnnl_f32 : dnnl_bf16, dnnl_nChw16c)
                           : dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dnnl_f32, dnnl_nchw));
   if (s->band_of_h) { /* rows of NCHW images band_of_h rows high: channel stride band_of_h * w */
     dnnl_dims_t src_strides = {s->cin * s->band_of_h * s->w, s->band_of_h * s->w, s->w, 1};

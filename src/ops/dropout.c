@@ -33,10 +33,11 @@ static void dropout_backward(hakd_ctx *ctx, hakd_node *node) {
 /* reference: F.dropout(x, p, training) (same distribution; PyTorch's random stream is not reproduced) */
 hakd_tensor *hakd_dropout(hakd_ctx *ctx, hakd_tensor *x, float p) {
   if (!x) return NULL;
-  if (x->dtype != HAKD_F32) return hakd_ctx_fail(ctx, HAKD_EINVAL, "dropout: input must be float32");
   if (!(p >= 0.0f && p <= 1.0f))
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "dropout: probability %g outside [0, 1]", (double)p);
+  /* identity outside training, whatever the layout (a CNN head's blocked bfloat16 in bf16 inference) */
   if (!hakd_ctx_training(ctx) || p == 0.0f) return x;
+  if (x->dtype != HAKD_F32) return hakd_ctx_fail(ctx, HAKD_EINVAL, "dropout: input must be float32");
   int64_t n = hakd_numel(x);
   hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, x->shape);
   uint8_t *keep = hakd_ctx_alloc(ctx, (size_t)n);

@@ -2,6 +2,8 @@
 #ifndef HAKD_OPS_INTERNAL_H
 #define HAKD_OPS_INTERNAL_H
 
+#include <string.h>
+
 #include "hakd/tensor.h"
 
 /* Elements above which a pointwise loop is worth an OpenMP team. */
@@ -37,5 +39,29 @@ static inline double ops_sum_f64(const float *x, int64_t n) {
   for (int c = 0; c < CHUNKS; c++) total += partial[c];
   return total;
 }
+
+/* One bfloat16 value (the high half of a float32) and back, rounded to nearest even as oneDNN's
+ * conversions round (NaN stays NaN). */
+static inline float bf16_value(uint16_t v) {
+  uint32_t bits = (uint32_t)v << 16;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+static inline uint16_t bf16_round(float f) {
+  uint32_t bits;
+  memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
+  return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/* Inference ops on blocked bfloat16 tensors (HAKD_BF16_BLOCKED; bf16_layout.c), reached from the
+ * float32 ops when their input has that layout; the output keeps it. Max pooling as
+ * hakd_maxpool2d; average pooling of whole maps to 1x1; concatenation along channels, every input
+ * but the last with a multiple of 16 channels (whole channel blocks). */
+hakd_tensor *bf16_blocked_maxpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int stride, int padding);
+hakd_tensor *bf16_blocked_global_avgpool(hakd_ctx *ctx, hakd_tensor *x);
+hakd_tensor *bf16_blocked_concat_channels(hakd_ctx *ctx, int n, hakd_tensor *const *xs);
 
 #endif

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "hakd/ops.h"
+#include "ops/ops_internal.h"
 
 /* Window bounds along one axis for output index o: [*lo, *hi) clipped to [0, in). */
 static void pool_window(int64_t o, int64_t kernel, int64_t stride, int64_t pad, int64_t in, int64_t *lo, int64_t *hi) {
@@ -11,10 +12,12 @@ static void pool_window(int64_t o, int64_t kernel, int64_t stride, int64_t pad, 
   *hi = end > in ? in : end;
 }
 
-/* Validates x and the window and makes the output; NULL on error. */
-static hakd_tensor *pool_output(hakd_ctx *ctx, const char *op, hakd_tensor *x, int kernel, int stride, int padding) {
+/* Validates x and the window and makes the output; NULL on error. Where take_blocked is set, a
+ * blocked bfloat16 x passes (and no output is made: NULL without an error). */
+static hakd_tensor *pool_output(hakd_ctx *ctx, const char *op, hakd_tensor *x, int kernel, int stride, int padding,
+                                int take_blocked) {
   char xs[64];
-  if (x->dtype != HAKD_F32 || x->ndim != 4)
+  if ((x->dtype != HAKD_F32 && !(take_blocked && x->dtype == HAKD_BF16_BLOCKED)) || x->ndim != 4)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "%s: input must be float32 (N, C, H, W), got %s", op,
                          hakd_shape_str(x, xs, sizeof xs));
   /* PyTorch's limit: padding at most half the kernel, so every window holds an input element. */
@@ -24,6 +27,7 @@ static hakd_tensor *pool_output(hakd_ctx *ctx, const char *op, hakd_tensor *x, i
   if (x->shape[2] + 2 * padding < kernel || x->shape[3] + 2 * padding < kernel)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "%s: kernel %d larger than padded input %s", op, kernel,
                          hakd_shape_str(x, xs, sizeof xs));
+  if (x->dtype == HAKD_BF16_BLOCKED) return NULL;
   int64_t oh = (x->shape[2] + 2 * padding - kernel) / stride + 1;
   int64_t ow = (x->shape[3] + 2 * padding - kernel) / stride + 1;
   return hakd_tensor4(ctx, x->shape[0], x->shape[1], oh, ow);
@@ -48,8 +52,8 @@ static void maxpool2d_backward(hakd_ctx *ctx, hakd_node *node) {
 /* reference: F.max_pool2d (first maximum of a window in scan order wins ties; NaN propagates) */
 hakd_tensor *hakd_maxpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int stride, int padding) {
   if (!x || hakd_ctx_status(ctx)) return NULL;
-  hakd_tensor *y = pool_output(ctx, "maxpool2d", x, kernel, stride, padding);
-  if (!y) return NULL;
+  hakd_tensor *y = pool_output(ctx, "maxpool2d", x, kernel, stride, padding, 1);
+  if (!y) return hakd_ctx_status(ctx) ? NULL : bf16_blocked_maxpool2d(ctx, x, kernel, stride, padding);
   int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3], oh = y->shape[2], ow = y->shape[3];
   int32_t *argmax = hakd_ctx_alloc(ctx, (size_t)(planes * oh * ow) * sizeof(int32_t));
   if (!argmax) return NULL;
@@ -118,7 +122,7 @@ static void avgpool2d_backward(hakd_ctx *ctx, hakd_node *node) {
  * kernel^2, padded positions counting as zeros. */
 hakd_tensor *hakd_avgpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int stride, int padding) {
   if (!x || hakd_ctx_status(ctx)) return NULL;
-  hakd_tensor *y = pool_output(ctx, "avgpool2d", x, kernel, stride, padding);
+  hakd_tensor *y = pool_output(ctx, "avgpool2d", x, kernel, stride, padding, 0);
   if (!y) return NULL;
   int64_t planes = x->shape[0] * x->shape[1], h = x->shape[2], w = x->shape[3], oh = y->shape[2], ow = y->shape[3];
   int64_t divisor = (int64_t)kernel * kernel;
@@ -184,8 +188,12 @@ static void adaptive_avgpool2d_backward(hakd_ctx *ctx, hakd_node *node) {
 hakd_tensor *hakd_adaptive_avgpool2d(hakd_ctx *ctx, hakd_tensor *x, int64_t out_h, int64_t out_w) {
   if (!x || hakd_ctx_status(ctx)) return NULL;
   char xs[64];
+  if (x->dtype == HAKD_BF16_BLOCKED && x->ndim == 4 && x->shape[2] >= 1 && x->shape[3] >= 1 && out_h == 1 && out_w == 1)
+    return bf16_blocked_global_avgpool(ctx, x);
   if (x->dtype != HAKD_F32 || x->ndim != 4 || x->shape[2] < 1 || x->shape[3] < 1)
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "adaptive_avgpool2d: input must be float32 (N, C, H, W), got %s",
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE,
+                         "adaptive_avgpool2d: input must be float32 (N, C, H, W) (blocked bfloat16 pools to 1x1 "
+                         "only), got %s",
                          hakd_shape_str(x, xs, sizeof xs));
   if (out_h < 1 || out_w < 1)
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "adaptive_avgpool2d: output size %lldx%lld must be positive",

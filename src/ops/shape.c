@@ -363,6 +363,11 @@ hakd_tensor *hakd_concat(hakd_ctx *ctx, int n, hakd_tensor *const *xs, int dim) 
                            x->dtype != first->dtype ? " (dtype differs)" : "");
     total += x->shape[d];
   }
+  if (first->dtype == HAKD_BF16_BLOCKED) {
+    if (d != 1 || first->ndim != 4)
+      return hakd_ctx_fail(ctx, HAKD_ESHAPE, "concat: blocked bfloat16 inputs join along channels (dim 1) only");
+    return bf16_blocked_concat_channels(ctx, n, xs);
+  }
   int64_t shape[HAKD_MAX_DIMS];
   for (int i = 0; i < first->ndim; i++) shape[i] = first->shape[i];
   shape[d] = total;
