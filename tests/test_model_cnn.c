@@ -484,3 +484,5 @@ done:
  * layout or post-op, which gives errors of order 1. */
 TEST(deeplabv3_r50_d8_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-r50-d8", 0.03); }
 TEST(deeplabv3_r18_d8_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-r18-d8", 0.03); }
+/* depthwise convolutions, ReLU6 and inverted residuals in the blocked chain */
+TEST(deeplabv3_mbv2_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-mbv2", 0.03); }

@@ -86,7 +86,6 @@ hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x) {
   return layer_chain_fused(ctx) ? hakd_to_bf16_blocked(ctx, x) : x;
 }
 
-hakd_tensor *layer_chain_end(hakd_ctx *ctx, hakd_tensor *x) { return hakd_to_f32(ctx, x); }
 
 int layer_linear_init(layer_linear *l, hakd_params *p, const char *prefix, int in, int out, int bias) {
   char name[LAYER_NAME_MAX];

@@ -34,12 +34,12 @@ hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x);
 hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x,
                                    hakd_tensor *residual, hakd_activation act);
 
-/* Where a chain of layer_conv_bn_forward calls starts and ends. In bf16 inference (the fused path)
- * the chain's activations stay in oneDNN's blocked bfloat16 layout (HAKD_BF16_BLOCKED) from begin
- * to end, so the convolutions in between convert nothing; end hands float32 NCHW to whatever
- * follows. Everywhere else both return x unchanged. */
+/* Where a chain of layer_conv_bn_forward calls starts: in bf16 inference (the fused path) x
+ * becomes oneDNN's blocked bfloat16 (HAKD_BF16_BLOCKED), and the convolutions, poolings and
+ * concatenations after it keep that layout through the backbone and a CNN head; a head's
+ * classifier (layer_conv_forward) and whatever needs float32 convert back (hakd_to_f32).
+ * Everywhere else x unchanged. */
 hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x);
-hakd_tensor *layer_chain_end(hakd_ctx *ctx, hakd_tensor *x);
 
 typedef struct {
   hakd_tensor *weight, *bias;

@@ -81,7 +81,8 @@ static hakd_tensor *block_forward(hakd_ctx *ctx, inverted_residual *b, hakd_tens
 
 static int mobilenetv2_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *stages[4]) {
   mobilenetv2 *m = (mobilenetv2 *)base;
-  x = layer_conv_bn_forward(ctx, &m->stem_conv, &m->stem_bn, x, NULL, HAKD_ACT_RELU6);
+  /* bf16 inference: blocked bfloat16 from the stem's output on (the stem reads the float32 image) */
+  x = layer_chain_begin(ctx, layer_conv_bn_forward(ctx, &m->stem_conv, &m->stem_bn, x, NULL, HAKD_ACT_RELU6));
   int stage = 0;
   /* no-grad: between two stage outputs only the latest block output is alive */
   hakd_arena_mark mark = hakd_ctx_mark(ctx);

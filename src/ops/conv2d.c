@@ -644,8 +644,11 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
   if (conv2d_check(ctx, x, w, b, stride, padding, dilation, groups, 1, &s)) return NULL;
   if (hakd_ctx_grad(ctx) && (x->requires_grad || w->requires_grad || (b && b->requires_grad)))
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "conv2d_affine_act: inference only (gradient recording is on)");
-  /* blocked activations stay blocked where the product runs in bf16 on oneDNN (not on the
-   * depthwise kernel or a forced GEMM path, which read float32) */
+  /* Blocked activations stay blocked where the product runs in bf16 on oneDNN: a depthwise
+   * convolution (MobileNetV2) too, on oneDNN's blocked bf16 depthwise kernel instead of the direct
+   * float32 one plain tensors take. A forced GEMM path reads float32. */
+  if (x->dtype == HAKD_BF16_BLOCKED && !s.bf16 && conv2d_is_depthwise(&s) && conv2d_get_path() != CONV2D_PATH_GEMM)
+    s.bf16 = 1;
   if (x->dtype == HAKD_BF16_BLOCKED && !s.bf16 && !(x = hakd_to_f32(ctx, x))) return NULL;
   s.src_blocked = s.dst_blocked = x->dtype == HAKD_BF16_BLOCKED;
   if (!scale || !shift || hakd_numel(scale) != s.cout || hakd_numel(shift) != s.cout)
