@@ -29,8 +29,8 @@ static void bench_usage(void) {
          "inputs, backward to weights); distill counts the teacher's\n"
          "forward plus the student's train step. --precision bf16: convolutions, linear layers and matrix\n"
          "products multiply in bfloat16 and accumulate in float32 (weights, gradients and losses stay\n"
-         "float32; in infer and the teacher's forward a ResNet's activations stay bfloat16 between its\n"
-         "convolutions).\n");
+         "float32; in infer and the teacher's forward a ResNet's or MobileNetV2's activations stay\n"
+         "blocked bfloat16 from the stem to the head's classifier).\n");
 }
 
 static int cmd_bench(int argc, char **argv) {

@@ -130,3 +130,52 @@ TEST(rejects_bad_windows) {
   ASSERT_TRUE(strstr(hakd_error_message(), "must be positive") != NULL);
   hakd_ctx_free(ctx);
 }
+
+/* The blocked bfloat16 layout's inference ops (bf16 precision, HAKD_BF16_BLOCKED): max pooling
+ * (oneDNN's primitive, with PyTorch's floor-mode output size on an odd map), global average
+ * pooling, concatenation along channels and dropout outside training keep the layout and match the
+ * float32 ops on the same bfloat16-rounded values: max pooling and concatenation copy values
+ * (exact); the average is stored as bfloat16 (2^-9 relative of each value: 4e-3 of max|ref|
+ * bounds it). 40 channels leave the last block of 16 padded; concatenation refuses an input that
+ * is not whole blocks before the last. */
+TEST(blocked_bf16_pool_concat_match_float32) {
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_ctx_set_grad(ctx, 0);
+  hakd_ctx_set_training(ctx, 0);
+  hakd_ctx_set_precision(ctx, HAKD_BF16);
+  hakd_tensor *x = hakd_tensor4(ctx, 2, 40, 11, 9), *x2 = hakd_tensor4(ctx, 2, 32, 11, 9);
+  ASSERT_TRUE(x && x2);
+  uint64_t rng = hakd_rng_seed(3);
+  for (int64_t i = 0; i < hakd_numel(x); i++) hakd_f32(x)[i] = hakd_rng_normal(&rng);
+  for (int64_t i = 0; i < hakd_numel(x2); i++) hakd_f32(x2)[i] = hakd_rng_normal(&rng);
+  hakd_tensor *xb = hakd_to_bf16_blocked(ctx, x), *x2b = hakd_to_bf16_blocked(ctx, x2);
+  if (!hakd_bf16_supported()) { /* refused with the reason where bf16 cannot run */
+    ASSERT_TRUE(xb == NULL && hakd_ctx_status(ctx) == HAKD_EUNSUPPORTED && strstr(hakd_error_message(), "AVX512-BF16"));
+    hakd_ctx_free(ctx);
+    return;
+  }
+  ASSERT_TRUE(xb && x2b);
+  hakd_tensor *xr = hakd_to_f32(ctx, xb), *x2r = hakd_to_f32(ctx, x2b); /* the rounded values */
+  hakd_tensor *got[3], *want[3];
+  got[0] = hakd_maxpool2d(ctx, xb, 3, 2, 1);
+  want[0] = hakd_maxpool2d(ctx, xr, 3, 2, 1);
+  got[1] = hakd_adaptive_avgpool2d(ctx, xb, 1, 1);
+  want[1] = hakd_adaptive_avgpool2d(ctx, xr, 1, 1);
+  hakd_tensor *parts_b[2] = {x2b, xb}, *parts_f[2] = {x2r, xr};
+  got[2] = hakd_concat(ctx, 2, parts_b, 1);
+  want[2] = hakd_concat(ctx, 2, parts_f, 1);
+  ASSERT_TRUE(hakd_dropout(ctx, xb, 0.5f) == xb); /* identity outside training */
+  for (int i = 0; i < 3; i++) {
+    ASSERT_TRUE(got[i] && want[i] && got[i]->dtype == HAKD_BF16_BLOCKED);
+    hakd_tensor *g = hakd_to_f32(ctx, got[i]);
+    ASSERT_TRUE(g && hakd_same_shape(g, want[i]));
+    double err = test_max_rel_err(hakd_f32(g), hakd_f32(want[i]), hakd_numel(g), 1e-6);
+    ASSERT_TRUE(i == 1 ? err <= 4e-3 : err == 0.0);
+  }
+  ASSERT_EQ_INT(got[0]->shape[2], 6);
+  ASSERT_EQ_INT(got[0]->shape[3], 5);
+  hakd_tensor *bad[2] = {xb, x2b}; /* 40 channels first: not whole blocks */
+  ASSERT_TRUE(hakd_concat(ctx, 2, bad, 1) == NULL && hakd_ctx_status(ctx) == HAKD_ESHAPE &&
+              strstr(hakd_error_message(), "multiple of 16"));
+  hakd_ctx_free(ctx);
+}
