@@ -432,12 +432,12 @@ TEST(deep_stem_uses_mmseg_names) {
   hakd_model_free(m);
 }
 
-/* Eval forward of `name` (width 0.25, param_fill weights, a 1x3x48x64 input) in fp32 and in bf16,
- * where the backbone's activations stay blocked bfloat16 from the max pooling through every stage
- * and the head's convolutions up to its classifier: logits and every stage (float32 again) agree
- * within `tol` of max|fp32|. */
-static void check_bf16_inference(const char *name, double tol) {
-  hakd_model_options o = options(5, 0.25f);
+/* Eval forward of `name` (width multiplier `width`, param_fill weights, a 1x3x48x64 input) in fp32
+ * and in bf16, where the backbone's activations stay blocked bfloat16 from the max pooling (ResNet)
+ * or the stem (MobileNetV2) through every stage and the head's convolutions up to its classifier:
+ * logits and every stage (float32 again) agree within `tol` of max|fp32|. */
+static void check_bf16_inference(const char *name, float width, double tol) {
+  hakd_model_options o = options(5, width);
   hakd_model *m = NULL;
   ASSERT_OK(hakd_model_create(name, &o, &m));
   param_fill(hakd_model_params(m));
@@ -482,7 +482,16 @@ done:
 /* Tolerance: each product rounds its operands to bfloat16 (relative 2^-9 each); through ~20-50
  * layers the observed error is ~1% of max|fp32| (0.5-1.1% on this machine); 3% catches a wrong
  * layout or post-op, which gives errors of order 1. */
-TEST(deeplabv3_r50_d8_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-r50-d8", 0.03); }
-TEST(deeplabv3_r18_d8_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-r18-d8", 0.03); }
+TEST(deeplabv3_r50_d8_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-r50-d8", 0.25f, 0.03); }
+TEST(deeplabv3_r18_d8_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-r18-d8", 0.25f, 0.03); }
+/* width 0.3: 77-channel ASPP branches, off the blocks of 16 (their concatenation goes through
+ * float32) */
+TEST(deeplabv3_r18_d8_width_0_3_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-r18-d8", 0.3f, 0.03); }
+/* mmseg's ASPPHead (image pooling first) on the deep-stem ResNetV1c */
+TEST(deeplabv3_r50_d8_mmseg_bf16_inference_matches_fp32) {
+  check_bf16_inference("deeplabv3-r50-d8-mmseg", 0.25f, 0.03);
+}
+/* PSP's pooling bins take the blocked stage 4 back to float32 */
+TEST(pspnet_r18_d8_bf16_inference_matches_fp32) { check_bf16_inference("pspnet-r18-d8", 0.25f, 0.03); }
 /* depthwise convolutions, ReLU6 and inverted residuals in the blocked chain */
-TEST(deeplabv3_mbv2_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-mbv2", 0.03); }
+TEST(deeplabv3_mbv2_bf16_inference_matches_fp32) { check_bf16_inference("deeplabv3-mbv2", 0.25f, 0.03); }

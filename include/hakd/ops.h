@@ -26,8 +26,7 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
  * takes x and residual in either layout and writes its result in x's (blocked only where the
  * product runs in bf16 on oneDNN, depthwise convolutions included; otherwise it converts x and
  * answers float32). hakd_maxpool2d, hakd_adaptive_avgpool2d to 1x1, hakd_concat along channels
- * (whole blocks of 16 channels but the last input) and hakd_dropout outside training take the
- * layout too and keep it. A chain starts with hakd_to_bf16_blocked and ends with hakd_to_f32 before
+ * and hakd_dropout outside training take the layout too and keep it. A chain starts with hakd_to_bf16_blocked and ends with hakd_to_f32 before
  * ops that need float32 (the others refuse the layout with an error). All of these are inference
  * only for now on blocked tensors (an error while gradients are recorded for x); the conversions
  * return x itself when it already has the layout asked for, and to_bf16_blocked is refused where

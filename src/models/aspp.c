@@ -29,11 +29,8 @@ static hakd_tensor *aspp_forward(head *base, hakd_ctx *ctx, hakd_tensor *const s
   hakd_tensor *pooled = hakd_adaptive_avgpool2d(ctx, x, 1, 1);
   pooled = layer_conv_bn_forward(ctx, &h->branch_conv[ASPP_BRANCHES - 1], &h->branch_bn[ASPP_BRANCHES - 1], pooled,
                                  NULL, HAKD_ACT_RELU);
-  /* In bf16 inference x is blocked bfloat16 and so are the branches: the pooled branch alone
-   * (N x 256 values) takes the float32 resize and comes back, so the concatenation, the projection
-   * and the 3x3 conv after it stay in the layout (the classifier converts). */
-  hakd_tensor *spread = hakd_resize_bilinear(ctx, hakd_to_f32(ctx, pooled), x->shape[2], x->shape[3], 0);
-  branches[ASPP_BRANCHES - 1] = x->dtype == HAKD_BF16_BLOCKED ? hakd_to_bf16_blocked(ctx, spread) : spread;
+  /* in x's layout: in bf16 inference the concatenation, projection and 3x3 conv stay blocked */
+  branches[ASPP_BRANCHES - 1] = layer_spread_pooled(ctx, pooled, x);
   hakd_tensor *y = hakd_concat(ctx, ASPP_BRANCHES, branches, 1);
   y = hakd_dropout(ctx, layer_conv_bn_forward(ctx, &h->project_conv, &h->project_bn, y, NULL, HAKD_ACT_RELU), h->dropout);
   y = layer_conv_bn_forward(ctx, &h->conv, &h->bn, y, NULL, HAKD_ACT_RELU);

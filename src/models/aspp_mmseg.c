@@ -27,7 +27,7 @@ static hakd_tensor *aspp_mmseg_forward(head *base, hakd_ctx *ctx, hakd_tensor *c
   if (!x) return NULL;
   hakd_tensor *pooled = layer_conv_bn_forward(ctx, &h->pool_conv, &h->pool_bn, hakd_adaptive_avgpool2d(ctx, x, 1, 1),
                                               NULL, HAKD_ACT_RELU);
-  outs[0] = hakd_resize_bilinear(ctx, pooled, x->shape[2], x->shape[3], 0);
+  outs[0] = layer_spread_pooled(ctx, pooled, x); /* x's layout: blocked bfloat16 in bf16 inference */
   for (int i = 0; i < MMSEG_ASPP_BRANCHES; i++)
     outs[1 + i] = layer_conv_bn_forward(ctx, &h->branch_conv[i], &h->branch_bn[i], x, NULL, HAKD_ACT_RELU);
   hakd_tensor *y = layer_conv_bn_forward(ctx, &h->bottleneck_conv, &h->bottleneck_bn,

@@ -87,6 +87,12 @@ hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x) {
 }
 
 
+hakd_tensor *layer_spread_pooled(hakd_ctx *ctx, hakd_tensor *pooled, const hakd_tensor *like) {
+  if (!pooled || !like) return NULL;
+  hakd_tensor *spread = hakd_resize_bilinear(ctx, hakd_to_f32(ctx, pooled), like->shape[2], like->shape[3], 0);
+  return like->dtype == HAKD_BF16_BLOCKED ? hakd_to_bf16_blocked(ctx, spread) : spread;
+}
+
 int layer_linear_init(layer_linear *l, hakd_params *p, const char *prefix, int in, int out, int bias) {
   char name[LAYER_NAME_MAX];
   int64_t wshape[2] = {out, in}, bshape[1] = {out};

@@ -41,6 +41,12 @@ hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn 
  * Everywhere else x unchanged. */
 hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x);
 
+/* An image-pooling branch (N, C, 1, 1) spread bilinearly (align_corners=False) over like's map,
+ * in like's layout: in bf16 inference the map is blocked bfloat16, and only the pooled values
+ * (N x C) take the float32 resize and come back, so the concatenation with the other branches
+ * stays in the layout. */
+hakd_tensor *layer_spread_pooled(hakd_ctx *ctx, hakd_tensor *pooled, const hakd_tensor *like);
+
 typedef struct {
   hakd_tensor *weight, *bias;
 } layer_linear;

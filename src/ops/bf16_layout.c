@@ -204,13 +204,19 @@ hakd_tensor *bf16_blocked_global_avgpool(hakd_ctx *ctx, hakd_tensor *x) {
 
 hakd_tensor *bf16_blocked_concat_channels(hakd_ctx *ctx, int n, hakd_tensor *const *xs) {
   int64_t channels = 0;
+  int whole_blocks = 1;
   for (int k = 0; k < n; k++) {
     if (bf16_blocked_check(ctx, xs[k], "concat")) return NULL;
-    if (k + 1 < n && xs[k]->shape[1] % 16)
-      return hakd_ctx_fail(ctx, HAKD_ESHAPE,
-                           "concat: blocked bfloat16 input %d has %lld channels, not a multiple of 16 (only the "
-                           "last may be)", k, (long long)xs[k]->shape[1]);
+    if (k + 1 < n && xs[k]->shape[1] % 16) whole_blocks = 0;
     channels += xs[k]->shape[1];
+  }
+  if (!whole_blocks) { /* a channel count off the blocks of 16 (a width multiplier): through float32 */
+    enum { MAX_PARTS = 16 };
+    hakd_tensor *plain[MAX_PARTS];
+    if (n > MAX_PARTS) return hakd_ctx_fail(ctx, HAKD_EINVAL, "concat: more than %d blocked bfloat16 inputs", MAX_PARTS);
+    for (int k = 0; k < n; k++)
+      if (!(plain[k] = hakd_to_f32(ctx, xs[k]))) return NULL;
+    return hakd_to_bf16_blocked(ctx, hakd_concat(ctx, n, plain, 1));
   }
   int64_t shape[4] = {xs[0]->shape[0], channels, xs[0]->shape[2], xs[0]->shape[3]};
   hakd_tensor *y = hakd_tensor_new(ctx, HAKD_BF16_BLOCKED, 4, shape);
