@@ -91,9 +91,9 @@ int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, 
 int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s);
 /* Wide-padded dilated convolutions on blocked bfloat16 activations (conv2d_regions.c): whether s
- * is one (stride 1, one group, padding past what oneDNN's direct kernels take), and its forward as
- * unpadded convolutions over the output regions whose valid taps are the same (the same results as
- * conv2d_dnnl_forward, every tap in padding skipped; region buffers from ctx's step scratch). */
+ * is one (stride 1, one group, padding >= 9), and its forward tap by tap: each tap a blocked 1x1
+ * product over the outputs where it reads the map, summed in float32 (the results of
+ * conv2d_dnnl_forward with every tap in padding skipped; buffers from ctx's step scratch). */
 int conv2d_regions_apply(const conv2d_shape *s);
 int conv2d_regions_forward(hakd_ctx *ctx, void *y, const void *x, const float *w, const float *b,
                            const conv2d_shape *s);
