@@ -31,6 +31,9 @@
 #             cannot train these models: no bfloat16 ReLU backward); the segformer-b0 infer case is
 #             left out (its autocast fails in the MiT LayerNorm).
 # Every JSON line of both sides is appended to --out (default: a temporary file that is removed).
+# PREFIX (sweep only) runs both sides' processes under the same command, e.g. PREFIX="chrt -f 10"
+# (root): real-time priority so that other jobs on a shared machine do not preempt either side;
+# it is recorded in each JSON line ("prefix").
 # Needs Debian's python3-torch (/usr/bin/python3) and a Release build (default: build/).
 set -eu
 
@@ -40,6 +43,7 @@ build="$root/build"
 rounds=3 iters=3 warmup=2 quick=0 threads=$(nproc) out="" only="" precision=fp32
 sweep=0 sizes="" batches=1,2 tsv="" plot="" rounds_set=0 iters_set=0
 python=${PYTHON:-/usr/bin/python3}
+PREFIX=${PREFIX:-}
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -88,7 +92,7 @@ if [ "$sweep" = 1 ]; then
   [ -n "$out" ] || trap 'rm -f "$results"' EXIT
   touch "$results"
   echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads $threads;" \
-    "precision $precision; sizes $sizes, batches $batches; per point $rounds rounds A/B of $warmup warm-up +" \
+    "precision $precision; PREFIX '$PREFIX'; sizes $sizes, batches $batches; per point $rounds rounds A/B of $warmup warm-up +" \
     "$iters timed steps per side, best step counts; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   # the machine's peaks (bench_peak), once per invocation: the table's share-of-peak column
   if [ -x "$build/bench_peak" ]; then
@@ -115,16 +119,16 @@ if [ "$sweep" = 1 ]; then
             for side in $order; do
               load=$(cut -d' ' -f1 /proc/loadavg)
               if [ "$side" = hakd ]; then
-                line=$("$hakd" bench --model "$model" --mode "$mode" --size "${size}x$size" --batch "$batch" \
+                line=$($PREFIX "$hakd" bench --model "$model" --mode "$mode" --size "${size}x$size" --batch "$batch" \
                   --iters "$iters" --warmup "$warmup" --threads "$threads" --precision "$precision") || line=""
               else
-                line=$("$python" "$here/pytorch_bench.py" --model "$model" --mode "$mode" --size "${size}x$size" \
+                line=$($PREFIX "$python" "$here/pytorch_bench.py" --model "$model" --mode "$mode" --size "${size}x$size" \
                   --batch "$batch" --iters "$iters" --warmup "$warmup" --threads "$threads" --precision "$precision") ||
                   line=""
               fi
               [ -n "$line" ] || { echo "compare_pytorch.sh: $side failed on $name" >&2; exit 1; }
-              echo "{\"side\": \"$side\", \"case\": \"$name\", \"round\": $round, \"load\": $load, \"result\": $line}" \
-                >>"$results"
+              echo "{\"side\": \"$side\", \"case\": \"$name\", \"round\": $round, \"load\": $load, \"prefix\": \"$PREFIX\"," \
+                "\"result\": $line}" >>"$results"
               echo "  $name, $side (load $load): $line" >&2
             done
             round=$((round + 1))
