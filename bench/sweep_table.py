@@ -7,9 +7,11 @@ best of the bench_peak runs recorded in the file), the load average range seen w
 started, and how many runs per side; then ms per image against input pixels, one row per model
 and side (cost as work grows). --tsv FILE writes the points for bench_sweep_plot.
 
-usage: sweep_table.py RESULTS.jsonl [--tsv FILE] [--only REGEX] [--peak GFLOPS]
+usage: sweep_table.py RESULTS.jsonl [--tsv FILE] [--only REGEX] [--peak GFLOPS] [--prefix CMD]
 --peak replaces the recorded fp32 peak (e.g. one measured on a quiet machine: on a busy one
-bench_peak's loops get a fraction of the cores)."""
+bench_peak's loops get a fraction of the cores). --prefix CMD keeps only the runs made under that
+PREFIX of compare_pytorch.sh (e.g. "chrt -f 10": real-time runs, not mixed with earlier
+unprioritised runs of the same points; "" keeps only those); the peak lines are kept."""
 import argparse
 import collections
 import json
@@ -22,6 +24,7 @@ def main():
     ap.add_argument("--tsv")
     ap.add_argument("--only", help="keep the points whose 'MODEL MODE SIZExSIZE bB' name matches")
     ap.add_argument("--peak", type=float, help="fp32 peak GFLOP/s for the share column")
+    ap.add_argument("--prefix", help="keep only the runs made under this PREFIX (compare_pytorch.sh)")
     args = ap.parse_args()
     points = collections.OrderedDict()
     peaks = []
@@ -31,6 +34,8 @@ def main():
             peaks.append(r["result"])
             continue
         if args.only and not re.search(args.only, r["case"]):
+            continue
+        if args.prefix is not None and r.get("prefix", "") != args.prefix:
             continue
         res = r["result"]
         key = (res["model"], res["mode"], int(res["size"].split("x")[0]), res["batch"])
