@@ -33,7 +33,7 @@
 # Every JSON line of both sides is appended to --out (default: a temporary file that is removed).
 # PREFIX (sweep only) runs both sides' processes under the same command, e.g. PREFIX="chrt -f 10"
 # (root): real-time priority so that other jobs on a shared machine do not preempt either side;
-# it is recorded in each JSON line ("prefix").
+# it is recorded in each JSON line ("prefix"); bench_peak runs under it too.
 # Needs Debian's python3-torch (/usr/bin/python3) and a Release build (default: build/).
 set -eu
 
@@ -97,7 +97,7 @@ if [ "$sweep" = 1 ]; then
   # the machine's peaks (bench_peak), once per invocation: the table's share-of-peak column
   if [ -x "$build/bench_peak" ]; then
     load=$(cut -d' ' -f1 /proc/loadavg)
-    line=$(OMP_NUM_THREADS=$threads "$build/bench_peak") &&
+    line=$(OMP_NUM_THREADS=$threads $PREFIX "$build/bench_peak") &&
       echo "{\"side\": \"peak\", \"case\": \"peak\", \"round\": 0, \"load\": $load, \"result\": $line}" >>"$results"
     echo "  peaks (load $load): $line" >&2
   fi
