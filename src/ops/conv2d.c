@@ -11,6 +11,7 @@
 #include <dnnl.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,15 +119,49 @@ static int64_t conv2d_parts(int64_t units, int64_t items, int threads) {
 
 /* The gemm path's sgemm calls run single-threaded inside OpenMP work items: OpenBLAS's own
  * pthreads would spin between calls and fight OpenMP's threads for the cores (measured 4-15x
- * slower at 2 threads). Returns OpenBLAS's thread count for conv2d_blas_restore. */
+ * slower at 2 threads). OpenBLAS's thread count is one global, and with some kernels (Haswell's)
+ * an sgemm's result depends on it (how M and N are cut decides which edge kernel sums a block).
+ * So that concurrent predicts on one model give the serial result bit for bit, the count changes
+ * only at a gate: single-threaded sections (these convolutions) may overlap each other, shared
+ * ones (sgemm at OpenBLAS's own count: linear, matmul) may overlap each other, never the two;
+ * the first single section sets 1 and the last restores. Returns a token for
+ * conv2d_blas_restore. */
+static pthread_mutex_t blas_gate = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t blas_gate_open = PTHREAD_COND_INITIALIZER;
+static int blas_single_users, blas_shared_users, blas_saved_threads;
+
 int conv2d_blas_single(void) {
-  int n = openblas_get_num_threads();
-  if (n != 1) openblas_set_num_threads(1);
-  return n;
+  pthread_mutex_lock(&blas_gate);
+  while (blas_shared_users) pthread_cond_wait(&blas_gate_open, &blas_gate);
+  if (blas_single_users++ == 0) {
+    blas_saved_threads = openblas_get_num_threads();
+    if (blas_saved_threads != 1) openblas_set_num_threads(1);
+  }
+  pthread_mutex_unlock(&blas_gate);
+  return 1;
 }
 
-void conv2d_blas_restore(int n) {
-  if (n != 1) openblas_set_num_threads(n);
+void conv2d_blas_restore(int token) {
+  (void)token;
+  pthread_mutex_lock(&blas_gate);
+  if (--blas_single_users == 0) {
+    if (blas_saved_threads != 1) openblas_set_num_threads(blas_saved_threads);
+    pthread_cond_broadcast(&blas_gate_open);
+  }
+  pthread_mutex_unlock(&blas_gate);
+}
+
+void blas_shared_enter(void) {
+  pthread_mutex_lock(&blas_gate);
+  while (blas_single_users) pthread_cond_wait(&blas_gate_open, &blas_gate);
+  blas_shared_users++;
+  pthread_mutex_unlock(&blas_gate);
+}
+
+void blas_shared_leave(void) {
+  pthread_mutex_lock(&blas_gate);
+  if (--blas_shared_users == 0) pthread_cond_broadcast(&blas_gate_open);
+  pthread_mutex_unlock(&blas_gate);
 }
 
 /* Whether OpenBLAS runs its AVX-512 kernels where oneDNN's JIT has AVX-512: not so when the

@@ -59,6 +59,10 @@ static inline void conv2d_valid_range(int64_t off, int64_t stride, int64_t size,
  * returns OpenBLAS's thread count for conv2d_blas_restore. */
 int conv2d_blas_single(void);
 void conv2d_blas_restore(int n);
+/* Around sgemm calls at OpenBLAS's own thread count (linear, matmul): never overlap a
+ * single-threaded section (conv2d.c says why). */
+void blas_shared_enter(void);
+void blas_shared_leave(void);
 /* 0 when OpenBLAS is held to narrower kernels than oneDNN's JIT uses (OPENBLAS_CORETYPE=Haswell
  * on an AVX-512 CPU): the auto rule then sends 1x1 convolutions to oneDNN. */
 int conv2d_blas_full_width(void);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ops/conv2d.h"
 #include "ops/gemm_bf16.h"
 
 #include "ops/dnnl_common.h"
@@ -165,8 +166,10 @@ int gemm_bf16_run(const gemm_bf16_shape *s, const float *a, const float *b, floa
 int gemm_run(int bf16, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
              int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
   if (!bf16) {
+    blas_shared_enter();
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n,
                 (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+    blas_shared_leave();
     return 0;
   }
   gemm_bf16_shape s;

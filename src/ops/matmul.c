@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "hakd/ops.h"
+#include "ops/conv2d.h"
 #include "ops/gemm_bf16.h"
 #include "ops/ops_internal.h"
 
@@ -57,10 +58,12 @@ static int batched_gemm_run(const batched_gemm *g) {
   CBLAS_TRANSPOSE ta = g->trans_a ? CblasTrans : CblasNoTrans, tb = g->trans_b ? CblasTrans : CblasNoTrans;
   /* A shared output (stride 0) accumulates across the batch, so it must stay serial. */
   int parallel = g->batch > 1 && g->stride_c != 0 && g->m * g->n * g->k < MATMUL_SMALL_MNK;
+  blas_shared_enter();
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t i = 0; i < g->batch; i++)
     cblas_sgemm(CblasRowMajor, ta, tb, (int)g->m, (int)g->n, (int)g->k, g->alpha, g->a + i * g->stride_a,
                 (int)g->lda, g->b + i * g->stride_b, (int)g->ldb, g->beta, g->c + i * g->stride_c, (int)g->ldc);
+  blas_shared_leave();
   return 0;
 }
 
