@@ -31,7 +31,7 @@
 #             cannot train these models: no bfloat16 ReLU backward); the segformer-b0 infer case is
 #             left out (its autocast fails in the MiT LayerNorm).
 # Every JSON line of both sides is appended to --out (default: a temporary file that is removed).
-# PREFIX (sweep only) runs both sides' processes under the same command, e.g. PREFIX="chrt -f 10"
+# PREFIX runs both sides' processes under the same command, e.g. PREFIX="chrt -f 10"
 # (root): real-time priority so that other jobs on a shared machine do not preempt either side;
 # it is recorded in each JSON line ("prefix"); bench_peak runs under it too.
 # Needs Debian's python3-torch (/usr/bin/python3) and a Release build (default: build/).
@@ -163,24 +163,24 @@ if [ -n "$only" ]; then
 fi
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads $threads; precision $precision;" \
-  "$rounds rounds of $warmup warm-up + $iters timed iterations; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  "PREFIX '$PREFIX'; $rounds rounds of $warmup warm-up + $iters timed iterations; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 peak_line=""
 if [ -x "$build/bench_peak" ]; then
-  peak_line=$(OMP_NUM_THREADS=$threads "$build/bench_peak" 2>/dev/null || true)
+  peak_line=$(OMP_NUM_THREADS=$threads $PREFIX "$build/bench_peak" 2>/dev/null || true)
 fi
-torch_peak=$("$python" "$here/pytorch_bench.py" --sgemm-peak --threads "$threads" | sed 's/.*gflops": \([0-9.]*\).*/\1/')
+torch_peak=$($PREFIX "$python" "$here/pytorch_bench.py" --sgemm-peak --threads "$threads" | sed 's/.*gflops": \([0-9.]*\).*/\1/')
 echo "peaks: ${peak_line:-(bench_peak not built)}; torch.mm 2048^3: $torch_peak GFLOP/s"
 
 run_side() { # side case args
   side=$1 name=$2
   shift 2
   if [ "$side" = hakd ]; then
-    line=$("$hakd" bench "$@" --iters "$iters" --warmup "$warmup" --threads "$threads" --precision "$precision")
+    line=$($PREFIX "$hakd" bench "$@" --iters "$iters" --warmup "$warmup" --threads "$threads" --precision "$precision")
   else
-    line=$("$python" "$here/pytorch_bench.py" "$@" --iters "$iters" --warmup "$warmup" --threads "$threads" \
+    line=$($PREFIX "$python" "$here/pytorch_bench.py" "$@" --iters "$iters" --warmup "$warmup" --threads "$threads" \
       --precision "$precision")
   fi
-  echo "{\"side\": \"$side\", \"case\": \"$name\", \"round\": $round, \"result\": $line}" >>"$results"
+  echo "{\"side\": \"$side\", \"case\": \"$name\", \"round\": $round, \"prefix\": \"$PREFIX\", \"result\": $line}" >>"$results"
   echo "  $side: $line" >&2
 }
 
