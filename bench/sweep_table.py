@@ -4,7 +4,11 @@ image (the smallest over all its timed steps and rounds: on a shared machine the
 run), the ratio PyTorch time / hakd time (bold when >= 1.5), hakd's executed GFLOP/s in its best
 step and that as a share of the fp32 peak (the larger of OpenBLAS sgemm and oneDNN matmul 2048^3,
 best of the bench_peak runs recorded in the file), the load average range seen when the runs
-started, and how many runs per side; then ms per image against input pixels, one row per model
+started, and how many runs per side, and the share of the peak hakd would need for 1.5x
+PyTorch's time with the multiply-adds it executes ("1.5x needs": 1.5 x GFLOP/s / ratio; above 100%
+no fp32 code could reach 1.5x with these products: the step is bound by multiply-add throughput;
+the summary puts the points below 1.5x in three classes: above 100%, 85-100%, below 85%);
+then ms per image against input pixels, one row per model
 and side (cost as work grows). --tsv FILE writes the points for bench_sweep_plot.
 
 usage: sweep_table.py RESULTS.jsonl [--tsv FILE] [--only REGEX] [--peak GFLOPS] [--prefix CMD]
@@ -61,19 +65,30 @@ def main():
     print("share of peak against %.0f GFLOP/s%s" % (peak, " (--peak)" if args.peak else ""))
     print()
     print("| model | mode | batch | size | hakd ms/img | PyTorch ms/img | PyTorch/hakd | hakd GFLOP/s | of peak "
-          "| load | runs/side |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+          "| 1.5x needs | load | runs/side |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for model, mode, size, batch, h, t, lo, hi, n, gf in rows:
         ratio = t / h
         cell = "**%.2f**" % ratio if ratio >= 1.5 else "%.2f" % ratio
         share = "%.0f%%" % (100 * gf / peak) if peak > 0 else "n/a"
-        print("| %s | %s | %d | %dx%d | %.1f | %.1f | %s | %.0f | %s | %.1f-%.1f | %d |" % (
-            model, mode, batch, size, size, h, t, cell, gf, share, lo, hi, n))
+        needs = "%.0f%%" % (100 * 1.5 * gf / ratio / peak) if peak > 0 else "n/a"
+        print("| %s | %s | %d | %dx%d | %.1f | %.1f | %s | %.0f | %s | %s | %.1f-%.1f | %d |" % (
+            model, mode, batch, size, size, h, t, cell, gf, share, needs, lo, hi, n))
     below = ["%s %s %dx%d b%d (%.2f)" % (m, mo, s, s, b, t / h) for m, mo, s, b, h, t, *_ in rows if t / h < 1.0]
     fast = sum(1 for m, mo, s, b, h, t, *_ in rows if t / h >= 1.5)
     print()
     print("points: %d; hakd at least as fast at %d, >= 1.5x at %d; below 1.0: %s" % (
         len(rows), len(rows) - len(below), fast, ", ".join(below) if below else "none"))
+    if peak > 0:
+        short = [r for r in rows if r[5] / r[4] < 1.5]
+        name = lambda r: "%s %s %dx%d b%d" % (r[0], r[1], r[2], r[2], r[3])
+        need = lambda r: 100 * 1.5 * r[9] / (r[5] / r[4]) / peak
+        classes = (("1.5x would need more than the peak (bound by multiply-adds)", lambda n: n > 100),
+                   ("1.5x would need 85-100% of the peak (the step at the machine's limit)", lambda n: 85 <= n <= 100),
+                   ("1.5x fits under 85% of the peak", lambda n: n < 85))
+        for label, test in classes:
+            sel = ["%s (%.2f, needs %.0f%%)" % (name(r), r[5] / r[4], need(r)) for r in short if test(need(r))]
+            print("below 1.5x where %s: %d%s" % (label, len(sel), ": " + ", ".join(sel) if sel else ""))
     # cost as work grows: ms per image against input pixels, one row per model and side
     sizes = sorted({r[2] for r in rows})
     print()
