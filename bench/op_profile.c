@@ -3,7 +3,7 @@
  *
  * Built by bench/op_profile.sh against a build's libhakd.a with the linker's --wrap for
  * hakd_record, hakd_ctx_reset, hakd_model_forward, hakd_backward, hakd_optim_step,
- * hakd_params_zero_grad and hakd_model_macs (so it is not one of CMake's bench_*.c targets).
+ * hakd_params_zero_grad, hakd_model_macs and hakd_model_executed_macs (so it is not one of CMake's bench_*.c targets).
  * Every op computes its output and then calls hakd_record, so the time since the previous
  * record call (or the start of the model's forward) is that op's forward time, glue included;
  * a recorded node's backward is swapped for a timing trampoline. Only the timed iterations after
@@ -184,6 +184,14 @@ int64_t __wrap_hakd_model_macs(hakd_model *m, int h, int w) {
   if (!counting_macs && timing()) total_step_s += now_s() - step_start;
   counting_macs = 1;
   return __real_hakd_model_macs(m, h, w);
+}
+
+/* hakd_bench_run counts executed MACs first (a batch-1 forward of each model): not a step. */
+int64_t __real_hakd_model_executed_macs(hakd_model *m, int h, int w);
+int64_t __wrap_hakd_model_executed_macs(hakd_model *m, int h, int w) {
+  if (!counting_macs && timing()) total_step_s += now_s() - step_start;
+  counting_macs = 1;
+  return __real_hakd_model_executed_macs(m, h, w);
 }
 
 static int blas_threads_pinned;

@@ -10,7 +10,7 @@ build=${BUILD:-$root/build}
 exe="$build/op_profile"
 wraps=""
 for f in hakd_record hakd_ctx_reset hakd_model_forward hakd_backward hakd_optim_step hakd_params_zero_grad \
-  hakd_model_macs openblas_set_num_threads; do
+  hakd_model_macs hakd_model_executed_macs openblas_set_num_threads; do
   wraps="$wraps -Wl,--wrap=$f"
 done
 # Rebuilt every time (about a second), so it always matches the library.

@@ -36,7 +36,7 @@ hakd_tensor *hakd_to_f32(hakd_ctx *ctx, hakd_tensor *x);
 /* reference: F.linear. x (..., in), w (out, in), b (out) or NULL -> (..., out). */
 hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b);
 /* reference: torch.matmul on (B..., M, K) x (B..., K, N), with optional transposes of the last two dims of a / b.
- * Leading dims must match (no broadcasting) or b is 2-D (shared). */
+ * Leading dims must match (no broadcasting), or one of a and b is 2-D (shared by every matrix of the other). */
 hakd_tensor *hakd_matmul(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, int transpose_a, int transpose_b);
 /* alpha * matmul(a, b): the scale inside the product (attention's 1/sqrt(d)) instead of an extra
  * pass over the output. */

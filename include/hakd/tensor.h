@@ -187,6 +187,11 @@ struct hakd_node {
   void *saved[4]; /* step memory saved by forward (e.g. layernorm mean/rstd, argmax indices) */
   unsigned released; /* bit i: backward does not read in[i]'s data; bit HAKD_NODE_MAX_INPUTS: out's */
   int grad_is_input_grad; /* a view: out's gradient is in[0]'s gradient buffer (set by the op) */
+  /* Set by a model that computes the reference architecture's products in another order (e.g.
+   * SegFormer's folded decode head): the reference's multiply-adds this product node stands for,
+   * counted by hakd_tape_macs in place of the node's own (0 for products the reference has not). */
+  int has_reference_macs;
+  int64_t reference_macs;
   hakd_node *prev;
 };
 

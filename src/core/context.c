@@ -620,12 +620,15 @@ int hakd_backward_seeded(hakd_ctx *ctx, hakd_tensor *loss, const float *seed) {
   return ctx->status;
 }
 
-/* executed: a conv2d counts the multiply-adds its path ran (the op stores them in iarg[5]). */
+/* executed: a conv2d counts the multiply-adds its path ran (the op stores them in iarg[5]);
+ * otherwise nodes with reference_macs count the reference architecture's. */
 static int64_t tape_macs(const hakd_ctx *ctx, int executed) {
   double macs = 0;
   for (const hakd_node *node = ctx->tape; node; node = node->prev) {
     const hakd_tensor *out = node->out;
-    if (!strcmp(node->op, "conv2d")) {
+    if (!executed && node->has_reference_macs) {
+      macs += (double)node->reference_macs;
+    } else if (!strcmp(node->op, "conv2d")) {
       const hakd_tensor *w = node->in[1]; /* (Cout, Cin/groups, kh, kw) */
       macs += executed ? (double)node->iarg[5]
                        : (double)hakd_numel(out) * (double)(w->shape[1] * w->shape[2] * w->shape[3]);

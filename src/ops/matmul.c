@@ -67,32 +67,32 @@ static int batched_gemm_run(const batched_gemm *g) {
   return 0;
 }
 
-/* iarg: batch, m, n, k, transpose_a, transpose_b, b_shared. */
+/* iarg: batch, m, n, k, transpose_a, transpose_b, b_shared, bf16, a_shared. */
 static void matmul_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *a = node->in[0], *b = node->in[1];
   int64_t batch = node->iarg[0], m = node->iarg[1], n = node->iarg[2], k = node->iarg[3];
   int ta = (int)node->iarg[4], tb = (int)node->iarg[5], shared = (int)node->iarg[6];
   float alpha = (float)node->farg[0];
-  int bf16 = (int)node->iarg[7], rc = 0;
+  int bf16 = (int)node->iarg[7], a_shared = (int)node->iarg[8], rc = 0;
   const float *dc = node->out->grad, *av = hakd_f32(a), *bv = hakd_f32(b);
   int64_t lda = ta ? m : k, ldb = tb ? k : n;
-  int64_t stride_b = shared ? 0 : k * n;
+  int64_t stride_b = shared ? 0 : k * n, stride_a = a_shared ? 0 : m * k;
   float *da = hakd_grad(ctx, a);
   if (da) {
     batched_gemm g;
     if (!ta) /* dA (M,K) += dC op(B)^T */
-      g = (batched_gemm){0, !tb, m, k, n, batch, dc, bv, da, n, ldb, k, m * n, stride_b, m * k, 1.0f, alpha, bf16};
+      g = (batched_gemm){0, !tb, m, k, n, batch, dc, bv, da, n, ldb, k, m * n, stride_b, stride_a, 1.0f, alpha, bf16};
     else /* dA (K,M) += op(B) dC^T */
-      g = (batched_gemm){tb, 1, k, m, n, batch, bv, dc, da, ldb, n, m, stride_b, m * n, m * k, 1.0f, alpha, bf16};
+      g = (batched_gemm){tb, 1, k, m, n, batch, bv, dc, da, ldb, n, m, stride_b, m * n, stride_a, 1.0f, alpha, bf16};
     rc = batched_gemm_run(&g);
   }
   float *db = hakd_grad(ctx, b);
   if (db && !rc) {
     batched_gemm g;
     if (!tb) /* dB (K,N) += op(A)^T dC */
-      g = (batched_gemm){!ta, 0, k, n, m, batch, av, dc, db, lda, n, n, m * k, m * n, stride_b, 1.0f, alpha, bf16};
+      g = (batched_gemm){!ta, 0, k, n, m, batch, av, dc, db, lda, n, n, stride_a, m * n, stride_b, 1.0f, alpha, bf16};
     else /* dB (N,K) += dC^T op(A) */
-      g = (batched_gemm){1, ta, n, k, m, batch, dc, av, db, n, lda, k, m * n, m * k, stride_b, 1.0f, alpha, bf16};
+      g = (batched_gemm){1, ta, n, k, m, batch, dc, av, db, n, lda, k, m * n, stride_a, stride_b, 1.0f, alpha, bf16};
     rc = batched_gemm_run(&g);
   }
   if (rc) hakd_ctx_fail(ctx, rc, "matmul backward: %s", hakd_error_message());
@@ -111,8 +111,11 @@ hakd_tensor *hakd_matmul_scaled(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, i
   if (a->dtype != HAKD_F32 || b->dtype != HAKD_F32)
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "matmul: inputs must be float32");
   int ta = transpose_a != 0, tb = transpose_b != 0;
-  int shapes_ok = a->ndim >= 2 && b->ndim >= 2 && (b->ndim == 2 || b->ndim == a->ndim);
-  if (shapes_ok && b->ndim > 2)
+  /* a 2-D a (or b) is shared by every matrix of the other's batch */
+  int a_shared = a->ndim == 2 && b->ndim > 2;
+  const hakd_tensor *batched = a_shared ? b : a; /* the operand whose leading dims the output takes */
+  int shapes_ok = a->ndim >= 2 && b->ndim >= 2 && (b->ndim == 2 || a_shared || b->ndim == a->ndim);
+  if (shapes_ok && b->ndim > 2 && !a_shared)
     for (int i = 0; i < a->ndim - 2; i++)
       if (a->shape[i] != b->shape[i]) shapes_ok = 0;
   int64_t m = 0, k = 0, n = 0;
@@ -130,12 +133,13 @@ hakd_tensor *hakd_matmul_scaled(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, i
     return hakd_ctx_fail(ctx, HAKD_EUNSUPPORTED, "matmul: a %s too large for 32-bit BLAS",
                          hakd_shape_str(a, sa, sizeof sa));
   int64_t shape[HAKD_MAX_DIMS];
-  for (int i = 0; i < a->ndim - 2; i++) shape[i] = a->shape[i];
-  shape[a->ndim - 2] = m;
-  shape[a->ndim - 1] = n;
-  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, a->ndim, shape);
+  int nd = batched->ndim;
+  for (int i = 0; i < nd - 2; i++) shape[i] = batched->shape[i];
+  shape[nd - 2] = m;
+  shape[nd - 1] = n;
+  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, nd, shape);
   if (!y) return NULL;
-  int64_t batch = ops_prod(a->shape, 0, a->ndim - 2);
+  int64_t batch = ops_prod(batched->shape, 0, nd - 2);
   int shared = b->ndim == 2;
   if (shared && !ta && batch * m <= 2147483647) {
     /* The batch of a stacks into one tall matrix times the shared b: a single large sgemm. */
@@ -143,7 +147,7 @@ hakd_tensor *hakd_matmul_scaled(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, i
     batch = 1;
   }
   batched_gemm g = {ta, tb, m, n, k, batch, hakd_f32(a), hakd_f32(b), hakd_f32(y), ta ? m : k, tb ? k : n, n,
-                    m * k, shared ? 0 : k * n, m * n, 0.0f, alpha, hakd_ctx_precision(ctx) == HAKD_BF16};
+                    a_shared ? 0 : m * k, shared ? 0 : k * n, m * n, 0.0f, alpha, hakd_ctx_precision(ctx) == HAKD_BF16};
   if (g.bf16 && !hakd_bf16_supported()) {
     int why = hakd_bf16_check();
     return hakd_ctx_fail(ctx, why, "matmul: %s", hakd_error_message());
@@ -162,6 +166,7 @@ hakd_tensor *hakd_matmul_scaled(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, i
     node->iarg[6] = shared;
     node->farg[0] = alpha;
     node->iarg[7] = g.bf16;
+    node->iarg[8] = a_shared;
     hakd_node_unneeded(ctx, node, -1);
   }
   return y;
