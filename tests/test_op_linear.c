@@ -63,17 +63,19 @@ static hakd_tensor *gc_matmul(hakd_ctx *ctx, hakd_tensor **in, void *arg) {
                           : hakd_matmul_scaled(ctx, in[0], in[1], f->ta, f->tb, f->alpha);
 }
 
-/* Finite differences on every transpose, shared b, and a scale inside the product. */
+/* Finite differences on every transpose, shared b (shared 1) or a (shared 2), and a scale inside
+ * the product. */
 TEST(matmul_gradcheck_all_transposes) {
-  for (int shared = 0; shared < 2; shared++)
+  for (int shared = 0; shared < 3; shared++)
     for (int ta = 0; ta < 2; ta++)
       for (int tb = 0; tb < 2; tb++) {
         hakd_params p;
         hakd_params_init(&p);
         int64_t as[3] = {3, ta ? 5 : 4, ta ? 4 : 5}, bs[3] = {3, tb ? 6 : 5, tb ? 5 : 6};
-        hakd_tensor *in[2] = {gradcheck_input(&p, "a", 3, as, 1.0f, 21),
-                              shared ? gradcheck_input(&p, "b", 2, bs + 1, 1.0f, 22)
-                                     : gradcheck_input(&p, "b", 3, bs, 1.0f, 22)};
+        hakd_tensor *in[2] = {shared == 2 ? gradcheck_input(&p, "a", 2, as + 1, 1.0f, 21)
+                                          : gradcheck_input(&p, "a", 3, as, 1.0f, 21),
+                              shared == 1 ? gradcheck_input(&p, "b", 2, bs + 1, 1.0f, 22)
+                                          : gradcheck_input(&p, "b", 3, bs, 1.0f, 22)};
         matmul_flags f = {ta, tb, tb ? 0.37f : 1.0f}; /* scaled products (attention) with tb */
         char what[80];
         snprintf(what, sizeof what, "matmul shared=%d ta=%d tb=%d alpha=%g", shared, ta, tb, (double)f.alpha);
@@ -265,4 +267,48 @@ TEST(bf16_products_read_rounded_operands) {
     test_fail(__FILE__, __LINE__, "linear: rel err y %.3g dx %.3g dw %.3g db %.3g", ey, edx, edw, edb);
   hakd_ctx_free(ctx);
   hakd_params_free(&p);
+}
+
+/* A 2-D a shared by b's batch (SegFormer's folded decode head: one (D, C) matrix times every
+ * image's (C, HW) map) equals the product with a copied for every batch item, in float32 and in
+ * bf16, forward and both gradients (the shared a's gradient is the copies' summed). Both sides
+ * round the same operands and accumulate in float32; the bound 1e-5 (relative to the largest
+ * entry) leaves room for a different summation order only. */
+TEST(matmul_shared_a_equals_copied_a) {
+  enum { B = 3, M = 6, K = 40, N = 11 };
+  for (int bf16 = 0; bf16 < 2; bf16++) {
+    hakd_params p;
+    hakd_params_init(&p);
+    int64_t as[2] = {M, K}, ab[3] = {B, M, K}, bs[3] = {B, K, N};
+    hakd_tensor *a = gradcheck_input(&p, "a", 2, as, 1.0f, 61), *b = gradcheck_input(&p, "b", 3, bs, 1.0f, 62);
+    hakd_tensor *copies = gradcheck_input(&p, "copies", 3, ab, 1.0f, 63);
+    hakd_tensor *b2 = gradcheck_input(&p, "b2", 3, bs, 1.0f, 64);
+    for (int i = 0; i < B; i++) memcpy(hakd_f32(copies) + i * M * K, hakd_f32(a), sizeof(float) * M * K);
+    memcpy(hakd_f32(b2), hakd_f32(b), sizeof(float) * B * K * N);
+    hakd_ctx *ctx = hakd_ctx_new(), *ctx2 = hakd_ctx_new(); /* one backward per tape */
+    if (bf16) hakd_ctx_set_precision(ctx, HAKD_BF16), hakd_ctx_set_precision(ctx2, HAKD_BF16);
+    hakd_tensor *y = hakd_matmul(ctx, a, b, 0, 0), *want = hakd_matmul(ctx2, copies, b2, 0, 0);
+    if (bf16 && bf16_refused(ctx, y, "matmul")) {
+      hakd_ctx_free(ctx);
+      hakd_ctx_free(ctx2);
+      hakd_params_free(&p);
+      continue;
+    }
+    ASSERT_TRUE(y && want && y->ndim == 3 && y->shape[0] == B && y->shape[1] == M && y->shape[2] == N);
+    float gy[B * M * N];
+    uint64_t rng = hakd_rng_seed(65);
+    for (int i = 0; i < B * M * N; i++) gy[i] = hakd_rng_normal(&rng);
+    ASSERT_OK(hakd_backward_seeded(ctx, y, gy));
+    ASSERT_OK(hakd_backward_seeded(ctx2, want, gy));
+    float da[M * K];
+    memset(da, 0, sizeof da);
+    for (int i = 0; i < B; i++)
+      for (int j = 0; j < M * K; j++) da[j] += copies->grad[i * M * K + j];
+    ASSERT_ALLCLOSE(hakd_f32(y), hakd_f32(want), B * M * N, 1e-5);
+    ASSERT_ALLCLOSE(a->grad, da, M * K, 1e-5);
+    ASSERT_ALLCLOSE(b->grad, b2->grad, B * K * N, 1e-5);
+    hakd_ctx_free(ctx);
+    hakd_ctx_free(ctx2);
+    hakd_params_free(&p);
+  }
 }
