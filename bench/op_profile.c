@@ -261,9 +261,13 @@ int main(int argc, char **argv) {
          hakd_bench_mode_name(c.mode), c.teacher ? " teacher " : "", c.teacher ? c.teacher : "", c.height, c.width,
          c.batch, r.threads, blas_threads_pinned > 0 ? " (OpenBLAS pinned)" : "", r.ms_median, total * per);
   printf("  student forward %.1f, teacher forward %.1f, backward %.1f, optimizer %.1f, zero_grad %.1f, "
-         "outside ops %.1f ms/iter; step arena %.0f MB, peak RSS %.0f MB\n\n",
+         "outside ops %.1f ms/iter; step arena %.0f MB, peak RSS %.0f MB\n",
          forward_s[0] * per, forward_s[1] * per, backward_s * per, optim_s * per, zero_grad_s * per, (total - ops) * per,
          r.arena_mb, r.peak_rss_mb);
+  /* hakd bench's count: the products' multiply-adds as executed (padding taps left out), so the
+   * per-kind GFLOP/s below (every convolution tap counted) can exceed it */
+  printf("  executed %.3f GFLOP/iter (products only), %.1f GFLOP/s at the median step\n\n", r.flops_per_iter / 1e9,
+         r.gflops);
 
   /* by op kind */
   op_key kinds[256];
