@@ -98,14 +98,77 @@ int hakd_optim_add_group(hakd_optimizer *o, hakd_params *p, const char *prefix, 
   return added;
 }
 
+/* Sums of squares run in NORM_CHUNKS fixed slices of a tensor, each in NORM_LANES double lanes,
+ * and the slices add in order: vectorised, split over threads, and the same for any thread
+ * count (a single running sum is a serial chain of additions: 43 ms a step on r50's 40 M
+ * parameters). */
+#define NORM_CHUNKS 64
+#define NORM_LANES 8
+
+static double sum_squares(const float *g, int64_t n) {
+  double part[NORM_CHUNKS];
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int c = 0; c < NORM_CHUNKS; c++) {
+    int64_t lo = n * c / NORM_CHUNKS, hi = n * (c + 1) / NORM_CHUNKS;
+    int64_t body = lo + (hi - lo) / NORM_LANES * NORM_LANES;
+    double lane[NORM_LANES] = {0}, sum = 0.0;
+    for (int64_t j = lo; j < body; j += NORM_LANES)
+      for (int k = 0; k < NORM_LANES; k++) lane[k] += (double)g[j + k] * (double)g[j + k];
+    for (int64_t j = body; j < hi; j++) sum += (double)g[j] * (double)g[j];
+    for (int k = 0; k < NORM_LANES; k++) sum += lane[k];
+    part[c] = sum;
+  }
+  double total = 0.0;
+  for (int c = 0; c < NORM_CHUNKS; c++) total += part[c];
+  return total;
+}
+
 static double global_grad_norm(const hakd_optimizer *o) {
   double sq = 0;
-  for (int i = 0; i < o->count; i++) {
-    const float *g = o->entries[i].param->grad;
-    int64_t n = hakd_numel(o->entries[i].param);
-    for (int64_t j = 0; j < n; j++) sq += (double)g[j] * g[j];
-  }
+  for (int i = 0; i < o->count; i++) sq += sum_squares(o->entries[i].param->grad, hakd_numel(o->entries[i].param));
   return sqrt(sq);
+}
+
+/* The update loops read their constants from locals: through the config pointer every store to
+ * w, m or v could change them, and the loops would reload them per element. optim.c compiles
+ * with -fno-math-errno (CMakeLists.txt), so sqrtf vectorises; v >= 0, so errno was never set. */
+static void sgd_update(float *restrict w, const float *restrict g, float *restrict m, int64_t n, float clip_scale,
+                       float wd, float momentum, float step_lr, int first) {
+  if (momentum == 0.0f) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t j = 0; j < n; j++) w[j] -= step_lr * (g[j] * clip_scale + wd * w[j]);
+  } else if (first) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t j = 0; j < n; j++) {
+      float d = g[j] * clip_scale + wd * w[j];
+      m[j] = d;
+      w[j] -= step_lr * d;
+    }
+  } else {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t j = 0; j < n; j++) {
+      float d = momentum * m[j] + (g[j] * clip_scale + wd * w[j]);
+      m[j] = d;
+      w[j] -= step_lr * d;
+    }
+  }
+}
+
+static void adamw_update(float *restrict w, const float *restrict g, float *restrict m, float *restrict v, int64_t n,
+                         float clip_scale, float decay, float beta1, float beta2, float step_size, float sqrt_bias2,
+                         float eps) {
+  float one_minus_beta1 = 1.0f - beta1, one_minus_beta2 = 1.0f - beta2;
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t j = 0; j < n; j++) {
+    float gj = g[j] * clip_scale;
+    float wj = w[j] * decay;
+    float mj = beta1 * m[j] + one_minus_beta1 * gj;
+    float vj = beta2 * v[j] + one_minus_beta2 * gj * gj;
+    m[j] = mj;
+    v[j] = vj;
+    float denom = sqrtf(vj) / sqrt_bias2 + eps;
+    w[j] = wj - step_size * mj / denom;
+  }
 }
 
 double hakd_optim_step(hakd_optimizer *o, float lr) {
@@ -121,33 +184,14 @@ double hakd_optim_step(hakd_optimizer *o, float lr) {
   double bias1 = 1.0 - pow(c->beta1, (double)o->steps), bias2 = 1.0 - pow(c->beta2, (double)o->steps);
   for (int i = 0; i < o->count; i++) {
     optim_entry *e = &o->entries[i];
-    float *w = hakd_f32(e->param), *g = e->param->grad, *m = e->m, *v = e->v;
+    float *w = hakd_f32(e->param), *g = e->param->grad;
     int64_t n = hakd_numel(e->param);
     float step_lr = lr * e->lr_mult, wd = e->decay ? c->weight_decay : 0.0f;
-    if (c->kind == HAKD_OPTIM_SGD) {
-      int first = o->steps == 1;
-#pragma omp parallel for schedule(static) if (n > 65536)
-      for (int64_t j = 0; j < n; j++) {
-        float d = g[j] * clip_scale + wd * w[j];
-        if (c->momentum != 0.0f) {
-          m[j] = first ? d : c->momentum * m[j] + d;
-          d = m[j];
-        }
-        w[j] -= step_lr * d;
-      }
-    } else {
-      float step_size = (float)(step_lr / bias1);
-      float sqrt_bias2 = (float)sqrt(bias2);
-#pragma omp parallel for schedule(static) if (n > 65536)
-      for (int64_t j = 0; j < n; j++) {
-        float gj = g[j] * clip_scale;
-        w[j] *= 1.0f - step_lr * wd;
-        m[j] = c->beta1 * m[j] + (1.0f - c->beta1) * gj;
-        v[j] = c->beta2 * v[j] + (1.0f - c->beta2) * gj * gj;
-        float denom = sqrtf(v[j]) / sqrt_bias2 + c->eps;
-        w[j] -= step_size * m[j] / denom;
-      }
-    }
+    if (c->kind == HAKD_OPTIM_SGD)
+      sgd_update(w, g, e->m, n, clip_scale, wd, c->momentum, step_lr, o->steps == 1);
+    else
+      adamw_update(w, g, e->m, e->v, n, clip_scale, 1.0f - step_lr * wd, c->beta1, c->beta2,
+                   (float)(step_lr / bias1), (float)sqrt(bias2), c->eps);
   }
   return norm;
 }
