@@ -33,6 +33,12 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
  * bf16 cannot run. */
 hakd_tensor *hakd_to_bf16_blocked(hakd_ctx *ctx, hakd_tensor *x);
 hakd_tensor *hakd_to_f32(hakd_ctx *ctx, hakd_tensor *x);
+/* A depthwise k x k convolution (stride 1, dilation 1) of channels-last tokens, without their
+ * NCHW copy: x (N, h*w, C) with the tokens in row-major (h, w) order, w (C, 1, k, k), b (C) or
+ * NULL -> (N, oh*ow, C), oh = h + 2 padding - k + 1 (likewise ow). reference:
+ * conv2d(x.transpose(1, 2).reshape(N, C, h, w), w, b, padding=padding, groups=C).flatten(2).transpose(1, 2) */
+hakd_tensor *hakd_depthwise_conv2d_tokens(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b, int64_t h,
+                                          int64_t width, int padding);
 /* reference: F.linear. x (..., in), w (out, in), b (out) or NULL -> (..., out). */
 hakd_tensor *hakd_linear(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b);
 /* reference: torch.matmul on (B..., M, K) x (B..., K, N), with optional transposes of the last two dims of a / b.

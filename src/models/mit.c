@@ -127,10 +127,11 @@ static hakd_tensor *attention_forward(hakd_ctx *ctx, const mit_block *b, hakd_te
   return layer_linear_forward(ctx, &b->attn_out, merge_heads(ctx, context));
 }
 
-/* SegformerMixFFN: dense1 -> depthwise 3x3 on the (h, w) grid -> GELU -> dense2. */
+/* SegformerMixFFN: dense1 -> depthwise 3x3 on the (h, w) grid -> GELU -> dense2. The depthwise
+ * convolution runs on the tokens as they are (no NCHW copy and back). */
 static hakd_tensor *mix_ffn_forward(hakd_ctx *ctx, const mit_block *b, hakd_tensor *x, int64_t h, int64_t w) {
   hakd_tensor *hidden = layer_linear_forward(ctx, &b->fc1, x);
-  hidden = map_to_tokens(ctx, layer_conv_forward(ctx, &b->dwconv, tokens_to_map(ctx, hidden, h, w)));
+  hidden = hakd_depthwise_conv2d_tokens(ctx, hidden, b->dwconv.weight, b->dwconv.bias, h, w, b->dwconv.padding);
   return layer_linear_forward(ctx, &b->fc2, hakd_gelu(ctx, hidden));
 }
 
