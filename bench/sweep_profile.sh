@@ -4,8 +4,9 @@
 # compare_pytorch.sh --sweep) and prints a short markdown summary per point: the step (ms), its
 # executed GFLOP/s and share of the fp32 peak, and the step split into
 #   products      conv2d, conv2d_affine_act (inference conv with its BatchNorm/activation fused),
-#                 linear, matmul: ms, share, executed GFLOP/s and share of peak (hakd bench's
-#                 executed FLOPs over the products' time; the products are all it counts);
+#                 depthwise_conv2d_tokens, linear, matmul: ms, share, executed GFLOP/s and share
+#                 of peak (hakd bench's executed FLOPs over the products' time; the products
+#                 are all it counts);
 #   memory-bound  every other recorded op: BatchNorm, activations, resizes, softmax, LayerNorm,
 #                 elementwise, pooling, losses, copies/permutes/concats (they count no FLOPs);
 #   optimizer     optimizer step + zero_grad (training);
@@ -45,7 +46,7 @@ while [ $# -gt 0 ]; do
     --top) top=$2; shift ;;
     --build) build=$2; shift ;;
     --raw) raw=$2; shift ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "sweep_profile.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -79,7 +80,7 @@ for size in $(echo "$sizes" | tr ',' ' '); do
           { echo "sweep_profile.sh: op_profile failed on $name" >&2; exit 1; }
         [ -z "$raw" ] || cp "$profile" "$raw/$(echo "$name" | tr ' ' '_').txt"
         awk -v name="$name" -v peak="$peak" -v top="$top" -v load="$load" -v summary="$summary" '
-          function product(k) { sub(/^T:/, "", k); return k == "conv2d" || k == "conv2d_affine_act" || k == "linear" || k == "matmul" }
+          function product(k) { sub(/^T:/, "", k); return k ~ /^(conv2d|conv2d_affine_act|depthwise_conv2d_tokens|linear|matmul)$/ }
           /median .* ms\/iter \(bench\), profiled mean/ {
             for (i = 1; i <= NF; i++) {
               if ($i == "median") median = $(i + 1)

@@ -16,6 +16,7 @@ typedef struct {
 typedef struct {
   float *y, *dx, *dw, *db;
   int64_t ny, nx, nw;
+  int64_t macs, executed_macs; /* the tape's counts after the forward */
 } tokens_result;
 
 static void result_free(tokens_result *r) {
@@ -64,6 +65,7 @@ static int run_case(const tokens_case *tc, int direct, tokens_result *r) {
       float *gy = malloc((size_t)r->ny * sizeof(float));
       fill_normal(gy, r->ny, 1.0f, 4);
       r->y = copy_floats(hakd_f32(y), r->ny);
+      r->macs = hakd_tape_macs(ctx), r->executed_macs = hakd_tape_executed_macs(ctx);
       if (hakd_backward_seeded(ctx, y, gy) == 0) {
         r->dx = copy_floats(x->grad, r->nx);
         r->dw = copy_floats(w->grad, r->nw);
@@ -88,6 +90,12 @@ static void check_case(const tokens_case *tc) {
   }
   int ok = got.ny == want.ny;
   if (!ok) test_fail(__FILE__, __LINE__, "output sizes differ: %lld vs %lld", (long long)got.ny, (long long)want.ny);
+  /* hakd bench and hakd info count the same multiply-adds on both routes */
+  if (ok && (got.macs != want.macs || got.executed_macs != want.executed_macs)) {
+    test_fail(__FILE__, __LINE__, "MACs %lld / executed %lld, NCHW route %lld / %lld", (long long)got.macs,
+              (long long)got.executed_macs, (long long)want.macs, (long long)want.executed_macs);
+    ok = 0;
+  }
   if (ok) {
     /* the forward adds the same products in the same order as conv2d's depthwise kernel: equal
      * up to rounding (1e-6); the gradients sum in another order over at most n*h*w terms

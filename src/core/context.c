@@ -620,8 +620,9 @@ int hakd_backward_seeded(hakd_ctx *ctx, hakd_tensor *loss, const float *seed) {
   return ctx->status;
 }
 
-/* executed: a conv2d counts the multiply-adds its path ran (the op stores them in iarg[5]);
- * otherwise nodes with reference_macs count the reference architecture's. */
+/* executed: a conv2d counts the multiply-adds its path ran (the op stores them in iarg[5]), a
+ * depthwise_conv2d_tokens those inside the map (iarg[8]); otherwise nodes with reference_macs
+ * count the reference architecture's. */
 static int64_t tape_macs(const hakd_ctx *ctx, int executed) {
   double macs = 0;
   for (const hakd_node *node = ctx->tape; node; node = node->prev) {
@@ -632,6 +633,9 @@ static int64_t tape_macs(const hakd_ctx *ctx, int executed) {
       const hakd_tensor *w = node->in[1]; /* (Cout, Cin/groups, kh, kw) */
       macs += executed ? (double)node->iarg[5]
                        : (double)hakd_numel(out) * (double)(w->shape[1] * w->shape[2] * w->shape[3]);
+    } else if (!strcmp(node->op, "depthwise_conv2d_tokens")) {
+      const hakd_tensor *w = node->in[1]; /* (C, 1, k, k); iarg[8]: the products inside the map */
+      macs += executed ? (double)node->iarg[8] : (double)hakd_numel(out) * (double)(w->shape[2] * w->shape[3]);
     } else if (!strcmp(node->op, "linear")) {
       macs += (double)hakd_numel(out) * (double)node->in[1]->shape[1];
     } else if (!strcmp(node->op, "matmul")) {

@@ -119,6 +119,17 @@ static void tokens_weight_grad(float *dw, float *db, const float *dy, const floa
     }
 }
 
+/* Products with pixels inside the map (the kernel skips the padding): taps x output positions
+ * whose input row and column both lie in the map, times N * C. */
+static int64_t tokens_executed_macs(const tokens_shape *s) {
+  int64_t rows = 0, cols = 0;
+  for (int64_t t = 0; t < s->k; t++) {
+    for (int64_t o = 0; o < s->oh; o++) rows += o - s->pad + t >= 0 && o - s->pad + t < s->h;
+    for (int64_t o = 0; o < s->ow; o++) cols += o - s->pad + t >= 0 && o - s->pad + t < s->w;
+  }
+  return s->n * s->c * rows * cols;
+}
+
 static tokens_shape tokens_shape_of(const hakd_node *node) {
   tokens_shape s;
   s.n = node->iarg[0], s.h = node->iarg[1], s.w = node->iarg[2], s.c = node->iarg[3], s.k = node->iarg[4];
@@ -170,6 +181,7 @@ hakd_tensor *hakd_depthwise_conv2d_tokens(hakd_ctx *ctx, hakd_tensor *x, hakd_te
   if (node) {
     int64_t args[8] = {s.n, s.h, s.w, s.c, s.k, s.pad, s.oh, s.ow};
     memcpy(node->iarg, args, sizeof args);
+    node->iarg[8] = tokens_executed_macs(&s); /* hakd_tape_executed_macs */
     node->saved[0] = wt;
     hakd_node_unneeded(ctx, node, -1); /* backward reads x, the saved weights and dy */
     hakd_node_unneeded(ctx, node, 1);
