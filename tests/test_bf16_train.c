@@ -243,10 +243,25 @@ static void step_result_free(step_result *r) {
   free(r->buffers);
 }
 
+#define BATCH 4
+
+/* A pattern whose brightness and contrast differ from image to image: features pooled over a
+ * whole image (the ASPP's image pooling, a BatchNorm over BATCH values per channel) then differ
+ * across the batch by far more than bfloat16 rounding (images differing by a shift of one pattern
+ * pool to nearly equal means, and their normalisation amplifies rounding without bound). */
+static void fill_batch(hakd_tensor *x) {
+  int64_t per_image = hakd_numel(x) / x->shape[0];
+  for (int64_t k = 0; k < hakd_numel(x); k++) {
+    int64_t b = k / per_image;
+    float v = (float)((k * 7919) % 255) / 128.0f - 1.0f;
+    hakd_f32(x)[k] = v * (0.5f + 0.4f * (float)b) + 0.6f * (float)b - 0.9f;
+  }
+}
+
 /* mode 0: fp32; 1: bf16 on the plain path (HAKD_BF16_BLOCKED_TRAIN=0); 2: bf16 blocked. Fresh
- * param_fill weights, one training step on a fixed 2x3x64x64 batch; the gradients and buffers
- * after it. */
-static int train_step(const char *name, float width, int mode, step_result *out) {
+ * param_fill weights, one step (training mode or eval mode, gradients recorded) on a fixed
+ * BATCH x 3 x size x size batch; the loss, gradients and buffers after it. */
+static int train_step(const char *name, float width, int size, int mode, int training, step_result *out) {
   hakd_model_options o;
   hakd_model_options_default(&o);
   o.num_classes = 5;
@@ -259,15 +274,16 @@ static int train_step(const char *name, float width, int mode, step_result *out)
   hakd_ctx *ctx = hakd_ctx_new();
   hakd_ctx_set_precision(ctx, mode ? HAKD_BF16 : HAKD_FP32);
   hakd_ctx_seed(ctx, 3);
-  hakd_tensor *x = hakd_tensor4(ctx, 2, 3, 64, 64);
-  int64_t ls[3] = {2, 64, 64};
+  hakd_ctx_set_training(ctx, training);
+  hakd_tensor *x = hakd_tensor4(ctx, BATCH, 3, size, size);
+  int64_t ls[3] = {BATCH, size, size};
   hakd_tensor *labels = hakd_tensor_new(ctx, HAKD_I32, 3, ls);
-  for (int64_t k = 0; k < hakd_numel(x); k++) hakd_f32(x)[k] = (float)((k * 7919) % 255) / 128.0f - 1.0f;
-  for (int64_t k = 0; k < hakd_numel(labels); k++) hakd_i32(labels)[k] = (int32_t)((k / 64 / 16 + k % 64 / 16) % 5);
+  fill_batch(x);
+  for (int64_t k = 0; k < hakd_numel(labels); k++) hakd_i32(labels)[k] = (int32_t)((k / size / 16 + k % size / 16) % 5);
   hakd_params_zero_grad(p);
   hakd_model_output mo;
   int rc = hakd_model_forward(m, ctx, x, &mo);
-  hakd_tensor *logits = rc ? NULL : hakd_resize_bilinear(ctx, mo.logits, 64, 64, 0);
+  hakd_tensor *logits = rc ? NULL : hakd_resize_bilinear(ctx, mo.logits, size, size, 0);
   hakd_tensor *loss = hakd_cross_entropy(ctx, logits, labels, 255);
   if (!rc && mode == 2 && mo.stages[3]->dtype != HAKD_BF16_BLOCKED)
     test_fail(__FILE__, __LINE__, "%s: the blocked step's stage 4 is not blocked", name);
@@ -294,68 +310,110 @@ static int train_step(const char *name, float width, int mode, step_result *out)
   return rc;
 }
 
-/* Every parameter gradient and running statistic of step `got` within tol of `want` (relative to
- * max |want| of that tensor); returns the largest gradient error. */
-static double compare_steps(const char *what, hakd_model *names, const step_result *got, const step_result *want,
-                            double loss_tol, double grad_tol, double stat_tol) {
-  hakd_params *p = hakd_model_params(names);
-  double loss_err = fabs(got->loss - want->loss) / fabs(want->loss), worst = 0, worst_stat = 0;
-  const char *worst_name = "", *worst_stat_name = "";
-  printf("%s: loss %.6f vs %.6f (rel err %.3g, tol %.3g)\n", what, got->loss, want->loss, loss_err, loss_tol);
-  if (!(loss_err <= loss_tol)) test_fail(__FILE__, __LINE__, "%s: loss rel err %.3g > %.3g", what, loss_err, loss_tol);
+/* Per tensor of the model: the gradient's (or for buffers the running statistic's) error of step
+ * a against step b, relative to max |b| of the tensor; returns the whole model's gradient error
+ * ||a - b|| / ||b||. */
+static double step_errors(hakd_params *p, const step_result *a, const step_result *b, double *errs) {
+  double diff2 = 0, norm2 = 0;
   for (int i = 0; i < p->count; i++) {
     hakd_tensor *t = p->items[i];
     int64_t n = hakd_numel(t);
-    if (t->requires_grad) {
-      double e = rel_err(got->grads[i], want->grads[i], n);
-      if (e > worst) worst = e, worst_name = t->name;
-      if (!(e <= grad_tol)) test_fail(__FILE__, __LINE__, "%s: gradient of %s rel err %.3g > %.3g", what, t->name, e, grad_tol);
-    } else if (strstr(t->name, "running_")) {
-      double e = rel_err(got->buffers[i], want->buffers[i], n);
-      if (e > worst_stat) worst_stat = e, worst_stat_name = t->name;
-      if (!(e <= stat_tol)) test_fail(__FILE__, __LINE__, "%s: %s rel err %.3g > %.3g", what, t->name, e, stat_tol);
-    }
+    errs[i] = t->requires_grad ? rel_err(a->grads[i], b->grads[i], n)
+              : strstr(t->name, "running_") ? rel_err(a->buffers[i], b->buffers[i], n)
+                                            : 0;
+    if (t->requires_grad)
+      for (int64_t k = 0; k < n; k++) {
+        double d = (double)a->grads[i][k] - b->grads[i][k];
+        diff2 += d * d, norm2 += (double)b->grads[i][k] * b->grads[i][k];
+      }
   }
-  printf("%s: worst gradient rel err %.3g (%s, tol %.3g), worst running stat %.3g (%s, tol %.3g)\n", what, worst,
-         worst_name, grad_tol, worst_stat, worst_stat_name, stat_tol);
-  return worst;
+  return sqrt(diff2 / (norm2 > 0 ? norm2 : 1));
 }
 
-/* One training step of `name` at width `width` in bf16 on blocked activations against the float32
- * step and the plain bf16 path. Tolerances: every product rounds its operands to bfloat16
- * (relative 2^-9) in both bf16 paths, and the blocked one also rounds the activations between ops
- * (BatchNorm's input and output); through ~20-50 layers forward and again backward the gradient
- * of a tensor is off by a few percent of its largest element (observed below), where a wrong
- * layout, a lost term or a wrong mask gives errors of order 1. The loss is one number averaged
- * over the batch: 1e-2. The running statistics come from the bf16 forward's activations: 2e-2. */
-static void check_step(const char *name, float width, double grad_tol) {
+/* One step of `name` (width `width`, size x size images) in bf16 on blocked activations against
+ * the float32 step, with the plain bf16 path (HAKD_BF16_BLOCKED_TRAIN=0) measuring how far bf16
+ * alone moves each number; the same weights and batch for all three.
+ *
+ * The losses agree within 1e-2 (relative; in training mode plus twice the plain bf16 step's
+ * error, 0-1.8% at these sizes). Each parameter gradient (eval mode with gradients) and each
+ * running statistic (training mode) of the blocked step is within 2 e_plain + grad_slack (resp.
+ * + 0.02) of fp32's, relative to max |fp32| of that tensor, where e_plain is the plain bf16
+ * step's error on the same tensor: both bf16 paths round the products' operands (2^-9 relative),
+ * the blocked one also every activation between ops (as PyTorch's autocast does), so some sums
+ * that cancel (BatchNorm weight gradients, the first layers' weight gradients) lose more digits
+ * there, but no tensor is far off where bf16 itself is accurate; a wrong layout, a lost gradient
+ * term or a wrong mask gives errors of order 1. The whole model's gradient error ||g - g_fp32|| /
+ * ||g_fp32|| stays within global_tol (printed; observed 0.02-0.055).
+ *
+ * The gradients of a training-mode step are not compared: at these widths and maps (2x2-8x8
+ * stage-4 maps, BatchNorms over few values) they are ill-conditioned, so that the float32 step
+ * itself, fed an input perturbed by 0.1%, moves them by 50-90% of their largest element (measured
+ * while writing this test), and the plain bf16 path differs from fp32 as much; eval mode with
+ * gradients runs the same kernels except the batch-statistics terms of BatchNorm's backward,
+ * which the op tests above check exactly. */
+static void check_step(const char *name, float width, int size, double grad_slack, double global_tol) {
   if (!hakd_bf16_supported()) return;
-  step_result r[3];
-  memset(r, 0, sizeof r);
-  for (int mode = 0; mode < 3; mode++)
-    if (train_step(name, width, mode, &r[mode])) goto done;
   hakd_model_options o;
   hakd_model_options_default(&o);
   o.num_classes = 5;
   o.width = width;
   hakd_model *m = NULL;
   ASSERT_OK(hakd_model_create(name, &o, &m));
-  char what[96];
-  snprintf(what, sizeof what, "%s blocked vs fp32", name);
-  compare_steps(what, m, &r[2], &r[0], 1e-2, grad_tol, 2e-2);
-  snprintf(what, sizeof what, "%s blocked vs plain bf16", name);
-  compare_steps(what, m, &r[2], &r[1], 1e-2, grad_tol, 2e-2);
-  snprintf(what, sizeof what, "%s plain bf16 vs fp32 (for scale)", name);
-  compare_steps(what, m, &r[1], &r[0], 1e-2, grad_tol, 2e-2);
+  hakd_params *p = hakd_model_params(m);
+  double *e_blocked = calloc((size_t)p->count, sizeof(double)), *e_plain = calloc((size_t)p->count, sizeof(double));
+  double *e_pair = calloc((size_t)p->count, sizeof(double));
+  for (int training = 1; training >= 0; training--) {
+    const char *how = training ? "train" : "eval+grad";
+    step_result r[3];
+    memset(r, 0, sizeof r);
+    int rc = 0;
+    for (int mode = 0; mode < 3 && !rc; mode++) rc = train_step(name, width, size, mode, training, &r[mode]);
+    if (!rc) {
+      double g_blocked = step_errors(p, &r[2], &r[0], e_blocked), g_plain = step_errors(p, &r[1], &r[0], e_plain);
+      double g_pair = step_errors(p, &r[2], &r[1], e_pair);
+      double loss_err = fabs(r[2].loss - r[0].loss) / fabs(r[0].loss);
+      double loss_tol = 1e-2 + (training ? 2 * fabs(r[1].loss - r[0].loss) / fabs(r[0].loss) : 0);
+      printf("%s %s: loss %.6f blocked, %.6f plain bf16, %.6f fp32 (blocked rel err %.3g, tol %.3g)\n", name, how,
+             r[2].loss, r[1].loss, r[0].loss, loss_err, loss_tol);
+      if (!(loss_err <= loss_tol))
+        test_fail(__FILE__, __LINE__, "%s %s: loss rel err %.3g > %.3g", name, how, loss_err, loss_tol);
+      double worst = 0, worst_pair = 0;
+      const char *worst_name = "";
+      for (int i = 0; i < p->count; i++) {
+        hakd_tensor *t = p->items[i];
+        if (training ? t->requires_grad || !strstr(t->name, "running_") : !t->requires_grad) continue;
+        double tol = 2 * e_plain[i] + (training ? 0.02 : grad_slack);
+        if (e_blocked[i] > worst) worst = e_blocked[i], worst_name = t->name;
+        if (e_pair[i] > worst_pair) worst_pair = e_pair[i];
+        if (!(e_blocked[i] <= tol))
+          test_fail(__FILE__, __LINE__, "%s %s: %s%s rel err %.3g vs fp32 > %.3g (plain bf16: %.3g)", name, how,
+                    t->requires_grad ? "gradient of " : "", t->name, e_blocked[i], tol, e_plain[i]);
+      }
+      printf("%s %s: worst %s rel err vs fp32 %.3g (%s), vs plain bf16 %.3g; whole-model gradient error: blocked "
+             "%.3g, plain bf16 %.3g, blocked vs plain %.3g\n",
+             name, how, training ? "running-stat" : "gradient", worst, worst_name, worst_pair, g_blocked, g_plain,
+             g_pair);
+      if (!training && !(g_blocked <= global_tol))
+        test_fail(__FILE__, __LINE__, "%s: whole-model gradient error %.3g > %.3g", name, g_blocked, global_tol);
+    }
+    for (int mode = 0; mode < 3; mode++) step_result_free(&r[mode]);
+  }
+  free(e_blocked);
+  free(e_plain);
+  free(e_pair);
   hakd_model_free(m);
-done:
-  for (int mode = 0; mode < 3; mode++) step_result_free(&r[mode]);
 }
 
-TEST(deeplabv3_r18_d8_blocked_step_matches_fp32) { check_step("deeplabv3-r18-d8", 0.25f, 0.05); }
-TEST(deeplabv3_r50_d8_blocked_step_matches_fp32) { check_step("deeplabv3-r50-d8", 0.125f, 0.05); }
-TEST(deeplabv3_r50_d8_mmseg_blocked_step_matches_fp32) { check_step("deeplabv3-r50-d8-mmseg", 0.125f, 0.05); }
-TEST(deeplabv3_mbv2_blocked_step_matches_fp32) { check_step("deeplabv3-mbv2", 0.25f, 0.05); }
+TEST(deeplabv3_r18_d8_blocked_step_matches_fp32) { check_step("deeplabv3-r18-d8", 0.25f, 48, 0.1, 0.06); }
+/* Bottleneck blocks (1x1 / 3x3 / 1x1 with the residual on the third BatchNorm) */
+TEST(deeplabv3_r50_d8_blocked_step_matches_fp32) { check_step("deeplabv3-r50-d8", 0.125f, 48, 0.1, 0.06); }
+/* mmseg's deep stem and ASPP head */
+TEST(deeplabv3_r50_d8_mmseg_blocked_step_matches_fp32) { check_step("deeplabv3-r50-d8-mmseg", 0.125f, 48, 0.1, 0.06); }
+/* Depthwise convolutions run in bf16 on the blocked path and in float32 on the plain one (the
+ * direct kernel), so the plain path's error understates bf16's there: a slack of 0.4 (observed
+ * 0.48 against 0.10 on the plain path for a projection BatchNorm weight's gradient, a sum that
+ * cancels) and 0.08 for the whole model (observed 0.054). */
+TEST(deeplabv3_mbv2_blocked_step_matches_fp32) { check_step("deeplabv3-mbv2", 0.25f, 48, 0.4, 0.08); }
 
 /* Plain SGD (lr 0.05) on one fixed batch for 6 steps in bf16 on blocked activations: the loss
  * falls (a wrong gradient sign or a broken chain would not). */
