@@ -76,9 +76,11 @@ void hakd_ctx_set_training(hakd_ctx *ctx, int training);
 int hakd_ctx_training(const hakd_ctx *ctx);
 /* Precision of the heavy products. HAKD_BF16 (mixed precision, AVX512-BF16 machines):
  * convolutions, linear layers and matrix products (forward and backward) round their operands to
- * bfloat16 and accumulate in float32 on oneDNN; gradients, weights and losses stay float32, and so
- * do tensors, except a CNN backbone's activations in inference (and a frozen teacher), which stay
- * blocked bfloat16 (HAKD_BF16_BLOCKED) between its convolutions. Default HAKD_FP32. */
+ * bfloat16 and accumulate in float32 on oneDNN; weights, parameter gradients and losses stay
+ * float32, and so do tensors, except a CNN's activations from its stem to its head's classifier,
+ * which stay blocked bfloat16 (HAKD_BF16_BLOCKED) between its convolutions in inference (and a
+ * frozen teacher) and in training (their gradients float32 in the same layout; the environment
+ * variable HAKD_BF16_BLOCKED_TRAIN=0 keeps training on float32 activations). Default HAKD_FP32. */
 typedef enum { HAKD_FP32 = 0, HAKD_BF16 = 1 } hakd_precision;
 void hakd_ctx_set_precision(hakd_ctx *ctx, hakd_precision precision);
 hakd_precision hakd_ctx_precision(const hakd_ctx *ctx);

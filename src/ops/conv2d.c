@@ -650,6 +650,12 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
     if (!s.bf16 && conv2d_is_depthwise(&s) && conv2d_get_path() != CONV2D_PATH_GEMM) s.bf16 = 1;
     if (!s.bf16 && !(x = hakd_to_f32(ctx, x))) return NULL;
     s.src_blocked = s.dst_blocked = x->dtype == HAKD_BF16_BLOCKED;
+    /* oneDNN's direct bf16 kernels refuse wide paddings (the ASPP's rates 24 and 36), and on
+     * blocked memory its only other kernel is the reference one (2.7 s of a 3.9 s r18 step at
+     * 128x128 in ONEDNN_VERBOSE): such a convolution runs as the plain path does (oneDNN's GEMM
+     * on its own layouts), its operands converted, the conversions carrying the gradient. */
+    if (s.dst_blocked && conv2d_regions_apply(&s))
+      return hakd_to_bf16_blocked(ctx, hakd_conv2d(ctx, hakd_to_f32(ctx, x), w, b, stride, padding, dilation, groups));
   }
   int64_t yshape[4] = {s.n, s.cout, s.oh, s.ow};
   hakd_tensor *y = hakd_tensor_new(ctx, s.dst_blocked ? HAKD_BF16_BLOCKED : HAKD_F32, 4, yshape);
