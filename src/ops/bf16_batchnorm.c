@@ -27,32 +27,40 @@ static bnb_layout bnb_layout_of(const hakd_tensor *x) {
 /* x of plane (image n, block b) */
 static inline int64_t bnb_plane(bnb_layout l, int64_t n, int64_t b) { return (n * l.blocks + b) * l.hw * 16; }
 
+/* Positions summed in float before a double takes the partial sum: short float sums keep float32
+ * accuracy (64 terms) while the loops over 16 channels vectorise. */
+#define BNB_CHUNK 64
+
 /* Per-channel sums (padded to blocks) over this process's batch: sum[c] of x, or with mean of
  * (x - mean)^2. */
 static void bnb_sums(double *sum, const uint16_t *x, bnb_layout l, const double *mean) {
 #pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
   for (int64_t b = 0; b < l.blocks; b++) {
-    double acc[16] = {0}, mu[16] = {0};
+    double acc[16] = {0};
+    float mu[16] = {0};
     if (mean)
-      for (int c = 0; c < 16; c++) mu[c] = mean[b * 16 + c];
+      for (int c = 0; c < 16; c++) mu[c] = (float)mean[b * 16 + c];
     for (int64_t n = 0; n < l.n; n++) {
       const uint16_t *xp = x + bnb_plane(l, n, b);
-      for (int64_t i = 0; i < l.hw; i++)
-        for (int c = 0; c < 16; c++) {
-          double v = bf16_value(xp[i * 16 + c]);
-          if (mean) v = (v - mu[c]) * (v - mu[c]);
-          acc[c] += v;
-        }
+      for (int64_t i0 = 0; i0 < l.hw; i0 += BNB_CHUNK) {
+        int64_t i1 = i0 + BNB_CHUNK < l.hw ? i0 + BNB_CHUNK : l.hw;
+        float part[16] = {0};
+        for (int64_t i = i0; i < i1; i++)
+          for (int c = 0; c < 16; c++) {
+            float v = bf16_value(xp[i * 16 + c]);
+            if (mean) v = (v - mu[c]) * (v - mu[c]);
+            part[c] += v;
+          }
+        for (int c = 0; c < 16; c++) acc[c] += part[c];
+      }
     }
     for (int c = 0; c < 16; c++) sum[b * 16 + c] = acc[c];
   }
 }
 
-/* The activation's gradient mask from the rounded output. */
-static inline float bnb_pass(float y, int act) {
-  return act == HAKD_ACT_NONE ? 1.0f : act == HAKD_ACT_RELU ? (y > 0.0f ? 1.0f : 0.0f)
-                                                            : (y > 0.0f && y < 6.0f ? 1.0f : 0.0f);
-}
+/* dy past the activation, whose gradient mask comes from the rounded output: y in (0, hi) (hi
+ * infinite for ReLU); no activation passes everything. Branch-free, so the loops vectorise. */
+static inline float bnb_pass(float dy, float y, float lo, float hi) { return y > lo && y < hi ? dy : 0.0f; }
 
 /* saved[0] mean, saved[1] rstd, saved[2] weight (floats padded to blocks); iarg[0] batch statistics,
  * iarg[1] SyncBN, iarg[2] activation; farg[0] the values per channel behind the statistics. */
@@ -71,18 +79,25 @@ static void bnb_backward(hakd_ctx *ctx, hakd_node *node) {
   /* sums[c] = sum g, sums[cp + c] = sum g (x - mean), g the gradient past the activation */
   double *sums = hakd_ctx_alloc(ctx, 4 * (size_t)cp * sizeof(double));
   if (!sums) return;
+  float lo = act == HAKD_ACT_NONE ? -INFINITY : 0.0f, hi = act == HAKD_ACT_RELU6 ? 6.0f : INFINITY;
 #pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
   for (int64_t b = 0; b < l.blocks; b++) {
     double sg[16] = {0}, sgd[16] = {0};
+    const float *mu = mean + b * 16;
     for (int64_t n = 0; n < l.n; n++) {
       int64_t p = bnb_plane(l, n, b);
-      for (int64_t i = 0; i < l.hw; i++)
-        for (int c = 0; c < 16; c++) {
-          int64_t k = p + i * 16 + c;
-          float g = act == HAKD_ACT_NONE ? dy[k] : dy[k] * bnb_pass(bf16_value(ys[k]), act);
-          sg[c] += g;
-          sgd[c] += g * (double)(bf16_value(xs[k]) - mean[b * 16 + c]);
-        }
+      for (int64_t i0 = 0; i0 < l.hw; i0 += BNB_CHUNK) {
+        int64_t i1 = i0 + BNB_CHUNK < l.hw ? i0 + BNB_CHUNK : l.hw;
+        float pg[16] = {0}, pgd[16] = {0};
+        for (int64_t i = i0; i < i1; i++)
+          for (int c = 0; c < 16; c++) {
+            int64_t k = p + i * 16 + c;
+            float g = act == HAKD_ACT_NONE ? dy[k] : bnb_pass(dy[k], bf16_value(ys[k]), lo, hi);
+            pg[c] += g;
+            pgd[c] += g * (bf16_value(xs[k]) - mu[c]);
+          }
+        for (int c = 0; c < 16; c++) sg[c] += pg[c], sgd[c] += pgd[c];
+      }
     }
     for (int c = 0; c < 16; c++) {
       sums[b * 16 + c] = sg[c];
@@ -115,13 +130,21 @@ static void bnb_backward(hakd_ctx *ctx, hakd_node *node) {
   for (int64_t q = 0; q < l.n * l.blocks; q++) {
     int64_t b = q % l.blocks, p = q * l.hw * 16;
     const float *a = coef + b * 16, *d = coef + cp + b * 16, *k = coef + 2 * cp + b * 16, *mu = mean + b * 16;
-    for (int64_t i = 0; i < l.hw; i++)
+    const float *dyp = dy + p;
+    const uint16_t *xp = xs + p, *yp = ys + p;
+    float *dxp = dx ? dx + p : NULL, *drp = dr ? dr + p : NULL;
+    for (int64_t i = 0; i < l.hw; i++) {
+      float g[16];
       for (int c = 0; c < 16; c++) {
-        int64_t e = p + i * 16 + c;
-        float g = act == HAKD_ACT_NONE ? dy[e] : dy[e] * bnb_pass(bf16_value(ys[e]), act);
-        if (dx) dx[e] += a[c] * g + d[c] * (bf16_value(xs[e]) - mu[c]) + k[c];
-        if (dr) dr[e] += g;
+        float gy = dyp[i * 16 + c];
+        g[c] = act == HAKD_ACT_NONE ? gy : bnb_pass(gy, bf16_value(yp[i * 16 + c]), lo, hi);
       }
+      if (dxp)
+        for (int c = 0; c < 16; c++)
+          dxp[i * 16 + c] += a[c] * g[c] + d[c] * (bf16_value(xp[i * 16 + c]) - mu[c]) + k[c];
+      if (drp)
+        for (int c = 0; c < 16; c++) drp[i * 16 + c] += g[c];
+    }
   }
 }
 
