@@ -261,11 +261,12 @@ static void fill_batch(hakd_tensor *x) {
 /* mode 0: fp32; 1: bf16 on the plain path (HAKD_BF16_BLOCKED_TRAIN=0); 2: bf16 blocked. Fresh
  * param_fill weights, one step (training mode or eval mode, gradients recorded) on a fixed
  * BATCH x 3 x size x size batch; the loss, gradients and buffers after it. */
-static int train_step(const char *name, float width, int size, int mode, int training, step_result *out) {
+static int train_step(const char *name, float width, int size, int aux, int mode, int training, step_result *out) {
   hakd_model_options o;
   hakd_model_options_default(&o);
   o.num_classes = 5;
   o.width = width;
+  o.aux_head = aux;
   hakd_model *m = NULL;
   if (hakd_model_create(name, &o, &m)) return test_fail(__FILE__, __LINE__, "%s: %s", name, hakd_error_message()), -1;
   hakd_params *p = hakd_model_params(m);
@@ -285,6 +286,8 @@ static int train_step(const char *name, float width, int size, int mode, int tra
   int rc = hakd_model_forward(m, ctx, x, &mo);
   hakd_tensor *logits = rc ? NULL : hakd_resize_bilinear(ctx, mo.logits, size, size, 0);
   hakd_tensor *loss = hakd_cross_entropy(ctx, logits, labels, 255);
+  if (!rc && aux) /* the FCN aux head on stage 3 (blocked in, dropout, classifier) */
+    loss = hakd_add(ctx, loss, hakd_cross_entropy(ctx, hakd_resize_bilinear(ctx, mo.aux, size, size, 0), labels, 255));
   if (!rc && mode == 2 && mo.stages[3]->dtype != HAKD_BF16_BLOCKED)
     test_fail(__FILE__, __LINE__, "%s: the blocked step's stage 4 is not blocked", name);
   if (!rc && !loss) rc = hakd_ctx_status(ctx);
@@ -351,12 +354,13 @@ static double step_errors(hakd_params *p, const step_result *a, const step_resul
  * while writing this test), and the plain bf16 path differs from fp32 as much; eval mode with
  * gradients runs the same kernels except the batch-statistics terms of BatchNorm's backward,
  * which the op tests above check exactly. */
-static void check_step(const char *name, float width, int size, double grad_slack, double global_tol) {
+static void check_step(const char *name, float width, int size, int aux, double grad_slack, double global_tol) {
   if (!hakd_bf16_supported()) return;
   hakd_model_options o;
   hakd_model_options_default(&o);
   o.num_classes = 5;
   o.width = width;
+  o.aux_head = aux;
   hakd_model *m = NULL;
   ASSERT_OK(hakd_model_create(name, &o, &m));
   hakd_params *p = hakd_model_params(m);
@@ -367,7 +371,7 @@ static void check_step(const char *name, float width, int size, double grad_slac
     step_result r[3];
     memset(r, 0, sizeof r);
     int rc = 0;
-    for (int mode = 0; mode < 3 && !rc; mode++) rc = train_step(name, width, size, mode, training, &r[mode]);
+    for (int mode = 0; mode < 3 && !rc; mode++) rc = train_step(name, width, size, aux, mode, training, &r[mode]);
     if (!rc) {
       double g_blocked = step_errors(p, &r[2], &r[0], e_blocked), g_plain = step_errors(p, &r[1], &r[0], e_plain);
       double g_pair = step_errors(p, &r[2], &r[1], e_pair);
@@ -404,16 +408,17 @@ static void check_step(const char *name, float width, int size, double grad_slac
   hakd_model_free(m);
 }
 
-TEST(deeplabv3_r18_d8_blocked_step_matches_fp32) { check_step("deeplabv3-r18-d8", 0.25f, 48, 0.1, 0.06); }
+/* with the FCN aux head on stage 3 */
+TEST(deeplabv3_r18_d8_blocked_step_matches_fp32) { check_step("deeplabv3-r18-d8", 0.25f, 48, 1, 0.1, 0.06); }
 /* Bottleneck blocks (1x1 / 3x3 / 1x1 with the residual on the third BatchNorm) */
-TEST(deeplabv3_r50_d8_blocked_step_matches_fp32) { check_step("deeplabv3-r50-d8", 0.125f, 48, 0.1, 0.06); }
+TEST(deeplabv3_r50_d8_blocked_step_matches_fp32) { check_step("deeplabv3-r50-d8", 0.125f, 48, 0, 0.1, 0.06); }
 /* mmseg's deep stem and ASPP head */
-TEST(deeplabv3_r50_d8_mmseg_blocked_step_matches_fp32) { check_step("deeplabv3-r50-d8-mmseg", 0.125f, 48, 0.1, 0.06); }
+TEST(deeplabv3_r50_d8_mmseg_blocked_step_matches_fp32) { check_step("deeplabv3-r50-d8-mmseg", 0.125f, 48, 0, 0.1, 0.06); }
 /* Depthwise convolutions run in bf16 on the blocked path and in float32 on the plain one (the
  * direct kernel), so the plain path's error understates bf16's there: a slack of 0.4 (observed
  * 0.48 against 0.10 on the plain path for a projection BatchNorm weight's gradient, a sum that
  * cancels) and 0.08 for the whole model (observed 0.054). */
-TEST(deeplabv3_mbv2_blocked_step_matches_fp32) { check_step("deeplabv3-mbv2", 0.25f, 48, 0.4, 0.08); }
+TEST(deeplabv3_mbv2_blocked_step_matches_fp32) { check_step("deeplabv3-mbv2", 0.25f, 48, 0, 0.4, 0.08); }
 
 /* Plain SGD (lr 0.05) on one fixed batch for 6 steps in bf16 on blocked activations: the loss
  * falls (a wrong gradient sign or a broken chain would not). */
