@@ -10,7 +10,9 @@
 
 /* ---- convolution / linear algebra ---- */
 
-/* reference: torch.nn.functional.conv2d. x (N,Cin,H,W), w (Cout,Cin/groups,kh,kw), b (Cout) or NULL. */
+/* reference: torch.nn.functional.conv2d. x (N,Cin,H,W), w (Cout,Cin/groups,kh,kw), b (Cout) or NULL.
+ * A blocked bfloat16 x (bf16 training's chain) gives a blocked bfloat16 output where the product
+ * runs in bf16 on oneDNN (depthwise too), gradients included; otherwise x is converted. */
 hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b, int stride, int padding,
                          int dilation, int groups);
 typedef enum { HAKD_ACT_NONE = 0, HAKD_ACT_RELU, HAKD_ACT_RELU6 } hakd_activation;
@@ -26,11 +28,12 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
  * takes x and residual in either layout and writes its result in x's (blocked only where the
  * product runs in bf16 on oneDNN, depthwise convolutions included; otherwise it converts x and
  * answers float32). hakd_maxpool2d, hakd_adaptive_avgpool2d to 1x1, hakd_concat along channels
- * and hakd_dropout outside training take the layout too and keep it. A chain starts with hakd_to_bf16_blocked and ends with hakd_to_f32 before
- * ops that need float32 (the others refuse the layout with an error). All of these are inference
- * only for now on blocked tensors (an error while gradients are recorded for x); the conversions
- * return x itself when it already has the layout asked for, and to_bf16_blocked is refused where
- * bf16 cannot run. */
+ * and hakd_dropout take the layout too and keep it. A chain starts with hakd_to_bf16_blocked and
+ * ends with hakd_to_f32 before ops that need float32 (the others refuse the layout with an error).
+ * In training the chain is hakd_conv2d and hakd_batchnorm2d_act; every op here but max pooling
+ * records its gradient (float32 in the blocked layout, hakd/tensor.h), the conversions included
+ * (their backward converts the gradient back). The conversions return x itself when it already
+ * has the layout asked for, and to_bf16_blocked is refused where bf16 cannot run. */
 hakd_tensor *hakd_to_bf16_blocked(hakd_ctx *ctx, hakd_tensor *x);
 hakd_tensor *hakd_to_f32(hakd_ctx *ctx, hakd_tensor *x);
 /* A depthwise k x k convolution (stride 1, dilation 1) of channels-last tokens, without their
@@ -69,6 +72,16 @@ hakd_tensor *hakd_slice(hakd_ctx *ctx, hakd_tensor *x, int dim, int64_t start, i
  * momentum (unbiased var), else uses the running stats. weight/bias may be NULL. */
 hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias,
                               hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps);
+/* act(batchnorm2d(x) + residual) on blocked bfloat16 x (HAKD_BF16_BLOCKED, bf16 training's CNN
+ * chain) in one pass, with its gradient: statistics and their updates as hakd_batchnorm2d
+ * (training: batch statistics, PyTorch's running-stat update with the unbiased variance, SyncBN
+ * when the context synchronises; eval: running statistics), computed in double from the bfloat16
+ * values; output blocked bfloat16. residual NULL or blocked of x's shape. The activation's
+ * gradient mask comes from the rounded output (ReLU6: values within half a bfloat16 step of 6
+ * count as clipped). reference: relu(bn(x) + residual) */
+hakd_tensor *hakd_batchnorm2d_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias,
+                                  hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps,
+                                  hakd_tensor *residual, hakd_activation act);
 /* reference: F.layer_norm over the last dim. weight/bias (D) may be NULL. */
 hakd_tensor *hakd_layernorm(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias, float eps);
 

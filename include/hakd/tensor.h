@@ -26,7 +26,9 @@
  * oneDNN's channel-blocked layout nChw16c ((N, ceil(C/16), H, W, 16), padding channels zero), the
  * layout its AVX512-BF16 convolutions read and write, so consecutive convolutions pass it on without
  * converting. Made by hakd_to_bf16_blocked and by the ops that take it (see hakd/ops.h); every other
- * op needs float32 and refuses it: hakd_to_f32 converts. */
+ * op needs float32 and refuses it: hakd_to_f32 converts. Its gradient (grad) is float32 in the same
+ * blocked layout, nChw16c with zero padding channels (hakd_tensor_bytes(t) * 2 bytes), not numel
+ * floats in NCHW. */
 typedef enum { HAKD_F32 = 0, HAKD_I32 = 1, HAKD_BF16_BLOCKED = 2 } hakd_dtype;
 
 typedef struct hakd_node hakd_node;
@@ -36,7 +38,7 @@ typedef struct hakd_tensor {
   int64_t shape[HAKD_MAX_DIMS];
   hakd_dtype dtype;
   void *data;        /* numel elements of dtype, contiguous */
-  float *grad;       /* dLoss/dtensor, same numel; NULL until backward needs it */
+  float *grad;       /* dLoss/dtensor, same numel (blocked: see HAKD_BF16_BLOCKED); NULL until backward needs it */
   int requires_grad; /* a parameter, or computed from one while grad mode was on */
   int is_param;      /* persistent: grad lives in hakd_params, not in the arena */
   hakd_node *node;   /* op that produced it (NULL for leaves and no-grad results) */
@@ -74,9 +76,11 @@ void hakd_ctx_set_training(hakd_ctx *ctx, int training);
 int hakd_ctx_training(const hakd_ctx *ctx);
 /* Precision of the heavy products. HAKD_BF16 (mixed precision, AVX512-BF16 machines):
  * convolutions, linear layers and matrix products (forward and backward) round their operands to
- * bfloat16 and accumulate in float32 on oneDNN; gradients, weights and losses stay float32, and so
- * do tensors, except a CNN backbone's activations in inference (and a frozen teacher), which stay
- * blocked bfloat16 (HAKD_BF16_BLOCKED) between its convolutions. Default HAKD_FP32. */
+ * bfloat16 and accumulate in float32 on oneDNN; weights, parameter gradients and losses stay
+ * float32, and so do tensors, except a CNN's activations from its stem to its head's classifier,
+ * which stay blocked bfloat16 (HAKD_BF16_BLOCKED) between its convolutions in inference (and a
+ * frozen teacher) and in training (their gradients float32 in the same layout; the environment
+ * variable HAKD_BF16_BLOCKED_TRAIN=0 keeps training on float32 activations). Default HAKD_FP32. */
 typedef enum { HAKD_FP32 = 0, HAKD_BF16 = 1 } hakd_precision;
 void hakd_ctx_set_precision(hakd_ctx *ctx, hakd_precision precision);
 hakd_precision hakd_ctx_precision(const hakd_ctx *ctx);

@@ -559,7 +559,10 @@ float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t) {
     return t->grad;
   }
   if (!t->grad) {
-    size_t bytes = (size_t)hakd_numel(t) * sizeof(float);
+    /* a blocked bfloat16 activation's gradient is float32 in the same blocked layout (padding
+     * channels zero): sums of several consumers' gradients (a residual's two paths) keep float32
+     * precision, and the ops read it block by block like the activation (hakd/tensor.h) */
+    size_t bytes = t->dtype == HAKD_BF16_BLOCKED ? hakd_tensor_bytes(t) * 2 : (size_t)hakd_numel(t) * sizeof(float);
     t->grad = buffer_alloc(ctx, bytes, BUFFER_GRAD, &t->grad_buffer);
     if (t->grad) memset(t->grad, 0, bytes);
   }

@@ -186,6 +186,10 @@ static hakd_tensor *labels_to_grid(hakd_ctx *ctx, hakd_tensor *labels, int64_t h
   return hakd_resize_nearest(ctx, labels, h, w);
 }
 
+/* A CNN student's stages are blocked bfloat16 in bf16 training (its chain runs to the head); the
+ * distillation terms take float32 (the conversion carries the gradient back). */
+static hakd_tensor *student_tensor(hakd_ctx *ctx, hakd_tensor *t) { return hakd_to_f32(ctx, t); }
+
 static hakd_tensor *teacher_tensor(hakd_ctx *ctx, hakd_tensor *t, const char *what) {
   if (!t) return hakd_ctx_fail(ctx, HAKD_EINVAL, "distill: the teacher output has no %s", what);
   return hakd_detach(ctx, hakd_to_f32(ctx, t)); /* a CNN teacher's stages are blocked bfloat16 in bf16 */
@@ -196,7 +200,8 @@ static int hakd_stage(hakd_distiller *d, hakd_ctx *ctx, const hakd_model_output 
                       const hakd_model_output *student, hakd_tensor *labels, int slot, hakd_distill_losses *out) {
   const hakd_distill_options *o = &d->o;
   int s = o->stages[slot];
-  hakd_tensor *f_s = student->stages[s - 1], *f_t = teacher_tensor(ctx, teacher->stages[s - 1], "stage feature");
+  hakd_tensor *f_s = student_tensor(ctx, student->stages[s - 1]);
+  hakd_tensor *f_t = teacher_tensor(ctx, teacher->stages[s - 1], "stage feature");
   if (!f_s) hakd_ctx_fail(ctx, HAKD_EINVAL, "distill: the student output has no stage %d feature", s);
   if (!f_s || !f_t) return hakd_ctx_status(ctx);
   const hakd_tensor *grid = o->grid == HAKD_GRID_LOGITS ? student->logits : o->grid == HAKD_GRID_STUDENT ? f_s : f_t;
@@ -242,7 +247,7 @@ static hakd_tensor *cwd_term(hakd_distiller *d, hakd_ctx *ctx, const hakd_model_
                              const hakd_model_output *student) {
   hakd_tensor *loss = hakd_loss_cwd(ctx, student->logits, teacher_tensor(ctx, teacher->logits, "logits"), d->o.cwd_T);
   if (d->o.cwd_feature) {
-    hakd_tensor *f_s = distill_conv1x1_forward(ctx, &d->cwd_align, student->stages[3], 1);
+    hakd_tensor *f_s = distill_conv1x1_forward(ctx, &d->cwd_align, student_tensor(ctx, student->stages[3]), 1);
     loss = hakd_add(ctx, loss, hakd_loss_cwd(ctx, f_s, teacher_tensor(ctx, teacher->stages[3], "stage 4 feature"),
                                              d->o.cwd_T));
   }
@@ -293,7 +298,7 @@ int hakd_distiller_forward(hakd_distiller *d, hakd_ctx *ctx, const hakd_model_ou
       break;
     case HAKD_DISTILL_FITNET: {
       int s = o->fitnet_stage;
-      out->fitnet = distill_fitnet_loss(ctx, &d->fitnet, student->stages[s - 1],
+      out->fitnet = distill_fitnet_loss(ctx, &d->fitnet, student_tensor(ctx, student->stages[s - 1]),
                                         teacher_tensor(ctx, teacher->stages[s - 1], "stage feature"));
       out->lambda_fitnet = distill_weight * o->lambda_fitnet;
       break;

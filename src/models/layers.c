@@ -3,6 +3,8 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 const char *layer_name(char buf[LAYER_NAME_MAX], const char *fmt, ...) {
   va_list ap;
@@ -59,7 +61,18 @@ hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x) {
 hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x,
                                    hakd_tensor *residual, hakd_activation act) {
   if (hakd_ctx_grad(ctx) || hakd_ctx_training(ctx)) {
-    hakd_tensor *y = layer_bn_forward(ctx, bn, layer_conv_forward(ctx, c, x));
+    /* bf16 training's chain: the convolution keeps blocked bfloat16 (where it runs in bf16), and
+     * BatchNorm, the residual and the activation are one op on that layout */
+    hakd_tensor *conv = x && x->dtype == HAKD_BF16_BLOCKED
+                            ? hakd_conv2d(ctx, x, c->weight, c->bias, c->stride, c->padding, c->dilation, c->groups)
+                            : layer_conv_forward(ctx, c, x);
+    if (conv && conv->dtype == HAKD_BF16_BLOCKED) {
+      if (hakd_ctx_training(ctx)) hakd_f32(bn->num_batches_tracked)[0] += 1.0f;
+      return hakd_batchnorm2d_act(ctx, conv, bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->momentum,
+                                  bn->eps, hakd_to_bf16_blocked(ctx, residual), act);
+    }
+    residual = hakd_to_f32(ctx, residual);
+    hakd_tensor *y = layer_bn_forward(ctx, bn, conv);
     if (residual) y = hakd_add(ctx, y, residual);
     return act == HAKD_ACT_RELU ? hakd_relu(ctx, y) : act == HAKD_ACT_RELU6 ? hakd_relu6(ctx, y) : y;
   }
@@ -77,13 +90,19 @@ hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn 
                                 c->dilation, c->groups);
 }
 
-/* The same condition as layer_conv_bn_forward's fused path. */
-static int layer_chain_fused(hakd_ctx *ctx) {
-  return !hakd_ctx_grad(ctx) && !hakd_ctx_training(ctx) && hakd_ctx_precision(ctx) == HAKD_BF16;
+/* Whether a chain keeps blocked bfloat16: bf16 inference (layer_conv_bn_forward's fused path),
+ * and bf16 training (or any pass recording gradients) unless HAKD_BF16_BLOCKED_TRAIN=0 asks for
+ * the earlier plain path (float32 NCHW tensors between bf16 convolutions: kept so the two can be
+ * compared, tests/test_bf16_train.c). */
+int layer_chain_blocked(hakd_ctx *ctx) {
+  if (hakd_ctx_precision(ctx) != HAKD_BF16) return 0;
+  if (!hakd_ctx_grad(ctx) && !hakd_ctx_training(ctx)) return 1;
+  const char *env = getenv("HAKD_BF16_BLOCKED_TRAIN");
+  return !(env && strcmp(env, "0") == 0);
 }
 
 hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x) {
-  return layer_chain_fused(ctx) ? hakd_to_bf16_blocked(ctx, x) : x;
+  return layer_chain_blocked(ctx) ? hakd_to_bf16_blocked(ctx, x) : x;
 }
 
 

@@ -30,15 +30,18 @@ int layer_bn_init(layer_bn *bn, hakd_params *p, const char *prefix, int channels
 hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x);
 /* act(bn(conv(x)) + residual) (residual may be NULL). In inference (no gradient recording,
  * eval mode) one fused op with the BatchNorm folded into the convolution; otherwise the ops one
- * by one. */
+ * by one, or with blocked bfloat16 x (bf16 training's chain) the convolution and one
+ * hakd_batchnorm2d_act on that layout. */
 hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x,
                                    hakd_tensor *residual, hakd_activation act);
 
-/* Where a chain of layer_conv_bn_forward calls starts: in bf16 inference (the fused path) x
- * becomes oneDNN's blocked bfloat16 (HAKD_BF16_BLOCKED), and the convolutions, poolings and
- * concatenations after it keep that layout through the backbone and a CNN head; a head's
- * classifier (layer_conv_forward) and whatever needs float32 convert back (hakd_to_f32).
- * Everywhere else x unchanged. */
+/* Where a chain of layer_conv_bn_forward calls starts: in the bf16 precision (inference, and
+ * training unless HAKD_BF16_BLOCKED_TRAIN=0: layer_chain_blocked) x becomes oneDNN's blocked
+ * bfloat16 (HAKD_BF16_BLOCKED), and the convolutions, poolings and concatenations after it keep
+ * that layout through the backbone and a CNN head; a head's classifier (layer_conv_forward) and
+ * whatever needs float32 convert back (hakd_to_f32, which carries gradients). Everywhere else x
+ * unchanged. */
+int layer_chain_blocked(hakd_ctx *ctx);
 hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x);
 
 /* An image-pooling branch (N, C, 1, 1) spread bilinearly (align_corners=False) over like's map,

@@ -90,7 +90,10 @@ static int resnet_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_te
   } else {
     x = layer_conv_bn_forward(ctx, &r->conv1, &r->bn1, x, NULL, HAKD_ACT_RELU);
   }
-  x = hakd_maxpool2d(ctx, layer_chain_begin(ctx, x), 3, 2, 1);
+  /* the chain starts at the stem's pooling in inference, after it while gradients are recorded
+   * (blocked max pooling has no backward; the pooled map is a quarter of the stem's) */
+  x = hakd_ctx_grad(ctx) ? layer_chain_begin(ctx, hakd_maxpool2d(ctx, x, 3, 2, 1))
+                         : hakd_maxpool2d(ctx, layer_chain_begin(ctx, x), 3, 2, 1);
   for (int l = 0; l < 4; l++) {
     /* no-grad: within a layer only the latest block output is alive (the stage outputs before
      * the mark stay) */
@@ -99,8 +102,8 @@ static int resnet_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_te
       x = block_forward(ctx, &r->blocks[l][i], x);
       hakd_ctx_collapse(ctx, mark, 1, &x);
     }
-    /* still blocked in bf16 inference: the next stage and a CNN head's convolutions read it as it
-     * is, and whatever needs float32 converts (hakd_model_output) */
+    /* still blocked in bf16 (inference and training): the next stage and a CNN head's
+     * convolutions read it as it is, and whatever needs float32 converts (hakd_model_output) */
     stages[l] = x;
   }
   return hakd_ctx_status(ctx);

@@ -1,9 +1,10 @@
 /* The blocked bfloat16 layout of CNN activations in the bf16 precision (HAKD_BF16_BLOCKED, see
  * hakd/tensor.h): conversions from and to float32 NCHW (oneDNN reorders, cached per shape) where a
- * chain of convolutions begins and ends, and the inference ops a CNN runs between its convolutions
- * without leaving the layout: max pooling (oneDNN's pooling primitive, cached beside the
- * reorders), global average pooling and concatenation along channels. The cache is the calling
- * thread's. */
+ * chain of convolutions begins and ends, and the ops a CNN runs between its convolutions without
+ * leaving the layout: max pooling (oneDNN's pooling primitive, cached beside the reorders;
+ * inference only), global average pooling and concatenation along channels. The conversions,
+ * the average pooling and the concatenation record their gradients (float32 in the blocked layout,
+ * hakd/tensor.h), so bf16 training keeps the layout too. The cache is the calling thread's. */
 #include <dnnl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +15,14 @@
 
 #define BF16_LAYOUT_CACHE_SIZE 64
 
-typedef enum { BF16_LAYOUT_TO_BLOCKED, BF16_LAYOUT_TO_F32, BF16_LAYOUT_MAXPOOL } bf16_layout_kind;
+/* the GRAD kinds carry gradients (float32 both sides) and add to the destination */
+typedef enum {
+  BF16_LAYOUT_TO_BLOCKED,
+  BF16_LAYOUT_TO_F32,
+  BF16_LAYOUT_MAXPOOL,
+  BF16_LAYOUT_GRAD_TO_PLAIN,   /* += blocked float32 -> NCHW float32 (to_bf16_blocked's backward) */
+  BF16_LAYOUT_GRAD_TO_BLOCKED  /* += NCHW float32 -> blocked float32 (to_f32's backward) */
+} bf16_layout_kind;
 
 typedef struct {
   int64_t dims[4];        /* of the input */
@@ -56,8 +64,9 @@ static int64_t bf16_layout_pool_out(int64_t in, const int64_t *window) {
 static int bf16_layout_entry_create(bf16_layout_entry *e) {
   dnnl_memory_desc_t plain, blocked, pooled;
   dnnl_dims_t dims = {e->dims[0], e->dims[1], e->dims[2], e->dims[3]};
+  int grad = e->kind == BF16_LAYOUT_GRAD_TO_PLAIN || e->kind == BF16_LAYOUT_GRAD_TO_BLOCKED;
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&plain, 4, dims, dnnl_f32, dnnl_nchw));
-  DNNL_TRY(dnnl_memory_desc_init_by_tag(&blocked, 4, dims, dnnl_bf16, dnnl_nChw16c));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&blocked, 4, dims, grad ? dnnl_f32 : dnnl_bf16, dnnl_nChw16c));
   const dnnl_memory_desc_t *from = &blocked, *to = &plain;
   if (e->kind == BF16_LAYOUT_MAXPOOL) {
     const int64_t *k = e->window;
@@ -75,8 +84,8 @@ static int bf16_layout_entry_create(bf16_layout_entry *e) {
     DNNL_TRY(st);
     to = &pooled;
   } else {
-    if (e->kind == BF16_LAYOUT_TO_BLOCKED) from = &plain, to = &blocked;
-    int rc = ops_dnnl_reorder_create(&e->prim, from, to, 0);
+    if (e->kind == BF16_LAYOUT_TO_BLOCKED || e->kind == BF16_LAYOUT_GRAD_TO_BLOCKED) from = &plain, to = &blocked;
+    int rc = ops_dnnl_reorder_create(&e->prim, from, to, grad);
     if (rc) return rc;
   }
   DNNL_TRY(dnnl_memory_create(&e->from, from, bf16_layout_engine, DNNL_MEMORY_NONE));
@@ -120,11 +129,15 @@ static int bf16_layout_run(const int64_t *dims, bf16_layout_kind kind, const int
   return 0;
 }
 
-/* The ops on this layout carry no gradient yet (training keeps its activations in float32), so
- * hakd_record never puts them on the tape; they call it for the per-op accounting of profilers
- * (bench/op_profile.c hooks hakd_record). */
-static void bf16_layout_backward(hakd_ctx *ctx, hakd_node *node) {
-  hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: inference only, no backward", node->op);
+/* Backward of the conversions: the gradient changes layout the other way, added to the input's
+ * (a blocked tensor's gradient is float32 nChw16c, hakd/tensor.h). iarg[0]: the forward's target. */
+static void bf16_layout_convert_backward(hakd_ctx *ctx, hakd_node *node) {
+  hakd_tensor *x = node->in[0];
+  float *dx = hakd_grad(ctx, x);
+  if (!dx || hakd_numel(x) == 0) return;
+  bf16_layout_kind kind = node->iarg[0] == HAKD_BF16_BLOCKED ? BF16_LAYOUT_GRAD_TO_PLAIN : BF16_LAYOUT_GRAD_TO_BLOCKED;
+  int rc = bf16_layout_run(x->shape, kind, NULL, node->out->grad, dx);
+  if (rc) hakd_ctx_fail(ctx, rc, "%s backward: %s", node->op, hakd_error_message());
 }
 
 static hakd_tensor *bf16_layout_convert(hakd_ctx *ctx, hakd_tensor *x, hakd_dtype to, const char *op) {
@@ -137,8 +150,6 @@ static hakd_tensor *bf16_layout_convert(hakd_ctx *ctx, hakd_tensor *x, hakd_dtyp
                          from == HAKD_F32 ? "float32" : "blocked bfloat16",
                          x->dtype == HAKD_I32 ? "int32" : x->dtype == HAKD_F32 ? "float32" : "blocked bfloat16",
                          hakd_shape_str(x, xs, sizeof xs));
-  if (hakd_ctx_grad(ctx) && x->requires_grad)
-    return hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: inference only (gradient recording is on)", op);
   if (!hakd_bf16_supported()) {
     int why = hakd_bf16_check();
     return hakd_ctx_fail(ctx, why, "%s: %s", op, hakd_error_message());
@@ -148,7 +159,11 @@ static hakd_tensor *bf16_layout_convert(hakd_ctx *ctx, hakd_tensor *x, hakd_dtyp
   int rc = bf16_layout_run(x->shape, to == HAKD_BF16_BLOCKED ? BF16_LAYOUT_TO_BLOCKED : BF16_LAYOUT_TO_F32, NULL,
                            x->data, y->data);
   if (rc) return hakd_ctx_fail(ctx, rc, "%s %s: %s", op, hakd_shape_str(x, xs, sizeof xs), hakd_error_message());
-  hakd_record(ctx, op, bf16_layout_backward, y, 1, &x);
+  hakd_node *node = hakd_record(ctx, op, bf16_layout_convert_backward, y, 1, &x);
+  if (node) {
+    node->iarg[0] = to;
+    hakd_node_reads_no_data(ctx, node); /* the gradient alone */
+  }
   return y;
 }
 
@@ -158,12 +173,20 @@ hakd_tensor *hakd_to_bf16_blocked(hakd_ctx *ctx, hakd_tensor *x) {
 
 hakd_tensor *hakd_to_f32(hakd_ctx *ctx, hakd_tensor *x) { return bf16_layout_convert(ctx, x, HAKD_F32, "to_f32"); }
 
-/* ---- inference ops on blocked tensors (ops_internal.h) ---- */
+/* ---- ops on blocked tensors (ops_internal.h): max pooling for inference; global average
+ * pooling and concatenation with their gradients ---- */
 
 /* A blocked tensor's values are planes of (N x ceil(C / 16)) blocks of H x W x 16 bfloat16. */
 static int64_t bf16_blocked_planes(const hakd_tensor *x) { return x->shape[0] * ((x->shape[1] + 15) / 16); }
 
-/* Inference only: refuses recording a gradient for x (shared by the ops below). */
+/* Max pooling on this layout carries no gradient (a CNN's training chain starts after its stem's
+ * pooling, layer_chain_begin), so hakd_record never puts it on the tape; it calls it for the
+ * per-op accounting of profilers (bench/op_profile.c hooks hakd_record). */
+static void bf16_layout_backward(hakd_ctx *ctx, hakd_node *node) {
+  hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: inference only, no backward", node->op);
+}
+
+/* Inference only: refuses recording a gradient for x (max pooling). */
 static int bf16_blocked_check(hakd_ctx *ctx, const hakd_tensor *x, const char *op) {
   if (hakd_ctx_grad(ctx) && x->requires_grad)
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: blocked bfloat16 input is inference only (gradient recording is on)", op),
@@ -184,8 +207,21 @@ hakd_tensor *bf16_blocked_maxpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, i
   return y;
 }
 
+/* dx += dy / (H W) at every position (gradients float32 blocked). */
+static void bf16_blocked_global_avgpool_backward(hakd_ctx *ctx, hakd_node *node) {
+  hakd_tensor *x = node->in[0];
+  float *dx = hakd_grad(ctx, x);
+  if (!dx) return;
+  int64_t planes = bf16_blocked_planes(x), hw = x->shape[2] * x->shape[3];
+  const float *dy = node->out->grad;
+  float inv = 1.0f / (float)hw;
+#pragma omp parallel for schedule(static) if (planes * hw > 32768)
+  for (int64_t p = 0; p < planes; p++)
+    for (int64_t i = 0; i < hw; i++)
+      for (int c = 0; c < 16; c++) dx[(p * hw + i) * 16 + c] += dy[p * 16 + c] * inv;
+}
+
 hakd_tensor *bf16_blocked_global_avgpool(hakd_ctx *ctx, hakd_tensor *x) {
-  if (bf16_blocked_check(ctx, x, "adaptive_avgpool2d")) return NULL;
   int64_t shape[4] = {x->shape[0], x->shape[1], 1, 1}, planes = bf16_blocked_planes(x), hw = x->shape[2] * x->shape[3];
   hakd_tensor *y = hakd_tensor_new(ctx, HAKD_BF16_BLOCKED, 4, shape);
   if (!y || hakd_numel(y) == 0) return y;
@@ -198,15 +234,39 @@ hakd_tensor *bf16_blocked_global_avgpool(hakd_ctx *ctx, hakd_tensor *x) {
       for (int c = 0; c < 16; c++) sum[c] += bf16_value(xd[(p * hw + i) * 16 + c]);
     for (int c = 0; c < 16; c++) yd[p * 16 + c] = bf16_round((float)(sum[c] / (double)hw));
   }
-  hakd_record(ctx, "adaptive_avgpool2d", bf16_layout_backward, y, 1, &x);
+  hakd_node *node = hakd_record(ctx, "adaptive_avgpool2d", bf16_blocked_global_avgpool_backward, y, 1, &x);
+  hakd_node_reads_no_data(ctx, node);
   return y;
+}
+
+/* Each input's gradient is its run of channel blocks of the output's (all but the last input
+ * hold whole blocks of 16, so the blocks line up). */
+static void bf16_blocked_concat_backward(hakd_ctx *ctx, hakd_node *node) {
+  const hakd_tensor *y = node->out;
+  int64_t block = y->shape[2] * y->shape[3] * 16, y_blocks = (y->shape[1] + 15) / 16, offset = 0;
+  const float *dy = y->grad;
+  for (int k = 0; k < node->n_in; k++) {
+    hakd_tensor *x = node->in[k];
+    int64_t blocks = (x->shape[1] + 15) / 16;
+    float *dx = hakd_grad(ctx, x);
+    if (hakd_ctx_status(ctx)) return;
+    if (dx) {
+      int64_t len = blocks * block;
+#pragma omp parallel for schedule(static) if (y->shape[0] * len > 32768)
+      for (int64_t i = 0; i < y->shape[0]; i++) {
+        const float *src = dy + (i * y_blocks + offset) * block;
+        float *dst = dx + i * len;
+        for (int64_t j = 0; j < len; j++) dst[j] += src[j];
+      }
+    }
+    offset += blocks;
+  }
 }
 
 hakd_tensor *bf16_blocked_concat_channels(hakd_ctx *ctx, int n, hakd_tensor *const *xs) {
   int64_t channels = 0;
   int whole_blocks = 1;
   for (int k = 0; k < n; k++) {
-    if (bf16_blocked_check(ctx, xs[k], "concat")) return NULL;
     if (k + 1 < n && xs[k]->shape[1] % 16) whole_blocks = 0;
     channels += xs[k]->shape[1];
   }
@@ -232,6 +292,7 @@ hakd_tensor *bf16_blocked_concat_channels(hakd_ctx *ctx, int n, hakd_tensor *con
       memcpy(dst + i * y_blocks * block, src + i * blocks * block, (size_t)(blocks * block) * sizeof *src);
     offset += blocks;
   }
-  hakd_record(ctx, "concat", bf16_layout_backward, y, n, (hakd_tensor **)xs);
+  hakd_node *node = hakd_record(ctx, "concat", bf16_blocked_concat_backward, y, n, (hakd_tensor **)xs);
+  hakd_node_reads_no_data(ctx, node);
   return y;
 }

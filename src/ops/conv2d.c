@@ -594,7 +594,13 @@ static void conv2d_backward(hakd_ctx *ctx, hakd_node *node) {
   conv2d_shape s = conv2d_shape_of(x, w, b, node->iarg[0], node->iarg[1], node->iarg[2], node->iarg[3], node->iarg[4]);
   float *dx = hakd_grad(ctx, x), *dw = hakd_grad(ctx, w), *db = b ? hakd_grad(ctx, b) : NULL;
   if (hakd_ctx_status(ctx) || (!dx && !dw && !db)) return;
-  int rc = conv2d_backward_dispatch(ctx, dx, dw, db, hakd_f32(x), hakd_f32(w), node->out->grad, &s);
+  int rc;
+  if (x->dtype == HAKD_BF16_BLOCKED) { /* as the forward ran it (hakd_conv2d) */
+    s.bf16 = s.src_blocked = s.dst_blocked = 1;
+    rc = conv2d_dnnl_backward(ctx, dx, dw, db, x->data, hakd_f32(w), node->out->grad, &s);
+  } else {
+    rc = conv2d_backward_dispatch(ctx, dx, dw, db, hakd_f32(x), hakd_f32(w), node->out->grad, &s);
+  }
   if (rc != 0) hakd_ctx_fail(ctx, rc, "conv2d backward: %s", hakd_error_message());
 }
 
@@ -637,11 +643,27 @@ static int conv2d_check(hakd_ctx *ctx, const hakd_tensor *x, const hakd_tensor *
 hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_tensor *b, int stride, int padding,
                          int dilation, int groups) {
   conv2d_shape s;
-  if (conv2d_check(ctx, x, w, b, stride, padding, dilation, groups, 0, &s)) return NULL;
-  hakd_tensor *y = hakd_tensor4(ctx, s.n, s.cout, s.oh, s.ow);
+  if (conv2d_check(ctx, x, w, b, stride, padding, dilation, groups, 1, &s)) return NULL;
+  /* Blocked bfloat16 input (bf16 training's chain, layer_conv_bn_forward): the product on oneDNN
+   * reads and writes the layout, depthwise convolutions included; a forced GEMM path converts. */
+  if (x->dtype == HAKD_BF16_BLOCKED) {
+    if (!s.bf16 && conv2d_is_depthwise(&s) && conv2d_get_path() != CONV2D_PATH_GEMM) s.bf16 = 1;
+    if (!s.bf16 && !(x = hakd_to_f32(ctx, x))) return NULL;
+    s.src_blocked = s.dst_blocked = x->dtype == HAKD_BF16_BLOCKED;
+    /* oneDNN's direct bf16 kernels refuse wide paddings (the ASPP's rates 24 and 36), and on
+     * blocked memory its only other kernel is the reference one (2.7 s of a 3.9 s r18 step at
+     * 128x128 in ONEDNN_VERBOSE): such a convolution runs as the plain path does (oneDNN's GEMM
+     * on its own layouts), its operands converted, the conversions carrying the gradient. */
+    if (s.dst_blocked && conv2d_regions_apply(&s))
+      return hakd_to_bf16_blocked(ctx, hakd_conv2d(ctx, hakd_to_f32(ctx, x), w, b, stride, padding, dilation, groups));
+  }
+  int64_t yshape[4] = {s.n, s.cout, s.oh, s.ow};
+  hakd_tensor *y = hakd_tensor_new(ctx, s.dst_blocked ? HAKD_BF16_BLOCKED : HAKD_F32, 4, yshape);
   if (!y) return NULL;
   if (s.n == 0 || s.cout == 0) return y;
-  int rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, &s);
+  const float *bd = b ? hakd_f32(b) : NULL;
+  int rc = s.dst_blocked ? conv2d_dnnl_forward(y->data, x->data, hakd_f32(w), bd, &s)
+                         : conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), bd, &s);
   if (rc != 0) {
     char xs[64], ws[64];
     return hakd_ctx_fail(ctx, rc, "conv2d %s * %s: %s", hakd_shape_str(x, xs, sizeof xs),

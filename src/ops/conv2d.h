@@ -91,7 +91,8 @@ int conv2d_taps_backward(float *dx, float *dw, float *db, const float *x, const 
  * are float32 NCHW, or blocked bfloat16 where s says so. */
 int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, const conv2d_shape *s);
 /* dx += conv_transpose(dy, w) when dx != NULL; dw += dL/dw, db += dL/db when non-NULL (a gradient
- * computed but not wanted goes to step memory from ctx). */
+ * computed but not wanted goes to step memory from ctx). With src_blocked / dst_blocked, x is blocked
+ * bfloat16 and dx, dy float32 in the same blocked layout (the gradient of a blocked activation). */
 int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s);
 /* Wide-padded dilated convolutions on blocked bfloat16 activations (conv2d_regions.c): whether s

@@ -84,6 +84,9 @@ static int conv2d_dnnl_init_engine(void) { return ops_dnnl_engine(&conv2d_dnnl_e
 /* Our plain layouts: activations NCHW, weights (G, Cout/G, Cin/G, kh, kw) == (Cout, Cin/G, kh, kw). */
 typedef struct {
   dnnl_memory_desc_t src, weights, bias, dst;       /* ours: plain float32, or blocked bf16 (src, dst) */
+  /* our gradients of src and dst: as src and dst when plain, float32 nChw16c when blocked (the
+   * gradient of a blocked activation, hakd/tensor.h; reorders round it to the primitive's bf16) */
+  dnnl_memory_desc_t diff_src, diff_dst;
   dnnl_memory_desc_t src_any, weights_any, dst_any; /* float32 results, layout left to the primitive */
   /* what the products read: float32, or bfloat16 in the bf16 precision (the reorders round) */
   dnnl_memory_desc_t src_in, weights_in, dst_in;
@@ -105,6 +108,10 @@ static int conv2d_dnnl_descs_init(conv2d_dnnl_descs *d, const conv2d_shape *s) {
     DNNL_TRY(dnnl_memory_desc_init_by_strides(&d->src, 4, src, dnnl_f32, src_strides));
     DNNL_TRY(dnnl_memory_desc_init_by_strides(&d->dst, 4, dst, dnnl_f32, dst_strides));
   }
+  d->diff_src = d->src;
+  d->diff_dst = d->dst;
+  if (s->src_blocked) DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->diff_src, 4, src, dnnl_f32, dnnl_nChw16c));
+  if (s->dst_blocked) DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->diff_dst, 4, dst, dnnl_f32, dnnl_nChw16c));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->bias, 1, bias, dnnl_f32, dnnl_x));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->weights, wdims, wshape, dnnl_f32, grouped ? dnnl_goihw : dnnl_oihw));
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&d->src_any, 4, src, dnnl_f32, dnnl_format_tag_any));
@@ -204,9 +211,9 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
   DNNL_TRY(dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &d->src_any, &d->weights_in,
                                                             &d->dst_in, d->strides, d->dilates, d->pad_l, d->pad_r));
   int rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd, NULL);
-  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->dst, 0, 0);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->diff_dst, 0, 0);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_WEIGHTS, dnnl_query_weights_md, 0, &d->weights, 0, 0);
-  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_SRC, dnnl_query_diff_src_md, 0, &d->src, 1, 1);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_SRC, dnnl_query_diff_src_md, 0, &d->diff_src, 1, 1);
   if (!rc) rc = conv2d_dnnl_op_finish(op);
   if (rc) return rc;
   op = &e->backward_weights;
@@ -215,7 +222,7 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
       d->strides, d->dilates, d->pad_l, d->pad_r));
   rc = conv2d_dnnl_pd_create(&op->pd, &cd, e->forward.pd, NULL);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_SRC, dnnl_query_src_md, 0, &d->src, 0, 0);
-  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->dst, 0, 0);
+  if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_DST, dnnl_query_diff_dst_md, 0, &d->diff_dst, 0, 0);
   if (!rc) rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_WEIGHTS, dnnl_query_diff_weights_md, 0, &d->weights, 1, 1);
   if (!rc && s->has_bias)
     rc = conv2d_dnnl_arg_add(op, DNNL_ARG_DIFF_BIAS, dnnl_query_diff_weights_md, 1, &d->bias, 1, 1);

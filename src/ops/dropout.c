@@ -37,6 +37,9 @@ hakd_tensor *hakd_dropout(hakd_ctx *ctx, hakd_tensor *x, float p) {
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "dropout: probability %g outside [0, 1]", (double)p);
   /* identity outside training, whatever the layout (a CNN head's blocked bfloat16 in bf16 inference) */
   if (!hakd_ctx_training(ctx) || p == 0.0f) return x;
+  /* blocked bfloat16 (a CNN head in bf16 training): through float32, so the mask is the one the
+   * float32 path draws (the conversions carry the gradient) */
+  if (x->dtype == HAKD_BF16_BLOCKED) return hakd_to_bf16_blocked(ctx, hakd_dropout(ctx, hakd_to_f32(ctx, x), p));
   if (x->dtype != HAKD_F32) return hakd_ctx_fail(ctx, HAKD_EINVAL, "dropout: input must be float32");
   int64_t n = hakd_numel(x);
   hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, x->shape);

@@ -56,10 +56,11 @@ static inline uint16_t bf16_round(float f) {
   return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
-/* Inference ops on blocked bfloat16 tensors (HAKD_BF16_BLOCKED; bf16_layout.c), reached from the
- * float32 ops when their input has that layout; the output keeps it. Max pooling as
- * hakd_maxpool2d; average pooling of whole maps to 1x1; concatenation along channels (block by
- * block where every input but the last has whole blocks of 16 channels, else through float32). */
+/* Ops on blocked bfloat16 tensors (HAKD_BF16_BLOCKED; bf16_layout.c), reached from the float32
+ * ops when their input has that layout; the output keeps it. Max pooling as hakd_maxpool2d
+ * (inference only); average pooling of whole maps to 1x1 and concatenation along channels (block
+ * by block where every input but the last has whole blocks of 16 channels, else through float32),
+ * both with their gradients. */
 hakd_tensor *bf16_blocked_maxpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int stride, int padding);
 hakd_tensor *bf16_blocked_global_avgpool(hakd_ctx *ctx, hakd_tensor *x);
 hakd_tensor *bf16_blocked_concat_channels(hakd_ctx *ctx, int n, hakd_tensor *const *xs);
