@@ -647,7 +647,12 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
   /* Blocked bfloat16 input (bf16 training's chain, layer_conv_bn_forward): the product on oneDNN
    * reads and writes the layout, depthwise convolutions included; a forced GEMM path converts. */
   if (x->dtype == HAKD_BF16_BLOCKED) {
-    if (!s.bf16 && conv2d_is_depthwise(&s) && conv2d_get_path() != CONV2D_PATH_GEMM) s.bf16 = 1;
+    /* A depthwise convolution (MobileNetV2) runs on the direct float32 kernel the plain path
+     * uses, its operands converted: oneDNN 2.6's bf16 depthwise backward on the blocked layout
+     * ran at 0.4-1.1 GFLOP/s (bench/op_profile.sh, deeplabv3-mbv2 train 256x256 b2: 1.3 s of a
+     * 1.5 s step), its forward at 40-65. */
+    if (conv2d_is_depthwise(&s))
+      return hakd_to_bf16_blocked(ctx, hakd_conv2d(ctx, hakd_to_f32(ctx, x), w, b, stride, padding, dilation, groups));
     if (!s.bf16 && !(x = hakd_to_f32(ctx, x))) return NULL;
     s.src_blocked = s.dst_blocked = x->dtype == HAKD_BF16_BLOCKED;
     /* oneDNN's direct bf16 kernels refuse wide paddings (the ASPP's rates 24 and 36), and on
