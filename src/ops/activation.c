@@ -83,7 +83,10 @@ static hakd_tensor *activation(hakd_ctx *ctx, hakd_tensor *x, activation_kind ki
       break;
     case ACT_RELU6:
 #pragma omp parallel for simd schedule(static) if (n > 32768)
-      for (int64_t i = 0; i < n; i++) ys[i] = fminf(fmaxf(xs[i], 0.0f), 6.0f);
+      for (int64_t i = 0; i < n; i++) { /* compares: fminf/fmaxf stay libm calls (11% of an mbv2 training step) */
+        float v = xs[i] > 0.0f ? xs[i] : 0.0f; /* NaN -> 0, as fmaxf(NaN, 0) */
+        ys[i] = v < 6.0f ? v : 6.0f;
+      }
       break;
     case ACT_GELU: gelu_forward(ys, xs, n); break;
     case ACT_SIGMOID:
