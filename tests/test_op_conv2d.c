@@ -6,6 +6,7 @@
 #include "bf16.h"
 #include "gradcheck.h"
 #include "harness.h"
+#include "rand_fill.h"
 #include "op_fixture.h"
 #include "hakd/io.h"
 #include "hakd/ops.h"
@@ -182,11 +183,6 @@ static double max_rel_err_d(const float *got, const double *want, int64_t n) {
     if (fabs(want[i]) > max_ref) max_ref = fabs(want[i]);
   }
   return max_diff / max_ref;
-}
-
-static void fill_normal(float *dst, int64_t n, float scale, uint64_t seed) {
-  uint64_t rng = hakd_rng_seed(seed);
-  for (int64_t i = 0; i < n; i++) dst[i] = scale * hakd_rng_normal(&rng);
 }
 
 /* Random x, w, b of a case as parameters (their gradients accumulate from zero); seeds by case. */

@@ -6,6 +6,7 @@
 
 #include "gradcheck.h"
 #include "harness.h"
+#include "rand_fill.h"
 #include "hakd/ops.h"
 #include "ops/conv2d.h"
 
@@ -26,17 +27,6 @@ static void taps_result_free(taps_result *r) {
   free(r->dw);
   free(r->db);
   memset(r, 0, sizeof *r);
-}
-
-static float *copy_floats(const float *src, int64_t n) {
-  float *dst = malloc((size_t)n * sizeof(float));
-  if (dst && src) memcpy(dst, src, (size_t)n * sizeof(float));
-  return dst;
-}
-
-static void fill_normal(float *dst, int64_t n, float scale, uint64_t seed) {
-  uint64_t rng = hakd_rng_seed(seed);
-  for (int64_t i = 0; i < n; i++) dst[i] = scale * hakd_rng_normal(&rng);
 }
 
 /* Runs the case on `path` with operands drawn from `seed`; 0 or -1 after test_fail. */

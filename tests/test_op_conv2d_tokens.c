@@ -7,6 +7,7 @@
 
 #include "gradcheck.h"
 #include "harness.h"
+#include "rand_fill.h"
 #include "hakd/ops.h"
 
 typedef struct {
@@ -22,17 +23,6 @@ typedef struct {
 static void result_free(tokens_result *r) {
   free(r->y), free(r->dx), free(r->dw), free(r->db);
   memset(r, 0, sizeof *r);
-}
-
-static float *copy_floats(const float *src, int64_t n) {
-  float *dst = malloc((size_t)n * sizeof(float));
-  if (dst && src) memcpy(dst, src, (size_t)n * sizeof(float));
-  return dst;
-}
-
-static void fill_normal(float *dst, int64_t n, float scale, uint64_t seed) {
-  uint64_t rng = hakd_rng_seed(seed);
-  for (int64_t i = 0; i < n; i++) dst[i] = scale * hakd_rng_normal(&rng);
 }
 
 /* The NCHW route: permute, grouped conv2d, permute back. */
