@@ -59,7 +59,7 @@ static void shape_text(char *buf, size_t size, const hakd_tensor *t) {
 
 /* Forward FLOPs (2 per multiply-add) of the product ops, as hakd_tape_macs counts them. */
 static double op_flops(const char *op, const hakd_tensor *out, int n_in, hakd_tensor *const *in) {
-  if (!strcmp(op, "conv2d") && n_in >= 2)
+  if ((!strcmp(op, "conv2d") || !strcmp(op, "conv2d_affine_act")) && n_in >= 2)
     return 2.0 * (double)hakd_numel(out) * (double)(in[1]->shape[1] * in[1]->shape[2] * in[1]->shape[3]);
   if (!strcmp(op, "depthwise_conv2d_tokens") && n_in >= 2)
     return 2.0 * (double)hakd_numel(out) * (double)(in[1]->shape[2] * in[1]->shape[3]);
@@ -76,7 +76,7 @@ static double op_flops(const char *op, const hakd_tensor *out, int n_in, hakd_te
 /* kind: op name, "T:"-prefixed for the teacher's ops */
 static int find_key(const char *kind, const char *op, const hakd_tensor *out, int n_in, hakd_tensor *const *in) {
   char shape[160] = "", part[64];
-  int shaped = !strcmp(op, "conv2d") || !strcmp(op, "depthwise_conv2d_tokens") || !strcmp(op, "linear") ||
+  int shaped = !strcmp(op, "conv2d") || !strcmp(op, "conv2d_affine_act") || !strcmp(op, "depthwise_conv2d_tokens") || !strcmp(op, "linear") ||
                !strcmp(op, "matmul");
   size_t used = 0;
   /* products: both operands and the output; other ops: the first input */

@@ -202,15 +202,9 @@ static void case_operands(hakd_params *p, const conv_case *cc, size_t t, hakd_te
 /* Shapes the fixtures cannot afford: several im2col tiles (K * ow * oh above the column
  * budget), a depthwise channel multiplier of 2, and 1x1 with groups. Sums of up to 1152 products
  * (and 2304 for weight gradients): rounding stays below ~3e-6 of the largest value, so 2e-5. */
-static void check_against_naive(conv2d_path path) {
-  const conv_case cases[] = {
-      {1, 128, 48, 40, 16, 3, 1, 1, 1, 1},  /* K*ow = 46080 floats per output row: 2 tiles */
-      {2, 6, 9, 11, 12, 3, 2, 2, 2, 6},     /* depthwise with channel multiplier 2 */
-      {2, 8, 7, 5, 6, 1, 1, 0, 1, 2},       /* grouped 1x1 */
-      {1, 4, 12, 13, 5, 5, 3, 1, 1, 1},     /* 5x5 stride 3, last window partially outside */
-  };
+static void check_cases_against_naive(conv2d_path path, const conv_case *cases, size_t n_cases) {
   conv2d_set_path(path);
-  for (size_t t = 0; t < sizeof cases / sizeof cases[0] && !test_failed(); t++) {
+  for (size_t t = 0; t < n_cases && !test_failed(); t++) {
     const conv_case *cc = &cases[t];
     hakd_params p;
     hakd_tensor *x, *w, *b;
@@ -312,7 +306,36 @@ TEST(bf16_calls_cut_into_parts_read_rounded_operands) {
   conv2d_dnnl_set_part_bytes(0);
 }
 
+static void check_against_naive(conv2d_path path) {
+  const conv_case cases[] = {
+      {1, 128, 48, 40, 16, 3, 1, 1, 1, 1},  /* K*ow = 46080 floats per output row: 2 tiles */
+      {2, 6, 9, 11, 12, 3, 2, 2, 2, 6},     /* depthwise with channel multiplier 2 */
+      {2, 8, 7, 5, 6, 1, 1, 0, 1, 2},       /* grouped 1x1 */
+      {1, 4, 12, 13, 5, 5, 3, 1, 1, 1},     /* 5x5 stride 3, last window partially outside */
+  };
+  check_cases_against_naive(path, cases, sizeof cases / sizeof cases[0]);
+}
+
 TEST(gemm_matches_naive_reference) { check_against_naive(CONV2D_PATH_GEMM); }
+
+/* The 3-wide depthwise forward sums from a copy of each plane with its column padding written out
+ * (conv2d.c): maps narrower than the kernel's reach, paddings beyond the dilation and none,
+ * strides 1-3 (1 and 2 have their own loops), dilations 1-4 (MobileNetV2's d8 stages), a channel
+ * multiplier of 2 (one copy read by two outputs), a last window partly outside and 1-row maps;
+ * forward and both gradients against the definition (sums of at most 9 products: 2e-5). */
+TEST(depthwise_3wide_matches_naive_reference) {
+  const conv_case cases[] = {
+      {2, 8, 32, 32, 8, 3, 1, 4, 4, 8},   /* deeplabv3-mbv2's d4 layers at 256x256 */
+      {2, 6, 17, 15, 6, 3, 2, 1, 1, 6},   /* stride 2, odd sizes */
+      {1, 4, 9, 10, 4, 3, 1, 0, 1, 4},    /* no padding */
+      {1, 4, 6, 7, 8, 3, 1, 3, 2, 4},     /* padding 3 > dilation 2, multiplier 2 */
+      {2, 3, 5, 4, 3, 3, 1, 4, 4, 3},     /* reach past the map on both sides */
+      {1, 5, 1, 9, 5, 3, 1, 1, 1, 5},     /* one-row map */
+      {1, 5, 11, 12, 5, 3, 3, 2, 1, 5},   /* stride 3 (the generic loop) */
+      {1, 4, 13, 9, 4, 3, 2, 2, 2, 4},    /* stride 2, dilation 2 */
+  };
+  check_cases_against_naive(CONV2D_PATH_GEMM, cases, sizeof cases / sizeof cases[0]);
+}
 TEST(dnnl_matches_naive_reference) { check_against_naive(CONV2D_PATH_DNNL); }
 
 /* ---- finite differences ---- */
@@ -622,6 +645,68 @@ TEST(affine_act_on_small_maps_equals_the_ops_one_by_one) {
   }
   hakd_ctx_free(ctx);
   hakd_params_free(&p);
+}
+
+/* The float32 kernels apply the affine, residual and activation to the rows they have just
+ * written (conv2d.c's epilogue) instead of in a pass of their own: the fused op equals conv2d
+ * followed by the ops one by one in the depthwise kernel (folded affine on a 9x7 map, unfolded on
+ * 2x2, where the weights outweigh the output) and in the 1x1 GEMM's work items (unfolded on 2x2),
+ * each with and without a residual, ReLU6 and none. Folding rounds differently (sums of at most 16
+ * products: 1e-5 of the largest value); unfolded, the same operations run in the same order. */
+TEST(affine_act_epilogue_in_the_kernels_equals_the_ops_one_by_one) {
+  typedef struct {
+    int64_t c, cin_g, k, h, w, groups, pad, dilation;
+  } epi_case;
+  const epi_case cases[] = {
+      {12, 1, 3, 9, 7, 12, 2, 2}, /* depthwise, folded */
+      {12, 1, 3, 2, 2, 12, 1, 1}, /* depthwise, unfolded */
+      {12, 16, 1, 2, 2, 1, 0, 1}, /* 1x1 GEMM, unfolded */
+  };
+  const hakd_activation acts[2] = {HAKD_ACT_NONE, HAKD_ACT_RELU6};
+  for (size_t t = 0; t < sizeof cases / sizeof cases[0] && !test_failed(); t++) {
+    const epi_case *ec = &cases[t];
+    int64_t cin = ec->cin_g * ec->groups;
+    hakd_params p;
+    hakd_params_init(&p);
+    int64_t xs[4] = {2, cin, ec->h, ec->w}, ws[4] = {ec->c, ec->cin_g, ec->k, ec->k}, cs[1] = {ec->c};
+    int64_t ys[4] = {2, ec->c, ec->h, ec->w};
+    hakd_tensor *x = hakd_params_add(&p, "x", 4, xs, 1), *w = hakd_params_add(&p, "w", 4, ws, 1);
+    hakd_tensor *b = hakd_params_add(&p, "b", 1, cs, 1), *scale = hakd_params_add(&p, "s", 1, cs, 1);
+    hakd_tensor *shift = hakd_params_add(&p, "t", 1, cs, 1), *res = hakd_params_add(&p, "r", 4, ys, 1);
+    fill_normal(hakd_f32(x), hakd_numel(x), 2.0f, 21 + t);
+    fill_normal(hakd_f32(w), hakd_numel(w), 0.5f, 22 + t);
+    fill_normal(hakd_f32(b), ec->c, 1.0f, 23 + t);
+    fill_normal(hakd_f32(scale), ec->c, 1.0f, 24 + t);
+    fill_normal(hakd_f32(shift), ec->c, 1.0f, 25 + t);
+    fill_normal(hakd_f32(res), hakd_numel(res), 2.0f, 26 + t);
+    hakd_ctx *ctx = hakd_ctx_new();
+    hakd_ctx_set_grad(ctx, 0);
+    for (int a = 0; a < 2 && !test_failed(); a++)
+      for (int with_res = 0; with_res < 2; with_res++) {
+        hakd_ctx_reset(ctx);
+        hakd_tensor *r = with_res ? res : NULL;
+        hakd_tensor *fused = hakd_conv2d_affine_act(ctx, x, w, b, scale, shift, r, acts[a], 1, (int)ec->pad,
+                                                    (int)ec->dilation, (int)ec->groups);
+        hakd_tensor *y = hakd_conv2d(ctx, x, w, b, 1, (int)ec->pad, (int)ec->dilation, (int)ec->groups);
+        ASSERT_TRUE(fused && y);
+        ASSERT_TRUE(hakd_same_shape(fused, res));
+        int64_t plane = ec->h * ec->w;
+        double max_ref = 1e-6, max_diff = 0;
+        for (int64_t i = 0; i < hakd_numel(y); i++) {
+          int64_t c = i / plane % ec->c;
+          float v = hakd_f32(y)[i] * hakd_f32(scale)[c] + hakd_f32(shift)[c] + (r ? hakd_f32(r)[i] : 0.0f);
+          if (acts[a] == HAKD_ACT_RELU6) v = v < 0 ? 0 : v > 6 ? 6 : v;
+          double d = fabs((double)v - hakd_f32(fused)[i]);
+          if (!(d <= max_diff)) max_diff = d;
+          if (fabs(v) > max_ref) max_ref = fabs(v);
+        }
+        if (!(max_diff <= 1e-5 * max_ref))
+          test_fail(__FILE__, __LINE__, "case %zu act %d residual %d: max diff %.3g of %.3g", t, a, with_res, max_diff,
+                    max_ref);
+      }
+    hakd_ctx_free(ctx);
+    hakd_params_free(&p);
+  }
 }
 
 /* Wide-padded dilated convolutions on blocked bfloat16 (conv2d_regions.c: padding >= 9, the ASPP

@@ -213,21 +213,168 @@ static inline void conv2d_row_fma(float *restrict acc, const float *restrict dy,
   }
 }
 
+/* What the float32 forward of hakd_conv2d_affine_act does to each output after the bias, applied
+ * by the kernels to the rows they have just written (still in cache) instead of by one more pass
+ * over the output: v = v * scale[c] + shift[c] (scale NULL: skipped), v += residual (NULL: none),
+ * then clamped to [lo, hi]. The same expressions in the same order as the pass they replace, so
+ * the results are the same to the bit. */
+typedef struct {
+  const float *scale, *shift; /* (Cout) or NULL */
+  const float *residual;      /* (N, Cout, oh, ow) or NULL */
+  float lo, hi;
+} conv2d_epilogue;
+
+/* The epilogue over y[at, at + len) of channel co (at: element offset into the whole output). */
+static inline void conv2d_epilogue_span(const conv2d_epilogue *e, float *y, int64_t at, int64_t co, int64_t len) {
+  if (!e) return;
+  float a = e->scale ? e->scale[co] : 1.0f, c = e->scale ? e->shift[co] : 0.0f, lo = e->lo, hi = e->hi;
+  float *yp = y + at;
+  const float *rp = e->residual ? e->residual + at : NULL;
+  if (e->scale) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) yp[i] = yp[i] * a + c;
+  }
+  if (rp) {
+#pragma omp simd
+    for (int64_t i = 0; i < len; i++) yp[i] = yp[i] + rp[i];
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < len; i++) { /* compares, not fminf/fmaxf: those stay library calls */
+    float v = yp[i];
+    v = v < lo ? lo : v;
+    yp[i] = v > hi ? hi : v;
+  }
+}
+
+/* The epilogue over the whole output (paths whose kernels do not take it: oneDNN, taps). */
+static void conv2d_epilogue_planes(const conv2d_epilogue *e, float *y, const conv2d_shape *s) {
+  if (!e) return;
+  int64_t ohw = s->oh * s->ow, planes = s->n * s->cout;
+#pragma omp parallel for schedule(static) if (planes * ohw > 65536)
+  for (int64_t p = 0; p < planes; p++) conv2d_epilogue_span(e, y, p * ohw, p % s->cout, ohw);
+}
+
+/* Columns [c0, c1) of one output row of a depthwise kernel `kw` == 3 wide whose column taps all
+ * read the map there, from the `nrows` (1-3) input rows xr[] whose row taps do (weights wr[r][kj]):
+ * the sum kept in a register over every tap, in the (ki, kj) order conv2d_row_axpy accumulates
+ * them (same products, same order, so the same result), and written once. */
+static inline __attribute__((always_inline)) void conv2d_dw3_span(float *restrict y, const float *restrict x0,
+                                                                  const float *restrict x1, const float *restrict x2,
+                                                                  const float *w0, const float *w1, const float *w2,
+                                                                  int nrows, float bias, int64_t c0, int64_t c1,
+                                                                  int64_t stride, int64_t off, int64_t dil) {
+  float a0 = w0[0], a1 = w0[1], a2 = w0[2], b0 = 0, b1 = 0, b2 = 0, d0 = 0, d1 = 0, d2 = 0;
+  if (nrows > 1) b0 = w1[0], b1 = w1[1], b2 = w1[2];
+  if (nrows > 2) d0 = w2[0], d1 = w2[1], d2 = w2[2];
+  for (int64_t o = c0; o < c1; o++) {
+    int64_t i = o * stride + off;
+    float v = bias;
+    v += a0 * x0[i];
+    v += a1 * x0[i + dil];
+    v += a2 * x0[i + 2 * dil];
+    if (nrows > 1) {
+      v += b0 * x1[i];
+      v += b1 * x1[i + dil];
+      v += b2 * x1[i + 2 * dil];
+    }
+    if (nrows > 2) {
+      v += d0 * x2[i];
+      v += d1 * x2[i + dil];
+      v += d2 * x2[i + 2 * dil];
+    }
+    y[o] = v;
+  }
+}
+
+/* conv2d_dw3_span instantiated for constant row counts and strides 1 and 2 (so each loop
+ * vectorises with its loads known contiguous or 2-strided). */
+static void conv2d_dw3_row(float *y, const float *const *xr, const float *const *wr, int nrows, float bias, int64_t c0,
+                           int64_t c1, int64_t stride, int64_t off, int64_t dil) {
+#define DW3(N, S) conv2d_dw3_span(y, xr[0], xr[N > 1 ? 1 : 0], xr[N > 2 ? 2 : 0], wr[0], wr[N > 1 ? 1 : 0], \
+                                  wr[N > 2 ? 2 : 0], N, bias, c0, c1, S, off, dil)
+  if (stride == 1) {
+    if (nrows == 3) DW3(3, 1);
+    else if (nrows == 2) DW3(2, 1);
+    else DW3(1, 1);
+  } else if (stride == 2) {
+    if (nrows == 3) DW3(3, 2);
+    else if (nrows == 2) DW3(2, 2);
+    else DW3(1, 2);
+  } else {
+    conv2d_dw3_span(y, xr[0], xr[nrows > 1 ? 1 : 0], xr[nrows > 2 ? 2 : 0], wr[0], wr[nrows > 1 ? 1 : 0],
+                    wr[nrows > 2 ? 2 : 0], nrows, bias, c0, c1, stride, off, dil);
+  }
+#undef DW3
+}
+
+/* Columns a 3-wide depthwise kernel reads per input row, left padding included: the width of the
+ * column-padded plane copy conv2d_depthwise_forward sums from. */
+static int64_t conv2d_dw3_padded_width(const conv2d_shape *s) { return (s->ow - 1) * s->stride + 2 * s->dilation + 1; }
+
+static int conv2d_dw3_applies(const conv2d_shape *s) { return s->kw == 3 && s->kh <= 3; }
+
 /* Depthwise forward: output channel co reads input channel co / (Cout / groups).
+ * 3-wide kernels (MobileNetV2's, SegFormer's) read a copy of the input plane with the column
+ * padding written out as zeros, so each output row is one pass that keeps every sum in a register
+ * over the taps of its valid rows (conv2d_dw3_row) and writes it once: the tap-by-tap row updates
+ * below, on the short rows of 32x32 maps, spent most of their time in loop overhead (12-14
+ * GFLOP/s on deeplabv3-mbv2 at 256x256). The padded columns add products with zero, which leave
+ * every sum unchanged (finite weights). Other kernels go tap by tap
+ * over the valid columns. The epilogue (may be NULL) follows each row.
  * reference: torch.nn.functional.conv2d with groups == Cin */
-static void conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
-                                     const float *x, /* (N, Cin, h, w) */
-                                     const float *w, /* (Cout, 1, kh, kw) */
-                                     const float *b, /* (Cout) or NULL */
-                                     const conv2d_shape *s) {
+static int conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
+                                    const float *x, /* (N, Cin, h, w) */
+                                    const float *w, /* (Cout, 1, kh, kw) */
+                                    const float *b, /* (Cout) or NULL */
+                                    const conv2d_shape *s, const conv2d_epilogue *ep) {
   int64_t mult = s->cout / s->groups, planes = s->n * s->cout;
-#pragma omp parallel for schedule(static)
+  int dw3 = conv2d_dw3_applies(s);
+  int64_t wp = dw3 ? conv2d_dw3_padded_width(s) : 0, copy = s->w < wp - s->pad ? s->w : wp - s->pad;
+  size_t plane_bytes = ops_scratch_round((size_t)(s->h * wp) * sizeof(float));
+  int threads = omp_get_max_threads();
+  unsigned char *bufs = dw3 ? ops_scratch((size_t)threads * plane_bytes) : NULL;
+  if (dw3 && !bufs) return HAKD_ENOMEM;
+#pragma omp parallel num_threads(threads)
+  {
+    float *xp = dw3 ? (float *)(bufs + (size_t)omp_get_thread_num() * plane_bytes) : NULL;
+    const float *copied = NULL; /* the input plane xp holds */
+#pragma omp for schedule(static)
   for (int64_t p = 0; p < planes; p++) {
     int64_t n = p / s->cout, co = p % s->cout;
     const float *xc = x + (n * s->cin + co / mult) * s->h * s->w;
     const float *wc = w + co * s->kh * s->kw;
     float *yc = y + p * s->oh * s->ow;
     float bias = b ? b[co] : 0.0f;
+    if (dw3) {
+      if (xc != copied) { /* a channel multiplier > 1 reads one plane for several outputs */
+        copied = xc;
+        for (int64_t r = 0; r < s->h; r++) {
+          float *dst = xp + r * wp;
+          for (int64_t c = 0; c < s->pad && c < wp; c++) dst[c] = 0.0f;
+          if (copy > 0) memcpy(dst + s->pad, xc + r * s->w, (size_t)copy * sizeof(float));
+          for (int64_t c = s->pad + (copy > 0 ? copy : 0); c < wp; c++) dst[c] = 0.0f;
+        }
+      }
+      for (int64_t oh = 0; oh < s->oh; oh++) {
+        float *yrow = yc + oh * s->ow;
+        const float *xr[3];
+        const float *wr[3];
+        int nrows = 0;
+        for (int64_t ki = 0; ki < s->kh; ki++) {
+          int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
+          if (ih < 0 || ih >= s->h) continue;
+          xr[nrows] = xp + ih * wp;
+          wr[nrows++] = wc + ki * s->kw;
+        }
+        if (nrows > 0) {
+          conv2d_dw3_row(yrow, xr, wr, nrows, bias, 0, s->ow, s->stride, 0, s->dilation);
+        } else {
+          for (int64_t o = 0; o < s->ow; o++) yrow[o] = bias;
+        }
+        conv2d_epilogue_span(ep, y, p * s->oh * s->ow + oh * s->ow, co, s->ow);
+      }
+      continue;
+    }
     int64_t lo[s->kw], hi[s->kw];
     conv2d_tap_columns(lo, hi, s);
     for (int64_t oh = 0; oh < s->oh; oh++) {
@@ -244,8 +391,11 @@ static void conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
                             s->stride);
         }
       }
+      conv2d_epilogue_span(ep, y, p * s->oh * s->ow + oh * s->ow, co, s->ow);
     }
   }
+  }
+  return 0;
 }
 
 static int conv2d_depthwise_backward(float *dx,       /* (N, Cin, h, w) or NULL, accumulated */
@@ -351,11 +501,8 @@ static int conv2d_gemm_forward(float *y,       /* (N, Cout, oh, ow) */
                                const float *x, /* (N, Cin, h, w) */
                                const float *w, /* (Cout, Cin / groups, kh, kw) */
                                const float *b, /* (Cout) or NULL */
-                               const conv2d_shape *s) {
-  if (conv2d_is_depthwise(s)) {
-    conv2d_depthwise_forward(y, x, w, b, s);
-    return 0;
-  }
+                               const conv2d_shape *s, const conv2d_epilogue *ep) {
+  if (conv2d_is_depthwise(s)) return conv2d_depthwise_forward(y, x, w, b, s, ep);
   int threads = omp_get_max_threads();
   int64_t cin_g = s->cin / s->groups, cout_g = s->cout / s->groups, k = cin_g * s->kh * s->kw;
   int64_t hw = s->h * s->w, ohw = s->oh * s->ow, planes = s->n * s->groups;
@@ -396,6 +543,8 @@ static int conv2d_gemm_forward(float *y,       /* (N, Cout, oh, ow) */
         for (int64_t i = 0; i < ncols; i++) row[i] += bias;
       }
     }
+    for (int64_t co = co0; co < co1 && ep; co++)
+      conv2d_epilogue_span(ep, y, (n * s->cout + g * cout_g + co) * ohw + oh0 * s->ow, g * cout_g + co, ncols);
   }
   conv2d_blas_restore(blas_threads);
   return 0;
@@ -545,13 +694,18 @@ static conv2d_path conv2d_path_of(const conv2d_shape *s) {
   return path == CONV2D_PATH_AUTO ? conv2d_auto_path(s) : path;
 }
 
-static int conv2d_forward_dispatch(float *y, const float *x, const float *w, const float *b,
-                                   const conv2d_shape *s) {
+/* y = conv(x, w) + b, then the epilogue (NULL: none): inside the gemm path's work items, after the
+ * call on the others. */
+static int conv2d_forward_dispatch(float *y, const float *x, const float *w, const float *b, const conv2d_shape *s,
+                                   const conv2d_epilogue *ep) {
+  int rc;
   switch (conv2d_path_of(s)) {
-    case CONV2D_PATH_DNNL: return conv2d_dnnl_forward(y, x, w, b, s);
-    case CONV2D_PATH_TAPS: return conv2d_taps_forward(y, x, w, b, s);
-    default: return conv2d_gemm_forward(y, x, w, b, s);
+    case CONV2D_PATH_DNNL: rc = conv2d_dnnl_forward(y, x, w, b, s); break;
+    case CONV2D_PATH_TAPS: rc = conv2d_taps_forward(y, x, w, b, s); break;
+    default: return conv2d_gemm_forward(y, x, w, b, s, ep);
   }
+  if (rc == 0) conv2d_epilogue_planes(ep, y, s);
+  return rc;
 }
 
 static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
@@ -565,10 +719,16 @@ static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *
 
 /* Multiply-adds the shape's path executes: the tap path and the depthwise kernel skip products
  * with the zero padding; the im2col GEMMs and oneDNN are counted in full (oneDNN's direct
- * kernels skip padded rows of some shapes too, a few percent on the maps these models use). */
+ * kernels skip padded rows of some shapes too, a few percent on the maps these models use). The
+ * 3-wide depthwise kernel's forward also multiplies the zero columns of its padded plane copy;
+ * they are not counted (the depthwise products are about 1% of a MobileNetV2 step's, the padded
+ * columns a fraction of those), so the count stays that of depthwise_conv2d_tokens, the same
+ * convolution on channels-last tokens. */
 static int64_t conv2d_executed_macs(const conv2d_shape *s) {
-  int64_t per_pair = conv2d_path_of(s) == CONV2D_PATH_TAPS || conv2d_is_depthwise(s) ? conv2d_valid_positions(s)
-                                                                                      : s->kh * s->kw * s->oh * s->ow;
+  conv2d_path path = conv2d_path_of(s);
+  int64_t per_pair = path == CONV2D_PATH_TAPS || (path == CONV2D_PATH_GEMM && conv2d_is_depthwise(s))
+                         ? conv2d_valid_positions(s)
+                         : s->kh * s->kw * s->oh * s->ow;
   return s->n * s->cout * (s->cin / s->groups) * per_pair;
 }
 
@@ -668,7 +828,7 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
   if (s.n == 0 || s.cout == 0) return y;
   const float *bd = b ? hakd_f32(b) : NULL;
   int rc = s.dst_blocked ? conv2d_dnnl_forward(y->data, x->data, hakd_f32(w), bd, &s)
-                         : conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), bd, &s);
+                         : conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), bd, &s, NULL);
   if (rc != 0) {
     char xs[64], ws[64];
     return hakd_ctx_fail(ctx, rc, "conv2d %s * %s: %s", hakd_shape_str(x, xs, sizeof xs),
@@ -736,9 +896,13 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
   }
   const float *sc = hakd_f32(scale), *sh = hakd_f32(shift);
   /* Folding reads and writes the weights once more: on small maps (layer4 and the ASPP at 64-256
-   * pixel inputs) the weights outweigh the output, and the affine goes into the output pass.
+   * pixel inputs) the weights outweigh the output, and the affine goes into the epilogue.
    * A blocked bfloat16 output takes it through the weights (oneDNN's post-ops add and clamp). */
   int fold = s.dst_blocked || hakd_numel(w) <= hakd_numel(y);
+  /* float32: the affine (unfolded), residual and activation as the kernels' epilogue */
+  conv2d_epilogue epilogue = {fold ? NULL : sc, fold ? NULL : sh, residual ? hakd_f32(residual) : NULL,
+                              act == HAKD_ACT_NONE ? -INFINITY : 0.0f, act == HAKD_ACT_RELU6 ? 6.0f : INFINITY};
+  const conv2d_epilogue *ep = !s.dst_blocked && (residual || act != HAKD_ACT_NONE || !fold) ? &epilogue : NULL;
   int rc;
   if (fold) {
     int64_t per_out = hakd_numel(w) / s.cout;
@@ -752,33 +916,14 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
       folded_bias[co] = (b ? hakd_f32(b)[co] * sc[co] : 0.0f) + sh[co];
     }
     s.has_bias = 1;
-    rc = !s.dst_blocked              ? conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s)
+    rc = !s.dst_blocked ? conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s, ep)
          : conv2d_regions_apply(&s) ? conv2d_regions_forward(ctx, y->data, x->data, folded, folded_bias, &s)
                                     : conv2d_dnnl_forward(y->data, x->data, folded, folded_bias, &s);
     hakd_ctx_scratch_free(ctx, folded);
   } else {
-    rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, &s);
+    rc = conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), hakd_f32(w), b ? hakd_f32(b) : NULL, &s, ep);
   }
   if (rc != 0) return hakd_ctx_fail(ctx, rc, "conv2d_affine_act: %s", hakd_error_message());
-  if (!s.dst_blocked && (residual || act != HAKD_ACT_NONE || !fold)) {
-    float *yd = hakd_f32(y);
-    const float *rd = residual ? hakd_f32(residual) : NULL;
-    int64_t ohw = s.oh * s.ow, planes = s.n * s.cout;
-    float hi = act == HAKD_ACT_RELU6 ? 6.0f : INFINITY, lo = act == HAKD_ACT_NONE ? -INFINITY : 0.0f;
-#pragma omp parallel for schedule(static) if (planes * ohw > 65536)
-    for (int64_t p = 0; p < planes; p++) {
-      float a = fold ? 1.0f : sc[p % s.cout], c = fold ? 0.0f : sh[p % s.cout];
-      float *yp = yd + p * ohw;
-      const float *rp = rd ? rd + p * ohw : NULL;
-#pragma omp simd
-      for (int64_t i = 0; i < ohw; i++) { /* compares, not fminf/fmaxf: those stay library calls */
-        float v = yp[i] * a + c;
-        v = rp ? v + rp[i] : v;
-        v = v < lo ? lo : v;
-        yp[i] = v > hi ? hi : v;
-      }
-    }
-  }
   hakd_tensor *inputs[3] = {x, w, b};
   hakd_record(ctx, "conv2d_affine_act", conv2d_affine_act_backward, y, b ? 3 : 2, inputs);
   return y;

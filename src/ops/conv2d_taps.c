@@ -152,6 +152,11 @@ int conv2d_taps_forward(float *y, const float *x, const float *w, const float *b
    * owning disjoint parts of y; channels are sliced when there are fewer tiles than threads
    * (small maps), so each thread packs only its rows of the tap weights. */
   int64_t tile_rows = conv2d_taps_tile_rows(s, s->cin + s->cout), tiles = (s->oh + tile_rows - 1) / tile_rows;
+  /* A multiple of the threads in tiles, the rows shared out evenly (each tile at most tile_rows):
+   * cut at the budget alone, the 32 rows of deeplabv3-mbv2's ASPP at 256x256 b2 were tiles of 28
+   * and 4 rows, one of two threads idle most of the call. */
+  if (tiles > threads && tiles % threads) tiles += threads - tiles % threads;
+  if (tiles > s->oh) tiles = s->oh;
   int64_t slices = tiles >= threads ? 1 : (threads + tiles - 1) / tiles;
   if (slices > s->cout) slices = s->cout;
   size_t mat_bytes, buf_bytes;
@@ -163,7 +168,7 @@ int conv2d_taps_forward(float *y, const float *x, const float *w, const float *b
   int blas_threads = conv2d_blas_single();
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
   for (int64_t item = 0; item < tiles * slices; item++) {
-    int64_t a = item / slices * tile_rows, bnd = a + tile_rows < s->oh ? a + tile_rows : s->oh;
+    int64_t a = s->oh * (item / slices) / tiles, bnd = s->oh * (item / slices + 1) / tiles;
     int64_t co0 = s->cout * (item % slices) / slices, co1 = s->cout * (item % slices + 1) / slices;
     float *col = (float *)(scratch + mat_bytes + (size_t)omp_get_thread_num() * buf_bytes);
     float *prod = col + s->cin * s->n * tile_rows * s->ow;
