@@ -173,6 +173,22 @@ TEST(auto_rule_and_executed_macs) {
   ASSERT_EQ_INT(conv2d_auto_path(&plain3x3), CONV2D_PATH_DNNL);     /* not dilated */
   centre.bf16 = 1;
   ASSERT_EQ_INT(conv2d_auto_path(&centre), CONV2D_PATH_DNNL); /* bfloat16 products only on oneDNN */
+  /* The forward alone: where oneDNN's forward is a direct kernel (which skips the padded taps too)
+   * and every tap reads the map, oneDNN; where oneDNN would run its GEMM convolution, the tap path
+   * up to 60% valid. Which kernel oneDNN picks depends on the CPU (on this project's AVX-512
+   * machine rate 12 on 16x16 maps is direct, on 32x32 maps GEMM), so the rule is checked against
+   * oneDNN's answer. */
+  conv2d_shape rate12_at_16 = same_3x3(2048, 16, 16, 256, 12);
+  ASSERT_EQ_INT(conv2d_auto_path(&rate12_at_16), CONV2D_PATH_TAPS); /* 25% valid, every tap used */
+  ASSERT_EQ_INT(conv2d_auto_forward_path(&rate12_at_16),
+                conv2d_dnnl_forward_is_direct(&rate12_at_16) ? CONV2D_PATH_DNNL : CONV2D_PATH_TAPS);
+  ASSERT_EQ_INT(conv2d_auto_forward_path(&rate12_at_32),
+                conv2d_dnnl_forward_is_direct(&rate12_at_32) ? CONV2D_PATH_DNNL : CONV2D_PATH_TAPS);
+  centre.bf16 = 0;
+  ASSERT_EQ_INT(conv2d_auto_forward_path(&centre), CONV2D_PATH_TAPS); /* whole taps in the padding */
+  ASSERT_EQ_INT(conv2d_auto_forward_path(&plain3x3), CONV2D_PATH_DNNL);
+  centre.bf16 = 1;
+  ASSERT_EQ_INT(conv2d_auto_forward_path(&centre), CONV2D_PATH_DNNL);
   /* The tape's executed count: a centre-only ASPP conv counts 1/9 of its nominal MACs. */
   hakd_params p;
   hakd_params_init(&p);
@@ -182,6 +198,15 @@ TEST(auto_rule_and_executed_macs) {
   ASSERT_TRUE(hakd_conv2d(ctx, x, w, NULL, 1, 24, 24, 1) != NULL);
   ASSERT_EQ_INT(hakd_tape_macs(ctx), 4 * 8 * 9 * 64);
   ASSERT_EQ_INT(hakd_tape_executed_macs(ctx), 4 * 8 * 64);
+  /* and a plain 3x3 with padding 1 on a 4x4 map, on oneDNN: the valid positions where its
+   * forward kernel is direct (per kernel column 3 + 4 + 3 of 12 column positions, the same rows) */
+  hakd_ctx_reset(ctx);
+  int64_t xs4[4] = {1, 8, 4, 4};
+  hakd_tensor *x4 = gradcheck_input(&p, "x4", 4, xs4, 1.0f, 3);
+  ASSERT_TRUE(hakd_conv2d(ctx, x4, w, NULL, 1, 1, 1, 1) != NULL);
+  conv2d_shape small = same_3x3(8, 4, 4, 4, 1);
+  ASSERT_EQ_INT(conv2d_valid_positions(&small), 10 * 10);
+  ASSERT_EQ_INT(hakd_tape_executed_macs(ctx), 4 * 8 * (conv2d_dnnl_forward_is_direct(&small) ? 100 : 144));
   hakd_ctx_free(ctx);
   hakd_params_free(&p);
 }

@@ -327,16 +327,28 @@ static int conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
                                     const float *w, /* (Cout, 1, kh, kw) */
                                     const float *b, /* (Cout) or NULL */
                                     const conv2d_shape *s, const conv2d_epilogue *ep) {
-  int64_t mult = s->cout / s->groups, planes = s->n * s->cout;
+  int64_t mult = s->cout / s->groups, planes = s->n * s->cout, dil = s->dilation;
   int dw3 = conv2d_dw3_applies(s);
-  int64_t wp = dw3 ? conv2d_dw3_padded_width(s) : 0, copy = s->w < wp - s->pad ? s->w : wp - s->pad;
-  size_t plane_bytes = ops_scratch_round((size_t)(s->h * wp) * sizeof(float));
+  /* 3x3 stride 1: the plane copy has its padding rows too, and the outputs are one flat loop over
+   * oh rows of the copy's width (the 2 * dilation extra columns of each row dropped afterwards):
+   * no per-row setup, which on 16-32 column rows cost more than the sums. */
+  int flat = dw3 && s->kh == 3 && s->stride == 1;
+  int64_t wp = dw3 ? conv2d_dw3_padded_width(s) : 0, hp = flat ? s->oh + 2 * dil : s->h;
+  int64_t top = flat ? s->pad : 0; /* input row r is row r + top of the copy */
+  int64_t copy_cols = s->w < wp - s->pad ? s->w : wp - s->pad;
+  size_t plane_bytes = ops_scratch_round((size_t)(hp * wp + 2 * dil) * sizeof(float));
+  size_t flat_bytes = flat ? ops_scratch_round((size_t)(s->oh * wp) * sizeof(float)) : 0;
   int threads = omp_get_max_threads();
-  unsigned char *bufs = dw3 ? ops_scratch((size_t)threads * plane_bytes) : NULL;
+  unsigned char *bufs = dw3 ? ops_scratch((size_t)threads * (plane_bytes + flat_bytes)) : NULL;
   if (dw3 && !bufs) return HAKD_ENOMEM;
 #pragma omp parallel num_threads(threads)
   {
-    float *xp = dw3 ? (float *)(bufs + (size_t)omp_get_thread_num() * plane_bytes) : NULL;
+    float *xp = NULL, *z = NULL;
+    if (dw3) { /* the padding of the copy is the same for every plane: zeroed once */
+      xp = (float *)(bufs + (size_t)omp_get_thread_num() * (plane_bytes + flat_bytes));
+      z = (float *)((unsigned char *)xp + plane_bytes);
+      memset(xp, 0, plane_bytes);
+    }
     const float *copied = NULL; /* the input plane xp holds */
 #pragma omp for schedule(static)
   for (int64_t p = 0; p < planes; p++) {
@@ -345,29 +357,35 @@ static int conv2d_depthwise_forward(float *y,       /* (N, Cout, oh, ow) */
     const float *wc = w + co * s->kh * s->kw;
     float *yc = y + p * s->oh * s->ow;
     float bias = b ? b[co] : 0.0f;
-    if (dw3) {
-      if (xc != copied) { /* a channel multiplier > 1 reads one plane for several outputs */
-        copied = xc;
-        for (int64_t r = 0; r < s->h; r++) {
-          float *dst = xp + r * wp;
-          for (int64_t c = 0; c < s->pad && c < wp; c++) dst[c] = 0.0f;
-          if (copy > 0) memcpy(dst + s->pad, xc + r * s->w, (size_t)copy * sizeof(float));
-          for (int64_t c = s->pad + (copy > 0 ? copy : 0); c < wp; c++) dst[c] = 0.0f;
-        }
+    if (dw3 && xc != copied && copy_cols > 0) { /* a channel multiplier > 1 reads a plane for several outputs */
+      copied = xc;
+      for (int64_t r = 0; r < s->h; r++)
+        if (r + top < hp) memcpy(xp + (r + top) * wp + s->pad, xc + r * s->w, (size_t)copy_cols * sizeof(float));
+    }
+    if (flat) {
+      const float *w0 = wc, *w1 = wc + 3, *w2 = wc + 6;
+      const float *x0 = xp, *x1 = xp + dil * wp, *x2 = xp + 2 * dil * wp;
+      conv2d_dw3_span(z, x0, x1, x2, w0, w1, w2, 3, bias, 0, s->oh * wp, 1, 0, dil);
+      for (int64_t oh = 0; oh < s->oh; oh++) {
+        memcpy(yc + oh * s->ow, z + oh * wp, (size_t)s->ow * sizeof(float));
+        conv2d_epilogue_span(ep, y, p * s->oh * s->ow + oh * s->ow, co, s->ow);
       }
+      continue;
+    }
+    if (dw3) {
       for (int64_t oh = 0; oh < s->oh; oh++) {
         float *yrow = yc + oh * s->ow;
         const float *xr[3];
         const float *wr[3];
         int nrows = 0;
         for (int64_t ki = 0; ki < s->kh; ki++) {
-          int64_t ih = oh * s->stride - s->pad + ki * s->dilation;
+          int64_t ih = oh * s->stride - s->pad + ki * dil;
           if (ih < 0 || ih >= s->h) continue;
           xr[nrows] = xp + ih * wp;
           wr[nrows++] = wc + ki * s->kw;
         }
         if (nrows > 0) {
-          conv2d_dw3_row(yrow, xr, wr, nrows, bias, 0, s->ow, s->stride, 0, s->dilation);
+          conv2d_dw3_row(yrow, xr, wr, nrows, bias, 0, s->ow, s->stride, 0, dil);
         } else {
           for (int64_t o = 0; o < s->ow; o++) yrow[o] = bias;
         }
@@ -687,6 +705,17 @@ conv2d_path conv2d_auto_path(const conv2d_shape *s) {
   return CONV2D_PATH_DNNL;
 }
 
+conv2d_path conv2d_auto_forward_path(const conv2d_shape *s) {
+  conv2d_path path = conv2d_auto_path(s);
+  if (conv2d_is_depthwise(s) || !conv2d_taps_supported(s) || s->dilation == 1) return path;
+  int direct = conv2d_dnnl_forward_is_direct(s);
+  if (path == CONV2D_PATH_TAPS && direct && conv2d_taps_all_used(s)) return CONV2D_PATH_DNNL;
+  /* oneDNN's GEMM convolution computes the padded products: the tap path up to 60% valid */
+  if (path == CONV2D_PATH_DNNL && !direct && 5 * conv2d_valid_positions(s) <= 3 * s->kh * s->kw * s->oh * s->ow)
+    return CONV2D_PATH_TAPS;
+  return path;
+}
+
 /* The path a shape runs on: forced (a forced taps path only where it applies), or auto. */
 static conv2d_path conv2d_path_of(const conv2d_shape *s) {
   conv2d_path path = conv2d_get_path();
@@ -694,12 +723,19 @@ static conv2d_path conv2d_path_of(const conv2d_shape *s) {
   return path == CONV2D_PATH_AUTO ? conv2d_auto_path(s) : path;
 }
 
+/* The same for the forward alone (conv2d_auto_forward_path). */
+static conv2d_path conv2d_forward_path_of(const conv2d_shape *s) {
+  conv2d_path path = conv2d_get_path();
+  if (path == CONV2D_PATH_TAPS && !conv2d_taps_supported(s)) path = CONV2D_PATH_AUTO;
+  return path == CONV2D_PATH_AUTO ? conv2d_auto_forward_path(s) : path;
+}
+
 /* y = conv(x, w) + b, then the epilogue (NULL: none): inside the gemm path's work items, after the
  * call on the others. */
 static int conv2d_forward_dispatch(float *y, const float *x, const float *w, const float *b, const conv2d_shape *s,
                                    const conv2d_epilogue *ep) {
   int rc;
-  switch (conv2d_path_of(s)) {
+  switch (conv2d_forward_path_of(s)) {
     case CONV2D_PATH_DNNL: rc = conv2d_dnnl_forward(y, x, w, b, s); break;
     case CONV2D_PATH_TAPS: rc = conv2d_taps_forward(y, x, w, b, s); break;
     default: return conv2d_gemm_forward(y, x, w, b, s, ep);
@@ -717,18 +753,17 @@ static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *
   }
 }
 
-/* Multiply-adds the shape's path executes: the tap path and the depthwise kernel skip products
- * with the zero padding; the im2col GEMMs and oneDNN are counted in full (oneDNN's direct
- * kernels skip padded rows of some shapes too, a few percent on the maps these models use). The
- * 3-wide depthwise kernel's forward also multiplies the zero columns of its padded plane copy;
- * they are not counted (the depthwise products are about 1% of a MobileNetV2 step's, the padded
- * columns a fraction of those), so the count stays that of depthwise_conv2d_tokens, the same
- * convolution on channels-last tokens. */
+/* Multiply-adds the forward of a shape executes: the tap path, the depthwise kernel and oneDNN's
+ * direct kernels skip the products with the zero padding (conv2d_dnnl_forward_is_direct); the
+ * im2col GEMMs and oneDNN's GEMM convolution compute them and are counted in full. The 3-wide
+ * depthwise kernel also multiplies the zero columns (and, at stride 1, rows) of its padded plane
+ * copy; they are not counted (the depthwise products are about 1% of a MobileNetV2 step's), so the
+ * count stays that of depthwise_conv2d_tokens, the same convolution on channels-last tokens. */
 static int64_t conv2d_executed_macs(const conv2d_shape *s) {
-  conv2d_path path = conv2d_path_of(s);
-  int64_t per_pair = path == CONV2D_PATH_TAPS || (path == CONV2D_PATH_GEMM && conv2d_is_depthwise(s))
-                         ? conv2d_valid_positions(s)
-                         : s->kh * s->kw * s->oh * s->ow;
+  conv2d_path path = conv2d_forward_path_of(s);
+  int skips = path == CONV2D_PATH_TAPS || (path == CONV2D_PATH_GEMM && conv2d_is_depthwise(s)) ||
+              (path == CONV2D_PATH_DNNL && conv2d_dnnl_forward_is_direct(s));
+  int64_t per_pair = skips ? conv2d_valid_positions(s) : s->kh * s->kw * s->oh * s->ow;
   return s->n * s->cout * (s->cin / s->groups) * per_pair;
 }
 

@@ -42,6 +42,15 @@ conv2d_path conv2d_get_path(void);
 /* The path auto takes for a shape (the same forward and backward): a fixed rule, so results do
  * not depend on timing noise. */
 conv2d_path conv2d_auto_path(const conv2d_shape *s);
+/* The path auto takes for the forward alone (bench/bench_kernels, forward GFLOP/s at 2 threads):
+ * conv2d_auto_path, except for dilated convolutions where oneDNN's choice of kernel decides.
+ * oneDNN's direct kernels skip the padded taps as the tap path does, from registers: a dilated
+ * convolution the tap path would take with every tap reading the map somewhere runs on oneDNN
+ * when oneDNN's forward is direct (the ASPP's rate 12 on 16x16 maps: 1.6-2.3x faster; the
+ * backward stays on the tap path, 1.3-1.4x faster there). Where oneDNN would run its GEMM
+ * convolution (rate 12 on 32x32 and 64x64 maps), which multiplies the padding, the tap path takes
+ * every convolution with at most 60% of its products valid (rate 12 on 32x32, 56%: 1.1-1.2x). */
+conv2d_path conv2d_auto_forward_path(const conv2d_shape *s);
 
 /* Output positions o in [*lo, *hi) read input position o * stride + off inside [0, size), of
  * `out` outputs (rows or columns of one kernel tap). */
@@ -76,6 +85,8 @@ void conv2d_bias_backward(float *db, const float *dy, const conv2d_shape *s);
 int64_t conv2d_valid_positions(const conv2d_shape *s);
 /* Shapes the tap path computes: groups 1, float32 products. */
 int conv2d_taps_supported(const conv2d_shape *s);
+/* Whether every kernel tap reads the map for some output (no tap lies wholly in the padding). */
+int conv2d_taps_all_used(const conv2d_shape *s);
 /* The auto rule's choice: a supported dilated conv whose taps reach into the padding enough that
  * skipping beats computing the zeros (conv2d_taps.c: a cost model of products against weight traffic). */
 int conv2d_taps_worthwhile(const conv2d_shape *s);
@@ -95,6 +106,9 @@ int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, 
  * bfloat16 and dx, dy float32 in the same blocked layout (the gradient of a blocked activation). */
 int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s);
+/* Whether oneDNN's forward of s is a direct JIT kernel, which skips the kernel taps lying in the
+ * padding (its GEMM and reference convolutions do not); 0 also when no primitive can be made. */
+int conv2d_dnnl_forward_is_direct(const conv2d_shape *s);
 /* Wide-padded dilated convolutions on blocked bfloat16 activations (conv2d_regions.c): whether s
  * is one (stride 1, one group, padding >= 9), and its forward tap by tap: each tap a blocked 1x1
  * product over the outputs where it reads the map, summed in float32 (the results of

@@ -229,6 +229,45 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
   return rc ? rc : conv2d_dnnl_op_finish(op);
 }
 
+/* Whether oneDNN computes the forward of s with a direct JIT kernel ("jit:avx512_core" and the
+ * like, not "gemm:jit" or "ref"): those loop only over the kernel rows and columns that overlap
+ * the input for each output block (bench/bench_kernels: the ASPP's rate-12 3x3 on 16x16 maps at
+ * 400-665 nominal GFLOP/s, above the 211 peak, so at least 68% of its products, the padded ones,
+ * are never computed), while oneDNN's GEMM convolution multiplies the padding like im2col. The
+ * answer comes from a primitive descriptor made and dropped here (no JIT code, no cache slot of the
+ * primitives) and is remembered per shape in a small per-thread table. */
+#define CONV2D_DNNL_DIRECT_MEMO 64
+static _Thread_local struct {
+  conv2d_shape shape;
+  int direct;
+} conv2d_dnnl_direct_memo[CONV2D_DNNL_DIRECT_MEMO];
+static _Thread_local int conv2d_dnnl_direct_n, conv2d_dnnl_direct_next;
+
+int conv2d_dnnl_forward_is_direct(const conv2d_shape *s) {
+  for (int i = 0; i < conv2d_dnnl_direct_n; i++)
+    if (memcmp(&conv2d_dnnl_direct_memo[i].shape, s, sizeof *s) == 0) return conv2d_dnnl_direct_memo[i].direct;
+  int direct = 0;
+  conv2d_dnnl_descs d;
+  dnnl_convolution_desc_t cd;
+  dnnl_primitive_desc_t pd = NULL;
+  if (!conv2d_dnnl_init_engine() && !conv2d_dnnl_descs_init(&d, s) &&
+      dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &d.src_in,
+                                                 &d.weights_in, s->has_bias ? &d.bias : NULL,
+                                                 s->dst_blocked ? &d.dst : &d.dst_any, d.strides, d.dilates, d.pad_l,
+                                                 d.pad_r) == dnnl_success &&
+      !conv2d_dnnl_pd_create(&pd, &cd, NULL, s)) {
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
+      direct = strncmp(impl, "jit", 3) == 0 && !strstr(impl, "gemm");
+  }
+  if (pd) dnnl_primitive_desc_destroy(pd);
+  int slot = conv2d_dnnl_direct_n < CONV2D_DNNL_DIRECT_MEMO ? conv2d_dnnl_direct_n++ : conv2d_dnnl_direct_next++;
+  conv2d_dnnl_direct_next %= CONV2D_DNNL_DIRECT_MEMO;
+  conv2d_dnnl_direct_memo[slot].shape = *s;
+  conv2d_dnnl_direct_memo[slot].direct = direct;
+  return direct;
+}
+
 /* The cache entry of shape s with its forward (and, when `backward`, backward) primitives. */
 static int conv2d_dnnl_entry_get(const conv2d_shape *s, int backward, conv2d_dnnl_entry **out) {
   int rc = conv2d_dnnl_init_engine();

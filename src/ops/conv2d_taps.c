@@ -56,6 +56,11 @@ int64_t conv2d_valid_positions(const conv2d_shape *s) {
 
 int conv2d_taps_supported(const conv2d_shape *s) { return s->groups == 1 && !s->bf16; }
 
+int conv2d_taps_all_used(const conv2d_shape *s) {
+  conv2d_tap taps[s->kh * s->kw];
+  return conv2d_taps_list(s, taps) == s->kh * s->kw;
+}
+
 int conv2d_taps_worthwhile(const conv2d_shape *s) {
   if (!conv2d_taps_supported(s) || s->dilation == 1) return 0;
   conv2d_tap taps[s->kh * s->kw];
