@@ -58,6 +58,13 @@ hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x) {
   return hakd_batchnorm2d(ctx, x, bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->momentum, bn->eps);
 }
 
+/* Whether float32 training runs BatchNorm, residual and activation as one op (the default) or as
+ * separate ops (HAKD_BN_FUSED=0: a developer's A/B switch; the two compute the same values). */
+static int layer_bn_fused(void) {
+  const char *env = getenv("HAKD_BN_FUSED");
+  return !(env && strcmp(env, "0") == 0);
+}
+
 hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x,
                                    hakd_tensor *residual, hakd_activation act) {
   if (hakd_ctx_grad(ctx) || hakd_ctx_training(ctx)) {
@@ -71,7 +78,15 @@ hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn 
       return hakd_batchnorm2d_act(ctx, conv, bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->momentum,
                                   bn->eps, hakd_to_bf16_blocked(ctx, residual), act);
     }
+    /* float32: the same op on NCHW (batchnorm.c), the values those of batchnorm, add and the
+     * activation one by one (HAKD_BN_FUSED=0 runs them so, for comparisons) */
     residual = hakd_to_f32(ctx, residual);
+    if (!conv) return NULL;
+    if (layer_bn_fused()) {
+      if (hakd_ctx_training(ctx)) hakd_f32(bn->num_batches_tracked)[0] += 1.0f;
+      return hakd_batchnorm2d_act(ctx, conv, bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->momentum,
+                                  bn->eps, residual, act);
+    }
     hakd_tensor *y = layer_bn_forward(ctx, bn, conv);
     if (residual) y = hakd_add(ctx, y, residual);
     return act == HAKD_ACT_RELU ? hakd_relu(ctx, y) : act == HAKD_ACT_RELU6 ? hakd_relu6(ctx, y) : y;

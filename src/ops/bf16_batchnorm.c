@@ -160,6 +160,8 @@ hakd_tensor *hakd_batchnorm2d_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *we
                                   hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps,
                                   hakd_tensor *residual, hakd_activation act) {
   if (!x || hakd_ctx_status(ctx)) return NULL;
+  if (x->dtype == HAKD_F32)
+    return batchnorm2d_act_f32(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual, act);
   char xs[64], rs[64];
   if (x->dtype != HAKD_BF16_BLOCKED || x->ndim != 4)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d_act: input must be blocked bfloat16 (N, C, H, W), got %s",

@@ -4,6 +4,7 @@
 
 #include <string.h>
 
+#include "hakd/ops.h"
 #include "hakd/tensor.h"
 
 /* Elements above which a pointwise loop is worth an OpenMP team. */
@@ -64,5 +65,10 @@ static inline uint16_t bf16_round(float f) {
 hakd_tensor *bf16_blocked_maxpool2d(hakd_ctx *ctx, hakd_tensor *x, int kernel, int stride, int padding);
 hakd_tensor *bf16_blocked_global_avgpool(hakd_ctx *ctx, hakd_tensor *x);
 hakd_tensor *bf16_blocked_concat_channels(hakd_ctx *ctx, int n, hakd_tensor *const *xs);
+
+/* hakd_batchnorm2d_act on float32 NCHW input (batchnorm.c; the blocked one is bf16_batchnorm.c). */
+hakd_tensor *batchnorm2d_act_f32(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias,
+                                 hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps,
+                                 hakd_tensor *residual, hakd_activation act);
 
 #endif
