@@ -224,26 +224,49 @@ typedef struct {
   float lo, hi;
 } conv2d_epilogue;
 
-/* The epilogue over y[at, at + len) of channel co (at: element offset into the whole output). */
-static inline void conv2d_epilogue_span(const conv2d_epilogue *e, float *y, int64_t at, int64_t co, int64_t len) {
-  if (!e) return;
-  float a = e->scale ? e->scale[co] : 1.0f, c = e->scale ? e->shift[co] : 0.0f, lo = e->lo, hi = e->hi;
-  float *yp = y + at;
-  const float *rp = e->residual ? e->residual + at : NULL;
-  if (e->scale) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; i++) yp[i] = yp[i] * a + c;
-  }
-  if (rp) {
-#pragma omp simd
-    for (int64_t i = 0; i < len; i++) yp[i] = yp[i] + rp[i];
-  }
+/* One loop over a span: v = y (+ bias), v * a + c, + residual, clamped; the flags are constants
+ * in each of conv2d_epilogue_bias_span's calls, so every case is a branch-free loop. */
+static inline __attribute__((always_inline)) void conv2d_epilogue_loop(float *restrict yp, const float *restrict rp,
+                                                                       int64_t len, int with_bias, float bias,
+                                                                       int with_affine, float a, float c, float lo,
+                                                                       float hi) {
 #pragma omp simd
   for (int64_t i = 0; i < len; i++) { /* compares, not fminf/fmaxf: those stay library calls */
     float v = yp[i];
+    if (with_bias) v = v + bias;
+    if (with_affine) v = v * a + c;
+    if (rp) v = v + rp[i];
     v = v < lo ? lo : v;
     yp[i] = v > hi ? hi : v;
   }
+}
+
+/* y[at, at + len) of channel co (at: element offset into the whole output) += bias (with_bias),
+ * then the epilogue (e may be NULL: the bias alone), in one pass. */
+static void conv2d_epilogue_bias_span(const conv2d_epilogue *e, float *y, int64_t at, int64_t co, int64_t len,
+                                      int with_bias, float bias) {
+  float *yp = y + at;
+  if (!e) {
+    if (with_bias)
+      for (int64_t i = 0; i < len; i++) yp[i] += bias;
+    return;
+  }
+  float a = e->scale ? e->scale[co] : 1.0f, c = e->scale ? e->shift[co] : 0.0f;
+  const float *rp = e->residual ? e->residual + at : NULL;
+#define EPI(B, A, R) conv2d_epilogue_loop(yp, R, len, B, bias, A, a, c, e->lo, e->hi)
+  if (with_bias) {
+    if (e->scale) rp ? EPI(1, 1, rp) : EPI(1, 1, NULL);
+    else rp ? EPI(1, 0, rp) : EPI(1, 0, NULL);
+  } else {
+    if (e->scale) rp ? EPI(0, 1, rp) : EPI(0, 1, NULL);
+    else rp ? EPI(0, 0, rp) : EPI(0, 0, NULL);
+  }
+#undef EPI
+}
+
+/* The epilogue over y[at, at + len) of channel co. */
+static inline void conv2d_epilogue_span(const conv2d_epilogue *e, float *y, int64_t at, int64_t co, int64_t len) {
+  if (e) conv2d_epilogue_bias_span(e, y, at, co, len, 0, 0.0f);
 }
 
 /* The epilogue over the whole output (paths whose kernels do not take it: oneDNN, taps). */
@@ -645,14 +668,10 @@ static int conv2d_gemm_forward(float *y,       /* (N, Cout, oh, ow) */
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(co1 - co0), (int)ncols, (int)k, 1.0f, wg, (int)k,
                   col, (int)ncols, 0.0f, yt, (int)ohw);
     }
-    if (b) {
-      for (int64_t co = 0; co < co1 - co0; co++) {
-        float bias = b[g * cout_g + co0 + co], *row = yt + co * ohw;
-        for (int64_t i = 0; i < ncols; i++) row[i] += bias;
-      }
-    }
-    for (int64_t co = co0; co < co1 && ep; co++)
-      conv2d_epilogue_span(ep, y, (n * s->cout + g * cout_g + co) * ohw + oh0 * s->ow, g * cout_g + co, ncols);
+    /* the bias and the epilogue in one pass over the rows just written */
+    for (int64_t co = co0; co < co1 && (b || ep); co++)
+      conv2d_epilogue_bias_span(ep, y, (n * s->cout + g * cout_g + co) * ohw + oh0 * s->ow, g * cout_g + co, ncols,
+                                b != NULL, b ? b[g * cout_g + co] : 0.0f);
   }
   conv2d_blas_restore(blas_threads);
   return 0;
