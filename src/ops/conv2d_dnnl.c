@@ -236,7 +236,7 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
  * are never computed), while oneDNN's GEMM convolution multiplies the padding like im2col. The
  * answer comes from a primitive descriptor made and dropped here (no JIT code, no cache slot of the
  * primitives) and is remembered per shape in a small per-thread table. */
-#define CONV2D_DNNL_DIRECT_MEMO 64
+#define CONV2D_DNNL_DIRECT_MEMO 256 /* shapes; a miss costs a primitive descriptor (0.1-1 ms) */
 static _Thread_local struct {
   conv2d_shape shape;
   int direct;
