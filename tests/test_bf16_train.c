@@ -484,3 +484,39 @@ TEST(deeplabv3_r18_d8_blocked_sgd_decreases_loss) {
   hakd_ctx_free(ctx);
   hakd_model_free(m);
 }
+
+/* The developer switches HAKD_BN_FUSED and HAKD_BF16_BLOCKED_TRAIN take 0 or 1 (or nothing): any
+ * other value fails the forward with a message naming it, so a typo cannot silently measure the
+ * other path. */
+static int switch_forward(int bf16, const char *name, const char *value) {
+  hakd_model_options o;
+  hakd_model_options_default(&o);
+  o.num_classes = 5;
+  o.width = 0.25f;
+  hakd_model *m = NULL;
+  if (hakd_model_create("deeplabv3-r18-d8", &o, &m)) return -2;
+  param_fill(hakd_model_params(m));
+  setenv(name, value, 1);
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_ctx_set_precision(ctx, bf16 ? HAKD_BF16 : HAKD_FP32);
+  hakd_ctx_set_training(ctx, 1);
+  hakd_tensor *x = hakd_tensor4(ctx, 2, 3, 32, 32);
+  fill_batch(x);
+  hakd_model_output mo;
+  int rc = hakd_model_forward(m, ctx, x, &mo);
+  unsetenv(name);
+  hakd_ctx_free(ctx);
+  hakd_model_free(m);
+  return rc;
+}
+
+TEST(developer_switches_refuse_unknown_values) {
+  ASSERT_TRUE(switch_forward(0, "HAKD_BN_FUSED", "yes") != 0);
+  ASSERT_TRUE(strstr(hakd_error_message(), "HAKD_BN_FUSED=yes: expected 0 or 1") != NULL);
+  ASSERT_OK(switch_forward(0, "HAKD_BN_FUSED", "0"));
+  ASSERT_OK(switch_forward(0, "HAKD_BN_FUSED", "1"));
+  if (blocked_bf16_refused_here()) return;
+  ASSERT_TRUE(switch_forward(1, "HAKD_BF16_BLOCKED_TRAIN", "on") != 0);
+  ASSERT_TRUE(strstr(hakd_error_message(), "HAKD_BF16_BLOCKED_TRAIN=on: expected 0 or 1") != NULL);
+  ASSERT_OK(switch_forward(1, "HAKD_BF16_BLOCKED_TRAIN", "0"));
+}

@@ -58,12 +58,19 @@ hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x) {
   return hakd_batchnorm2d(ctx, x, bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->momentum, bn->eps);
 }
 
+/* A developer's 0/1 switch from the environment: 1 when unset or empty, 0 for "0", 1 for "1";
+ * any other value fails ctx (a typo must not silently measure the other path) and gives -1. */
+static int layer_env_switch(hakd_ctx *ctx, const char *name) {
+  const char *env = getenv(name);
+  if (!env || !*env || strcmp(env, "1") == 0) return 1;
+  if (strcmp(env, "0") == 0) return 0;
+  hakd_ctx_fail(ctx, HAKD_EINVAL, "%s=%s: expected 0 or 1", name, env);
+  return -1;
+}
+
 /* Whether float32 training runs BatchNorm, residual and activation as one op (the default) or as
  * separate ops (HAKD_BN_FUSED=0: a developer's A/B switch; the two compute the same values). */
-static int layer_bn_fused(void) {
-  const char *env = getenv("HAKD_BN_FUSED");
-  return !(env && strcmp(env, "0") == 0);
-}
+static int layer_bn_fused(hakd_ctx *ctx) { return layer_env_switch(ctx, "HAKD_BN_FUSED"); }
 
 hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x,
                                    hakd_tensor *residual, hakd_activation act) {
@@ -82,7 +89,9 @@ hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn 
      * activation one by one (HAKD_BN_FUSED=0 runs them so, for comparisons) */
     residual = hakd_to_f32(ctx, residual);
     if (!conv) return NULL;
-    if (layer_bn_fused()) {
+    int fused = layer_bn_fused(ctx);
+    if (fused < 0) return NULL;
+    if (fused) {
       if (hakd_ctx_training(ctx)) hakd_f32(bn->num_batches_tracked)[0] += 1.0f;
       return hakd_batchnorm2d_act(ctx, conv, bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->momentum,
                                   bn->eps, residual, act);
@@ -112,8 +121,7 @@ hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn 
 int layer_chain_blocked(hakd_ctx *ctx) {
   if (hakd_ctx_precision(ctx) != HAKD_BF16) return 0;
   if (!hakd_ctx_grad(ctx) && !hakd_ctx_training(ctx)) return 1;
-  const char *env = getenv("HAKD_BF16_BLOCKED_TRAIN");
-  return !(env && strcmp(env, "0") == 0);
+  return layer_env_switch(ctx, "HAKD_BF16_BLOCKED_TRAIN") == 1; /* a bad value fails ctx */
 }
 
 hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x) {
