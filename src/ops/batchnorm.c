@@ -87,6 +87,34 @@ static double bn_batch_stats(hakd_ctx *ctx,
   return m;
 }
 
+/* The per-channel coefficients of dx = a dy + d (x - mean) + b (coef[c] = a, coef[C + c] = b,
+ * coef[2C + c] = d) from this process's sums[c] = sum dy, sums[C + c] = sum dy (x - mean) (sums has
+ * room for 4C doubles). Batch statistics: dx = w r (dy - mean(dy) - xhat mean(dy xhat)); running
+ * statistics are constants: dx = w r dy. SyncBN: the statistics came from every process, so their
+ * gradient terms are the global sums (each process's dy is the gradient of its own loss; the
+ * averaging of the parameter gradients over the processes completes the global gradient, as in
+ * PyTorch's SyncBatchNorm). 0, or -1 when the reduction failed (the context holds the error). */
+static int bn_grad_coefs(hakd_ctx *ctx, const hakd_node *node, double *sums, int64_t channels, const float *w,
+                         const float *rstd, float *coef) {
+  int batch_stats = (int)node->iarg[0];
+  double m = node->farg[0], *global = sums;
+  if (batch_stats && node->iarg[1]) {
+    global = sums + 2 * channels;
+    memcpy(global, sums, 2 * (size_t)channels * sizeof *global);
+    if (hakd_ctx_allreduce_sum(ctx, global, 2 * channels)) return -1;
+  }
+  for (int64_t c = 0; c < channels; c++) {
+    double r = rstd[c], scale = w ? w[c] : 1.0;
+    double k_dy = scale * r, k_mean = 0.0, k_dev = 0.0;
+    if (batch_stats) {
+      k_mean = -k_dy * global[c] / m;
+      k_dev = -k_dy * r * r * global[channels + c] / m;
+    }
+    coef[c] = (float)k_dy, coef[channels + c] = (float)k_mean, coef[2 * channels + c] = (float)k_dev;
+  }
+  return 0;
+}
+
 /* Forward saved mean/rstd (saved[0], saved[1], floats (C)); iarg[0] = batch statistics used,
  * farg[0] = the values per channel behind them (global under SyncBN). */
 static void batchnorm_backward(hakd_ctx *ctx, hakd_node *node) {
@@ -96,8 +124,6 @@ static void batchnorm_backward(hakd_ctx *ctx, hakd_node *node) {
   bn_layout l = bn_layout_of(x);
   const float *xs = hakd_f32(x), *dy = node->out->grad, *w = weight ? hakd_f32(weight) : NULL;
   const float *mean = node->saved[0], *rstd = node->saved[1];
-  int batch_stats = (int)node->iarg[0];
-  double m = node->farg[0];
   /* sums[c] = sum dy, sums[C + c] = sum dy (x - mean), over this process's batch */
   double *sums = hakd_ctx_alloc(ctx, 4 * (size_t)l.c * sizeof(double));
   if (!sums) return;
@@ -115,26 +141,11 @@ static void batchnorm_backward(hakd_ctx *ctx, hakd_node *node) {
     if (dw) dw[c] += (float)(sum_dy_dev * rstd[c]);
   }
   if (!dx) return;
-  /* SyncBN: the statistics came from every process, so their gradient terms are the global sums
-   * (each process's dy is the gradient of its own loss; the averaging of the parameter gradients
-   * over the processes completes the global gradient, as in PyTorch's SyncBatchNorm). */
-  double *global = sums;
-  if (batch_stats && node->iarg[1]) {
-    global = sums + 2 * l.c;
-    memcpy(global, sums, 2 * (size_t)l.c * sizeof *global);
-    if (hakd_ctx_allreduce_sum(ctx, global, 2 * l.c)) return;
-  }
+  float *coef = hakd_ctx_alloc(ctx, 3 * (size_t)l.c * sizeof(float));
+  if (!coef || bn_grad_coefs(ctx, node, sums, l.c, w, rstd, coef)) return;
 #pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
   for (int64_t c = 0; c < l.c; c++) {
-    double r = rstd[c], scale = w ? w[c] : 1.0;
-    /* Batch statistics: dx = w r (dy - mean(dy) - xhat mean(dy xhat)); running statistics are
-     * constants: dx = w r dy. */
-    double k_dy = scale * r, k_mean = 0.0, k_dev = 0.0;
-    if (batch_stats) {
-      k_mean = -k_dy * global[c] / m;
-      k_dev = -k_dy * r * r * global[l.c + c] / m;
-    }
-    float a = (float)k_dy, b = (float)k_mean, d = (float)k_dev, muf = mean[c];
+    float a = coef[c], b = coef[l.c + c], d = coef[2 * l.c + c], muf = mean[c];
     for (int64_t n = 0; n < l.n; n++) {
       const float *dyp = dy + (n * l.c + c) * l.hw, *xp = xs + (n * l.c + c) * l.hw;
       float *dxp = dx + (n * l.c + c) * l.hw;
@@ -154,38 +165,40 @@ static int bn_check_vector(hakd_ctx *ctx, const hakd_tensor *t, const char *what
   return 1;
 }
 
-hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias,
-                              hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps) {
-  if (!x || hakd_ctx_status(ctx)) return NULL;
+/* The checks and statistics both float32 BatchNorm ops share (`what` names the op in messages):
+ * batch statistics in training (SyncBN-reduced), PyTorch's running-statistics update, or the
+ * running statistics in eval mode; *mean, *rstd (C floats from ctx), *count the values per
+ * channel behind them. 0, or -1 with the error in ctx. */
+static int bn_forward_stats(hakd_ctx *ctx, const char *what, const hakd_tensor *x, bn_layout l,
+                            const hakd_tensor *weight, const hakd_tensor *bias, hakd_tensor *running_mean,
+                            hakd_tensor *running_var, float momentum, float eps, float **mean_out, float **rstd_out,
+                            double *count_out, int *batch_stats_out, int *sync_out) {
   char xs[64];
-  if (x->dtype != HAKD_F32 || (x->ndim != 2 && x->ndim != 4))
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d: input must be float32 (N, C, H, W) or (N, C), got %s",
-                         hakd_shape_str(x, xs, sizeof xs));
-  bn_layout l = bn_layout_of(x);
   if (!bn_check_vector(ctx, weight, "weight", l.c) || !bn_check_vector(ctx, bias, "bias", l.c) ||
       !bn_check_vector(ctx, running_mean, "running_mean", l.c) ||
       !bn_check_vector(ctx, running_var, "running_var", l.c))
-    return NULL;
-  if (!(eps > 0.0f)) return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d: eps %g must be positive", (double)eps);
+    return -1;
+  if (!(eps > 0.0f)) return hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: eps %g must be positive", what, (double)eps), -1;
   int batch_stats = hakd_ctx_training(ctx), sync = batch_stats && hakd_ctx_sync_bn(ctx);
   int64_t m = l.n * l.hw;
   if (batch_stats && m < 2 && !sync)
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d: training needs more than 1 value per channel, input %s",
-                         hakd_shape_str(x, xs, sizeof xs));
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "%s: training needs more than 1 value per channel, input %s", what,
+                         hakd_shape_str(x, xs, sizeof xs)),
+           -1;
   if (!batch_stats && (!running_mean || !running_var))
-    return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d: eval mode needs running_mean and running_var");
-  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, x->shape);
+    return hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: eval mode needs running_mean and running_var", what), -1;
   float *mean = hakd_ctx_alloc(ctx, (size_t)l.c * sizeof(float));
   float *rstd = hakd_ctx_alloc(ctx, (size_t)l.c * sizeof(float));
   double *stats = hakd_ctx_alloc(ctx, (2 * (size_t)l.c + 1) * sizeof(double));
-  if (!y || !mean || !rstd || !stats) return NULL;
+  if (!mean || !rstd || !stats) return -1;
   double *bmean = stats, *bvar = stats + l.c, count = (double)m;
   if (batch_stats) {
     count = bn_batch_stats(ctx, bmean, bvar, hakd_f32(x), l);
-    if (count < 0) return NULL;
+    if (count < 0) return -1;
     if (count < 2)
-      return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d: training needs more than 1 value per channel, input %s",
-                           hakd_shape_str(x, xs, sizeof xs));
+      return hakd_ctx_fail(ctx, HAKD_ESHAPE, "%s: training needs more than 1 value per channel, input %s", what,
+                           hakd_shape_str(x, xs, sizeof xs)),
+             -1;
     for (int64_t c = 0; c < l.c; c++) {
       mean[c] = (float)bmean[c];
       rstd[c] = (float)(1.0 / sqrt(bvar[c] + (double)eps));
@@ -205,6 +218,26 @@ hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight
       rstd[c] = (float)(1.0 / sqrt((double)rv[c] + (double)eps));
     }
   }
+  *mean_out = mean, *rstd_out = rstd, *count_out = count, *batch_stats_out = batch_stats, *sync_out = sync;
+  return 0;
+}
+
+hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias,
+                              hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps) {
+  if (!x || hakd_ctx_status(ctx)) return NULL;
+  char xs[64];
+  if (x->dtype != HAKD_F32 || (x->ndim != 2 && x->ndim != 4))
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d: input must be float32 (N, C, H, W) or (N, C), got %s",
+                         hakd_shape_str(x, xs, sizeof xs));
+  bn_layout l = bn_layout_of(x);
+  float *mean, *rstd;
+  double count;
+  int batch_stats, sync;
+  if (bn_forward_stats(ctx, "batchnorm2d", x, l, weight, bias, running_mean, running_var, momentum, eps, &mean, &rstd,
+                       &count, &batch_stats, &sync))
+    return NULL;
+  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, x->ndim, x->shape);
+  if (!y) return NULL;
   const float *xd = hakd_f32(x), *w = weight ? hakd_f32(weight) : NULL, *b = bias ? hakd_f32(bias) : NULL;
   float *yd = hakd_f32(y);
 #pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
@@ -293,8 +326,6 @@ static void batchnorm_act_backward(hakd_ctx *ctx, hakd_node *node) {
   const float *xs = hakd_f32(x), *dy = node->out->grad, *w = weight ? hakd_f32(weight) : NULL;
   const float *ys = act == HAKD_ACT_NONE ? dy : hakd_f32(node->out);
   const float *mean = node->saved[0], *rstd = node->saved[1];
-  int batch_stats = (int)node->iarg[0];
-  double m = node->farg[0];
   double *sums = hakd_ctx_alloc(ctx, 4 * (size_t)l.c * sizeof(double));
   if (!sums) return;
 #pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
@@ -318,22 +349,12 @@ static void batchnorm_act_backward(hakd_ctx *ctx, hakd_node *node) {
     if (dw) dw[c] += (float)(sum_dy_dev * rstd[c]);
   }
   if (!dx && !dr) return;
-  double *global = sums; /* SyncBN: hakd_batchnorm2d's backward says why */
-  if (batch_stats && node->iarg[1]) {
-    global = sums + 2 * l.c;
-    memcpy(global, sums, 2 * (size_t)l.c * sizeof *global);
-    if (hakd_ctx_allreduce_sum(ctx, global, 2 * l.c)) return;
-  }
+  float *coef = hakd_ctx_alloc(ctx, 3 * (size_t)l.c * sizeof(float));
+  if (!coef || bn_grad_coefs(ctx, node, sums, l.c, w, rstd, coef)) return;
 #pragma omp parallel for schedule(static) if (l.n * l.c * l.hw > 32768)
   for (int64_t p = 0; p < l.n * l.c; p++) {
     int64_t c = p % l.c;
-    double r = rstd[c], scale = w ? w[c] : 1.0;
-    double k_dy = scale * r, k_mean = 0.0, k_dev = 0.0;
-    if (batch_stats) {
-      k_mean = -k_dy * global[c] / m;
-      k_dev = -k_dy * r * r * global[l.c + c] / m;
-    }
-    float a = (float)k_dy, b = (float)k_mean, d = (float)k_dev, muf = mean[c];
+    float a = coef[c], b = coef[l.c + c], d = coef[2 * l.c + c], muf = mean[c];
     float g[BN_ACT_CHUNK];
     for (int64_t i0 = 0; i0 < l.hw; i0 += BN_ACT_CHUNK) {
       int64_t len = l.hw - i0 < BN_ACT_CHUNK ? l.hw - i0 : BN_ACT_CHUNK, at = p * l.hw + i0;
@@ -365,48 +386,14 @@ hakd_tensor *batchnorm2d_act_f32(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *wei
   if (act != HAKD_ACT_NONE && act != HAKD_ACT_RELU && act != HAKD_ACT_RELU6)
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d_act: activation %d is not none, relu or relu6", (int)act);
   bn_layout l = bn_layout_of(x);
-  if (!bn_check_vector(ctx, weight, "weight", l.c) || !bn_check_vector(ctx, bias, "bias", l.c) ||
-      !bn_check_vector(ctx, running_mean, "running_mean", l.c) ||
-      !bn_check_vector(ctx, running_var, "running_var", l.c))
+  float *mean, *rstd;
+  double count;
+  int batch_stats, sync;
+  if (bn_forward_stats(ctx, "batchnorm2d_act", x, l, weight, bias, running_mean, running_var, momentum, eps, &mean,
+                       &rstd, &count, &batch_stats, &sync))
     return NULL;
-  if (!(eps > 0.0f)) return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d_act: eps %g must be positive", (double)eps);
-  int batch_stats = hakd_ctx_training(ctx), sync = batch_stats && hakd_ctx_sync_bn(ctx);
-  int64_t m = l.n * l.hw;
-  if (batch_stats && m < 2 && !sync)
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d_act: training needs more than 1 value per channel, input %s",
-                         hakd_shape_str(x, xs, sizeof xs));
-  if (!batch_stats && (!running_mean || !running_var))
-    return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d_act: eval mode needs running_mean and running_var");
   hakd_tensor *y = hakd_tensor_new(ctx, HAKD_F32, 4, x->shape);
-  float *mean = hakd_ctx_alloc(ctx, (size_t)l.c * sizeof(float));
-  float *rstd = hakd_ctx_alloc(ctx, (size_t)l.c * sizeof(float));
-  double *stats = hakd_ctx_alloc(ctx, (2 * (size_t)l.c + 1) * sizeof(double));
-  if (!y || !mean || !rstd || !stats) return NULL;
-  double *bmean = stats, *bvar = stats + l.c, count = (double)m;
-  if (batch_stats) { /* as hakd_batchnorm2d */
-    count = bn_batch_stats(ctx, bmean, bvar, hakd_f32(x), l);
-    if (count < 0) return NULL;
-    if (count < 2)
-      return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d_act: training needs more than 1 value per channel, input %s",
-                           hakd_shape_str(x, xs, sizeof xs));
-    for (int64_t c = 0; c < l.c; c++) {
-      mean[c] = (float)bmean[c];
-      rstd[c] = (float)(1.0 / sqrt(bvar[c] + (double)eps));
-    }
-    if (running_mean && running_var) {
-      float *rm = hakd_f32(running_mean), *rv = hakd_f32(running_var);
-      for (int64_t c = 0; c < l.c; c++) {
-        rm[c] = (float)((1.0 - momentum) * rm[c] + momentum * bmean[c]);
-        rv[c] = (float)((1.0 - momentum) * rv[c] + momentum * bvar[c] * count / (count - 1.0));
-      }
-    }
-  } else {
-    const float *rm = hakd_f32(running_mean), *rv = hakd_f32(running_var);
-    for (int64_t c = 0; c < l.c; c++) {
-      mean[c] = rm[c];
-      rstd[c] = (float)(1.0 / sqrt((double)rv[c] + (double)eps));
-    }
-  }
+  if (!y) return NULL;
   const float *xd = hakd_f32(x), *w = weight ? hakd_f32(weight) : NULL, *b = bias ? hakd_f32(bias) : NULL;
   const float *rd = residual ? hakd_f32(residual) : NULL;
   float *yd = hakd_f32(y);
