@@ -95,17 +95,20 @@ static void usage(FILE *out) {
 /* OpenMP threads that wait for work spin by default (libgomp: 300,000 spins, milliseconds, before
  * sleeping), which is fastest on an idle machine of one's own and several times slower when
  * another process wants the cores: a waiting thread burns the time slice that the thread it waits
- * for needs (README, "Threads and shared machines", has the measurements). hakd therefore waits
- * passively unless the user chose: it sets OMP_WAIT_POLICY=passive when neither OMP_WAIT_POLICY
- * nor GOMP_SPINCOUNT is set. libgomp reads these variables once, when it is loaded, before main
- * runs (and before any constructor of this program), so setting one here takes effect only in a
- * fresh process image: the CLI re-executes itself once with the variable set. If exec fails (no
- * /proc), it runs on with the runtime's default. */
+ * for needs. Waiting passively (sleeping at once) avoids that but pays a wake-up (a futex, and on
+ * a VM a halted virtual CPU) at every parallel region: 20-30% of a small step (mbv2 inference at
+ * 128x128, about 60 regions of 0.1-0.3 ms). hakd therefore spins briefly, 1,000 spins (tens of
+ * microseconds: the gap between two consecutive ops' regions), then sleeps, unless the user chose:
+ * it sets GOMP_SPINCOUNT=1000 when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set (README,
+ * "Threads and shared machines", has the measurements). libgomp reads these variables once, when
+ * it is loaded, before main runs (and before any constructor of this program), so setting one here
+ * takes effect only in a fresh process image: the CLI re-executes itself once with the variable
+ * set. If exec fails (no /proc), it runs on with the runtime's default. */
 static void wait_policy_reexec(char **argv) {
   if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
-  if (setenv("OMP_WAIT_POLICY", "passive", 1)) return;
+  if (setenv("GOMP_SPINCOUNT", "1000", 1)) return;
   execv("/proc/self/exe", argv);
-  unsetenv("OMP_WAIT_POLICY"); /* not in effect: do not tell child processes otherwise */
+  unsetenv("GOMP_SPINCOUNT"); /* not in effect: do not tell child processes otherwise */
 }
 
 int main(int argc, char **argv) {
