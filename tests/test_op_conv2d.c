@@ -312,6 +312,10 @@ static void check_against_naive(conv2d_path path) {
       {2, 6, 9, 11, 12, 3, 2, 2, 2, 6},     /* depthwise with channel multiplier 2 */
       {2, 8, 7, 5, 6, 1, 1, 0, 1, 2},       /* grouped 1x1 */
       {1, 4, 12, 13, 5, 5, 3, 1, 1, 1},     /* 5x5 stride 3, last window partially outside */
+      /* channels in whole blocks of 16 (oneDNN's blocked weights, several blocks of each), dilated
+       * as r18/r50 layer3/4, and a 5x5 */
+      {2, 48, 9, 7, 32, 3, 1, 2, 2, 1},
+      {1, 32, 8, 8, 64, 5, 1, 2, 1, 1},
   };
   check_cases_against_naive(path, cases, sizeof cases / sizeof cases[0]);
 }
