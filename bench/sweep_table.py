@@ -11,11 +11,12 @@ the summary puts the points below 1.5x in three classes: above 100%, 85-100%, be
 then ms per image against input pixels, one row per model
 and side (cost as work grows). --tsv FILE writes the points for bench_sweep_plot.
 
-usage: sweep_table.py RESULTS.jsonl [--tsv FILE] [--only REGEX] [--peak GFLOPS] [--prefix CMD]
+usage: sweep_table.py RESULTS.jsonl [--tsv FILE] [--only REGEX] [--peak GFLOPS] [--prefix CMD] [--max-round R]
 --peak replaces the recorded fp32 peak (e.g. one measured on a quiet machine: on a busy one
 bench_peak's loops get a fraction of the cores). --prefix CMD keeps only the runs made under that
 PREFIX of compare_pytorch.sh (e.g. "chrt -f 10": real-time runs, not mixed with earlier
-unprioritised runs of the same points; "" keeps only those); the peak lines are kept."""
+unprioritised runs of the same points; "" keeps only those); the peak lines are kept. --max-round R
+keeps only rounds 1..R (what the table said before rounds were added to some points)."""
 import argparse
 import collections
 import json
@@ -29,6 +30,7 @@ def main():
     ap.add_argument("--only", help="keep the points whose 'MODEL MODE SIZExSIZE bB' name matches")
     ap.add_argument("--peak", type=float, help="fp32 peak GFLOP/s for the share column")
     ap.add_argument("--prefix", help="keep only the runs made under this PREFIX (compare_pytorch.sh)")
+    ap.add_argument("--max-round", type=int, help="keep only rounds 1..R")
     args = ap.parse_args()
     points = collections.OrderedDict()
     peaks = []
@@ -40,6 +42,8 @@ def main():
         if args.only and not re.search(args.only, r["case"]):
             continue
         if args.prefix is not None and r.get("prefix", "") != args.prefix:
+            continue
+        if args.max_round is not None and r.get("round", 0) > args.max_round:
             continue
         res = r["result"]
         key = (res["model"], res["mode"], int(res["size"].split("x")[0]), res["batch"])
