@@ -152,6 +152,7 @@ static int cmd_eval(int argc, char **argv) {
   lo.key_map = prefix;
   hakd_load_report rep;
   if (hakd_model_load(m, weights, &lo, &rep)) goto done;
+  hakd_params_freeze(hakd_model_params(m), 1); /* inference only: packed weights kept (hakd/tensor.h) */
   if (rep.unused_aux)
     fprintf(stderr, "note: %s: %d auxiliary-head tensor(s) unused (a training-only head this model is built without)\n",
             weights, rep.unused_aux);

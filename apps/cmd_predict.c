@@ -159,6 +159,7 @@ int cmd_predict(int argc, char **argv) {
   lo.key_map = prefix;
   hakd_load_report rep;
   if (hakd_model_load(m, weights, &lo, &rep)) goto fail;
+  hakd_params_freeze(hakd_model_params(m), 1); /* inference only: packed weights kept (hakd/tensor.h) */
   fprintf(stderr, "loaded %s: %d tensors (%d ignored counters)\n", weights, rep.loaded, rep.ignored);
   if (rep.unused_aux)
     fprintf(stderr, "note: %d auxiliary-head tensor(s) unused (a training-only head this model is built without)\n",

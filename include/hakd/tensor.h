@@ -46,6 +46,9 @@ typedef struct hakd_tensor {
   int32_t buffer;      /* step buffer holding data (id + 1; views share it); 0: not step memory */
   int32_t grad_buffer; /* step buffer holding grad; 0: none or persistent */
   int32_t pending_reads; /* backward bookkeeping of parameters: tape nodes still to run that read it */
+  /* Parameters and buffers: nonzero while frozen (hakd_params_freeze), a stamp no other freeze
+   * of any tensor has had; caches of forms derived from the data are keyed by it. */
+  uint64_t frozen;
 } hakd_tensor;
 
 static inline float *hakd_f32(const hakd_tensor *t) { return (float *)t->data; }
@@ -248,6 +251,20 @@ hakd_tensor *hakd_params_find(const hakd_params *p, const char *name);
 void hakd_params_zero_grad(hakd_params *p);
 /* Number of trainable scalars. */
 int64_t hakd_params_count(const hakd_params *p);
+/* Freezing (frozen != 0) promises that the data of p's tensors stays as it is until they are
+ * unfrozen (frozen == 0), so that inference may keep forms derived from them between forwards:
+ * a frozen convolution's weights folded with its BatchNorm and reordered into oneDNN's layout
+ * are made on its first forward on small maps and reused (bit for bit what the unfrozen model
+ * computes), where an unfrozen one redoes that work on every call. Each thread keeps its own
+ * copies, up to HAKD_FROZEN_CACHE_MB (default 1024 per thread; 0: none), least recently used
+ * first out. hakd_model_open, `hakd predict`, `eval`, `bench --mode infer` and a distillation's
+ * teacher freeze their models. hakd's own writers renew the stamp of a frozen tensor they
+ * change (hakd_model_load, the optimizers, a data-parallel start's broadcast); code that writes a frozen tensor's
+ * data itself must call hakd_tensor_changed on it (or freeze p again) before the next forward,
+ * or that forward may use the old values. Freezing again gives every tensor a new stamp. */
+void hakd_params_freeze(hakd_params *p, int frozen);
+/* Renews t's stamp if it is frozen (its data changed); nothing otherwise. */
+void hakd_tensor_changed(hakd_tensor *t);
 
 /* ---- random numbers (deterministic, counter-free xorshift-style generator) ----------- */
 

@@ -101,6 +101,18 @@ void hakd_params_zero_grad(hakd_params *p) {
     if (p->items[i]->grad) memset(p->items[i]->grad, 0, (size_t)hakd_numel(p->items[i]) * sizeof(float));
 }
 
+/* Stamps are unique over the process: a tensor freed and another frozen at its address, or a
+ * tensor changed and frozen again, never match a cache entry made before. */
+static _Atomic uint64_t params_frozen_stamps;
+
+void hakd_tensor_changed(hakd_tensor *t) {
+  if (t && t->frozen) t->frozen = ++params_frozen_stamps;
+}
+
+void hakd_params_freeze(hakd_params *p, int frozen) {
+  for (int i = 0; p && i < p->count; i++) p->items[i]->frozen = frozen ? ++params_frozen_stamps : 0;
+}
+
 int64_t hakd_params_count(const hakd_params *p) {
   int64_t n = 0;
   for (int i = 0; i < p->count; i++)

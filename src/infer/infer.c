@@ -35,6 +35,7 @@ int hakd_model_open(const char *path, const char *name, const hakd_model_options
   hakd_load_options_default(&lo);
   hakd_load_report report;
   rc = hakd_model_load(m, path, &lo, &report);
+  if (!rc) hakd_params_freeze(hakd_model_params(m), 1); /* read only from here on (hakd/tensor.h) */
   if (rc) {
     hakd_model_free(m);
     if (!opts && !(meta.have & HAKD_META_WIDTH))

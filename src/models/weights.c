@@ -343,7 +343,10 @@ int hakd_model_load(hakd_model *m, const char *path, const hakd_load_options *op
   }
   if (!rc)
     for (int i = 0; i < p->count; i++)
-      if (staged[i]) memcpy(p->items[i]->data, staged[i], (size_t)hakd_numel(p->items[i]) * sizeof(float));
+      if (staged[i]) {
+        memcpy(p->items[i]->data, staged[i], (size_t)hakd_numel(p->items[i]) * sizeof(float));
+        hakd_tensor_changed(p->items[i]); /* a frozen model reloaded: its derived forms are stale */
+      }
 done:
   if (staged)
     for (int i = 0; i < p->count; i++) free(staged[i]);

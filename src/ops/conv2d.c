@@ -998,6 +998,15 @@ static void conv2d_affine_act_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_ctx_fail(ctx, HAKD_EINVAL, "%s: inference only, no backward", node->op);
 }
 
+void conv2d_fold_affine(float *folded, float *folded_bias, const float *w, const float *b, const float *scale,
+                        const float *shift, int64_t cout, int64_t per_out) {
+#pragma omp parallel for schedule(static) if (cout * per_out > 65536)
+  for (int64_t co = 0; co < cout; co++) {
+    for (int64_t k = 0; k < per_out; k++) folded[co * per_out + k] = w[co * per_out + k] * scale[co];
+    folded_bias[co] = (b ? b[co] * scale[co] : 0.0f) + shift[co];
+  }
+}
+
 /* The per-channel affine goes into the weights and bias (one weight-sized pass), and the
  * residual and activation into one pass over the output, instead of three activation-sized
  * passes (affine, add, activation) that each write a new tensor. With blocked bfloat16
@@ -1047,6 +1056,20 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
   conv2d_epilogue epilogue = {fold ? NULL : sc, fold ? NULL : sh, residual ? hakd_f32(residual) : NULL,
                               act == HAKD_ACT_NONE ? -INFINITY : 0.0f, act == HAKD_ACT_RELU6 ? 6.0f : INFINITY};
   const conv2d_epilogue *ep = !s.dst_blocked && (residual || act != HAKD_ACT_NONE || !fold) ? &epilogue : NULL;
+  /* A frozen model's weights (hakd_params_freeze) on oneDNN: folded and reordered once, kept */
+  int on_dnnl = s.dst_blocked ? !conv2d_regions_apply(&s) : conv2d_forward_path_of(&s) == CONV2D_PATH_DNNL;
+  if (on_dnnl && w->frozen) {
+    conv2d_shape fs = s;
+    fs.has_bias |= fold;
+    int done = conv2d_frozen_forward(y->data, x->data, w, b, fold ? sc : NULL, fold ? sh : NULL, &fs);
+    if (done < 0) return hakd_ctx_fail(ctx, done, "conv2d_affine_act: %s", hakd_error_message());
+    if (done) {
+      if (!s.dst_blocked) conv2d_epilogue_planes(ep, hakd_f32(y), &fs);
+      hakd_tensor *inputs[3] = {x, w, b};
+      hakd_record(ctx, "conv2d_affine_act", conv2d_affine_act_backward, y, b ? 3 : 2, inputs);
+      return y;
+    }
+  }
   int rc;
   if (fold) {
     int64_t per_out = hakd_numel(w) / s.cout;
@@ -1054,11 +1077,7 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
     if (!folded) return NULL;
     float *folded_bias = folded + hakd_numel(w);
     const float *wd = hakd_f32(w);
-#pragma omp parallel for schedule(static) if (hakd_numel(w) > 65536)
-    for (int64_t co = 0; co < s.cout; co++) {
-      for (int64_t k = 0; k < per_out; k++) folded[co * per_out + k] = wd[co * per_out + k] * sc[co];
-      folded_bias[co] = (b ? hakd_f32(b)[co] * sc[co] : 0.0f) + sh[co];
-    }
+    conv2d_fold_affine(folded, folded_bias, wd, b ? hakd_f32(b) : NULL, sc, sh, s.cout, per_out);
     s.has_bias = 1;
     rc = !s.dst_blocked ? conv2d_forward_dispatch(hakd_f32(y), hakd_f32(x), folded, folded_bias, &s, ep)
          : conv2d_regions_apply(&s) ? conv2d_regions_forward(ctx, y->data, x->data, folded, folded_bias, &s)

@@ -116,6 +116,32 @@ int conv2d_dnnl_forward_is_direct(const conv2d_shape *s);
 int conv2d_regions_apply(const conv2d_shape *s);
 int conv2d_regions_forward(hakd_ctx *ctx, void *y, const void *x, const float *w, const float *b,
                            const conv2d_shape *s);
+/* Packed weights: the forward's weights converted once into the layout oneDNN's primitive for s
+ * reads (conv2d_frozen.c keeps them for frozen models). conv2d_dnnl_packed_weights_bytes: their
+ * size, with the layout (a dnnl_memory_desc_t) copied into `layout` of `layout_size` bytes; 0 when
+ * the forward of s reads our plain weights or is cut into parts (then nothing is packed).
+ * conv2d_dnnl_pack_weights writes them; conv2d_dnnl_forward_packed is conv2d_dnnl_forward
+ * reading them. */
+size_t conv2d_dnnl_packed_weights_bytes(const conv2d_shape *s, void *layout, size_t layout_size);
+int conv2d_dnnl_layouts_equal(const void *a, const void *b);
+int conv2d_dnnl_pack_weights(void *packed, const float *w, const conv2d_shape *s);
+int conv2d_dnnl_forward_packed(void *y, const void *x, const void *packed, const float *b, const conv2d_shape *s);
+
+/* ---- frozen weights (conv2d_frozen.c) ---- */
+
+/* The per-channel affine of an inference convolution folded into its weights and bias:
+ * folded = w * scale[co], folded_bias = b * scale + shift (b NULL: 0), per output channel. */
+void conv2d_fold_affine(float *folded, float *folded_bias, const float *w, const float *b, const float *scale,
+                        const float *shift, int64_t cout, int64_t per_out);
+/* The oneDNN forward of a frozen convolution (w, and b when given, frozen parameters:
+ * hakd_params_freeze) with its weights packed once and kept in this thread's cache: folded with
+ * (scale, shift) first when scale is given, then s must have has_bias. Runs on small maps only
+ * (at most CONV2D_FROZEN_POSITIONS output positions over the batch), where converting the weights
+ * costs a share of the products. Returns 1 when y holds the result (bit for bit what folding and
+ * conv2d_dnnl_forward give), 0 when it does not apply (nothing done), or a negative status. */
+int conv2d_frozen_forward(void *y, const void *x, const hakd_tensor *w, const hakd_tensor *b, const float *scale,
+                          const float *shift, const conv2d_shape *s);
+
 /* Budget of one part when a large bf16 call is cut into images or row bands (bytes of its float32
  * input + output; tests cut small calls with a tiny one); <= 0 restores the default (24 MB). */
 void conv2d_dnnl_set_part_bytes(int64_t bytes);

@@ -313,10 +313,13 @@ static int conv2d_dnnl_reorder_run(dnnl_primitive_t reorder, dnnl_memory_t from,
   return 0;
 }
 
-/* Runs op on our buffers ptrs[i] (one per argument, in the order they were added). */
-static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs) {
+/* Runs op on our buffers ptrs[i] (one per argument, in the order they were added); with
+ * `packed`, the weights argument's pointer already holds them in the primitive's layout (as
+ * conv2d_dnnl_pack_weights wrote them) and is not reordered. */
+static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs, int packed) {
   size_t total = ops_scratch_round(op->scratchpad_bytes);
-  for (int i = 0; i < op->n_args; i++) total += ops_scratch_round(op->args[i].inner_bytes);
+  for (int i = 0; i < op->n_args; i++)
+    if (!(packed && op->args[i].id == DNNL_ARG_WEIGHTS)) total += ops_scratch_round(op->args[i].inner_bytes);
   unsigned char *scratch = ops_scratch(total);
   if (!scratch) return HAKD_ENOMEM;
   dnnl_exec_arg_t args[CONV2D_DNNL_MAX_ARGS + 1];
@@ -324,7 +327,9 @@ static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs) {
   for (int i = 0; i < op->n_args; i++) {
     conv2d_dnnl_arg *a = &op->args[i];
     DNNL_TRY(dnnl_memory_set_data_handle(a->user, ptrs[i]));
-    if (a->inner) {
+    if (packed && a->id == DNNL_ARG_WEIGHTS && a->inner) {
+      DNNL_TRY(dnnl_memory_set_data_handle(a->inner, ptrs[i]));
+    } else if (a->inner) {
       DNNL_TRY(dnnl_memory_set_data_handle(a->inner, scratch));
       scratch += ops_scratch_round(a->inner_bytes);
       if (!a->is_output) {
@@ -402,7 +407,7 @@ static int conv2d_dnnl_run_cut(const conv2d_shape *s, int which, void *const *pt
         p[iy] = (float *)ptrs[iy] + (n0 * s->cout * s->oh + r0) * s->ow;
       }
       conv2d_dnnl_op *op = which == 0 ? &e->forward : which == 1 ? &e->backward_data : &e->backward_weights;
-      if ((rc = conv2d_dnnl_op_run(op, p))) return rc;
+      if ((rc = conv2d_dnnl_op_run(op, p, 0))) return rc;
     }
   }
   return 0;
@@ -412,6 +417,50 @@ int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, 
   void *ptrs[4] = {(void *)x, (void *)w, (void *)b, y};
   if (!s->has_bias) ptrs[2] = y; /* arguments: src, weights, [bias,] dst */
   return conv2d_dnnl_run_cut(s, 0, ptrs, s->has_bias ? 4 : 3, 0, s->has_bias ? 3 : 2);
+}
+
+/* The weights argument of the forward of s, when oneDNN reads them in a layout of its own and the
+ * call runs in one part; NULL otherwise (or with an error set when no primitive can be made). */
+static conv2d_dnnl_arg *conv2d_dnnl_forward_weights(const conv2d_shape *s, conv2d_dnnl_entry **entry) {
+  conv2d_dnnl_cut c = conv2d_dnnl_cut_of(s);
+  if (c.images != s->n || c.rows != s->h || conv2d_dnnl_entry_get(s, 0, entry)) return NULL;
+  for (int i = 0; i < (*entry)->forward.n_args; i++) {
+    conv2d_dnnl_arg *a = &(*entry)->forward.args[i];
+    if (a->id == DNNL_ARG_WEIGHTS) return a->inner ? a : NULL;
+  }
+  return NULL;
+}
+
+size_t conv2d_dnnl_packed_weights_bytes(const conv2d_shape *s, void *layout, size_t layout_size) {
+  conv2d_dnnl_entry *e;
+  conv2d_dnnl_arg *a = conv2d_dnnl_forward_weights(s, &e);
+  if (!a) return 0;
+  const dnnl_memory_desc_t *md = NULL;
+  if (dnnl_memory_get_memory_desc(a->inner, &md) != dnnl_success || !md || layout_size < sizeof *md) return 0;
+  memcpy(layout, md, sizeof *md);
+  return a->inner_bytes;
+}
+
+int conv2d_dnnl_layouts_equal(const void *a, const void *b) { return dnnl_memory_desc_equal(a, b); }
+
+int conv2d_dnnl_pack_weights(void *packed, const float *w, const conv2d_shape *s) {
+  conv2d_dnnl_entry *e;
+  conv2d_dnnl_arg *a = conv2d_dnnl_forward_weights(s, &e);
+  if (!a) return hakd_error(HAKD_EINVAL, "conv2d: the weights of this shape are not packed");
+  DNNL_TRY(dnnl_memory_set_data_handle(a->user, (void *)w));
+  DNNL_TRY(dnnl_memory_set_data_handle(a->inner, packed));
+  int rc = conv2d_dnnl_reorder_run(a->reorder, a->user, a->inner);
+  if (!rc) DNNL_TRY(dnnl_stream_wait(conv2d_dnnl_stream));
+  return rc;
+}
+
+int conv2d_dnnl_forward_packed(void *y, const void *x, const void *packed, const float *b, const conv2d_shape *s) {
+  conv2d_dnnl_entry *e;
+  if (!conv2d_dnnl_forward_weights(s, &e))
+    return hakd_error(HAKD_EINVAL, "conv2d: the weights of this shape are not packed");
+  void *ptrs[4] = {(void *)x, (void *)packed, (void *)b, y};
+  if (!s->has_bias) ptrs[2] = y; /* arguments: src, weights, [bias,] dst */
+  return conv2d_dnnl_op_run(&e->forward, ptrs, 1);
 }
 
 static float *conv2d_dnnl_zeros(hakd_ctx *ctx, size_t n) {

@@ -24,6 +24,9 @@ uint64_t ops_scratch_growths(void);
 /* Bytes this thread's block holds now (its high-water size): the trainer's memory estimate counts
  * it beside the step arena, which does not hold it. */
 size_t ops_scratch_bytes(void);
+/* Bytes of frozen models' packed convolution weights this thread keeps (conv2d_frozen.c): the
+ * trainer's memory estimate counts them with the model (a distillation's teacher is frozen). */
+size_t ops_frozen_weights_bytes(void);
 /* Registers release (once per thread) to run at ops_release and when the thread exits: how the
  * oneDNN engine and caches are freed without this module knowing them. */
 void ops_thread_on_release(void (*release)(void));

@@ -103,7 +103,9 @@ static int bench_setup(bench *b, hakd_bench_result *r) {
     o.warmup_iters = 0; /* every term counts from the first step */
     if ((rc = hakd_distiller_create(b->teacher, b->model, c->method, &o, c->warmup + c->iters, &b->distiller))) return rc;
     hakd_distiller_init(b->distiller, c->seed + 2);
+    hakd_params_freeze(hakd_model_params(b->teacher), 1); /* as the trainer's teacher */
   }
+  if (c->mode == HAKD_BENCH_INFER) hakd_params_freeze(hakd_model_params(b->model), 1); /* as hakd_model_open */
   r->optimizer = "none";
   if (c->mode != HAKD_BENCH_INFER && (rc = bench_create_optimizer(b, r))) return rc;
 

@@ -266,7 +266,8 @@ int train_memory_estimate_step(const train_memory_probe *p, train_memory_estimat
   free(saved_d);
   if (rc) return rc;
   double trainable = (double)hakd_params_count(sp) + (dp ? (double)hakd_params_count(dp) : 0);
-  e->fixed = trainable * sizeof(float) * (1 + p->optimizer_copies) + (double)p->batch_bytes;
+  e->fixed = trainable * sizeof(float) * (1 + p->optimizer_copies) + (double)p->batch_bytes +
+             (double)ops_frozen_weights_bytes();
   e->total = e->resident + e->fixed + e->step + e->scratch;
   return 0;
 }

@@ -192,6 +192,7 @@ double hakd_optim_step(hakd_optimizer *o, float lr) {
     else
       adamw_update(w, g, e->m, e->v, n, clip_scale, 1.0f - step_lr * wd, c->beta1, c->beta2,
                    (float)(step_lr / bias1), (float)sqrt(bias2), c->eps);
+    hakd_tensor_changed(e->param);
   }
   return norm;
 }

@@ -267,6 +267,7 @@ static int setup(trainer *t, hakd_train_result *result) {
     hakd_load_options_default(&lo);
     hakd_load_report rep;
     if ((rc = hakd_model_load(t->teacher, c->teacher_weights, &lo, &rep))) return rc;
+    hakd_params_freeze(hakd_model_params(t->teacher), 1); /* never trained: packed weights kept (hakd/tensor.h) */
     t->teacher_eval = t->eval;
     if (c->teacher_norm[0])
       t->teacher_eval.norm = strcmp(c->teacher_norm, "bgr-mean") ? HAKD_NORM_IMAGENET : HAKD_NORM_BGR_MEAN;
@@ -366,6 +367,7 @@ static int broadcast_params(hakd_params *p, int buffers_only) {
     if (t->dtype != HAKD_F32) continue;
     int rc = dist_broadcast_f32(hakd_f32(t), hakd_numel(t));
     if (rc) return rc;
+    hakd_tensor_changed(t);
   }
   return 0;
 }
