@@ -1,5 +1,7 @@
 /* Optimizers and schedule against torch.optim (tools/gen_optim.py). */
+#include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "harness.h"
 #include "hakd/io.h"
@@ -52,6 +54,47 @@ TEST(sgd_momentum_groups_match_torch) { run_optimizer_case(HAKD_OPTIM_SGD, "sgd"
 TEST(sgd_clip_grad_norm_matches_torch) { run_optimizer_case(HAKD_OPTIM_SGD, "sgd", 1.0f); }
 TEST(adamw_groups_match_torch) { run_optimizer_case(HAKD_OPTIM_ADAMW, "adamw", 0.0f); }
 TEST(adamw_clip_grad_norm_matches_torch) { run_optimizer_case(HAKD_OPTIM_ADAMW, "adamw", 1.0f); }
+
+/* Without clipping, the step takes the gradient norm it returns in the same pass as the update
+ * (optim.c update_param): the norm and the updated weights are bit for bit those of a clipped
+ * step whose threshold is never reached (a pass of its own first), for tensors split over
+ * threads (300000 elements) and small ones, and the norm is the gradients' L2 norm. */
+static double step_once(hakd_optim_kind kind, float clip, float *w_out, float *b_out, int64_t nw) {
+  hakd_params p;
+  hakd_params_init(&p);
+  int64_t wshape[1] = {nw}, bshape[1] = {7};
+  hakd_tensor *w = hakd_params_add(&p, "w", 1, wshape, 0), *b = hakd_params_add(&p, "b", 1, bshape, 0);
+  uint64_t rng = hakd_rng_seed(3);
+  for (int64_t i = 0; i < nw; i++) hakd_f32(w)[i] = hakd_rng_normal(&rng), w->grad[i] = hakd_rng_normal(&rng);
+  for (int i = 0; i < 7; i++) hakd_f32(b)[i] = hakd_rng_normal(&rng), b->grad[i] = hakd_rng_normal(&rng);
+  hakd_optim_config c;
+  hakd_optim_config_default(&c, kind);
+  c.clip_norm = clip;
+  hakd_optimizer *o = hakd_optim_new(&c);
+  double norm = -1;
+  if (o && hakd_optim_add_group(o, &p, NULL, 1.0f, 0) == 2) {
+    norm = hakd_optim_step(o, 0.1f);
+    memcpy(w_out, hakd_f32(w), (size_t)nw * sizeof(float));
+    memcpy(b_out, hakd_f32(b), 7 * sizeof(float));
+  }
+  hakd_optim_free(o);
+  hakd_params_free(&p);
+  return norm;
+}
+
+TEST(unclipped_norm_in_the_update_pass_equals_its_own_pass) {
+  enum { NW = 300000 };
+  static float w[2][NW];
+  float b[2][7];
+  hakd_optim_kind kinds[2] = {HAKD_OPTIM_SGD, HAKD_OPTIM_ADAMW};
+  for (int k = 0; k < 2; k++) {
+    double unclipped = step_once(kinds[k], 0.0f, w[0], b[0], NW), clipped = step_once(kinds[k], 1e30f, w[1], b[1], NW);
+    ASSERT_TRUE(unclipped > 0 && memcmp(&unclipped, &clipped, sizeof unclipped) == 0);
+    ASSERT_TRUE(memcmp(w[0], w[1], sizeof w[0]) == 0 && memcmp(b[0], b[1], sizeof b[0]) == 0);
+    /* the L2 norm of 300007 standard normal draws: sqrt(300007) within a few percent */
+    ASSERT_NEAR(unclipped / sqrt(300007.0), 1.0, 0.02);
+  }
+}
 
 TEST(poly_schedule_with_warmup_matches_mmseg) {
   hakd_st_file *f;

@@ -105,19 +105,21 @@ int hakd_optim_add_group(hakd_optimizer *o, hakd_params *p, const char *prefix, 
 #define NORM_CHUNKS 64
 #define NORM_LANES 8
 
+/* Sum of g[j]^2 over [lo, hi): NORM_LANES lanes, then the tail, then the lanes in order. */
+static double slice_squares(const float *g, int64_t lo, int64_t hi) {
+  int64_t body = lo + (hi - lo) / NORM_LANES * NORM_LANES;
+  double lane[NORM_LANES] = {0}, sum = 0.0;
+  for (int64_t j = lo; j < body; j += NORM_LANES)
+    for (int k = 0; k < NORM_LANES; k++) lane[k] += (double)g[j + k] * (double)g[j + k];
+  for (int64_t j = body; j < hi; j++) sum += (double)g[j] * (double)g[j];
+  for (int k = 0; k < NORM_LANES; k++) sum += lane[k];
+  return sum;
+}
+
 static double sum_squares(const float *g, int64_t n) {
   double part[NORM_CHUNKS];
 #pragma omp parallel for schedule(static) if (n > 65536)
-  for (int c = 0; c < NORM_CHUNKS; c++) {
-    int64_t lo = n * c / NORM_CHUNKS, hi = n * (c + 1) / NORM_CHUNKS;
-    int64_t body = lo + (hi - lo) / NORM_LANES * NORM_LANES;
-    double lane[NORM_LANES] = {0}, sum = 0.0;
-    for (int64_t j = lo; j < body; j += NORM_LANES)
-      for (int k = 0; k < NORM_LANES; k++) lane[k] += (double)g[j + k] * (double)g[j + k];
-    for (int64_t j = body; j < hi; j++) sum += (double)g[j] * (double)g[j];
-    for (int k = 0; k < NORM_LANES; k++) sum += lane[k];
-    part[c] = sum;
-  }
+  for (int c = 0; c < NORM_CHUNKS; c++) part[c] = slice_squares(g, n * c / NORM_CHUNKS, n * (c + 1) / NORM_CHUNKS);
   double total = 0.0;
   for (int c = 0; c < NORM_CHUNKS; c++) total += part[c];
   return total;
@@ -129,24 +131,28 @@ static double global_grad_norm(const hakd_optimizer *o) {
   return sqrt(sq);
 }
 
-/* The update loops read their constants from locals: through the config pointer every store to
- * w, m or v could change them, and the loops would reload them per element. optim.c compiles
- * with -fno-math-errno (CMakeLists.txt), so sqrtf vectorises; v >= 0, so errno was never set. */
-static void sgd_update(float *restrict w, const float *restrict g, float *restrict m, int64_t n, float clip_scale,
-                       float wd, float momentum, float step_lr, int first) {
+/* The constants of one parameter's update. The update loops read them from locals: through a
+ * pointer every store to w, m or v could change them, and the loops would reload them per
+ * element. optim.c compiles with -fno-math-errno (CMakeLists.txt), so sqrtf vectorises; v >= 0,
+ * so errno was never set. */
+typedef struct {
+  int sgd, first;
+  float clip_scale, wd, momentum, step_lr;                              /* SGD */
+  float decay, beta1, beta2, step_size, sqrt_bias2, eps;                 /* AdamW */
+} update_args;
+
+static void sgd_update(float *restrict w, const float *restrict g, float *restrict m, int64_t lo, int64_t hi,
+                       float clip_scale, float wd, float momentum, float step_lr, int first) {
   if (momentum == 0.0f) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t j = 0; j < n; j++) w[j] -= step_lr * (g[j] * clip_scale + wd * w[j]);
+    for (int64_t j = lo; j < hi; j++) w[j] -= step_lr * (g[j] * clip_scale + wd * w[j]);
   } else if (first) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t j = 0; j < n; j++) {
+    for (int64_t j = lo; j < hi; j++) {
       float d = g[j] * clip_scale + wd * w[j];
       m[j] = d;
       w[j] -= step_lr * d;
     }
   } else {
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t j = 0; j < n; j++) {
+    for (int64_t j = lo; j < hi; j++) {
       float d = momentum * m[j] + (g[j] * clip_scale + wd * w[j]);
       m[j] = d;
       w[j] -= step_lr * d;
@@ -154,12 +160,11 @@ static void sgd_update(float *restrict w, const float *restrict g, float *restri
   }
 }
 
-static void adamw_update(float *restrict w, const float *restrict g, float *restrict m, float *restrict v, int64_t n,
-                         float clip_scale, float decay, float beta1, float beta2, float step_size, float sqrt_bias2,
-                         float eps) {
+static void adamw_update(float *restrict w, const float *restrict g, float *restrict m, float *restrict v, int64_t lo,
+                         int64_t hi, float clip_scale, float decay, float beta1, float beta2, float step_size,
+                         float sqrt_bias2, float eps) {
   float one_minus_beta1 = 1.0f - beta1, one_minus_beta2 = 1.0f - beta2;
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t j = 0; j < n; j++) {
+  for (int64_t j = lo; j < hi; j++) {
     float gj = g[j] * clip_scale;
     float wj = w[j] * decay;
     float mj = beta1 * m[j] + one_minus_beta1 * gj;
@@ -171,12 +176,37 @@ static void adamw_update(float *restrict w, const float *restrict g, float *rest
   }
 }
 
+/* Updates one parameter in NORM_CHUNKS slices (in parallel); with `squares` (the norm of an
+ * unclipped step, which the update does not need first), each slice's sum of squared gradients
+ * goes to *squares as sum_squares adds them, taken just before the slice's update while the
+ * slice is in cache: the same bits as a pass of its own, without reading the gradients twice. */
+static void update_param(const optim_entry *e, const update_args *a, double *squares) {
+  float *w = hakd_f32(e->param), *g = e->param->grad;
+  int64_t n = hakd_numel(e->param);
+  double part[NORM_CHUNKS];
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int c = 0; c < NORM_CHUNKS; c++) {
+    int64_t lo = n * c / NORM_CHUNKS, hi = n * (c + 1) / NORM_CHUNKS;
+    if (squares) part[c] = slice_squares(g, lo, hi);
+    if (a->sgd)
+      sgd_update(w, g, e->m, lo, hi, a->clip_scale, a->wd, a->momentum, a->step_lr, a->first);
+    else
+      adamw_update(w, g, e->m, e->v, lo, hi, a->clip_scale, a->decay, a->beta1, a->beta2, a->step_size,
+                   a->sqrt_bias2, a->eps);
+  }
+  if (!squares) return;
+  double total = 0.0;
+  for (int c = 0; c < NORM_CHUNKS; c++) total += part[c];
+  *squares += total;
+}
+
 double hakd_optim_step(hakd_optimizer *o, float lr) {
   const hakd_optim_config *c = &o->config;
-  double norm = global_grad_norm(o);
+  int clipping = c->clip_norm > 0;
+  double norm = clipping ? global_grad_norm(o) : 0.0, squares = 0.0;
   /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1 */
   float clip_scale = 1.0f;
-  if (c->clip_norm > 0 && norm > 0) {
+  if (clipping && norm > 0) {
     double s = c->clip_norm / (norm + 1e-6);
     if (s < 1.0) clip_scale = (float)s;
   }
@@ -184,17 +214,13 @@ double hakd_optim_step(hakd_optimizer *o, float lr) {
   double bias1 = 1.0 - pow(c->beta1, (double)o->steps), bias2 = 1.0 - pow(c->beta2, (double)o->steps);
   for (int i = 0; i < o->count; i++) {
     optim_entry *e = &o->entries[i];
-    float *w = hakd_f32(e->param), *g = e->param->grad;
-    int64_t n = hakd_numel(e->param);
     float step_lr = lr * e->lr_mult, wd = e->decay ? c->weight_decay : 0.0f;
-    if (c->kind == HAKD_OPTIM_SGD)
-      sgd_update(w, g, e->m, n, clip_scale, wd, c->momentum, step_lr, o->steps == 1);
-    else
-      adamw_update(w, g, e->m, e->v, n, clip_scale, 1.0f - step_lr * wd, c->beta1, c->beta2,
-                   (float)(step_lr / bias1), (float)sqrt(bias2), c->eps);
+    update_args a = {c->kind == HAKD_OPTIM_SGD, o->steps == 1, clip_scale, wd, c->momentum, step_lr,
+                     1.0f - step_lr * wd, c->beta1, c->beta2, (float)(step_lr / bias1), (float)sqrt(bias2), c->eps};
+    update_param(e, &a, clipping ? NULL : &squares);
     hakd_tensor_changed(e->param);
   }
-  return norm;
+  return clipping ? norm : sqrt(squares);
 }
 
 void hakd_optim_zero_grad(hakd_optimizer *o) {
