@@ -139,6 +139,8 @@ TEST(changes_reach_the_next_frozen_forward) {
   hakd_tensor *y = case_run(ctx, &c, 0, 0);
   float *first = y ? copy_floats(hakd_f32(y), hakd_numel(y)) : NULL;
   ASSERT_TRUE(first != NULL);
+  size_t kept = ops_frozen_weights_bytes(); /* one entry: each change replaces it */
+  ASSERT_TRUE(kept > 0);
   for (int change = 0; change < 3 && !test_failed(); change++) {
     if (change == 0) { /* weights written in place, announced */
       uint64_t stamp = c.w->frozen;
@@ -176,6 +178,8 @@ TEST(changes_reach_the_next_frozen_forward) {
         memcmp(got, first, (size_t)hakd_numel(y) * sizeof(float)) == 0)
       test_fail(__FILE__, __LINE__, "change %d: the frozen forward did not see it", change);
     memcpy(first, got, (size_t)hakd_numel(y) * sizeof(float));
+    if (ops_frozen_weights_bytes() != kept)
+      test_fail(__FILE__, __LINE__, "change %d: %zu bytes kept, not %zu", change, ops_frozen_weights_bytes(), kept);
     free(got);
     hakd_params_freeze(&c.p, 1);
   }

@@ -192,6 +192,19 @@ TEST(evaluate_scores_saved_predictions) {
     total += whole.counts[i];
   }
   ASSERT_TRUE(total > 0);
+  /* An evaluation freezes an unfrozen model for its length only (its convolutions keep packed
+   * weights meanwhile), leaves a frozen one as it is, and scores the same either way. */
+  hakd_params *params = hakd_model_params(m);
+  ASSERT_TRUE(params->items[0]->frozen == 0);
+  hakd_params_freeze(params, 1);
+  uint64_t stamp = params->items[0]->frozen;
+  hakd_confusion frozen;
+  ASSERT_OK(hakd_confusion_init(&frozen, mo.num_classes));
+  o.mode = HAKD_EVAL_WHOLE;
+  ASSERT_OK(hakd_evaluate(m, ds, &o, &frozen));
+  ASSERT_TRUE(params->items[0]->frozen == stamp);
+  for (int i = 0; i < mo.num_classes * mo.num_classes; i++) ASSERT_EQ_INT(whole.counts[i], frozen.counts[i]);
+  hakd_confusion_free(&frozen);
   /* Saved masks are named after the images and have their size. */
   const char *img = hakd_dataset_image_path(ds, 0);
   const char *base = strrchr(img, '/') ? strrchr(img, '/') + 1 : img;

@@ -11,7 +11,8 @@
  * nothing), bounded by HAKD_FROZEN_CACHE_MB (default 1024 per thread; 0 turns it off), the least
  * recently used entries going first. An entry is keyed by the tensors' addresses and stamps, the
  * folded affine's values and the primitive's weight layout; stamps are never reused, so an entry
- * of a freed or changed model is never hit, only evicted (or freed with the thread, ops_release). */
+ * of a freed or changed model is never hit: a changed tensor's entry is replaced by its next
+ * forward, a freed model's is evicted (or freed with the thread, ops_release). */
 #include <dnnl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,6 +167,12 @@ int conv2d_frozen_forward(void *y, const void *x, const hakd_tensor *w, const ha
   if (!packed_bytes) return 0; /* plain layout, cut into parts, or no primitive: the usual path says why */
   conv2d_frozen_entry *e = conv2d_frozen_find(w, b, scale, shift, &layout, s);
   if (!e) {
+    /* An entry of this tensor in this layout that did not match is stale (w changed, was frozen
+     * again, or has new BatchNorm statistics): freed now, so a model evaluated after every few
+     * training steps (hakd_evaluate freezes it each time) holds one copy, not one per evaluation. */
+    for (int i = frozen_count - 1; i >= 0; i--)
+      if (frozen_entries[i].w == w && conv2d_dnnl_layouts_equal(&frozen_entries[i].layout, &layout))
+        conv2d_frozen_entry_free(&frozen_entries[i]);
     size_t bytes = packed_bytes + (scale ? (size_t)(3 * s->cout) * sizeof(float) : 0);
     if (!(e = conv2d_frozen_add(bytes, budget))) return 0;
     int rc = conv2d_frozen_fill(e, w, b, scale, shift, &layout, packed_bytes, s);
