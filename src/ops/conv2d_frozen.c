@@ -30,6 +30,7 @@
 
 typedef struct {
   const hakd_tensor *w, *b;
+  const void *w_data, *b_data; /* with the tensors' addresses: a struct copied onto another slice never matches */
   uint64_t w_stamp, b_stamp;
   int64_t cout;
   float *affine;      /* scale then shift (2 * cout) when folded, else NULL */
@@ -77,7 +78,8 @@ static conv2d_frozen_entry *conv2d_frozen_find(const hakd_tensor *w, const hakd_
                                                const conv2d_shape *s) {
   for (int i = 0; i < frozen_count; i++) {
     conv2d_frozen_entry *e = &frozen_entries[i];
-    if (e->w != w || e->w_stamp != w->frozen || e->b != b || (b && e->b_stamp != b->frozen) || e->cout != s->cout ||
+    if (e->w != w || e->w_data != w->data || e->w_stamp != w->frozen || e->b != b ||
+        (b && (e->b_data != b->data || e->b_stamp != b->frozen)) || e->cout != s->cout ||
         !e->affine != !scale || !conv2d_dnnl_layouts_equal(&e->layout, layout))
       continue;
     if (scale && (memcmp(e->affine, scale, (size_t)s->cout * sizeof(float)) ||
@@ -146,6 +148,8 @@ static int conv2d_frozen_fill(conv2d_frozen_entry *e, const hakd_tensor *w, cons
   }
   e->w = w;
   e->b = b;
+  e->w_data = w->data;
+  e->b_data = b ? b->data : NULL;
   e->w_stamp = w->frozen;
   e->b_stamp = b ? b->frozen : 0;
   e->cout = cout;
