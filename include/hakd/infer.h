@@ -12,6 +12,10 @@
  * time and get exactly what serial calls give. Do not free or reload the model while a predict
  * runs. Each call's compute is itself parallel (OpenMP, OMP_NUM_THREADS or hakd_set_threads per
  * calling thread); with several calling threads, fewer threads per call avoid oversubscription.
+ * The model is frozen (hakd_params_freeze, hakd/tensor.h): each calling thread keeps its
+ * convolutions' weights converted for oneDNN between calls (up to HAKD_FROZEN_CACHE_MB per thread),
+ * the results bit for bit those of an unfrozen model; code that writes the weights itself calls
+ * hakd_tensor_changed on them (hakd_model_load does).
  * Errors: functions return 0 or a negative hakd_status, with hakd_error_message() (per thread)
  * naming the file, argument or size. Link with pkg-config's `hakd` or CMake's hakd::hakd. */
 #ifndef HAKD_INFER_H
