@@ -1056,11 +1056,12 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
   conv2d_epilogue epilogue = {fold ? NULL : sc, fold ? NULL : sh, residual ? hakd_f32(residual) : NULL,
                               act == HAKD_ACT_NONE ? -INFINITY : 0.0f, act == HAKD_ACT_RELU6 ? 6.0f : INFINITY};
   const conv2d_epilogue *ep = !s.dst_blocked && (residual || act != HAKD_ACT_NONE || !fold) ? &epilogue : NULL;
-  /* A frozen model's weights (hakd_params_freeze) on oneDNN: folded and reordered once, kept */
-  int on_dnnl = s.dst_blocked ? !conv2d_regions_apply(&s) : conv2d_forward_path_of(&s) == CONV2D_PATH_DNNL;
+  /* A frozen model's weights (hakd_params_freeze) on oneDNN: folded and reordered once, kept.
+   * fs: the shape the call below runs (a folded affine adds a bias), whose path decides. */
+  conv2d_shape fs = s;
+  fs.has_bias |= fold;
+  int on_dnnl = s.dst_blocked ? !conv2d_regions_apply(&fs) : conv2d_forward_path_of(&fs) == CONV2D_PATH_DNNL;
   if (on_dnnl && w->frozen) {
-    conv2d_shape fs = s;
-    fs.has_bias |= fold;
     int done = conv2d_frozen_forward(y->data, x->data, w, b, fold ? sc : NULL, fold ? sh : NULL, &fs);
     if (done < 0) return hakd_ctx_fail(ctx, done, "conv2d_affine_act: %s", hakd_error_message());
     if (done) {
