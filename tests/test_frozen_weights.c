@@ -71,12 +71,20 @@ static size_t check_case(frozen_case *c, int with_res, int blocked, const char *
     goto done;
   }
   hakd_params_freeze(&c->p, 1);
+  uint64_t packs = ops_frozen_weights_packs();
   for (int call = 0; call < 2; call++) {
     y = case_run(ctx, c, with_res, blocked);
     if (!y || memcmp(hakd_f32(y), want, (size_t)hakd_numel(y) * sizeof(float)) != 0) {
       test_fail(__FILE__, __LINE__, "%s: frozen call %d differs from the unfrozen forward", what, call);
       goto done;
     }
+    /* the first call packs (unless the budget is 0), the second reuses */
+    uint64_t made = ops_frozen_weights_packs() - packs;
+    if (made != (call == 0 && ops_frozen_weights_bytes() > 0 ? 1u : 0u)) {
+      test_fail(__FILE__, __LINE__, "%s: call %d packed %llu times", what, call, (unsigned long long)made);
+      goto done;
+    }
+    packs += made;
   }
   kept = ops_frozen_weights_bytes();
 done:
@@ -197,6 +205,57 @@ TEST(zero_budget_keeps_nothing) {
   unsetenv("HAKD_FROZEN_CACHE_MB");
   ASSERT_TRUE(kept == 0);
   hakd_params_free(&c.p);
+}
+
+/* A budget smaller than the model's packed weights (1 MB against r18-d8 at width 0.25's 2-3 MB):
+ * entries are evicted and made again, least recently used first, and the logits stay the
+ * unfrozen ones bit for bit, forward after forward. */
+TEST(evictions_under_a_small_budget_keep_results) {
+  hakd_model_options o;
+  hakd_model_options_default(&o);
+  o.num_classes = 5;
+  o.width = 0.25f;
+  hakd_model *m = NULL;
+  ASSERT_OK(hakd_model_create("deeplabv3-r18-d8", &o, &m));
+  hakd_model_init(m, 9);
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_ctx_set_grad(ctx, 0);
+  hakd_ctx_set_training(ctx, 0);
+  int64_t xs[4] = {2, 3, 64, 64};
+  float *img = malloc(2 * 3 * 64 * 64 * sizeof(float)), *want = NULL;
+  ASSERT_TRUE(img != NULL);
+  fill_normal(img, 2 * 3 * 64 * 64, 1.0f, 600);
+  ops_release();
+  setenv("HAKD_FROZEN_CACHE_MB", "1", 1);
+  uint64_t packs = ops_frozen_weights_packs();
+  for (int run = 0; run < 4 && !test_failed(); run++) {
+    if (run == 1) hakd_params_freeze(hakd_model_params(m), 1);
+    hakd_ctx_reset(ctx);
+    hakd_model_output out;
+    hakd_tensor *x = hakd_tensor_wrap(ctx, HAKD_F32, 4, xs, img);
+    if (hakd_model_forward(m, ctx, x, &out)) {
+      test_fail(__FILE__, __LINE__, "run %d: %s", run, hakd_error_message());
+      break;
+    }
+    int64_t n = hakd_numel(out.logits);
+    if (run == 0) {
+      want = copy_floats(hakd_f32(out.logits), n);
+      if (!want) test_fail(__FILE__, __LINE__, "out of memory");
+    } else if (memcmp(want, hakd_f32(out.logits), (size_t)n * sizeof(float)) != 0) {
+      test_fail(__FILE__, __LINE__, "run %d: frozen logits differ under a 1 MB budget", run);
+    }
+    if (ops_frozen_weights_bytes() > ((size_t)1 << 20))
+      test_fail(__FILE__, __LINE__, "run %d: %zu bytes kept over a 1 MB budget", run, ops_frozen_weights_bytes());
+  }
+  unsetenv("HAKD_FROZEN_CACHE_MB");
+  /* three frozen forwards of a model whose packed weights do not fit: packed again each time */
+  uint64_t made = ops_frozen_weights_packs() - packs;
+  if (!test_failed() && made < 6) test_fail(__FILE__, __LINE__, "%llu packs: no evictions?", (unsigned long long)made);
+  ops_release();
+  free(img);
+  free(want);
+  hakd_ctx_free(ctx);
+  hakd_model_free(m);
 }
 
 /* A whole model: the logits of deeplabv3-r18-d8 at 64x64 (layer4 and the ASPP on 8x8 maps) frozen

@@ -192,8 +192,8 @@ TEST(evaluate_scores_saved_predictions) {
     total += whole.counts[i];
   }
   ASSERT_TRUE(total > 0);
-  /* An evaluation freezes an unfrozen model for its length only (its convolutions keep packed
-   * weights meanwhile), leaves a frozen one as it is, and scores the same either way. */
+  /* An evaluation leaves the model's freezing as it is (it only reads the model; the trainer
+   * freezes its student around its evaluations) and scores a frozen model the same. */
   hakd_params *params = hakd_model_params(m);
   ASSERT_TRUE(params->items[0]->frozen == 0);
   hakd_params_freeze(params, 1);

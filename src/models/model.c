@@ -174,6 +174,7 @@ void hakd_model_init(hakd_model *m, uint64_t seed) {
     hakd_tensor *t = m->params.items[i];
     float *d = hakd_f32(t);
     int64_t n = hakd_numel(t);
+    hakd_tensor_changed(t); /* a frozen model re-initialised (hakd/tensor.h) */
     if (t->ndim == 4) {
       double fan_out = (double)t->shape[0] * t->shape[2] * t->shape[3];
       /* fan_out = out_channels * k * k whatever the groups, as torch's kaiming_normal_ computes it */

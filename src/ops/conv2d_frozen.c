@@ -44,7 +44,7 @@ typedef struct {
 static _Thread_local conv2d_frozen_entry *frozen_entries;
 static _Thread_local int frozen_count, frozen_capacity, frozen_registered;
 static _Thread_local size_t frozen_total;
-static _Thread_local uint64_t frozen_clock;
+static _Thread_local uint64_t frozen_clock, frozen_packs;
 
 static void conv2d_frozen_entry_free(conv2d_frozen_entry *e) {
   free(e->packed);
@@ -64,6 +64,7 @@ static void conv2d_frozen_release(void) {
 }
 
 size_t ops_frozen_weights_bytes(void) { return frozen_total; }
+uint64_t ops_frozen_weights_packs(void) { return frozen_packs; }
 
 static size_t conv2d_frozen_budget(void) {
   const char *env = getenv("HAKD_FROZEN_CACHE_MB");
@@ -171,16 +172,21 @@ int conv2d_frozen_forward(void *y, const void *x, const hakd_tensor *w, const ha
   if (!packed_bytes) return 0; /* plain layout, cut into parts, or no primitive: the usual path says why */
   conv2d_frozen_entry *e = conv2d_frozen_find(w, b, scale, shift, &layout, s);
   if (!e) {
-    /* An entry of this tensor in this layout that did not match is stale (w changed, was frozen
-     * again, or has new BatchNorm statistics): freed now, so a model evaluated after every few
-     * training steps (hakd_evaluate freezes it each time) holds one copy, not one per evaluation. */
-    for (int i = frozen_count - 1; i >= 0; i--)
-      if (frozen_entries[i].w == w && conv2d_dnnl_layouts_equal(&frozen_entries[i].layout, &layout))
+    /* Entries of this tensor with an old stamp or data pointer are stale (w changed or was frozen
+     * again): freed now, so a student frozen for each evaluation during training holds one copy,
+     * not one per evaluation. (Entries that differ only in the affine stay: the same weights may
+     * run folded on one map size and unfolded on another.) */
+    for (int i = frozen_count - 1; i >= 0; i--) {
+      const conv2d_frozen_entry *o = &frozen_entries[i];
+      if (o->w == w && (o->w_stamp != w->frozen || o->w_data != w->data ||
+                        (b && o->b == b && (o->b_stamp != b->frozen || o->b_data != b->data))))
         conv2d_frozen_entry_free(&frozen_entries[i]);
+    }
     size_t bytes = packed_bytes + (scale ? (size_t)(3 * s->cout) * sizeof(float) : 0);
     if (!(e = conv2d_frozen_add(bytes, budget))) return 0;
-    int rc = conv2d_frozen_fill(e, w, b, scale, shift, &layout, packed_bytes, s);
-    if (rc) return rc;
+    /* out of memory or a failed pack: computed as if unfrozen, whose path reports what fails */
+    if (conv2d_frozen_fill(e, w, b, scale, shift, &layout, packed_bytes, s)) return 0;
+    frozen_packs++;
   }
   e->last_use = ++frozen_clock;
   int rc = conv2d_dnnl_forward_packed(y, x, e->packed, scale ? e->bias : b ? hakd_f32(b) : NULL, s);

@@ -27,6 +27,8 @@ size_t ops_scratch_bytes(void);
 /* Bytes of frozen models' packed convolution weights this thread keeps (conv2d_frozen.c): the
  * trainer's memory estimate counts them with the model (a distillation's teacher is frozen). */
 size_t ops_frozen_weights_bytes(void);
+/* How many packed copies this thread has made (tests: a second forward makes none). */
+uint64_t ops_frozen_weights_packs(void);
 /* Registers release (once per thread) to run at ops_release and when the thread exits: how the
  * oneDNN engine and caches are freed without this module knowing them. */
 void ops_thread_on_release(void (*release)(void));

@@ -180,12 +180,6 @@ int hakd_evaluate(hakd_model *m, const hakd_dataset *ds, const hakd_eval_options
   }
   hakd_ctx *ctx = hakd_ctx_new();
   if (!ctx) return hakd_error(HAKD_ENOMEM, "out of memory");
-  /* The weights stay as they are for the whole evaluation: a model not frozen yet (the student
-   * between training steps) is frozen for its length, so that its convolutions convert their
-   * weights once per evaluation instead of once per image (hakd/tensor.h), then thawed. */
-  hakd_params *params = hakd_model_params(m);
-  int thaw = params->count > 0 && !params->items[0]->frozen;
-  if (thaw) hakd_params_freeze(params, 1);
   hakd_ctx_set_precision(ctx, o->precision);
   hakd_ctx_set_grad(ctx, 0);
   hakd_ctx_set_training(ctx, 0);
@@ -243,6 +237,5 @@ int hakd_evaluate(hakd_model *m, const hakd_dataset *ds, const hakd_eval_options
   }
   progress_finish(&bar);
   hakd_ctx_free(ctx);
-  if (thaw) hakd_params_freeze(params, 0);
   return rc;
 }

@@ -161,7 +161,13 @@ static int evaluate(trainer *t, hakd_model *m, const hakd_eval_options *o, hakd_
   hakd_eval_options sharded = *o;
   sharded.shard_index = t->rank;
   sharded.shard_count = t->size;
+  /* The student does not change during an evaluation: frozen for its length, its convolutions
+   * convert their weights once per evaluation instead of once per image (hakd/tensor.h); the
+   * next freeze stamps anew, so the copies of this one are replaced, not reused. */
+  int thaw = m == t->student;
+  if (thaw) hakd_params_freeze(hakd_model_params(m), 1);
   rc = dist_agree(hakd_evaluate(m, t->val_ds, &sharded, &cm));
+  if (thaw) hakd_params_freeze(hakd_model_params(m), 0);
   if (!rc) rc = dist_sum_u64(cm.counts, (int64_t)t->K * t->K);
   if (!rc) rc = hakd_confusion_compute(out, &cm);
   hakd_confusion_free(&cm);
