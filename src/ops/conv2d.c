@@ -1060,8 +1060,8 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
    * fs: the shape the call below runs (a folded affine adds a bias), whose path decides. */
   conv2d_shape fs = s;
   fs.has_bias |= fold;
-  int on_dnnl = s.dst_blocked ? !conv2d_regions_apply(&fs) : conv2d_forward_path_of(&fs) == CONV2D_PATH_DNNL;
-  if (on_dnnl && w->frozen) {
+  if (w->frozen &&
+      (s.dst_blocked ? !conv2d_regions_apply(&fs) : conv2d_forward_path_of(&fs) == CONV2D_PATH_DNNL)) {
     int done = conv2d_frozen_forward(y->data, x->data, w, b, fold ? sc : NULL, fold ? sh : NULL, &fs);
     if (done < 0) return hakd_ctx_fail(ctx, done, "conv2d_affine_act: %s", hakd_error_message());
     if (done) {
