@@ -64,6 +64,9 @@ static double op_flops(const char *op, const hakd_tensor *out, int n_in, hakd_te
   if (!strcmp(op, "depthwise_conv2d_tokens") && n_in >= 2)
     return 2.0 * (double)hakd_numel(out) * (double)(in[1]->shape[2] * in[1]->shape[3]);
   if (!strcmp(op, "linear") && n_in >= 2) return 2.0 * (double)hakd_numel(out) * (double)in[1]->shape[1];
+  if (!strcmp(op, "attention") && n_in >= 3) /* q (N, H, L, d) x k (N, H, L', d), then x v (N, H, L', dv) */
+    return 2.0 * (double)hakd_numel(in[0]) / (double)in[0]->shape[3] * (double)in[1]->shape[2] *
+           (double)(in[0]->shape[3] + in[2]->shape[3]);
   if (!strcmp(op, "matmul") && n_in >= 2) {
     double batches = 1;
     for (int d = 0; d + 2 < in[1]->ndim; d++) batches *= (double)in[1]->shape[d];
@@ -77,7 +80,7 @@ static double op_flops(const char *op, const hakd_tensor *out, int n_in, hakd_te
 static int find_key(const char *kind, const char *op, const hakd_tensor *out, int n_in, hakd_tensor *const *in) {
   char shape[160] = "", part[64];
   int shaped = !strcmp(op, "conv2d") || !strcmp(op, "conv2d_affine_act") || !strcmp(op, "depthwise_conv2d_tokens") || !strcmp(op, "linear") ||
-               !strcmp(op, "matmul");
+               !strcmp(op, "matmul") || !strcmp(op, "attention");
   size_t used = 0;
   /* products: both operands and the output; other ops: the first input */
   for (int i = 0; i < n_in && i < (shaped ? 2 : 1); i++) {

@@ -4,7 +4,8 @@
 # compare_pytorch.sh --sweep) and prints a short markdown summary per point: the step (ms), its
 # executed GFLOP/s and share of the fp32 peak, and the step split into
 #   products      conv2d, conv2d_affine_act (inference conv with its BatchNorm/activation fused),
-#                 depthwise_conv2d_tokens, linear, matmul: ms, share, executed GFLOP/s and share
+#                 depthwise_conv2d_tokens, linear, matmul, attention (inference): ms, share,
+#                 executed GFLOP/s and share
 #                 of peak (hakd bench's executed FLOPs over the products' time; the products
 #                 are all it counts);
 #   memory-bound  every other recorded op: BatchNorm, activations, resizes, softmax, LayerNorm,
@@ -80,7 +81,7 @@ for size in $(echo "$sizes" | tr ',' ' '); do
           { echo "sweep_profile.sh: op_profile failed on $name" >&2; exit 1; }
         [ -z "$raw" ] || cp "$profile" "$raw/$(echo "$name" | tr ' ' '_').txt"
         awk -v name="$name" -v peak="$peak" -v top="$top" -v load="$load" -v summary="$summary" '
-          function product(k) { sub(/^T:/, "", k); return k ~ /^(conv2d|conv2d_affine_act|depthwise_conv2d_tokens|linear|matmul)$/ }
+          function product(k) { sub(/^T:/, "", k); return k ~ /^(conv2d|conv2d_affine_act|depthwise_conv2d_tokens|linear|matmul|attention)$/ }
           /median .* ms\/iter \(bench\), profiled mean/ {
             for (i = 1; i <= NF; i++) {
               if ($i == "median") median = $(i + 1)

@@ -122,8 +122,8 @@ static hakd_tensor *attention_forward(hakd_ctx *ctx, const mit_block *b, hakd_te
   hakd_tensor *v = split_heads(ctx, layer_linear_forward(ctx, &b->value, kv_in), heads);
   if (!q || !k || !v) return NULL;
   float inv_sqrt_d = 1.0f / sqrtf((float)q->shape[3]);
-  hakd_tensor *scores = hakd_matmul_scaled(ctx, q, k, 0, 1, inv_sqrt_d); /* (N, heads, L, L') */
-  hakd_tensor *context = hakd_matmul(ctx, hakd_softmax(ctx, scores, -1), v, 0, 0); /* (N, heads, L, d) */
+  /* softmax(q k^T / sqrt(d)) v, (N, heads, L, d); its (L, L') scores never stored where no gradient is wanted */
+  hakd_tensor *context = hakd_attention(ctx, q, k, v, inv_sqrt_d);
   return layer_linear_forward(ctx, &b->attn_out, merge_heads(ctx, context));
 }
 

@@ -10,6 +10,11 @@
 /* Elements above which a pointwise loop is worth an OpenMP team. */
 #define OPS_PARALLEL_MIN 32768
 
+/* softmax along each of `rows` contiguous rows of `size` floats, y = softmax(x) (y may be x),
+ * serially: the arithmetic of hakd_softmax on a last dim (softmax.c), for ops that parallelise
+ * over rows themselves (attention.c). */
+void softmax_rows(float *y, const float *x, int64_t rows, int64_t size);
+
 /* dim in [-ndim, ndim) -> [0, ndim); -1 when out of range. */
 static inline int ops_normalize_dim(int dim, int ndim) {
   if (dim < 0) dim += ndim;

@@ -61,26 +61,31 @@ static float row_dot(const float *a, const float *b, int64_t n) {
   return sum;
 }
 
+/* One contiguous row of `size`: yr = softmax(xr) or log_softmax(xr); yr may be xr. */
+static void softmax_row(float *yr, const float *xr, int64_t size, int log_space) {
+  float max = row_max(xr, size);
+  /* A row of all -inf gives inf - inf = nan, as in PyTorch. */
+  float sum = row_exp_sum(yr, xr, max, size);
+  if (log_space) {
+    float log_z = max + logf(sum);
+    for (int64_t d = 0; d < size; d++) yr[d] = xr[d] - log_z;
+  } else {
+    float inv = 1.0f / sum;
+    for (int64_t d = 0; d < size; d++) yr[d] *= inv;
+  }
+}
+
+void softmax_rows(float *y, const float *x, int64_t rows, int64_t size) {
+  for (int64_t o = 0; o < rows; o++) softmax_row(y + o * size, x + o * size, size, 0);
+}
+
 /* y = softmax(x) or log_softmax(x) along the middle dim.
  * y, x: (outer, size, inner). reference: F.softmax / F.log_softmax */
 static void softmax_forward(float *y, const float *x, int64_t outer, int64_t size, int64_t inner, int log_space) {
   if (inner == 1) {
     /* Last dim (attention rows): each row is contiguous and stays in L1 across its passes. */
 #pragma omp parallel for schedule(static) if (outer * size > OPS_PARALLEL_MIN)
-    for (int64_t o = 0; o < outer; o++) {
-      const float *xr = x + o * size;
-      float *yr = y + o * size;
-      float max = row_max(xr, size);
-      /* A row of all -inf gives inf - inf = nan, as in PyTorch. */
-      float sum = row_exp_sum(yr, xr, max, size);
-      if (log_space) {
-        float log_z = max + logf(sum);
-        for (int64_t d = 0; d < size; d++) yr[d] = xr[d] - log_z;
-      } else {
-        float inv = 1.0f / sum;
-        for (int64_t d = 0; d < size; d++) yr[d] *= inv;
-      }
-    }
+    for (int64_t o = 0; o < outer; o++) softmax_row(y + o * size, x + o * size, size, log_space);
     return;
   }
   int64_t blocks_per_outer = (inner + BLOCK - 1) / BLOCK, n_blocks = outer * blocks_per_outer;
