@@ -1,5 +1,6 @@
 /* hakd_attention: without gradients its blocked computation (src/ops/attention.c) gives what
- * hakd_matmul_scaled + hakd_softmax + hakd_matmul give, and with them it is those ops. */
+ * hakd_matmul_scaled + hakd_softmax + hakd_matmul give (to float rounding), and with them it is
+ * those ops. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,8 +13,14 @@ typedef struct {
   double tol; /* 0: bit for bit */
 } attn_shape;
 
-/* The fused (grad off) and the composite results of shape sh: equal bit for bit, or within
- * sh->tol of the largest value where the products are cut differently. */
+/* The fused (grad off) and the composite results of shape sh: within sh->tol of the largest
+ * value. The products are cut differently (blocks of rows, single-threaded sgemm, against
+ * OpenBLAS's threaded product over the whole matrix); whether that changes the order of the sums
+ * depends on the kernels OpenBLAS runs: with its AVX-512 kernels (OPENBLAS_CORETYPE unset on this
+ * machine) the shapes below come out bit for bit equal except the 70000-key rows (2e-8), with
+ * its Haswell kernels within 7e-7. Sums of 32-1024 products of unit-scale values carry rounding
+ * of 1e-7-1e-6 relative, so 2e-6 still catches any wrong row, block or scale (errors of 1e-2 and
+ * more). */
 static void check_shape(const attn_shape *sh, uint64_t seed) {
   hakd_params p;
   hakd_params_init(&p);
@@ -35,7 +42,7 @@ static void check_shape(const attn_shape *sh, uint64_t seed) {
     ASSERT_EQ_INT(hakd_numel(fused), n);
     for (int dim = 0; dim < 4; dim++) ASSERT_EQ_INT(fused->shape[dim], ref->shape[dim]);
     double err = test_max_rel_err(hakd_f32(fused), hakd_f32(ref), n, 1e-6);
-    if (sh->tol ? !(err <= sh->tol) : memcmp(hakd_f32(fused), hakd_f32(ref), (size_t)n * sizeof(float)) != 0)
+    if (!(err <= sh->tol))
       test_fail(__FILE__, __LINE__, "L %lld, L' %lld, d %lld, dv %lld: max rel error %.3g", (long long)sh->l,
                 (long long)sh->lk, (long long)sh->d, (long long)sh->dv, err);
   }
@@ -44,14 +51,13 @@ static void check_shape(const attn_shape *sh, uint64_t seed) {
 }
 
 /* Blocks of query rows: several per head with a last partial one (L 1000, L' 256: 256 rows per
- * block), a single block, SegFormer's first-stage shape at 256x256 (4096 tokens against 64, d 32)
- * and at 1024x1024 (65536 against 1024, one image), heads of width 64 with d != dv: bit for bit.
- * Rows longer than a block (L' 70000 > 65536 scores: the minimum of 16 rows) meet OpenBLAS's
- * threaded product over the whole matrix, which sums the 70000 terms in another order: 2e-8
- * relative here, 1e-7 allowed (sums of 70000 terms near 1 carry rounding of that size). */
+ * block), rows longer than a block (L' 70000 > 65536 scores: the minimum of 16 rows), a single
+ * block, SegFormer's first-stage shape at 256x256 (4096 tokens against 64, d 32) and at 1024x1024
+ * (65536 against 1024, one image), heads of width 64 with d != dv. */
 TEST(blocked_equals_matmul_softmax_matmul) {
-  attn_shape shapes[] = {{2, 3, 1000, 256, 32, 32, 0}, {1, 1, 3, 70000, 8, 8, 1e-7}, {1, 2, 17, 5, 4, 6, 0},
-                         {2, 1, 4096, 64, 32, 32, 0},  {1, 1, 65536, 1024, 32, 32, 0}, {1, 5, 300, 300, 64, 16, 0}};
+  attn_shape shapes[] = {{2, 3, 1000, 256, 32, 32, 2e-6}, {1, 1, 3, 70000, 8, 8, 2e-6}, {1, 2, 17, 5, 4, 6, 2e-6},
+                         {2, 1, 4096, 64, 32, 32, 2e-6},  {1, 1, 65536, 1024, 32, 32, 2e-6},
+                         {1, 5, 300, 300, 64, 16, 2e-6}};
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_shape(&shapes[i], 10 * i + 1);
 }
 

@@ -56,9 +56,10 @@ hakd_tensor *hakd_matmul_scaled(hakd_ctx *ctx, hakd_tensor *a, hakd_tensor *b, i
  * (inference, a frozen teacher) and in float32, the (L, L') scores are never stored: blocks of
  * query rows have their scores made, softmaxed and multiplied by v while they are in cache
  * (SegFormer's first stage at 1024x1024 has 65536 x 1024 scores per image: 256 MB), with the
- * values the three ops give: bit for bit at SegFormer's shapes, within 1e-7 relative where rows
- * have more than 65536 keys (tests/test_attention.c). Otherwise the three recorded ops
- * hakd_matmul_scaled, hakd_softmax and hakd_matmul. */
+ * values the three ops give to float rounding (the products are cut into blocks; whether the sums
+ * keep their order depends on OpenBLAS's kernels: bit for bit at SegFormer's shapes with its
+ * AVX-512 kernels, within 7e-7 relative with its Haswell ones; tests/test_attention.c).
+ * Otherwise the three recorded ops hakd_matmul_scaled, hakd_softmax and hakd_matmul. */
 hakd_tensor *hakd_attention(hakd_ctx *ctx, hakd_tensor *q, hakd_tensor *k, hakd_tensor *v, float scale);
 
 /* ---- shape ---- */

@@ -5,7 +5,9 @@
  * and 16-24% of the step). Here each work item takes a block of query rows of one (image, head),
  * makes their scores in a buffer that stays in L2, softmaxes the rows in place and multiplies them
  * by v: the same three computations (single-threaded sgemm per block, as the conv paths run it,
- * and softmax.c's row kernel), with the scores never leaving the cache. */
+ * and softmax.c's row kernel), with the scores never leaving the cache. The products are cut
+ * differently from the whole-matrix ones, so depending on OpenBLAS's kernels their sums may be
+ * ordered differently: equal to float rounding (tests/test_attention.c). */
 #include <cblas.h>
 #include <omp.h>
 
