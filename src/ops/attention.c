@@ -49,10 +49,10 @@ hakd_tensor *hakd_attention(hakd_ctx *ctx, hakd_tensor *q, hakd_tensor *k, hakd_
     if (rows < ATTENTION_MIN_ROWS) rows = ATTENTION_MIN_ROWS;
     if (rows > L) rows = L;
     int64_t per_head = (L + rows - 1) / rows, items = heads * per_head;
-    int threads = omp_get_max_threads();
-    float *scores = ops_scratch((size_t)threads * (size_t)ops_scratch_round((size_t)(rows * Lk) * sizeof(float)));
+    size_t block_bytes = ops_scratch_round((size_t)(rows * Lk) * sizeof(float)); /* one per thread */
+    float *scores = ops_scratch((size_t)omp_get_max_threads() * block_bytes);
     if (!scores) return hakd_ctx_fail(ctx, HAKD_ENOMEM, "attention: out of memory for %lld score rows", (long long)rows);
-    int64_t stride = (int64_t)(ops_scratch_round((size_t)(rows * Lk) * sizeof(float)) / sizeof(float));
+    int64_t stride = (int64_t)(block_bytes / sizeof(float));
     const float *qd = hakd_f32(q), *kd = hakd_f32(k), *vd = hakd_f32(v);
     float *yd = hakd_f32(y);
     int blas_threads = conv2d_blas_single();
