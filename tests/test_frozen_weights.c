@@ -207,6 +207,30 @@ TEST(zero_budget_keeps_nothing) {
   hakd_params_free(&c.p);
 }
 
+/* A budget that is not a number of MB fails the frozen forward with the variable named (a typo
+ * must not silently keep the default). */
+TEST(bad_budget_is_refused_by_name) {
+  frozen_case c;
+  case_init(&c, 1, 32, 48, 8, 1, 700);
+  hakd_params_freeze(&c.p, 1);
+  hakd_ctx *ctx = hakd_ctx_new();
+  hakd_ctx_set_grad(ctx, 0);
+  hakd_ctx_set_training(ctx, 0);
+  const char *bad[3] = {"lots", "-5", "12MB"};
+  for (int i = 0; i < 3 && !test_failed(); i++) {
+    setenv("HAKD_FROZEN_CACHE_MB", bad[i], 1);
+    hakd_tensor *y = case_run(ctx, &c, 0, 0);
+    if (y || hakd_ctx_status(ctx) != HAKD_EINVAL || !strstr(hakd_error_message(), "HAKD_FROZEN_CACHE_MB") ||
+        !strstr(hakd_error_message(), bad[i]))
+      test_fail(__FILE__, __LINE__, "HAKD_FROZEN_CACHE_MB=%s: expected a refusal naming it, got %s", bad[i],
+                y ? "a result" : hakd_error_message());
+  }
+  unsetenv("HAKD_FROZEN_CACHE_MB");
+  ASSERT_TRUE(case_run(ctx, &c, 0, 0) != NULL); /* and fine again without it */
+  hakd_ctx_free(ctx);
+  hakd_params_free(&c.p);
+}
+
 /* A budget smaller than the model's packed weights (1 MB against r18-d8 at width 0.25's 2-3 MB):
  * entries are evicted and made again, least recently used first, and the logits stay the
  * unfrozen ones bit for bit, forward after forward. */

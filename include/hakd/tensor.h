@@ -256,8 +256,8 @@ int64_t hakd_params_count(const hakd_params *p);
  * a frozen convolution's weights folded with its BatchNorm and reordered into oneDNN's layout
  * are made on its first forward on small maps and reused (bit for bit what the unfrozen model
  * computes), where an unfrozen one redoes that work on every call. Each thread keeps its own
- * copies, up to HAKD_FROZEN_CACHE_MB (default 1024 per thread; 0: none), least recently used
- * first out. hakd_model_open, `hakd predict`, `eval`, `bench --mode infer` and a distillation's
+ * copies, up to HAKD_FROZEN_CACHE_MB (default 1024 per thread; 0: none; other text than a whole
+ * number of MB is refused naming the variable), least recently used first out. hakd_model_open, `hakd predict`, `eval`, `bench --mode infer` and a distillation's
  * teacher freeze their models. hakd's own writers renew the stamp of a frozen tensor they
  * change (hakd_model_load, the optimizers, a data-parallel start's broadcast); code that writes a frozen tensor's
  * data itself must call hakd_tensor_changed on it (or freeze p again) before the next forward,

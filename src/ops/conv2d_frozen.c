@@ -14,6 +14,7 @@
  * of a freed or changed model is never hit: a changed tensor's entry is replaced by its next
  * forward, a freed model's is evicted (or freed with the thread, ops_release). */
 #include <dnnl.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,12 +67,20 @@ static void conv2d_frozen_release(void) {
 size_t ops_frozen_weights_bytes(void) { return frozen_total; }
 uint64_t ops_frozen_weights_packs(void) { return frozen_packs; }
 
-static size_t conv2d_frozen_budget(void) {
+/* The budget in bytes into *bytes; 0, or HAKD_EINVAL naming the variable when it is not a whole
+ * number of MB >= 0 (a typo must not silently keep the default). */
+static int conv2d_frozen_budget(size_t *bytes) {
   const char *env = getenv("HAKD_FROZEN_CACHE_MB");
-  if (!env || !*env) return (size_t)CONV2D_FROZEN_DEFAULT_MB << 20;
+  *bytes = (size_t)CONV2D_FROZEN_DEFAULT_MB << 20;
+  if (!env || !*env) return 0;
   char *end;
+  errno = 0;
   long long mb = strtoll(env, &end, 10);
-  return *end || mb < 0 ? (size_t)CONV2D_FROZEN_DEFAULT_MB << 20 : (size_t)mb << 20;
+  if (*end || errno || mb < 0 || mb > ((long long)1 << 40))
+    return hakd_error(HAKD_EINVAL, "HAKD_FROZEN_CACHE_MB=%s: expected a whole number of MB >= 0 (0 keeps no weights)",
+                      env);
+  *bytes = (size_t)mb << 20;
+  return 0;
 }
 
 static conv2d_frozen_entry *conv2d_frozen_find(const hakd_tensor *w, const hakd_tensor *b, const float *scale,
@@ -165,8 +174,9 @@ int conv2d_frozen_forward(void *y, const void *x, const hakd_tensor *w, const ha
                           const float *shift, const conv2d_shape *s) {
   if (!w->is_param || !w->frozen || (b && (!b->is_param || !b->frozen))) return 0;
   if (s->n * s->oh * s->ow > CONV2D_FROZEN_POSITIONS) return 0;
-  size_t budget = conv2d_frozen_budget();
-  if (!budget) return 0;
+  size_t budget;
+  int rc = conv2d_frozen_budget(&budget);
+  if (rc || !budget) return rc;
   dnnl_memory_desc_t layout;
   size_t packed_bytes = conv2d_dnnl_packed_weights_bytes(s, &layout, sizeof layout);
   if (!packed_bytes) return 0; /* plain layout, cut into parts, or no primitive: the usual path says why */
@@ -189,6 +199,6 @@ int conv2d_frozen_forward(void *y, const void *x, const hakd_tensor *w, const ha
     frozen_packs++;
   }
   e->last_use = ++frozen_clock;
-  int rc = conv2d_dnnl_forward_packed(y, x, e->packed, scale ? e->bias : b ? hakd_f32(b) : NULL, s);
+  rc = conv2d_dnnl_forward_packed(y, x, e->packed, scale ? e->bias : b ? hakd_f32(b) : NULL, s);
   return rc ? rc : 1;
 }
