@@ -3,7 +3,8 @@
  * and dnnl), next to the measured sgemm peak (2048^3) and the plain sgemm of each layer's GEMM
  * shape (M = Cout/groups, N = oh*ow, K = Cin/groups*kh*kw; one image and group). The taps columns
  * run the tap path (groups 1 only; "-" otherwise), which skips the products with the padding:
- * its GFLOP/s count the nominal FLOPs like the others, so they compare times directly.
+ * its GFLOP/s count the nominal FLOPs like the others, so they compare times directly. The auto
+ * columns run the rule hakd uses when no path is forced (conv2d_auto_path), which may mix paths.
  *
  * usage: bench_kernels [filter]   (only layers whose name contains filter)
  * Threads: OMP_NUM_THREADS (default: all cores). */
@@ -34,6 +35,10 @@ static const bench_conv bench_convs[] = {
     {"r50.aspp 3x3 2048->256 d12 @16", 2, 2048, 16, 16, 256, 3, 1, 12, 12, 1, 0, 1},
     {"r50.aspp 3x3 2048->256 d24 @16", 2, 2048, 16, 16, 256, 3, 1, 24, 24, 1, 0, 1},
     {"r18.aspp 3x3 512->256 d12 @16", 2, 512, 16, 16, 256, 3, 1, 12, 12, 1, 0, 1},
+    {"r18.aspp 3x3 512->256 d12 @32", 2, 512, 32, 32, 256, 3, 1, 12, 12, 1, 0, 1},
+    {"r18.aspp 3x3 512->256 d12 @64", 2, 512, 64, 64, 256, 3, 1, 12, 12, 1, 0, 1},
+    {"r18.aspp 3x3 512->256 d24 @64", 2, 512, 64, 64, 256, 3, 1, 24, 24, 1, 0, 1},
+    {"r50.aspp 3x3 2048->256 d24 @64", 2, 2048, 64, 64, 256, 3, 1, 24, 24, 1, 0, 1},
     {"r18.layer4 3x3 512->512 d4 @8", 2, 512, 8, 8, 512, 3, 1, 4, 4, 1, 0, 1},
     {"b0.patch 7x7 s4 3->32 @512", 2, 3, 512, 512, 32, 7, 4, 3, 1, 1, 1, 0},
     {"b0.patch2 3x3 s2 32->64 @128", 2, 32, 128, 128, 64, 3, 2, 1, 1, 1, 1, 1},
@@ -52,6 +57,8 @@ static const bench_conv bench_convs[] = {
     {"mbv2.aspp 3x3 320->256 d24 @32", 2, 320, 32, 32, 256, 3, 1, 24, 24, 1, 0, 1},
     {"mbv2.aspp 3x3 320->256 d36 @32", 2, 320, 32, 32, 256, 3, 1, 36, 36, 1, 0, 1},
     {"mbv2.aspp 3x3 320->256 d12 @64 b1", 1, 320, 64, 64, 256, 3, 1, 12, 12, 1, 0, 1},
+    {"mbv2.aspp 3x3 320->256 d12 @64", 2, 320, 64, 64, 256, 3, 1, 12, 12, 1, 0, 1},
+    {"mbv2.aspp 3x3 320->256 d24 @64", 2, 320, 64, 64, 256, 3, 1, 24, 24, 1, 0, 1},
     {"mbv2.aspp 3x3 320->256 d24 @64 b1", 1, 320, 64, 64, 256, 3, 1, 24, 24, 1, 0, 1},
     {"mbv2.aspp 3x3 320->256 d36 @64 b1", 1, 320, 64, 64, 256, 3, 1, 36, 36, 1, 0, 1},
     {"mbv2.expand 1x1 160->960 @64 b1", 1, 160, 64, 64, 960, 1, 1, 0, 1, 1, 0, 1},
@@ -135,8 +142,9 @@ int main(int argc, char **argv) {
   printf("threads: %d\n", hakd_get_threads());
   double peak = bench_sgemm(2048, 2048, 2048);
   printf("sgemm peak 2048^3: %.1f GFLOP/s\n\n", peak);
-  printf("%-32s %-20s %7s | %8s %8s %8s | %8s %8s %8s | %s\n", "layer (batch 2)", "gemm M x N x K", "sgemm",
-         "fwd gemm", "fwd dnnl", "fwd taps", "bwd gemm", "bwd dnnl", "bwd taps", "nominal GFLOP/s; winner fwd/bwd");
+  printf("%-32s %-20s %7s | %8s %8s %8s %8s | %8s %8s %8s %8s | %s\n", "layer (batch 2)", "gemm M x N x K",
+         "sgemm", "fwd gemm", "fwd dnnl", "fwd taps", "fwd auto", "bwd gemm", "bwd dnnl", "bwd taps", "bwd auto",
+         "nominal GFLOP/s; winner of the forced paths fwd/bwd");
   for (size_t i = 0; i < sizeof bench_convs / sizeof bench_convs[0]; i++) {
     const bench_conv *bc = &bench_convs[i];
     if (filter && !strstr(bc->name, filter)) continue;
@@ -146,13 +154,14 @@ int main(int argc, char **argv) {
     /* forward; backward computes dw and (unless input_grad is 0) dx, each as much again */
     double flops = 2.0 * bc->n * bc->groups * (double)m * n * k, bwd_flops = (bc->input_grad ? 2 : 1) * flops;
     double gemm_rate = bench_sgemm(m, n, k);
-    double t[3][2] = {{0}}; /* [path][fwd, bwd] */
+    double t[3][2] = {{0}}, ta[2] = {0}; /* [path][fwd, bwd]; the auto rule's */
     const char *paths[3] = {"gemm", "dnnl", "taps"};
     int n_paths = bc->groups == 1 ? 3 : 2;
-    for (int pth = 0; pth < n_paths; pth++) {
-      setenv("HAKD_CONV", paths[pth], 1);
-      if (bench_conv_run(bc, &t[pth][0], &t[pth][1]) != 0) {
-        fprintf(stderr, "%s (%s): %s\n", bc->name, paths[pth], hakd_error_message());
+    for (int pth = 0; pth <= n_paths; pth++) {
+      setenv("HAKD_CONV", pth < n_paths ? paths[pth] : "auto", 1);
+      double *tp = pth < n_paths ? t[pth] : ta;
+      if (bench_conv_run(bc, &tp[0], &tp[1]) != 0) {
+        fprintf(stderr, "%s (%s): %s\n", bc->name, pth < n_paths ? paths[pth] : "auto", hakd_error_message());
         return 1;
       }
     }
@@ -168,9 +177,10 @@ int main(int argc, char **argv) {
       snprintf(taps_f, sizeof taps_f, "%.1f", flops / t[2][0] * 1e-9);
       snprintf(taps_b, sizeof taps_b, "%.1f", bwd_flops / t[2][1] * 1e-9);
     }
-    printf("%-32s %-20s %7.1f | %8.1f %8.1f %8s | %8.1f %8.1f %8s | %s/%s\n", bc->name, shape, gemm_rate,
-           flops / t[0][0] * 1e-9, flops / t[1][0] * 1e-9, taps_f, bwd_flops / t[0][1] * 1e-9,
-           bwd_flops / t[1][1] * 1e-9, taps_b, paths[fwin], paths[bwin]);
+    printf("%-32s %-20s %7.1f | %8.1f %8.1f %8s %8.1f | %8.1f %8.1f %8s %8.1f | %s/%s\n", bc->name, shape,
+           gemm_rate, flops / t[0][0] * 1e-9, flops / t[1][0] * 1e-9, taps_f, flops / ta[0] * 1e-9,
+           bwd_flops / t[0][1] * 1e-9, bwd_flops / t[1][1] * 1e-9, taps_b, bwd_flops / ta[1] * 1e-9, paths[fwin],
+           paths[bwin]);
     fflush(stdout);
   }
   unsetenv("HAKD_CONV");

@@ -243,28 +243,70 @@ static _Thread_local struct {
 } conv2d_dnnl_direct_memo[CONV2D_DNNL_DIRECT_MEMO];
 static _Thread_local int conv2d_dnnl_direct_n, conv2d_dnnl_direct_next;
 
+static _Thread_local struct {
+  conv2d_shape shape;
+  int direct;
+} conv2d_dnnl_direct_bwd_memo[CONV2D_DNNL_DIRECT_MEMO];
+static _Thread_local int conv2d_dnnl_direct_bwd_n, conv2d_dnnl_direct_bwd_next;
+
+static int conv2d_dnnl_pd_is_direct(const_dnnl_primitive_desc_t pd) {
+  const char *impl = NULL;
+  return dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
+         strncmp(impl, "jit", 3) == 0 && !strstr(impl, "gemm");
+}
+
+/* The forward primitive descriptor of s (NULL when none can be made). */
+static dnnl_primitive_desc_t conv2d_dnnl_forward_pd(const conv2d_shape *s, conv2d_dnnl_descs *d) {
+  dnnl_convolution_desc_t cd;
+  dnnl_primitive_desc_t pd = NULL;
+  if (!conv2d_dnnl_init_engine() && !conv2d_dnnl_descs_init(d, s) &&
+      dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &d->src_in,
+                                                 &d->weights_in, s->has_bias ? &d->bias : NULL,
+                                                 s->dst_blocked ? &d->dst : &d->dst_any, d->strides, d->dilates,
+                                                 d->pad_l, d->pad_r) == dnnl_success &&
+      !conv2d_dnnl_pd_create(&pd, &cd, NULL, s))
+    return pd;
+  if (pd) dnnl_primitive_desc_destroy(pd);
+  return NULL;
+}
+
 int conv2d_dnnl_forward_is_direct(const conv2d_shape *s) {
   for (int i = 0; i < conv2d_dnnl_direct_n; i++)
     if (memcmp(&conv2d_dnnl_direct_memo[i].shape, s, sizeof *s) == 0) return conv2d_dnnl_direct_memo[i].direct;
-  int direct = 0;
   conv2d_dnnl_descs d;
-  dnnl_convolution_desc_t cd;
-  dnnl_primitive_desc_t pd = NULL;
-  if (!conv2d_dnnl_init_engine() && !conv2d_dnnl_descs_init(&d, s) &&
-      dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &d.src_in,
-                                                 &d.weights_in, s->has_bias ? &d.bias : NULL,
-                                                 s->dst_blocked ? &d.dst : &d.dst_any, d.strides, d.dilates, d.pad_l,
-                                                 d.pad_r) == dnnl_success &&
-      !conv2d_dnnl_pd_create(&pd, &cd, NULL, s)) {
-    const char *impl = NULL;
-    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
-      direct = strncmp(impl, "jit", 3) == 0 && !strstr(impl, "gemm");
-  }
+  dnnl_primitive_desc_t pd = conv2d_dnnl_forward_pd(s, &d);
+  int direct = pd && conv2d_dnnl_pd_is_direct(pd);
   if (pd) dnnl_primitive_desc_destroy(pd);
   int slot = conv2d_dnnl_direct_n < CONV2D_DNNL_DIRECT_MEMO ? conv2d_dnnl_direct_n++ : conv2d_dnnl_direct_next++;
   conv2d_dnnl_direct_next %= CONV2D_DNNL_DIRECT_MEMO;
   conv2d_dnnl_direct_memo[slot].shape = *s;
   conv2d_dnnl_direct_memo[slot].direct = direct;
+  return direct;
+}
+
+/* The same question for the backward-data primitive: oneDNN's direct backward-data kernels have
+ * limits of their own on padding and dilation (the r50-d8 ASPP's rate-12 3x3 on 32x32 maps,
+ * 2048 -> 256 channels, runs its backward data as "gemm:jit", col2im over all nine taps, 103-162 ms
+ * per 2-image step under ONEDNN_VERBOSE while its forward and weight gradient run direct kernels). */
+int conv2d_dnnl_backward_data_is_direct(const conv2d_shape *s) {
+  for (int i = 0; i < conv2d_dnnl_direct_bwd_n; i++)
+    if (memcmp(&conv2d_dnnl_direct_bwd_memo[i].shape, s, sizeof *s) == 0) return conv2d_dnnl_direct_bwd_memo[i].direct;
+  conv2d_dnnl_descs d;
+  dnnl_primitive_desc_t fwd = conv2d_dnnl_forward_pd(s, &d), pd = NULL;
+  dnnl_convolution_desc_t cd;
+  if (fwd && dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &d.src_any,
+                                                               &d.weights_in, &d.dst_in, d.strides, d.dilates,
+                                                               d.pad_l, d.pad_r) == dnnl_success &&
+      conv2d_dnnl_pd_create(&pd, &cd, fwd, NULL))
+    pd = NULL;
+  int direct = pd && conv2d_dnnl_pd_is_direct(pd);
+  if (pd) dnnl_primitive_desc_destroy(pd);
+  if (fwd) dnnl_primitive_desc_destroy(fwd);
+  int slot = conv2d_dnnl_direct_bwd_n < CONV2D_DNNL_DIRECT_MEMO ? conv2d_dnnl_direct_bwd_n++
+                                                                : conv2d_dnnl_direct_bwd_next++;
+  conv2d_dnnl_direct_bwd_next %= CONV2D_DNNL_DIRECT_MEMO;
+  conv2d_dnnl_direct_bwd_memo[slot].shape = *s;
+  conv2d_dnnl_direct_bwd_memo[slot].direct = direct;
   return direct;
 }
 
