@@ -213,6 +213,16 @@ TEST(auto_rule_and_executed_macs) {
   ASSERT_EQ_INT(conv2d_auto_forward_path(&plain3x3), CONV2D_PATH_DNNL);
   centre.bf16 = 1;
   ASSERT_EQ_INT(conv2d_auto_forward_path(&centre), CONV2D_PATH_DNNL);
+  /* 1x1 forwards on small maps (<= CONV2D_SMALL_MAP_POSITIONS positions over the batch) run on
+   * oneDNN, larger ones (and every 1x1 backward) on the GEMM path when OpenBLAS has full-width kernels */
+  conv2d_shape pw_small = {.n = 2, .cin = 160, .h = 32, .w = 32, .cout = 960, .kh = 1, .kw = 1, .oh = 32, .ow = 32,
+                           .stride = 1, .dilation = 1, .groups = 1};
+  conv2d_shape pw_large = pw_small;
+  pw_large.h = pw_large.w = pw_large.oh = pw_large.ow = 64;
+  conv2d_path pw = conv2d_blas_full_width() ? CONV2D_PATH_GEMM : CONV2D_PATH_DNNL;
+  ASSERT_EQ_INT(conv2d_auto_forward_path(&pw_small), CONV2D_PATH_DNNL);
+  ASSERT_EQ_INT(conv2d_auto_path(&pw_small), pw);
+  ASSERT_EQ_INT(conv2d_auto_forward_path(&pw_large), pw);
   /* The tape's executed count: a centre-only ASPP conv counts 1/9 of its nominal MACs. */
   hakd_params p;
   hakd_params_init(&p);

@@ -140,10 +140,16 @@ int conv2d_dnnl_forward_packed(void *y, const void *x, const void *packed, const
  * folded = w * scale[co], folded_bias = b * scale + shift (b NULL: 0), per output channel. */
 void conv2d_fold_affine(float *folded, float *folded_bias, const float *w, const float *b, const float *scale,
                         const float *shift, int64_t cout, int64_t per_out);
+/* Output positions (batch x rows x columns) up to which a frozen forward keeps packed weights
+ * (conv2d_frozen_forward) and 1x1 forwards run on oneDNN (conv2d_auto_forward_path): converting
+ * the weights costs about 12 bytes of memory traffic per weight, the products 2 * positions flops
+ * per weight, so at 2048 positions the conversion is still 2-4% of the call (at 256, on 16x16
+ * maps, a third), and beyond it the copy is not worth its memory. */
+#define CONV2D_SMALL_MAP_POSITIONS 2048
 /* The oneDNN forward of a frozen convolution (w, and b when given, frozen parameters:
  * hakd_params_freeze) with its weights packed once and kept in this thread's cache: folded with
  * (scale, shift) first when scale is given, then s must have has_bias. Runs on small maps only
- * (at most CONV2D_FROZEN_POSITIONS output positions over the batch), where converting the weights
+ * (at most CONV2D_SMALL_MAP_POSITIONS output positions over the batch), where converting the weights
  * costs a share of the products. Returns 1 when y holds the result (bit for bit what folding and
  * conv2d_dnnl_forward give), 0 when it does not apply (nothing done), or a negative status. */
 int conv2d_frozen_forward(void *y, const void *x, const hakd_tensor *w, const hakd_tensor *b, const float *scale,

@@ -22,11 +22,6 @@
 #include "ops/conv2d.h"
 #include "ops/scratch.h"
 
-/* Output positions (batch x rows x columns) up to which a frozen forward keeps packed weights:
- * converting them costs about 12 bytes of memory traffic per weight, the products 2 * positions
- * flops per weight, so at 2048 positions the conversion is still 2-4% of the call (at 256, on
- * 16x16 maps, a third), and beyond it the copy is not worth its memory. */
-#define CONV2D_FROZEN_POSITIONS 2048
 #define CONV2D_FROZEN_DEFAULT_MB 1024
 
 typedef struct {
@@ -173,7 +168,7 @@ static int conv2d_frozen_fill(conv2d_frozen_entry *e, const hakd_tensor *w, cons
 int conv2d_frozen_forward(void *y, const void *x, const hakd_tensor *w, const hakd_tensor *b, const float *scale,
                           const float *shift, const conv2d_shape *s) {
   if (!w->is_param || !w->frozen || (b && (!b->is_param || !b->frozen))) return 0;
-  if (s->n * s->oh * s->ow > CONV2D_FROZEN_POSITIONS) return 0;
+  if (s->n * s->oh * s->ow > CONV2D_SMALL_MAP_POSITIONS) return 0;
   size_t budget;
   int rc = conv2d_frozen_budget(&budget);
   if (rc || !budget) return rc;
