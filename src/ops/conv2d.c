@@ -862,22 +862,27 @@ static int conv2d_forward_dispatch(float *y, const float *x, const float *w, con
   return rc;
 }
 
-/* (conv2d.h) bench/bench_kernels' auto columns: r50-d8's rate-12 ASPP conv on 32x32 maps, dx + dw
- * 229 -> 272 nominal GFLOP/s; on par where oneDNN's backward is direct. */
-int conv2d_input_grad_by_taps(const conv2d_shape *s) {
-  return conv2d_get_path() == CONV2D_PATH_AUTO && conv2d_taps_supported(s) && s->dilation > 1 &&
-         conv2d_valid_positions(s) < s->kh * s->kw * s->oh * s->ow && !conv2d_dnnl_backward_data_is_direct(s);
+/* (conv2d.h) bench/bench_kernels' auto columns: r50-d8's rate-12 ASPP conv on 32x32 maps (dx on
+ * taps), dx + dw 229 -> 272 nominal GFLOP/s; r18-d8's rate-36 on 128x128 maps (both on taps)
+ * 153 -> 228; on par where oneDNN's backward is direct. */
+int conv2d_backward_by_taps(const conv2d_shape *s) {
+  if (conv2d_get_path() != CONV2D_PATH_AUTO || !conv2d_taps_supported(s) || s->dilation == 1 ||
+      conv2d_valid_positions(s) == s->kh * s->kw * s->oh * s->ow)
+    return 0;
+  return (!conv2d_dnnl_backward_is_direct(s, 0) ? 1 : 0) | (!conv2d_dnnl_backward_is_direct(s, 1) ? 2 : 0);
 }
 
 static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
                                     const float *dy, const conv2d_shape *s) {
   switch (conv2d_path_of(s)) {
-    case CONV2D_PATH_DNNL:
-      if (dx && conv2d_input_grad_by_taps(s)) {
-        int rc = conv2d_taps_backward(dx, NULL, NULL, x, w, dy, s);
-        return rc || (!dw && !db) ? rc : conv2d_dnnl_backward(ctx, NULL, dw, db, x, w, dy, s);
-      }
-      return conv2d_dnnl_backward(ctx, dx, dw, db, x, w, dy, s);
+    case CONV2D_PATH_DNNL: {
+      int taps = conv2d_backward_by_taps(s);
+      if (!taps) return conv2d_dnnl_backward(ctx, dx, dw, db, x, w, dy, s);
+      float *tdx = taps & 1 ? dx : NULL, *tdw = taps & 2 ? dw : NULL, *tdb = taps & 2 ? db : NULL;
+      int rc = tdx || tdw || tdb ? conv2d_taps_backward(tdx, tdw, tdb, x, w, dy, s) : 0;
+      float *ddx = taps & 1 ? NULL : dx, *ddw = taps & 2 ? NULL : dw, *ddb = taps & 2 ? NULL : db;
+      return rc || !(ddx || ddw || ddb) ? rc : conv2d_dnnl_backward(ctx, ddx, ddw, ddb, x, w, dy, s);
+    }
     case CONV2D_PATH_TAPS: return conv2d_taps_backward(dx, dw, db, x, w, dy, s);
     default: return conv2d_gemm_backward(dx, dw, db, x, w, dy, s);
   }

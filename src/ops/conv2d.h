@@ -109,13 +109,13 @@ int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const f
 /* Whether oneDNN's forward of s is a direct JIT kernel, which skips the kernel taps lying in the
  * padding (its GEMM and reference convolutions do not); 0 also when no primitive can be made. */
 int conv2d_dnnl_forward_is_direct(const conv2d_shape *s);
-/* The same for its backward-data primitive. */
-int conv2d_dnnl_backward_data_is_direct(const conv2d_shape *s);
-/* Whether the input gradient of a shape on the oneDNN path runs on the tap path instead (its weight
- * and bias gradients stay on oneDNN): where oneDNN has no direct backward-data kernel for it (its
- * GEMM convolution then multiplies every padded tap) and some taps reach into the padding. A rule of
- * the shape and the CPU, as conv2d_auto_path; only when no path is forced. */
-int conv2d_input_grad_by_taps(const conv2d_shape *s);
+/* The same for its backward-data (which 0) or backward-weights (which 1) primitive. */
+int conv2d_dnnl_backward_is_direct(const conv2d_shape *s, int which);
+/* Which gradients of a shape on the oneDNN path run on the tap path instead: bit 0 the input
+ * gradient, bit 1 the weight and bias gradients, each where oneDNN has no direct kernel for that
+ * backward primitive (its GEMM convolution then multiplies every padded tap) and some taps reach
+ * into the padding. A rule of the shape and the CPU, as conv2d_auto_path; 0 when a path is forced. */
+int conv2d_backward_by_taps(const conv2d_shape *s);
 /* Wide-padded dilated convolutions on blocked bfloat16 activations (conv2d_regions.c): whether s
  * is one (stride 1, one group, padding >= 9), and its forward tap by tap: each tap a blocked 1x1
  * product over the outputs where it reads the map, summed in float32 (the results of

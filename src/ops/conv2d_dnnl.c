@@ -243,9 +243,11 @@ static _Thread_local struct {
 } conv2d_dnnl_direct_memo[CONV2D_DNNL_DIRECT_MEMO];
 static _Thread_local int conv2d_dnnl_direct_n, conv2d_dnnl_direct_next;
 
+/* Per shape and thread: whether oneDNN's backward-data (which 0) and backward-weights (which 1)
+ * primitives of it are direct kernels. */
 static _Thread_local struct {
   conv2d_shape shape;
-  int direct;
+  int direct[2];
 } conv2d_dnnl_direct_bwd_memo[CONV2D_DNNL_DIRECT_MEMO];
 static _Thread_local int conv2d_dnnl_direct_bwd_n, conv2d_dnnl_direct_bwd_next;
 
@@ -284,30 +286,42 @@ int conv2d_dnnl_forward_is_direct(const conv2d_shape *s) {
   return direct;
 }
 
-/* The same question for the backward-data primitive: oneDNN's direct backward-data kernels have
- * limits of their own on padding and dilation (the r50-d8 ASPP's rate-12 3x3 on 32x32 maps,
- * 2048 -> 256 channels, runs its backward data as "gemm:jit", col2im over all nine taps, 103-162 ms
- * per 2-image step under ONEDNN_VERBOSE while its forward and weight gradient run direct kernels). */
-int conv2d_dnnl_backward_data_is_direct(const conv2d_shape *s) {
+/* The same question for the backward primitives: oneDNN's direct backward kernels have limits of
+ * their own on padding and dilation (the r50-d8 ASPP's rate-12 3x3 on 32x32 maps, 2048 -> 256
+ * channels, runs its backward data as "gemm:jit", col2im over all nine taps, 103-162 ms per
+ * 2-image step under ONEDNN_VERBOSE, while its forward and weight gradient run direct kernels). */
+int conv2d_dnnl_backward_is_direct(const conv2d_shape *s, int which) {
   for (int i = 0; i < conv2d_dnnl_direct_bwd_n; i++)
-    if (memcmp(&conv2d_dnnl_direct_bwd_memo[i].shape, s, sizeof *s) == 0) return conv2d_dnnl_direct_bwd_memo[i].direct;
+    if (memcmp(&conv2d_dnnl_direct_bwd_memo[i].shape, s, sizeof *s) == 0)
+      return conv2d_dnnl_direct_bwd_memo[i].direct[which != 0];
   conv2d_dnnl_descs d;
   dnnl_primitive_desc_t fwd = conv2d_dnnl_forward_pd(s, &d), pd = NULL;
+  int direct[2] = {0, 0};
   dnnl_convolution_desc_t cd;
   if (fwd && dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &d.src_any,
                                                                &d.weights_in, &d.dst_in, d.strides, d.dilates,
                                                                d.pad_l, d.pad_r) == dnnl_success &&
-      conv2d_dnnl_pd_create(&pd, &cd, fwd, NULL))
-    pd = NULL;
-  int direct = pd && conv2d_dnnl_pd_is_direct(pd);
-  if (pd) dnnl_primitive_desc_destroy(pd);
+      !conv2d_dnnl_pd_create(&pd, &cd, fwd, NULL)) {
+    direct[0] = conv2d_dnnl_pd_is_direct(pd);
+    dnnl_primitive_desc_destroy(pd);
+  }
+  pd = NULL;
+  if (fwd && dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &d.src_in,
+                                                                  &d.weights_any, s->has_bias ? &d.bias : NULL,
+                                                                  &d.dst_in, d.strides, d.dilates, d.pad_l,
+                                                                  d.pad_r) == dnnl_success &&
+      !conv2d_dnnl_pd_create(&pd, &cd, fwd, NULL)) {
+    direct[1] = conv2d_dnnl_pd_is_direct(pd);
+    dnnl_primitive_desc_destroy(pd);
+  }
   if (fwd) dnnl_primitive_desc_destroy(fwd);
   int slot = conv2d_dnnl_direct_bwd_n < CONV2D_DNNL_DIRECT_MEMO ? conv2d_dnnl_direct_bwd_n++
                                                                 : conv2d_dnnl_direct_bwd_next++;
   conv2d_dnnl_direct_bwd_next %= CONV2D_DNNL_DIRECT_MEMO;
   conv2d_dnnl_direct_bwd_memo[slot].shape = *s;
-  conv2d_dnnl_direct_bwd_memo[slot].direct = direct;
-  return direct;
+  conv2d_dnnl_direct_bwd_memo[slot].direct[0] = direct[0];
+  conv2d_dnnl_direct_bwd_memo[slot].direct[1] = direct[1];
+  return direct[which != 0];
 }
 
 /* The cache entry of shape s with its forward (and, when `backward`, backward) primitives. */
