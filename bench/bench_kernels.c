@@ -4,7 +4,8 @@
  * shape (M = Cout/groups, N = oh*ow, K = Cin/groups*kh*kw; one image and group). The taps columns
  * run the tap path (groups 1 only; "-" otherwise), which skips the products with the padding:
  * its GFLOP/s count the nominal FLOPs like the others, so they compare times directly. The auto
- * columns run the rule hakd uses when no path is forced (conv2d_auto_path), which may mix paths.
+ * columns run the rules hakd uses when no path is forced (conv2d_auto_forward_path for the
+ * forward; conv2d_auto_path and conv2d_backward_by_taps for the backward, which may mix paths).
  *
  * usage: bench_kernels [filter]   (only layers whose name contains filter)
  * Threads: OMP_NUM_THREADS (default: all cores). */

@@ -1,12 +1,14 @@
-/* 2-D convolution, forward and backward, by two implementations:
+/* 2-D convolution, forward and backward, by three implementations:
  *   gemm: im2col + OpenBLAS cblas_sgemm, tiled over output rows so column buffers stay bounded;
  *         1x1 stride-1 convs are plain GEMMs on the input; depthwise convs (Cin == groups) use a
  *         direct kernel. OpenMP threads share out independent work items (forward: image x
  *         group x row tile; weight gradient: slices of the im2col rows; input gradient: image x
  *         group x channel slice), each calling a single-threaded sgemm;
- *   dnnl: oneDNN primitives (conv2d_dnnl.c).
- * HAKD_CONV=gemm|dnnl|auto (or conv2d_set_path) picks one; auto applies a per-shape rule derived
- * from bench/bench_kernels (conv2d_auto_path). Temporaries live in the ops' scratch block (scratch.h). */
+ *   dnnl: oneDNN primitives (conv2d_dnnl.c);
+ *   taps: one GEMM per kernel tap over the outputs it reaches, padding skipped (conv2d_taps.c).
+ * HAKD_CONV=gemm|dnnl|taps|auto (or conv2d_set_path) picks one; auto applies per-shape rules derived
+ * from bench/bench_kernels (conv2d_auto_path, conv2d_auto_forward_path, conv2d_backward_by_taps).
+ * Temporaries live in the ops' scratch block (scratch.h). */
 #include <cblas.h>
 #include <dnnl.h>
 #include <math.h>
@@ -802,7 +804,8 @@ static int conv2d_check_env(hakd_ctx *ctx) {
 
 /* The auto rule, from bench/bench_kernels (2-core AVX-512 machine, batch 2, ResNet-18 and
  * SegFormer-B0 layers): depthwise convs run the direct kernel (1.5-2.5x faster than oneDNN) and
- * 1x1 convs plain GEMMs (on par to 2.8x faster at 1-2 threads); every larger kernel runs on
+ * 1x1 convs plain GEMMs (on par to 2.8x faster at 1-2 threads; their forwards on small maps go to
+ * oneDNN, conv2d_auto_forward_path); every larger kernel runs on
  * oneDNN (1.1-2x faster single-threaded; mixed at 2 threads on a busy machine). A rule, not a
  * per-run measurement, so the same shapes take the same path in every process and a resumed
  * training run computes bit-identically to an uninterrupted one. */
@@ -818,10 +821,15 @@ conv2d_path conv2d_auto_forward_path(const conv2d_shape *s) {
   conv2d_path path = conv2d_auto_path(s);
   /* A 1x1 forward on a small map (<= 2048 output positions over the batch, where a frozen model
    * keeps oneDNN's weights converted, conv2d_frozen.c): oneDNN, whose blocked kernel then reads no
-   * converted weights per call, where the GEMM path packs them in OpenBLAS every call. A/B of 3
-   * alternating runs, best step: deeplabv3-mbv2 inference 256x256 b2 94.4 -> 90.3 ms, b1 49.8 ->
-   * 45.1, r50-d8 inference 256x256 b2 668 -> 639. Their backward stays on the GEMM path (r50-d8
-   * training at 128x128 b2 was 2% slower with it on oneDNN). */
+   * converted weights per call, where the GEMM path packs them in OpenBLAS every call. A/B of 6
+   * alternating runs, best step: deeplabv3-mbv2 inference 256x256 b2 92.9 -> 86.7 ms, b1 49.3 ->
+   * 45.3, r50-d8 inference 128x128 b2 144.9 -> 137.3 (and 256x256 b2 668 -> 639, 3 runs). The
+   * rule is the shape's, so an unfrozen forward (training, a model not frozen) takes it too and
+   * converts the weights per call: on par in training (r50-d8 128x128 b2 501 -> 489, r18-d8 213 ->
+   * 212, mbv2 84 -> 84, r50-d8 256x256 2117 -> 2097 ms, best of 3-6 runs), and the frozen and
+   * unfrozen forwards stay the same computation bit for bit. Their backward stays on the GEMM path
+   * (r50-d8 training at 128x128 b2 was 2% slower with it on oneDNN). The threshold counts the
+   * batch; the executed-MAC count (hakd bench, at batch 1) is the same on both paths for a 1x1. */
   if (path == CONV2D_PATH_GEMM && s->kh == 1 && s->kw == 1 && s->groups == 1 &&
       s->n * s->oh * s->ow <= CONV2D_SMALL_MAP_POSITIONS)
     return CONV2D_PATH_DNNL;
@@ -895,10 +903,12 @@ static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *
  * copy; they are not counted (the depthwise products are about 1% of a MobileNetV2 step's), so the
  * count stays that of depthwise_conv2d_tokens, the same convolution on channels-last tokens. */
 static int64_t conv2d_executed_macs(const conv2d_shape *s) {
+  int64_t full = s->kh * s->kw * s->oh * s->ow, valid = conv2d_valid_positions(s);
+  if (valid == full) return s->n * s->cout * (s->cin / s->groups) * full; /* nothing padded to skip */
   conv2d_path path = conv2d_forward_path_of(s);
   int skips = path == CONV2D_PATH_TAPS || (path == CONV2D_PATH_GEMM && conv2d_is_depthwise(s)) ||
               (path == CONV2D_PATH_DNNL && conv2d_dnnl_forward_is_direct(s));
-  int64_t per_pair = skips ? conv2d_valid_positions(s) : s->kh * s->kw * s->oh * s->ow;
+  int64_t per_pair = skips ? valid : full;
   return s->n * s->cout * (s->cin / s->groups) * per_pair;
 }
 

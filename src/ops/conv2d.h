@@ -39,11 +39,14 @@ typedef enum {
 void conv2d_set_path(conv2d_path path);
 /* The path the next call uses before the per-shape rule (forced, env, or auto). */
 conv2d_path conv2d_get_path(void);
-/* The path auto takes for a shape (the same forward and backward): a fixed rule, so results do
- * not depend on timing noise. */
+/* The path auto takes for a shape (the backward's, and the forward's unless
+ * conv2d_auto_forward_path says otherwise; a backward on oneDNN may hand one gradient to the tap
+ * path, conv2d_backward_by_taps): a fixed rule, so results do not depend on timing noise. */
 conv2d_path conv2d_auto_path(const conv2d_shape *s);
 /* The path auto takes for the forward alone (bench/bench_kernels, forward GFLOP/s at 2 threads):
- * conv2d_auto_path, except for dilated convolutions where oneDNN's choice of kernel decides.
+ * conv2d_auto_path, except for 1x1 convolutions on small maps (at most CONV2D_SMALL_MAP_POSITIONS
+ * output positions over the batch: oneDNN) and dilated convolutions where oneDNN's choice of
+ * kernel decides.
  * oneDNN's direct kernels skip the padded taps as the tap path does, from registers: a dilated
  * convolution the tap path would take with every tap reading the map somewhere runs on oneDNN
  * when oneDNN's forward is direct (the ASPP's rate 12 on 16x16 maps: 1.6-2.3x faster; the
@@ -51,6 +54,14 @@ conv2d_path conv2d_auto_path(const conv2d_shape *s);
  * convolution (rate 12 on 32x32 and 64x64 maps), which multiplies the padding, the tap path takes
  * every convolution with at most 60% of its products valid (rate 12 on 32x32, 56%: 1.1-1.2x). */
 conv2d_path conv2d_auto_forward_path(const conv2d_shape *s);
+/* Which gradients of a shape on the oneDNN path run on the tap path instead: bit 0 the input
+ * gradient, bit 1 the weight and bias gradients, each where oneDNN has no direct kernel for that
+ * backward primitive (its GEMM convolution then multiplies every padded tap) and some taps reach
+ * into the padding (no threshold on the valid share: oneDNN's GEMM convolution computes every tap,
+ * and it is chosen only for wide paddings, the ASPP's rates). A rule of the shape and the CPU, as
+ * conv2d_auto_path; 0 when a path is forced. A failed oneDNN query counts as "not direct" (the
+ * tap path then computes the same gradient). */
+int conv2d_backward_by_taps(const conv2d_shape *s);
 
 /* Output positions o in [*lo, *hi) read input position o * stride + off inside [0, size), of
  * `out` outputs (rows or columns of one kernel tap). */
@@ -111,11 +122,6 @@ int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const f
 int conv2d_dnnl_forward_is_direct(const conv2d_shape *s);
 /* The same for its backward-data (which 0) or backward-weights (which 1) primitive. */
 int conv2d_dnnl_backward_is_direct(const conv2d_shape *s, int which);
-/* Which gradients of a shape on the oneDNN path run on the tap path instead: bit 0 the input
- * gradient, bit 1 the weight and bias gradients, each where oneDNN has no direct kernel for that
- * backward primitive (its GEMM convolution then multiplies every padded tap) and some taps reach
- * into the padding. A rule of the shape and the CPU, as conv2d_auto_path; 0 when a path is forced. */
-int conv2d_backward_by_taps(const conv2d_shape *s);
 /* Wide-padded dilated convolutions on blocked bfloat16 activations (conv2d_regions.c): whether s
  * is one (stride 1, one group, padding >= 9), and its forward tap by tap: each tap a blocked 1x1
  * product over the outputs where it reads the map, summed in float32 (the results of
