@@ -34,6 +34,12 @@ static void taps_result_free(taps_result *r) {
  * run_case subtracts it again, so an overwrite shows as an error of this size. */
 static float run_case_prefill;
 
+/* g->grad += v for each non-NULL tensor of the n. */
+static void grads_add(hakd_tensor *const *g, int n, float v) {
+  for (int k = 0; k < n; k++)
+    for (int64_t i = 0; g[k] && i < hakd_numel(g[k]); i++) g[k]->grad[i] += v;
+}
+
 /* Runs the case on `path` with operands drawn from `seed`; 0 or -1 after test_fail. */
 static int run_case(const taps_case *tc, conv2d_path path, uint64_t seed, taps_result *r) {
   memset(r, 0, sizeof *r);
@@ -56,11 +62,9 @@ static int run_case(const taps_case *tc, conv2d_path path, uint64_t seed, taps_r
       fill_normal(gy, r->ny, 1.0f, seed + 3);
       r->y = copy_floats(hakd_f32(y), r->ny);
       hakd_tensor *grads[3] = {tc->input_grad ? x : NULL, w, b};
-      for (int g = 0; g < 3 && run_case_prefill != 0.0f; g++)
-        for (int64_t i = 0; grads[g] && i < hakd_numel(grads[g]); i++) grads[g]->grad[i] = run_case_prefill;
+      if (run_case_prefill != 0.0f) grads_add(grads, 3, run_case_prefill); /* fresh gradients are zero */
       if (hakd_backward_seeded(ctx, y, gy) == 0) {
-        for (int g = 0; g < 3 && run_case_prefill != 0.0f; g++)
-          for (int64_t i = 0; grads[g] && i < hakd_numel(grads[g]); i++) grads[g]->grad[i] -= run_case_prefill;
+        if (run_case_prefill != 0.0f) grads_add(grads, 3, -run_case_prefill);
         r->dx = tc->input_grad ? copy_floats(x->grad, r->nx) : NULL;
         r->dw = copy_floats(w->grad, r->nw);
         r->db = copy_floats(b->grad, tc->cout);

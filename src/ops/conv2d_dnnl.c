@@ -239,17 +239,10 @@ static int conv2d_dnnl_backward_create(conv2d_dnnl_entry *e, const conv2d_dnnl_d
 #define CONV2D_DNNL_DIRECT_MEMO 256 /* shapes; a miss costs a primitive descriptor (0.1-1 ms) */
 static _Thread_local struct {
   conv2d_shape shape;
-  int direct;
+  int direct[3];      /* forward, backward data, backward weights */
+  int backward_known; /* direct[1], direct[2] asked (only when a backward wants them) */
 } conv2d_dnnl_direct_memo[CONV2D_DNNL_DIRECT_MEMO];
 static _Thread_local int conv2d_dnnl_direct_n, conv2d_dnnl_direct_next;
-
-/* Per shape and thread: whether oneDNN's backward-data (which 0) and backward-weights (which 1)
- * primitives of it are direct kernels. */
-static _Thread_local struct {
-  conv2d_shape shape;
-  int direct[2];
-} conv2d_dnnl_direct_bwd_memo[CONV2D_DNNL_DIRECT_MEMO];
-static _Thread_local int conv2d_dnnl_direct_bwd_n, conv2d_dnnl_direct_bwd_next;
 
 static int conv2d_dnnl_pd_is_direct(const_dnnl_primitive_desc_t pd) {
   const char *impl = NULL;
@@ -257,71 +250,67 @@ static int conv2d_dnnl_pd_is_direct(const_dnnl_primitive_desc_t pd) {
          strncmp(impl, "jit", 3) == 0 && !strstr(impl, "gemm");
 }
 
-/* The forward primitive descriptor of s (NULL when none can be made). */
-static dnnl_primitive_desc_t conv2d_dnnl_forward_pd(const conv2d_shape *s, conv2d_dnnl_descs *d) {
+/* The backward primitives have limits of their own on padding and dilation: the r50-d8 ASPP's
+ * rate-12 3x3 on 32x32 maps, 2048 -> 256 channels, runs its backward data as "gemm:jit", col2im
+ * over all nine taps, 103-162 ms per 2-image step under ONEDNN_VERBOSE, while its forward and
+ * weight gradient run direct kernels. So the backward answers are asked separately, with the
+ * forward's descriptor as the hint the real backward primitives get. */
+static void conv2d_dnnl_backward_direct(int direct[2], const conv2d_dnnl_descs *d, const conv2d_shape *s,
+                                        const_dnnl_primitive_desc_t fwd) {
   dnnl_convolution_desc_t cd;
   dnnl_primitive_desc_t pd = NULL;
-  if (!conv2d_dnnl_init_engine() && !conv2d_dnnl_descs_init(d, s) &&
-      dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &d->src_in,
-                                                 &d->weights_in, s->has_bias ? &d->bias : NULL,
-                                                 s->dst_blocked ? &d->dst : &d->dst_any, d->strides, d->dilates,
-                                                 d->pad_l, d->pad_r) == dnnl_success &&
-      !conv2d_dnnl_pd_create(&pd, &cd, NULL, s))
-    return pd;
-  if (pd) dnnl_primitive_desc_destroy(pd);
-  return NULL;
-}
-
-int conv2d_dnnl_forward_is_direct(const conv2d_shape *s) {
-  for (int i = 0; i < conv2d_dnnl_direct_n; i++)
-    if (memcmp(&conv2d_dnnl_direct_memo[i].shape, s, sizeof *s) == 0) return conv2d_dnnl_direct_memo[i].direct;
-  conv2d_dnnl_descs d;
-  dnnl_primitive_desc_t pd = conv2d_dnnl_forward_pd(s, &d);
-  int direct = pd && conv2d_dnnl_pd_is_direct(pd);
-  if (pd) dnnl_primitive_desc_destroy(pd);
-  int slot = conv2d_dnnl_direct_n < CONV2D_DNNL_DIRECT_MEMO ? conv2d_dnnl_direct_n++ : conv2d_dnnl_direct_next++;
-  conv2d_dnnl_direct_next %= CONV2D_DNNL_DIRECT_MEMO;
-  conv2d_dnnl_direct_memo[slot].shape = *s;
-  conv2d_dnnl_direct_memo[slot].direct = direct;
-  return direct;
-}
-
-/* The same question for the backward primitives: oneDNN's direct backward kernels have limits of
- * their own on padding and dilation (the r50-d8 ASPP's rate-12 3x3 on 32x32 maps, 2048 -> 256
- * channels, runs its backward data as "gemm:jit", col2im over all nine taps, 103-162 ms per
- * 2-image step under ONEDNN_VERBOSE, while its forward and weight gradient run direct kernels). */
-int conv2d_dnnl_backward_is_direct(const conv2d_shape *s, int which) {
-  for (int i = 0; i < conv2d_dnnl_direct_bwd_n; i++)
-    if (memcmp(&conv2d_dnnl_direct_bwd_memo[i].shape, s, sizeof *s) == 0)
-      return conv2d_dnnl_direct_bwd_memo[i].direct[which != 0];
-  conv2d_dnnl_descs d;
-  dnnl_primitive_desc_t fwd = conv2d_dnnl_forward_pd(s, &d), pd = NULL;
-  int direct[2] = {0, 0};
-  dnnl_convolution_desc_t cd;
-  if (fwd && dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &d.src_any,
-                                                               &d.weights_in, &d.dst_in, d.strides, d.dilates,
-                                                               d.pad_l, d.pad_r) == dnnl_success &&
+  if (dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &d->src_any, &d->weights_in,
+                                                       &d->dst_in, d->strides, d->dilates, d->pad_l,
+                                                       d->pad_r) == dnnl_success &&
       !conv2d_dnnl_pd_create(&pd, &cd, fwd, NULL)) {
     direct[0] = conv2d_dnnl_pd_is_direct(pd);
     dnnl_primitive_desc_destroy(pd);
   }
   pd = NULL;
-  if (fwd && dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &d.src_in,
-                                                                  &d.weights_any, s->has_bias ? &d.bias : NULL,
-                                                                  &d.dst_in, d.strides, d.dilates, d.pad_l,
-                                                                  d.pad_r) == dnnl_success &&
+  if (dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &d->src_in,
+                                                          &d->weights_any, s->has_bias ? &d->bias : NULL,
+                                                          &d->dst_in, d->strides, d->dilates, d->pad_l,
+                                                          d->pad_r) == dnnl_success &&
       !conv2d_dnnl_pd_create(&pd, &cd, fwd, NULL)) {
     direct[1] = conv2d_dnnl_pd_is_direct(pd);
     dnnl_primitive_desc_destroy(pd);
   }
+}
+
+/* Whether oneDNN's primitive `which` (0 forward, 1 backward data, 2 backward weights) of s is a
+ * direct kernel, from the memo or asked now (0 also when no primitive can be made). */
+static int conv2d_dnnl_is_direct(const conv2d_shape *s, int which) {
+  int i = 0;
+  while (i < conv2d_dnnl_direct_n && memcmp(&conv2d_dnnl_direct_memo[i].shape, s, sizeof *s) != 0) i++;
+  if (i < conv2d_dnnl_direct_n && (which == 0 || conv2d_dnnl_direct_memo[i].backward_known))
+    return conv2d_dnnl_direct_memo[i].direct[which];
+  if (i == conv2d_dnnl_direct_n) { /* a new entry: the next free slot, or round-robin over full ones */
+    i = conv2d_dnnl_direct_n < CONV2D_DNNL_DIRECT_MEMO ? conv2d_dnnl_direct_n++ : conv2d_dnnl_direct_next++;
+    conv2d_dnnl_direct_next %= CONV2D_DNNL_DIRECT_MEMO;
+    memset(&conv2d_dnnl_direct_memo[i], 0, sizeof conv2d_dnnl_direct_memo[i]);
+    conv2d_dnnl_direct_memo[i].shape = *s;
+  }
+  conv2d_dnnl_descs d;
+  dnnl_convolution_desc_t cd;
+  dnnl_primitive_desc_t fwd = NULL;
+  if (!conv2d_dnnl_init_engine() && !conv2d_dnnl_descs_init(&d, s) &&
+      dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &d.src_in,
+                                                 &d.weights_in, s->has_bias ? &d.bias : NULL,
+                                                 s->dst_blocked ? &d.dst : &d.dst_any, d.strides, d.dilates, d.pad_l,
+                                                 d.pad_r) == dnnl_success &&
+      !conv2d_dnnl_pd_create(&fwd, &cd, NULL, s)) {
+    conv2d_dnnl_direct_memo[i].direct[0] = conv2d_dnnl_pd_is_direct(fwd);
+    if (which != 0) conv2d_dnnl_backward_direct(conv2d_dnnl_direct_memo[i].direct + 1, &d, s, fwd);
+  }
   if (fwd) dnnl_primitive_desc_destroy(fwd);
-  int slot = conv2d_dnnl_direct_bwd_n < CONV2D_DNNL_DIRECT_MEMO ? conv2d_dnnl_direct_bwd_n++
-                                                                : conv2d_dnnl_direct_bwd_next++;
-  conv2d_dnnl_direct_bwd_next %= CONV2D_DNNL_DIRECT_MEMO;
-  conv2d_dnnl_direct_bwd_memo[slot].shape = *s;
-  conv2d_dnnl_direct_bwd_memo[slot].direct[0] = direct[0];
-  conv2d_dnnl_direct_bwd_memo[slot].direct[1] = direct[1];
-  return direct[which != 0];
+  conv2d_dnnl_direct_memo[i].backward_known |= which != 0;
+  return conv2d_dnnl_direct_memo[i].direct[which];
+}
+
+int conv2d_dnnl_forward_is_direct(const conv2d_shape *s) { return conv2d_dnnl_is_direct(s, 0); }
+
+int conv2d_dnnl_backward_is_direct(const conv2d_shape *s, int which) {
+  return conv2d_dnnl_is_direct(s, 1 + (which != 0));
 }
 
 /* The cache entry of shape s with its forward (and, when `backward`, backward) primitives. */
