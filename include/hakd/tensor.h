@@ -46,6 +46,10 @@ typedef struct hakd_tensor {
   int32_t buffer;      /* step buffer holding data (id + 1; views share it); 0: not step memory */
   int32_t grad_buffer; /* step buffer holding grad; 0: none or persistent */
   int32_t pending_reads; /* backward bookkeeping of parameters: tape nodes still to run that read it */
+  /* Parameters: the gradient is zero, but its buffer still holds old values (hakd_params_mark_grads_zero
+   * marks it so instead of writing zeros). The first backward to reach it writes it whole
+   * (hakd_grad_fresh) or zeroes it first (hakd_grad); read it through hakd_param_grad. */
+  int grad_stale;
   /* Parameters and buffers: nonzero while frozen (hakd_params_freeze), a stamp no other freeze
    * of any tensor has had; caches of forms derived from the data are keyed by it. */
   uint64_t frozen;
@@ -217,6 +221,15 @@ hakd_node *hakd_record(hakd_ctx *ctx, const char *op, hakd_backward_fn backward,
 /* Gradient buffer of t to accumulate into (+=), allocated zeroed on first use; NULL when
  * t does not require grad. */
 float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t);
+/* hakd_grad for a backward that can write its gradient instead of adding it: where t is float32,
+ * not a view, and its gradient does not exist yet (an activation's first consumer to run
+ * backward) or is a parameter's marked stale (hakd_params_zero_grad), *fresh is set to 1 and the
+ * buffer holds garbage: the caller must then write every element (= instead of +=). Otherwise
+ * *fresh is 0 and the buffer is hakd_grad's, to add to. This saves zeroing the buffer and reading
+ * it back, two passes over every gradient of a training step (PyTorch's autograd likewise takes
+ * the first gradient as it is). HAKD_FRESH_GRADS=0 in the environment (read once per process)
+ * makes *fresh always 0: the zero-and-add path, kept for comparisons. */
+float *hakd_grad_fresh(hakd_ctx *ctx, hakd_tensor *t, int *fresh);
 /* Runs the tape backwards from `loss` (seeded with dL/dloss = 1 for every element, so a
  * scalar loss is the usual case). Parameter grads are accumulated (+=). Gradients of
  * intermediate tensors are consumed on the way (their grad is NULL afterwards, as non-leaf
@@ -249,6 +262,14 @@ void hakd_params_free(hakd_params *p);
 hakd_tensor *hakd_params_add(hakd_params *p, const char *name, int ndim, const int64_t *shape, int is_buffer);
 hakd_tensor *hakd_params_find(const hakd_params *p, const char *name);
 void hakd_params_zero_grad(hakd_params *p);
+/* hakd_params_zero_grad without writing the zeros: each gradient is only marked (grad_stale), and
+ * the next backward writes each gradient it reaches instead of adding to zeros, which saves two
+ * passes over every weight gradient of a training step (the trainer and `hakd bench` step so).
+ * Until a backward has reached it, a gradient must be read through hakd_param_grad. */
+void hakd_params_mark_grads_zero(hakd_params *p);
+/* t->grad, zeroed first where hakd_params_zero_grad left it stale (NULL when t has no gradient).
+ * Code reading a parameter's gradient outside the ops' backward uses this. */
+float *hakd_param_grad(hakd_tensor *t);
 /* Number of trainable scalars. */
 int64_t hakd_params_count(const hakd_params *p);
 /* Freezing (frozen != 0) promises that the data of p's tensors stays as it is until they are

@@ -553,6 +553,7 @@ void hakd_node_reads_no_data(hakd_ctx *ctx, hakd_node *node) {
 
 float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t) {
   if (!t || !t->requires_grad) return NULL;
+  if (t->grad_stale) return hakd_param_grad(t);
   if (!t->grad && t->node && t->node->grad_is_input_grad) {
     /* gradients of a view accumulate straight into its input's, which it does not own */
     t->grad = hakd_grad(ctx, t->node->in[0]);
@@ -566,6 +567,32 @@ float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t) {
     t->grad = buffer_alloc(ctx, bytes, BUFFER_GRAD, &t->grad_buffer);
     if (t->grad) memset(t->grad, 0, bytes);
   }
+  return t->grad;
+}
+
+/* HAKD_FRESH_GRADS: 1 (the default: unset, empty or "1") or 0; any other value counts as 1. */
+static int fresh_grads_enabled(void) {
+  static int enabled = -1;
+  if (enabled < 0) {
+    const char *env = getenv("HAKD_FRESH_GRADS");
+    enabled = !(env && strcmp(env, "0") == 0);
+  }
+  return enabled;
+}
+
+float *hakd_grad_fresh(hakd_ctx *ctx, hakd_tensor *t, int *fresh) {
+  *fresh = 0;
+  if (!t || !t->requires_grad) return NULL;
+  if (t->grad_stale && t->grad && t->dtype == HAKD_F32 && fresh_grads_enabled()) {
+    t->grad_stale = 0;
+    *fresh = 1;
+    return t->grad;
+  }
+  if (t->grad || t->is_param || t->dtype != HAKD_F32 || (t->node && t->node->grad_is_input_grad) ||
+      !fresh_grads_enabled())
+    return hakd_grad(ctx, t);
+  t->grad = buffer_alloc(ctx, (size_t)hakd_numel(t) * sizeof(float), BUFFER_GRAD, &t->grad_buffer);
+  *fresh = t->grad != NULL;
   return t->grad;
 }
 

@@ -98,7 +98,24 @@ hakd_tensor *hakd_params_find(const hakd_params *p, const char *name) {
 
 void hakd_params_zero_grad(hakd_params *p) {
   for (int i = 0; i < p->count; i++)
-    if (p->items[i]->grad) memset(p->items[i]->grad, 0, (size_t)hakd_numel(p->items[i]) * sizeof(float));
+    if (p->items[i]->grad) {
+      memset(p->items[i]->grad, 0, (size_t)hakd_numel(p->items[i]) * sizeof(float));
+      p->items[i]->grad_stale = 0;
+    }
+}
+
+void hakd_params_mark_grads_zero(hakd_params *p) {
+  for (int i = 0; i < p->count; i++)
+    if (p->items[i]->grad) p->items[i]->grad_stale = 1;
+}
+
+float *hakd_param_grad(hakd_tensor *t) {
+  if (!t || !t->grad) return NULL;
+  if (t->grad_stale) {
+    memset(t->grad, 0, (size_t)hakd_numel(t) * sizeof(float));
+    t->grad_stale = 0;
+  }
+  return t->grad;
 }
 
 /* Stamps are unique over the process: a tensor freed and another frozen at its address, or a

@@ -137,7 +137,7 @@ static int start_bucket(dist_grads *g, int b) {
   float *at = bk->buf;
   for (int i = bk->first; i < bk->first + bk->count; i++) {
     int64_t n = hakd_numel(g->params[i]);
-    memcpy(at, g->params[i]->grad, (size_t)n * sizeof(float));
+    memcpy(at, hakd_param_grad(g->params[i]), (size_t)n * sizeof(float));
     at += n;
   }
 #ifdef HAKD_WITH_MPI
@@ -194,7 +194,7 @@ int dist_grads_finish(dist_grads *g, hakd_ctx *ctx, double backward_s) {
     const float *at = g->buckets[b].buf;
     for (int i = g->buckets[b].first; i < g->buckets[b].first + g->buckets[b].count; i++) {
       int64_t n = hakd_numel(g->params[i]);
-      float *grad = g->params[i]->grad;
+      float *grad = hakd_param_grad(g->params[i]);
       for (int64_t j = 0; j < n; j++) grad[j] = at[j] * inv;
       at += n;
     }

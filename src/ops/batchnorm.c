@@ -317,8 +317,11 @@ static double bn_lanes_total(const double *acc) {
 static void batchnorm_act_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0], *weight = node->in[1], *bias = node->in[2];
   hakd_tensor *residual = node->n_in > 3 ? node->in[3] : NULL;
-  float *dx = hakd_grad(ctx, x), *dw = hakd_grad(ctx, weight), *db = hakd_grad(ctx, bias);
-  float *dr = residual ? hakd_grad(ctx, residual) : NULL;
+  /* gradients are written (=) where they are fresh (hakd_grad_fresh), else added to */
+  int dx_fresh = 0, dr_fresh = 0, dw_fresh = 0, db_fresh = 0;
+  float *dx = hakd_grad_fresh(ctx, x, &dx_fresh), *dw = hakd_grad_fresh(ctx, weight, &dw_fresh);
+  float *db = hakd_grad_fresh(ctx, bias, &db_fresh);
+  float *dr = residual ? hakd_grad_fresh(ctx, residual, &dr_fresh) : NULL;
   if (hakd_ctx_status(ctx)) return;
   bn_layout l = bn_layout_of(x);
   hakd_activation act = (hakd_activation)node->iarg[2];
@@ -345,8 +348,8 @@ static void batchnorm_act_backward(hakd_ctx *ctx, hakd_node *node) {
     }
     sums[c] = sum_dy;
     sums[l.c + c] = sum_dy_dev;
-    if (db) db[c] += (float)sum_dy;
-    if (dw) dw[c] += (float)(sum_dy_dev * rstd[c]);
+    if (db) db[c] = (db_fresh ? 0.0f : db[c]) + (float)sum_dy;
+    if (dw) dw[c] = (dw_fresh ? 0.0f : dw[c]) + (float)(sum_dy_dev * rstd[c]);
   }
   if (!dx && !dr) return;
   float *coef = hakd_ctx_alloc(ctx, 3 * (size_t)l.c * sizeof(float));
@@ -362,11 +365,17 @@ static void batchnorm_act_backward(hakd_ctx *ctx, hakd_node *node) {
       if (dx) {
         float *dxp = dx + at;
         const float *xp = xs + at;
-        for (int64_t i = 0; i < len; i++) dxp[i] += a * g[i] + d * (xp[i] - muf) + b;
+        if (dx_fresh)
+          for (int64_t i = 0; i < len; i++) dxp[i] = a * g[i] + d * (xp[i] - muf) + b;
+        else
+          for (int64_t i = 0; i < len; i++) dxp[i] += a * g[i] + d * (xp[i] - muf) + b;
       }
       if (dr) {
         float *drp = dr + at;
-        for (int64_t i = 0; i < len; i++) drp[i] += g[i];
+        if (dr_fresh)
+          memcpy(drp, g, (size_t)len * sizeof(float));
+        else
+          for (int64_t i = 0; i < len; i++) drp[i] += g[i];
       }
     }
   }

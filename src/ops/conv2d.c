@@ -880,16 +880,26 @@ int conv2d_backward_by_taps(const conv2d_shape *s) {
   return (!conv2d_dnnl_backward_is_direct(s, 0) ? 1 : 0) | (!conv2d_dnnl_backward_is_direct(s, 1) ? 2 : 0);
 }
 
-static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
-                                    const float *dy, const conv2d_shape *s) {
-  switch (conv2d_path_of(s)) {
+/* fresh: bit 0 dx, bit 1 dw, bit 2 db is a fresh gradient (hakd_grad_fresh), written by
+ * oneDNN's backward and zeroed here for the paths that add to it. */
+static int conv2d_backward_dispatch(hakd_ctx *ctx, float *dx, float *dw, float *db, unsigned fresh, const float *x,
+                                    const float *w, const float *dy, const conv2d_shape *s) {
+  conv2d_path path = conv2d_path_of(s);
+  int taps = path == CONV2D_PATH_DNNL ? conv2d_backward_by_taps(s) : 0;
+  /* the gradients the tap or GEMM path computes: added to */
+  unsigned added = path != CONV2D_PATH_DNNL ? 7u : (taps & 1 ? 1u : 0) | (taps & 2 ? 6u : 0);
+  int64_t count[3] = {s->n * s->cin * s->h * s->w, s->cout * (s->cin / s->groups) * s->kh * s->kw, s->cout};
+  float *g[3] = {dx, dw, db};
+  for (int i = 0; i < 3; i++)
+    if (g[i] && (fresh & added & (1u << i))) memset(g[i], 0, (size_t)count[i] * sizeof(float));
+  fresh &= ~added;
+  switch (path) {
     case CONV2D_PATH_DNNL: {
-      int taps = conv2d_backward_by_taps(s);
-      if (!taps) return conv2d_dnnl_backward(ctx, dx, dw, db, x, w, dy, s);
+      if (!taps) return conv2d_dnnl_backward(ctx, dx, dw, db, fresh, x, w, dy, s);
       float *tdx = taps & 1 ? dx : NULL, *tdw = taps & 2 ? dw : NULL, *tdb = taps & 2 ? db : NULL;
       int rc = tdx || tdw || tdb ? conv2d_taps_backward(tdx, tdw, tdb, x, w, dy, s) : 0;
       float *ddx = taps & 1 ? NULL : dx, *ddw = taps & 2 ? NULL : dw, *ddb = taps & 2 ? NULL : db;
-      return rc || !(ddx || ddw || ddb) ? rc : conv2d_dnnl_backward(ctx, ddx, ddw, ddb, x, w, dy, s);
+      return rc || !(ddx || ddw || ddb) ? rc : conv2d_dnnl_backward(ctx, ddx, ddw, ddb, fresh, x, w, dy, s);
     }
     case CONV2D_PATH_TAPS: return conv2d_taps_backward(dx, dw, db, x, w, dy, s);
     default: return conv2d_gemm_backward(dx, dw, db, x, w, dy, s);
@@ -932,14 +942,18 @@ static conv2d_shape conv2d_shape_of(const hakd_tensor *x, const hakd_tensor *w, 
 static void conv2d_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0], *w = node->in[1], *b = node->n_in > 2 ? node->in[2] : NULL;
   conv2d_shape s = conv2d_shape_of(x, w, b, node->iarg[0], node->iarg[1], node->iarg[2], node->iarg[3], node->iarg[4]);
-  float *dx = hakd_grad(ctx, x), *dw = hakd_grad(ctx, w), *db = b ? hakd_grad(ctx, b) : NULL;
+  /* fresh gradients (hakd_grad_fresh: never a blocked x's) are written, not added to */
+  int fx = 0, fw = 0, fb = 0;
+  float *dx = hakd_grad_fresh(ctx, x, &fx), *dw = hakd_grad_fresh(ctx, w, &fw);
+  float *db = b ? hakd_grad_fresh(ctx, b, &fb) : NULL;
+  unsigned fresh = (fx ? 1u : 0) | (fw ? 2u : 0) | (fb ? 4u : 0);
   if (hakd_ctx_status(ctx) || (!dx && !dw && !db)) return;
   int rc;
   if (x->dtype == HAKD_BF16_BLOCKED) { /* as the forward ran it (hakd_conv2d) */
     s.bf16 = s.src_blocked = s.dst_blocked = 1;
-    rc = conv2d_dnnl_backward(ctx, dx, dw, db, x->data, hakd_f32(w), node->out->grad, &s);
+    rc = conv2d_dnnl_backward(ctx, dx, dw, db, fresh, x->data, hakd_f32(w), node->out->grad, &s);
   } else {
-    rc = conv2d_backward_dispatch(ctx, dx, dw, db, hakd_f32(x), hakd_f32(w), node->out->grad, &s);
+    rc = conv2d_backward_dispatch(ctx, dx, dw, db, fresh, hakd_f32(x), hakd_f32(w), node->out->grad, &s);
   }
   if (rc != 0) hakd_ctx_fail(ctx, rc, "conv2d backward: %s", hakd_error_message());
 }

@@ -113,9 +113,11 @@ int conv2d_taps_backward(float *dx, float *dw, float *db, const float *x, const 
  * are float32 NCHW, or blocked bfloat16 where s says so. */
 int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, const conv2d_shape *s);
 /* dx += conv_transpose(dy, w) when dx != NULL; dw += dL/dw, db += dL/db when non-NULL (a gradient
- * computed but not wanted goes to step memory from ctx). With src_blocked / dst_blocked, x is blocked
- * bfloat16 and dx, dy float32 in the same blocked layout (the gradient of a blocked activation). */
-int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
+ * computed but not wanted goes to step memory from ctx). Bits 0, 1, 2 of `set` (dx, dw, db):
+ * that gradient is written (=), not added to (a fresh gradient, hakd_grad_fresh). With
+ * src_blocked / dst_blocked, x is blocked bfloat16 and dx, dy float32 in the same blocked layout
+ * (the gradient of a blocked activation). */
+int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, unsigned set, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s);
 /* Whether oneDNN's forward of s is a direct JIT kernel, which skips the kernel taps lying in the
  * padding (its GEMM and reference convolutions do not); 0 also when no primitive can be made. */

@@ -20,12 +20,14 @@
 
 /* One tensor argument of a primitive: `user` wraps our plain-layout pointer; when the primitive
  * wants another layout (or the result must be accumulated), `inner` lives in step scratch and
- * `reorder` converts user -> inner (inputs) or inner -> user (outputs, with += when accumulating). */
+ * `reorder` converts user -> inner (inputs) or inner -> user (outputs, with += when accumulating;
+ * an accumulated output also has `reorder_set`, the same without +=, for a destination that is
+ * to be written: a fresh gradient, hakd_grad_fresh). */
 typedef struct {
   int id; /* DNNL_ARG_* */
   int is_output;
   dnnl_memory_t user, inner;
-  dnnl_primitive_t reorder;
+  dnnl_primitive_t reorder, reorder_set;
   size_t inner_bytes;
 } conv2d_dnnl_arg;
 
@@ -53,6 +55,7 @@ static void conv2d_dnnl_op_free(conv2d_dnnl_op *op) {
   for (int i = 0; i < op->n_args; i++) {
     conv2d_dnnl_arg *a = &op->args[i];
     if (a->reorder) dnnl_primitive_destroy(a->reorder);
+    if (a->reorder_set) dnnl_primitive_destroy(a->reorder_set);
     if (a->inner) dnnl_memory_destroy(a->inner);
     if (a->user) dnnl_memory_destroy(a->user);
   }
@@ -145,8 +148,9 @@ static int conv2d_dnnl_arg_add(conv2d_dnnl_op *op, int id, dnnl_query_t query, i
   if (dnnl_memory_desc_equal(user_md, prim_md) && !accumulate) return 0;
   a->inner_bytes = dnnl_memory_desc_get_size(prim_md);
   DNNL_TRY(dnnl_memory_create(&a->inner, prim_md, conv2d_dnnl_engine, DNNL_MEMORY_NONE));
-  return is_output ? ops_dnnl_reorder_create(&a->reorder, prim_md, user_md, accumulate)
-                   : ops_dnnl_reorder_create(&a->reorder, user_md, prim_md, 0);
+  if (!is_output) return ops_dnnl_reorder_create(&a->reorder, user_md, prim_md, 0);
+  int rc = ops_dnnl_reorder_create(&a->reorder, prim_md, user_md, accumulate);
+  return rc || !accumulate ? rc : ops_dnnl_reorder_create(&a->reorder_set, prim_md, user_md, 0);
 }
 
 /* Finishes op->pd's primitive and its user-managed scratchpad. */
@@ -358,13 +362,14 @@ static int conv2d_dnnl_reorder_run(dnnl_primitive_t reorder, dnnl_memory_t from,
   return 0;
 }
 
-/* Runs op on our buffers ptrs[i] (one per argument, in the order they were added); with
- * `packed`, the weights argument's pointer already holds them in the primitive's layout (as
- * conv2d_dnnl_pack_weights wrote them) and is not reordered. */
-static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs, int packed) {
+/* Runs op on our buffers ptrs[i] (one per argument, in the order they were added). Bit i of
+ * `laid` says ptrs[i] already holds argument i in the primitive's layout (weights as
+ * conv2d_dnnl_pack_weights wrote them, a gradient reordered once for both backward primitives):
+ * it is not reordered. Bit i of `set`: output i is written, not added to (reorder_set). */
+static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs, unsigned laid, unsigned set) {
   size_t total = ops_scratch_round(op->scratchpad_bytes);
   for (int i = 0; i < op->n_args; i++)
-    if (!(packed && op->args[i].id == DNNL_ARG_WEIGHTS)) total += ops_scratch_round(op->args[i].inner_bytes);
+    if (!(laid >> i & 1)) total += ops_scratch_round(op->args[i].inner_bytes);
   unsigned char *scratch = ops_scratch(total);
   if (!scratch) return HAKD_ENOMEM;
   dnnl_exec_arg_t args[CONV2D_DNNL_MAX_ARGS + 1];
@@ -372,7 +377,7 @@ static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs, int packed)
   for (int i = 0; i < op->n_args; i++) {
     conv2d_dnnl_arg *a = &op->args[i];
     DNNL_TRY(dnnl_memory_set_data_handle(a->user, ptrs[i]));
-    if (packed && a->id == DNNL_ARG_WEIGHTS && a->inner) {
+    if ((laid >> i & 1) && a->inner) {
       DNNL_TRY(dnnl_memory_set_data_handle(a->inner, ptrs[i]));
     } else if (a->inner) {
       DNNL_TRY(dnnl_memory_set_data_handle(a->inner, scratch));
@@ -392,7 +397,7 @@ static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs, int packed)
   for (int i = 0; i < op->n_args; i++) {
     conv2d_dnnl_arg *a = &op->args[i];
     if (a->is_output && a->inner) {
-      int rc = conv2d_dnnl_reorder_run(a->reorder, a->inner, a->user);
+      int rc = conv2d_dnnl_reorder_run((set >> i & 1) && a->reorder_set ? a->reorder_set : a->reorder, a->inner, a->user);
       if (rc) return rc;
     }
   }
@@ -435,8 +440,11 @@ static conv2d_dnnl_cut conv2d_dnnl_cut_of(const conv2d_shape *s) {
 }
 
 /* Runs `which` (0 forward, 1 backward data, 2 backward weights) of shape s over its parts; ptrs
- * as conv2d_dnnl_op_run takes them, with x and y (or dx and dy) at the indices ix and iy. */
-static int conv2d_dnnl_run_cut(const conv2d_shape *s, int which, void *const *ptrs, int n_ptrs, int ix, int iy) {
+ * and set as conv2d_dnnl_op_run takes them, with x and y (or dx and dy) at the indices ix and iy
+ * (the parts cover disjoint pieces of x and y, so a written dx is written whole; the weight and
+ * bias gradients are written by the first part and added to by the others). */
+static int conv2d_dnnl_run_cut(const conv2d_shape *s, int which, void *const *ptrs, int n_ptrs, int ix, int iy,
+                               unsigned set) {
   conv2d_dnnl_cut c = conv2d_dnnl_cut_of(s);
   for (int64_t n0 = 0; n0 < s->n; n0 += c.images) {
     for (int64_t r0 = 0; r0 < s->h; r0 += c.rows) {
@@ -452,7 +460,8 @@ static int conv2d_dnnl_run_cut(const conv2d_shape *s, int which, void *const *pt
         p[iy] = (float *)ptrs[iy] + (n0 * s->cout * s->oh + r0) * s->ow;
       }
       conv2d_dnnl_op *op = which == 0 ? &e->forward : which == 1 ? &e->backward_data : &e->backward_weights;
-      if ((rc = conv2d_dnnl_op_run(op, p, 0))) return rc;
+      if ((rc = conv2d_dnnl_op_run(op, p, 0, set))) return rc;
+      if (which == 2) set = 0;
     }
   }
   return 0;
@@ -461,7 +470,7 @@ static int conv2d_dnnl_run_cut(const conv2d_shape *s, int which, void *const *pt
 int conv2d_dnnl_forward(void *y, const void *x, const float *w, const float *b, const conv2d_shape *s) {
   void *ptrs[4] = {(void *)x, (void *)w, (void *)b, y};
   if (!s->has_bias) ptrs[2] = y; /* arguments: src, weights, [bias,] dst */
-  return conv2d_dnnl_run_cut(s, 0, ptrs, s->has_bias ? 4 : 3, 0, s->has_bias ? 3 : 2);
+  return conv2d_dnnl_run_cut(s, 0, ptrs, s->has_bias ? 4 : 3, 0, s->has_bias ? 3 : 2, 0);
 }
 
 /* The weights argument of the forward of s, when oneDNN reads them in a layout of its own and the
@@ -505,7 +514,7 @@ int conv2d_dnnl_forward_packed(void *y, const void *x, const void *packed, const
     return hakd_error(HAKD_EINVAL, "conv2d: the weights of this shape are not packed");
   void *ptrs[4] = {(void *)x, (void *)packed, (void *)b, y};
   if (!s->has_bias) ptrs[2] = y; /* arguments: src, weights, [bias,] dst */
-  return conv2d_dnnl_op_run(&e->forward, ptrs, 1);
+  return conv2d_dnnl_op_run(&e->forward, ptrs, 1u << 1, 0); /* arguments: src, weights, ... */
 }
 
 static float *conv2d_dnnl_zeros(hakd_ctx *ctx, size_t n) {
@@ -514,18 +523,63 @@ static float *conv2d_dnnl_zeros(hakd_ctx *ctx, size_t n) {
   return p;
 }
 
-int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, const float *x, const float *w,
+/* dy in the layout both backward primitives read, reordered once into op scratch from ctx; NULL
+ * where the call runs in parts or the two primitives want different layouts (each then reorders
+ * its own), or with ctx failed. */
+static void *conv2d_dnnl_shared_dy(hakd_ctx *ctx, const float *dy, const conv2d_shape *s) {
+  conv2d_dnnl_cut c = conv2d_dnnl_cut_of(s);
+  conv2d_dnnl_entry *e;
+  if (c.images != s->n || c.rows != s->h || conv2d_dnnl_entry_get(s, 1, &e)) return NULL;
+  conv2d_dnnl_arg *a = &e->backward_data.args[0], *b = &e->backward_weights.args[1]; /* their DIFF_DST */
+  const dnnl_memory_desc_t *ma = NULL, *mb = NULL;
+  if (!a->inner || !b->inner || dnnl_memory_get_memory_desc(a->inner, &ma) != dnnl_success ||
+      dnnl_memory_get_memory_desc(b->inner, &mb) != dnnl_success || !dnnl_memory_desc_equal(ma, mb))
+    return NULL;
+  void *laid = hakd_ctx_scratch(ctx, a->inner_bytes);
+  if (!laid) return NULL;
+  if (dnnl_memory_set_data_handle(a->user, (void *)dy) != dnnl_success ||
+      dnnl_memory_set_data_handle(a->inner, laid) != dnnl_success || conv2d_dnnl_reorder_run(a->reorder, a->user, a->inner)) {
+    hakd_ctx_scratch_free(ctx, laid);
+    return NULL;
+  }
+  return laid;
+}
+
+int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, unsigned set, const float *x, const float *w,
                          const float *dy, const conv2d_shape *s) {
   int rc;
+  /* with both gradients wanted, dy is reordered once (an r50-d8 training step reorders a gradient
+   * of every convolution's output twice otherwise) */
+  void *laid_dy = dx && (dw || db) ? conv2d_dnnl_shared_dy(ctx, dy, s) : NULL;
+  if (hakd_ctx_status(ctx)) return hakd_ctx_status(ctx);
   if (dx) {
-    void *ptrs[3] = {(void *)dy, (void *)w, dx};
-    if ((rc = conv2d_dnnl_run_cut(s, 1, ptrs, 3, 2, 0))) return rc;
+    /* arguments: diff_dst, weights, diff_src */
+    void *ptrs[3] = {laid_dy ? laid_dy : (void *)dy, (void *)w, dx};
+    unsigned set_dx = set & 1u ? 1u << 2 : 0;
+    conv2d_dnnl_entry *e;
+    rc = laid_dy ? conv2d_dnnl_entry_get(s, 1, &e) : 0;
+    if (!rc)
+      rc = laid_dy ? conv2d_dnnl_op_run(&e->backward_data, ptrs, 1u << 0, set_dx)
+                   : conv2d_dnnl_run_cut(s, 1, ptrs, 3, 2, 0, set_dx);
+    if (rc) {
+      hakd_ctx_scratch_free(ctx, laid_dy);
+      return rc;
+    }
   }
   if (!dw && !db) return 0;
   /* One primitive computes both; a gradient nobody wants goes to throwaway scratch. */
   size_t nw = (size_t)(s->cout * (s->cin / s->groups) * s->kh * s->kw);
-  if (!dw && !(dw = conv2d_dnnl_zeros(ctx, nw))) return hakd_ctx_status(ctx);
-  if (!db && s->has_bias && !(db = conv2d_dnnl_zeros(ctx, (size_t)s->cout))) return hakd_ctx_status(ctx);
-  void *ptrs[4] = {(void *)x, (void *)dy, dw, db};
-  return conv2d_dnnl_run_cut(s, 2, ptrs, s->has_bias ? 4 : 3, 0, 1);
+  if ((!dw && !(dw = conv2d_dnnl_zeros(ctx, nw))) || (!db && s->has_bias && !(db = conv2d_dnnl_zeros(ctx, (size_t)s->cout)))) {
+    hakd_ctx_scratch_free(ctx, laid_dy);
+    return hakd_ctx_status(ctx);
+  }
+  /* arguments: src, diff_dst, diff_weights[, diff_bias] */
+  void *ptrs[4] = {(void *)x, laid_dy ? laid_dy : (void *)dy, dw, db};
+  unsigned set_dw = (set & 2u ? 1u << 2 : 0) | (set & 4u ? 1u << 3 : 0);
+  if (!laid_dy) return conv2d_dnnl_run_cut(s, 2, ptrs, s->has_bias ? 4 : 3, 0, 1, set_dw);
+  conv2d_dnnl_entry *e;
+  rc = conv2d_dnnl_entry_get(s, 1, &e);
+  if (!rc) rc = conv2d_dnnl_op_run(&e->backward_weights, ptrs, 1u << 1, set_dw);
+  hakd_ctx_scratch_free(ctx, laid_dy);
+  return rc;
 }

@@ -162,8 +162,8 @@ static int bench_step(bench *b, int64_t iter) {
     total = hakd_add(ctx, total, dl.total);
   }
   if ((rc = hakd_ctx_status(ctx))) return rc;
-  hakd_params_zero_grad(hakd_model_params(b->model));
-  if (b->distiller) hakd_params_zero_grad(hakd_distiller_params(b->distiller));
+  hakd_params_mark_grads_zero(hakd_model_params(b->model)); /* as the trainer steps */
+  if (b->distiller) hakd_params_mark_grads_zero(hakd_distiller_params(b->distiller));
   if ((rc = hakd_backward(ctx, total))) return rc;
   hakd_optim_step(b->opt, b->lr);
   return 0;

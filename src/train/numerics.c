@@ -10,9 +10,9 @@
 
 const hakd_tensor *numerics_nonfinite_grad(const hakd_params *p, float *bad) {
   for (int i = 0; p && i < p->count; i++) {
-    const hakd_tensor *t = p->items[i];
+    hakd_tensor *t = p->items[i];
     if (!t->requires_grad || !t->grad) continue;
-    const float *g = t->grad;
+    const float *g = hakd_param_grad(t);
     int64_t n = hakd_numel(t);
     /* NaN and +-Inf are the floats whose magnitude bits are >= those of +Inf. An integer max
      * vectorises (a float sum would not without -ffast-math, which hakd never uses), so the

@@ -127,7 +127,7 @@ static double sum_squares(const float *g, int64_t n) {
 
 static double global_grad_norm(const hakd_optimizer *o) {
   double sq = 0;
-  for (int i = 0; i < o->count; i++) sq += sum_squares(o->entries[i].param->grad, hakd_numel(o->entries[i].param));
+  for (int i = 0; i < o->count; i++) sq += sum_squares(hakd_param_grad(o->entries[i].param), hakd_numel(o->entries[i].param));
   return sqrt(sq);
 }
 
@@ -181,7 +181,7 @@ static void adamw_update(float *restrict w, const float *restrict g, float *rest
  * goes to *squares as sum_squares adds them, taken just before the slice's update while the
  * slice is in cache: the same bits as a pass of its own, without reading the gradients twice. */
 static void update_param(const optim_entry *e, const update_args *a, double *squares) {
-  float *w = hakd_f32(e->param), *g = e->param->grad;
+  float *w = hakd_f32(e->param), *g = hakd_param_grad(e->param);
   int64_t n = hakd_numel(e->param);
   double part[NORM_CHUNKS];
 #pragma omp parallel for schedule(static) if (n > 65536)
@@ -224,8 +224,10 @@ double hakd_optim_step(hakd_optimizer *o, float lr) {
 }
 
 void hakd_optim_zero_grad(hakd_optimizer *o) {
-  for (int i = 0; i < o->count; i++)
+  for (int i = 0; i < o->count; i++) {
     memset(o->entries[i].param->grad, 0, (size_t)hakd_numel(o->entries[i].param) * sizeof(float));
+    o->entries[i].param->grad_stale = 0;
+  }
 }
 
 int64_t hakd_optim_steps(const hakd_optimizer *o) { return o->steps; }

@@ -707,8 +707,10 @@ static int train_step(trainer *t, int64_t iter, float lr, double *terms, double 
       snprintf(what, sizeof what, "loss term '%s' is %g", t->term_names[i], terms[i]);
       return nonfinite(t, iter, what);
     }
-  hakd_params_zero_grad(hakd_model_params(t->student));
-  if (t->distiller) hakd_params_zero_grad(hakd_distiller_params(t->distiller));
+  /* marked only: the backward writes each gradient (optimizer, averaging and the finite check read
+   * them through hakd_param_grad) */
+  hakd_params_mark_grads_zero(hakd_model_params(t->student));
+  if (t->distiller) hakd_params_mark_grads_zero(hakd_distiller_params(t->distiller));
   double backward_start = progress_now();
   if (t->grads) dist_grads_begin(t->grads, ctx);
   if ((rc = hakd_backward(ctx, total))) return fail_alone(t, rc);
