@@ -36,6 +36,10 @@ hakd_tensor *hakd_conv2d_affine_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *
  * has the layout asked for, and to_bf16_blocked is refused where bf16 cannot run. */
 hakd_tensor *hakd_to_bf16_blocked(hakd_ctx *ctx, hakd_tensor *x);
 hakd_tensor *hakd_to_f32(hakd_ctx *ctx, hakd_tensor *x);
+/* The float32 blocked layout (HAKD_F32_BLOCKED, hakd/tensor.h) of float32 training's ResNet chain:
+ * hakd_conv2d and hakd_batchnorm2d_act take it and keep it (a convolution that oneDNN does not run
+ * as a direct kernel converts), hakd_to_f32 ends it; the gradient converts back in backward. */
+hakd_tensor *hakd_to_f32_blocked(hakd_ctx *ctx, hakd_tensor *x);
 /* A depthwise k x k convolution (stride 1, dilation 1) of channels-last tokens, without their
  * NCHW copy: x (N, h*w, C) with the tokens in row-major (h, w) order, w (C, 1, k, k), b (C) or
  * NULL -> (N, oh*ow, C), oh = h + 2 padding - k + 1 (likewise ow). reference:

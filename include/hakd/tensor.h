@@ -29,7 +29,15 @@
  * op needs float32 and refuses it: hakd_to_f32 converts. Its gradient (grad) is float32 in the same
  * blocked layout, nChw16c with zero padding channels (hakd_tensor_bytes(t) * 2 bytes), not numel
  * floats in NCHW. */
-typedef enum { HAKD_F32 = 0, HAKD_I32 = 1, HAKD_BF16_BLOCKED = 2 } hakd_dtype;
+/* HAKD_F32_BLOCKED: the same layout holding float32, a ResNet backbone's activations in float32
+ * training (hakd_ctx_set_precision), so its oneDNN convolutions read and write them without the
+ * reorders from and to NCHW around every call. Made by hakd_to_f32_blocked; hakd_conv2d and
+ * hakd_batchnorm2d_act take it (hakd/ops.h); its gradient is float32 in the same layout
+ * (hakd_tensor_bytes(t) bytes). */
+typedef enum { HAKD_F32 = 0, HAKD_I32 = 1, HAKD_BF16_BLOCKED = 2, HAKD_F32_BLOCKED = 3 } hakd_dtype;
+
+/* Whether t is in one of the blocked layouts. */
+#define HAKD_IS_BLOCKED(t) ((t)->dtype == HAKD_BF16_BLOCKED || (t)->dtype == HAKD_F32_BLOCKED)
 
 typedef struct hakd_node hakd_node;
 
@@ -58,7 +66,7 @@ typedef struct hakd_tensor {
 static inline float *hakd_f32(const hakd_tensor *t) { return (float *)t->data; }
 static inline int32_t *hakd_i32(const hakd_tensor *t) { return (int32_t *)t->data; }
 int64_t hakd_numel(const hakd_tensor *t);
-/* Bytes of t's data: numel elements, or for HAKD_BF16_BLOCKED the padded blocked size. */
+/* Bytes of t's data: numel elements, or for the blocked layouts the padded blocked size. */
 size_t hakd_tensor_bytes(const hakd_tensor *t);
 /* shape[d] with negative d counting from the end. */
 int64_t hakd_dim(const hakd_tensor *t, int d);
@@ -221,8 +229,8 @@ hakd_node *hakd_record(hakd_ctx *ctx, const char *op, hakd_backward_fn backward,
 /* Gradient buffer of t to accumulate into (+=), allocated zeroed on first use; NULL when
  * t does not require grad. */
 float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t);
-/* hakd_grad for a backward that can write its gradient instead of adding it: where t is float32,
- * not a view, and its gradient does not exist yet (an activation's first consumer to run
+/* hakd_grad for a backward that can write its gradient instead of adding it: where t is float32
+ * (or blocked without padding channels), not a view, and its gradient does not exist yet (an activation's first consumer to run
  * backward) or is a parameter's marked stale (hakd_params_zero_grad), *fresh is set to 1 and the
  * buffer holds garbage: the caller must then write every element (= instead of +=). Otherwise
  * *fresh is 0 and the buffer is hakd_grad's, to add to. This saves zeroing the buffer and reading

@@ -563,7 +563,9 @@ float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t) {
     /* a blocked bfloat16 activation's gradient is float32 in the same blocked layout (padding
      * channels zero): sums of several consumers' gradients (a residual's two paths) keep float32
      * precision, and the ops read it block by block like the activation (hakd/tensor.h) */
-    size_t bytes = t->dtype == HAKD_BF16_BLOCKED ? hakd_tensor_bytes(t) * 2 : (size_t)hakd_numel(t) * sizeof(float);
+    size_t bytes = t->dtype == HAKD_BF16_BLOCKED   ? hakd_tensor_bytes(t) * 2
+                   : t->dtype == HAKD_F32_BLOCKED ? hakd_tensor_bytes(t)
+                                                   : (size_t)hakd_numel(t) * sizeof(float);
     t->grad = buffer_alloc(ctx, bytes, BUFFER_GRAD, &t->grad_buffer);
     if (t->grad) memset(t->grad, 0, bytes);
   }
@@ -588,10 +590,12 @@ float *hakd_grad_fresh(hakd_ctx *ctx, hakd_tensor *t, int *fresh) {
     *fresh = 1;
     return t->grad;
   }
-  if (t->grad || t->is_param || t->dtype != HAKD_F32 || (t->node && t->node->grad_is_input_grad) ||
-      !fresh_grads_enabled())
+  /* a blocked activation's gradient only without padding channels (which must stay zero) */
+  int layout_ok = t->dtype == HAKD_F32 || (HAKD_IS_BLOCKED(t) && t->ndim == 4 && t->shape[1] % 16 == 0);
+  if (t->grad || t->is_param || !layout_ok || (t->node && t->node->grad_is_input_grad) || !fresh_grads_enabled())
     return hakd_grad(ctx, t);
-  t->grad = buffer_alloc(ctx, (size_t)hakd_numel(t) * sizeof(float), BUFFER_GRAD, &t->grad_buffer);
+  size_t bytes = t->dtype == HAKD_BF16_BLOCKED ? hakd_tensor_bytes(t) * 2 : (size_t)hakd_numel(t) * sizeof(float);
+  t->grad = buffer_alloc(ctx, bytes, BUFFER_GRAD, &t->grad_buffer);
   *fresh = t->grad != NULL;
   return t->grad;
 }

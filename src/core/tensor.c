@@ -11,10 +11,10 @@ int64_t hakd_numel(const hakd_tensor *t) {
 }
 
 size_t hakd_tensor_bytes(const hakd_tensor *t) {
-  if (t->dtype != HAKD_BF16_BLOCKED) return (size_t)hakd_numel(t) * sizeof(float); /* float32, int32 */
+  if (!HAKD_IS_BLOCKED(t)) return (size_t)hakd_numel(t) * sizeof(float); /* float32, int32 */
   int64_t n = 1;
   for (int i = 0; i < t->ndim; i++) n *= i == 1 ? (t->shape[1] + 15) / 16 * 16 : t->shape[i];
-  return (size_t)n * sizeof(uint16_t);
+  return (size_t)n * (t->dtype == HAKD_F32_BLOCKED ? sizeof(float) : sizeof(uint16_t));
 }
 
 int64_t hakd_dim(const hakd_tensor *t, int d) { return t->shape[d < 0 ? d + t->ndim : d]; }

@@ -77,13 +77,14 @@ hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn 
   if (hakd_ctx_grad(ctx) || hakd_ctx_training(ctx)) {
     /* bf16 training's chain: the convolution keeps blocked bfloat16 (where it runs in bf16), and
      * BatchNorm, the residual and the activation are one op on that layout */
-    hakd_tensor *conv = x && x->dtype == HAKD_BF16_BLOCKED
+    hakd_tensor *conv = x && HAKD_IS_BLOCKED(x)
                             ? hakd_conv2d(ctx, x, c->weight, c->bias, c->stride, c->padding, c->dilation, c->groups)
                             : layer_conv_forward(ctx, c, x);
-    if (conv && conv->dtype == HAKD_BF16_BLOCKED) {
+    if (conv && HAKD_IS_BLOCKED(conv)) {
       if (hakd_ctx_training(ctx)) hakd_f32(bn->num_batches_tracked)[0] += 1.0f;
+      residual = conv->dtype == HAKD_F32_BLOCKED ? hakd_to_f32_blocked(ctx, residual) : hakd_to_bf16_blocked(ctx, residual);
       return hakd_batchnorm2d_act(ctx, conv, bn->weight, bn->bias, bn->running_mean, bn->running_var, bn->momentum,
-                                  bn->eps, hakd_to_bf16_blocked(ctx, residual), act);
+                                  bn->eps, residual, act);
     }
     /* float32: the same op on NCHW (batchnorm.c), the values those of batchnorm, add and the
      * activation one by one (HAKD_BN_FUSED=0 runs them so, for comparisons) */
@@ -128,11 +129,27 @@ hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x) {
   return layer_chain_blocked(ctx) ? hakd_to_bf16_blocked(ctx, x) : x;
 }
 
+/* HAKD_F32_BLOCKED_TRAIN=0 keeps float32 training on NCHW tensors (the earlier path, for
+ * comparisons; tests/test_fresh_grads.c and tests/test_model_cnn.c compare the two). */
+hakd_tensor *layer_dense_chain_begin(hakd_ctx *ctx, hakd_tensor *x) {
+  if (hakd_ctx_precision(ctx) == HAKD_FP32 && hakd_ctx_grad(ctx)) {
+    int on = layer_env_switch(ctx, "HAKD_F32_BLOCKED_TRAIN"); /* a bad value fails ctx */
+    return on == 1 ? hakd_to_f32_blocked(ctx, x) : on == 0 ? x : NULL;
+  }
+  return layer_chain_begin(ctx, x);
+}
+
+hakd_tensor *layer_chain_stage(hakd_ctx *ctx, hakd_tensor *x) {
+  return x && x->dtype == HAKD_F32_BLOCKED ? hakd_to_f32(ctx, x) : x;
+}
+
 
 hakd_tensor *layer_spread_pooled(hakd_ctx *ctx, hakd_tensor *pooled, const hakd_tensor *like) {
   if (!pooled || !like) return NULL;
   hakd_tensor *spread = hakd_resize_bilinear(ctx, hakd_to_f32(ctx, pooled), like->shape[2], like->shape[3], 0);
-  return like->dtype == HAKD_BF16_BLOCKED ? hakd_to_bf16_blocked(ctx, spread) : spread;
+  return like->dtype == HAKD_BF16_BLOCKED  ? hakd_to_bf16_blocked(ctx, spread)
+         : like->dtype == HAKD_F32_BLOCKED ? hakd_to_f32_blocked(ctx, spread)
+                                           : spread;
 }
 
 int layer_linear_init(layer_linear *l, hakd_params *p, const char *prefix, int in, int out, int bias) {

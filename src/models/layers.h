@@ -30,7 +30,7 @@ int layer_bn_init(layer_bn *bn, hakd_params *p, const char *prefix, int channels
 hakd_tensor *layer_bn_forward(hakd_ctx *ctx, layer_bn *bn, hakd_tensor *x);
 /* act(bn(conv(x)) + residual) (residual may be NULL). In inference (no gradient recording,
  * eval mode) one fused op with the BatchNorm folded into the convolution; otherwise the ops one
- * by one, or with blocked bfloat16 x (bf16 training's chain) the convolution and one
+ * by one, or with blocked x (bf16 or float32 training's chain) the convolution and one
  * hakd_batchnorm2d_act on that layout. */
 hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn *bn, hakd_tensor *x,
                                    hakd_tensor *residual, hakd_activation act);
@@ -43,6 +43,14 @@ hakd_tensor *layer_conv_bn_forward(hakd_ctx *ctx, const layer_conv *c, layer_bn 
  * unchanged. */
 int layer_chain_blocked(hakd_ctx *ctx);
 hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x);
+/* layer_chain_begin for a backbone of dense convolutions (ResNet): also in float32 while
+ * gradients are recorded (training, unless HAKD_F32_BLOCKED_TRAIN=0), x becomes blocked float32
+ * (HAKD_F32_BLOCKED) and layer_conv_bn_forward keeps it; the backbone hands its stages on as
+ * float32 NCHW (layer_chain_stage). Not for depthwise convolutions, which would convert at each. */
+hakd_tensor *layer_dense_chain_begin(hakd_ctx *ctx, hakd_tensor *x);
+/* A stage output as heads and distillation read it: blocked float32 converts to float32 NCHW
+ * (the chain goes on with x); any other x as it is. */
+hakd_tensor *layer_chain_stage(hakd_ctx *ctx, hakd_tensor *x);
 
 /* An image-pooling branch (N, C, 1, 1) spread bilinearly (align_corners=False) over like's map,
  * in like's layout: in bf16 inference the map is blocked bfloat16, and only the pooled values

@@ -92,7 +92,7 @@ static int resnet_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_te
   }
   /* the chain starts at the stem's pooling in inference, after it while gradients are recorded
    * (blocked max pooling has no backward; the pooled map is a quarter of the stem's) */
-  x = hakd_ctx_grad(ctx) ? layer_chain_begin(ctx, hakd_maxpool2d(ctx, x, 3, 2, 1))
+  x = hakd_ctx_grad(ctx) ? layer_dense_chain_begin(ctx, hakd_maxpool2d(ctx, x, 3, 2, 1))
                          : hakd_maxpool2d(ctx, layer_chain_begin(ctx, x), 3, 2, 1);
   for (int l = 0; l < 4; l++) {
     /* no-grad: within a layer only the latest block output is alive (the stage outputs before
@@ -103,8 +103,9 @@ static int resnet_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_te
       hakd_ctx_collapse(ctx, mark, 1, &x);
     }
     /* still blocked in bf16 (inference and training): the next stage and a CNN head's
-     * convolutions read it as it is, and whatever needs float32 converts (hakd_model_output) */
-    stages[l] = x;
+     * convolutions read it as it is, and whatever needs float32 converts (hakd_model_output);
+     * float32 training's chain hands the heads float32 NCHW */
+    stages[l] = layer_chain_stage(ctx, x);
   }
   return hakd_ctx_status(ctx);
 }

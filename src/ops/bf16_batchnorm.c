@@ -1,6 +1,8 @@
 /* BatchNorm with the residual add and ReLU/ReLU6 that follow it, on blocked bfloat16 activations
- * (HAKD_BF16_BLOCKED, nChw16c), forward and backward: the op between two convolutions of bf16
- * training's CNN chain, so the activations never leave the layout there. One pass writes
+ * (HAKD_BF16_BLOCKED, nChw16c) or blocked float32 ones (HAKD_F32_BLOCKED, float32 training's ResNet
+ * chain), forward and backward: the op between two convolutions of a training chain, so the
+ * activations never leave the layout there. The kernels are written once over a `f32` flag that
+ * each caller passes as a constant, so the compiler makes one copy per layout. One pass writes
  * act(x * scale + shift + residual) instead of the three float32 passes (batchnorm, add, relu)
  * of the plain path, and backward recomputes the activation's mask from the output it kept.
  *
@@ -31,30 +33,52 @@ static inline int64_t bnb_plane(bnb_layout l, int64_t n, int64_t b) { return (n 
  * accuracy (64 terms) while the loops over 16 channels vectorise. */
 #define BNB_CHUNK 64
 
-/* Per-channel sums (padded to blocks) over this process's batch: sum[c] of x, or with mean of
+#define BNB_INLINE static inline __attribute__((always_inline))
+
+/* element k of a blocked tensor's data, bfloat16 or float32 */
+BNB_INLINE float bnb_get(const void *p, int64_t k, int f32) {
+  return f32 ? ((const float *)p)[k] : bf16_value(((const uint16_t *)p)[k]);
+}
+
+BNB_INLINE void bnb_put(void *p, int64_t k, float v, int f32) {
+  if (f32)
+    ((float *)p)[k] = v;
+  else
+    ((uint16_t *)p)[k] = bf16_round(v);
+}
+
+/* Per-channel sums of block b over this process's batch: sum[c] of x, or with mean of
  * (x - mean)^2. */
-static void bnb_sums(double *sum, const uint16_t *x, bnb_layout l, const double *mean) {
-#pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
-  for (int64_t b = 0; b < l.blocks; b++) {
-    double acc[16] = {0};
-    float mu[16] = {0};
-    if (mean)
-      for (int c = 0; c < 16; c++) mu[c] = (float)mean[b * 16 + c];
-    for (int64_t n = 0; n < l.n; n++) {
-      const uint16_t *xp = x + bnb_plane(l, n, b);
-      for (int64_t i0 = 0; i0 < l.hw; i0 += BNB_CHUNK) {
-        int64_t i1 = i0 + BNB_CHUNK < l.hw ? i0 + BNB_CHUNK : l.hw;
-        float part[16] = {0};
-        for (int64_t i = i0; i < i1; i++)
-          for (int c = 0; c < 16; c++) {
-            float v = bf16_value(xp[i * 16 + c]);
-            if (mean) v = (v - mu[c]) * (v - mu[c]);
-            part[c] += v;
-          }
-        for (int c = 0; c < 16; c++) acc[c] += part[c];
-      }
+BNB_INLINE void bnb_sums_block(double *sum, const void *x, bnb_layout l, const double *mean, int64_t b, int f32) {
+  double acc[16] = {0};
+  float mu[16] = {0};
+  if (mean)
+    for (int c = 0; c < 16; c++) mu[c] = (float)mean[b * 16 + c];
+  for (int64_t n = 0; n < l.n; n++) {
+    int64_t p = bnb_plane(l, n, b);
+    for (int64_t i0 = 0; i0 < l.hw; i0 += BNB_CHUNK) {
+      int64_t i1 = i0 + BNB_CHUNK < l.hw ? i0 + BNB_CHUNK : l.hw;
+      float part[16] = {0};
+      for (int64_t i = i0; i < i1; i++)
+        for (int c = 0; c < 16; c++) {
+          float v = bnb_get(x, p + i * 16 + c, f32);
+          if (mean) v = (v - mu[c]) * (v - mu[c]);
+          part[c] += v;
+        }
+      for (int c = 0; c < 16; c++) acc[c] += part[c];
     }
-    for (int c = 0; c < 16; c++) sum[b * 16 + c] = acc[c];
+  }
+  for (int c = 0; c < 16; c++) sum[b * 16 + c] = acc[c];
+}
+
+/* The per-channel sums (padded to blocks) of every block. */
+static void bnb_sums(double *sum, const void *x, bnb_layout l, const double *mean, int f32) {
+  if (f32) {
+#pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
+    for (int64_t b = 0; b < l.blocks; b++) bnb_sums_block(sum, x, l, mean, b, 1);
+  } else {
+#pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
+    for (int64_t b = 0; b < l.blocks; b++) bnb_sums_block(sum, x, l, mean, b, 0);
   }
 }
 
@@ -62,51 +86,106 @@ static void bnb_sums(double *sum, const uint16_t *x, bnb_layout l, const double 
  * infinite for ReLU); no activation passes everything. Branch-free, so the loops vectorise. */
 static inline float bnb_pass(float dy, float y, float lo, float hi) { return y > lo && y < hi ? dy : 0.0f; }
 
+/* sums[b * 16 + c] = sum g and sums[cp + b * 16 + c] = sum g (x - mean) over block b, g the
+ * gradient past the activation (cp: the channels padded to blocks) */
+BNB_INLINE void bnb_grad_sums_block(double *sums, const float *dy, const void *xs, const void *ys, const float *mean,
+                                    bnb_layout l, int act, float lo, float hi, int64_t b, int f32) {
+  double sg[16] = {0}, sgd[16] = {0};
+  const float *mu = mean + b * 16;
+  for (int64_t n = 0; n < l.n; n++) {
+    int64_t p = bnb_plane(l, n, b);
+    for (int64_t i0 = 0; i0 < l.hw; i0 += BNB_CHUNK) {
+      int64_t i1 = i0 + BNB_CHUNK < l.hw ? i0 + BNB_CHUNK : l.hw;
+      float pg[16] = {0}, pgd[16] = {0};
+      for (int64_t i = i0; i < i1; i++)
+        for (int c = 0; c < 16; c++) {
+          int64_t k = p + i * 16 + c;
+          float g = act == HAKD_ACT_NONE ? dy[k] : bnb_pass(dy[k], bnb_get(ys, k, f32), lo, hi);
+          pg[c] += g;
+          pgd[c] += g * (bnb_get(xs, k, f32) - mu[c]);
+        }
+      for (int c = 0; c < 16; c++) sg[c] += pg[c], sgd[c] += pgd[c];
+    }
+  }
+  int64_t cp = l.blocks * 16;
+  for (int c = 0; c < 16; c++) {
+    sums[b * 16 + c] = sg[c];
+    sums[cp + b * 16 + c] = sgd[c];
+  }
+}
+
+/* dx += a g + d (x - mean) + k and dr += g over plane q (image, block), g as above; = instead of
+ * += for a fresh dx (fx) or dr (fr). */
+BNB_INLINE void bnb_grad_plane(float *dx, float *dr, int fx, int fr, const float *dy, const void *xs, const void *ys,
+                               const float *coef, const float *mean, bnb_layout l, int act, float lo, float hi,
+                               int64_t q, int f32) {
+  int64_t b = q % l.blocks, p = q * l.hw * 16, cp = l.blocks * 16;
+  const float *a = coef + b * 16, *d = coef + cp + b * 16, *k = coef + 2 * cp + b * 16, *mu = mean + b * 16;
+  float *dxp = dx ? dx + p : NULL, *drp = dr ? dr + p : NULL;
+  for (int64_t i = 0; i < l.hw; i++) {
+    float g[16];
+    for (int c = 0; c < 16; c++) {
+      float gy = dy[p + i * 16 + c];
+      g[c] = act == HAKD_ACT_NONE ? gy : bnb_pass(gy, bnb_get(ys, p + i * 16 + c, f32), lo, hi);
+    }
+    float v[16];
+    for (int c = 0; c < 16; c++) v[c] = a[c] * g[c] + d[c] * (bnb_get(xs, p + i * 16 + c, f32) - mu[c]) + k[c];
+    if (dxp && fx)
+      memcpy(dxp + i * 16, v, sizeof v);
+    else if (dxp)
+      for (int c = 0; c < 16; c++) dxp[i * 16 + c] += v[c];
+    if (drp && fr)
+      memcpy(drp + i * 16, g, sizeof g);
+    else if (drp)
+      for (int c = 0; c < 16; c++) drp[i * 16 + c] += g[c];
+  }
+}
+
+/* y = act(x * scale + shift + residual) over plane q (image, block). */
+BNB_INLINE void bnb_forward_plane(void *yd, const void *xd, const void *rd, const float *scale, const float *shift,
+                                  bnb_layout l, float lo, float hi, int64_t q, int f32) {
+  int64_t b = q % l.blocks, p = q * l.hw * 16;
+  const float *sc = scale + b * 16, *sh = shift + b * 16;
+  for (int64_t i = 0; i < l.hw; i++)
+    for (int c = 0; c < 16; c++) { /* compares, not fminf/fmaxf (as conv2d_affine_act) */
+      int64_t e = p + i * 16 + c;
+      float v = bnb_get(xd, e, f32) * sc[c] + sh[c];
+      if (rd) v += bnb_get(rd, e, f32);
+      v = v < lo ? lo : v;
+      bnb_put(yd, e, v > hi ? hi : v, f32);
+    }
+}
+
 /* saved[0] mean, saved[1] rstd, saved[2] weight (floats padded to blocks); iarg[0] batch statistics,
  * iarg[1] SyncBN, iarg[2] activation; farg[0] the values per channel behind the statistics. */
 static void bnb_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0], *weight = node->in[1], *bias = node->in[2];
   hakd_tensor *residual = node->n_in > 3 ? node->in[3] : NULL;
-  float *dx = hakd_grad(ctx, x), *dw = hakd_grad(ctx, weight), *db = hakd_grad(ctx, bias);
-  float *dr = hakd_grad(ctx, residual);
+  /* gradients are written (=) where they are fresh (hakd_grad_fresh), else added to */
+  int fx = 0, fw = 0, fb = 0, fr = 0;
+  float *dx = hakd_grad_fresh(ctx, x, &fx), *dw = hakd_grad_fresh(ctx, weight, &fw);
+  float *db = hakd_grad_fresh(ctx, bias, &fb), *dr = hakd_grad_fresh(ctx, residual, &fr);
   if (hakd_ctx_status(ctx)) return;
   bnb_layout l = bnb_layout_of(x);
   int64_t c_real = x->shape[1], cp = l.blocks * 16;
   const float *mean = node->saved[0], *rstd = node->saved[1], *w = node->saved[2], *dy = node->out->grad;
-  const uint16_t *xs = x->data, *ys = node->out->data;
-  int act = (int)node->iarg[2], batch_stats = (int)node->iarg[0];
+  const void *xs = x->data, *ys = node->out->data;
+  int act = (int)node->iarg[2], batch_stats = (int)node->iarg[0], f32 = x->dtype == HAKD_F32_BLOCKED;
   double m = node->farg[0];
   /* sums[c] = sum g, sums[cp + c] = sum g (x - mean), g the gradient past the activation */
   double *sums = hakd_ctx_alloc(ctx, 4 * (size_t)cp * sizeof(double));
   if (!sums) return;
   float lo = act == HAKD_ACT_NONE ? -INFINITY : 0.0f, hi = act == HAKD_ACT_RELU6 ? 6.0f : INFINITY;
+  if (f32) {
 #pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
-  for (int64_t b = 0; b < l.blocks; b++) {
-    double sg[16] = {0}, sgd[16] = {0};
-    const float *mu = mean + b * 16;
-    for (int64_t n = 0; n < l.n; n++) {
-      int64_t p = bnb_plane(l, n, b);
-      for (int64_t i0 = 0; i0 < l.hw; i0 += BNB_CHUNK) {
-        int64_t i1 = i0 + BNB_CHUNK < l.hw ? i0 + BNB_CHUNK : l.hw;
-        float pg[16] = {0}, pgd[16] = {0};
-        for (int64_t i = i0; i < i1; i++)
-          for (int c = 0; c < 16; c++) {
-            int64_t k = p + i * 16 + c;
-            float g = act == HAKD_ACT_NONE ? dy[k] : bnb_pass(dy[k], bf16_value(ys[k]), lo, hi);
-            pg[c] += g;
-            pgd[c] += g * (bf16_value(xs[k]) - mu[c]);
-          }
-        for (int c = 0; c < 16; c++) sg[c] += pg[c], sgd[c] += pgd[c];
-      }
-    }
-    for (int c = 0; c < 16; c++) {
-      sums[b * 16 + c] = sg[c];
-      sums[cp + b * 16 + c] = sgd[c];
-    }
+    for (int64_t b = 0; b < l.blocks; b++) bnb_grad_sums_block(sums, dy, xs, ys, mean, l, act, lo, hi, b, 1);
+  } else {
+#pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
+    for (int64_t b = 0; b < l.blocks; b++) bnb_grad_sums_block(sums, dy, xs, ys, mean, l, act, lo, hi, b, 0);
   }
   for (int64_t c = 0; c < c_real; c++) {
-    if (db) db[c] += (float)sums[c];
-    if (dw) dw[c] += (float)(sums[cp + c] * rstd[c]);
+    if (db) db[c] = (fb ? 0.0f : db[c]) + (float)sums[c];
+    if (dw) dw[c] = (fw ? 0.0f : dw[c]) + (float)(sums[cp + c] * rstd[c]);
   }
   if (!dx && !dr) return;
   /* SyncBN: the statistics' gradient terms are the global sums (batchnorm.c says why) */
@@ -126,25 +205,12 @@ static void bnb_backward(hakd_ctx *ctx, hakd_node *node) {
     }
     coef[c] = (float)k_dy, coef[cp + c] = (float)k_dev, coef[2 * cp + c] = (float)k_mean;
   }
+  if (f32) {
 #pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
-  for (int64_t q = 0; q < l.n * l.blocks; q++) {
-    int64_t b = q % l.blocks, p = q * l.hw * 16;
-    const float *a = coef + b * 16, *d = coef + cp + b * 16, *k = coef + 2 * cp + b * 16, *mu = mean + b * 16;
-    const float *dyp = dy + p;
-    const uint16_t *xp = xs + p, *yp = ys + p;
-    float *dxp = dx ? dx + p : NULL, *drp = dr ? dr + p : NULL;
-    for (int64_t i = 0; i < l.hw; i++) {
-      float g[16];
-      for (int c = 0; c < 16; c++) {
-        float gy = dyp[i * 16 + c];
-        g[c] = act == HAKD_ACT_NONE ? gy : bnb_pass(gy, bf16_value(yp[i * 16 + c]), lo, hi);
-      }
-      if (dxp)
-        for (int c = 0; c < 16; c++)
-          dxp[i * 16 + c] += a[c] * g[c] + d[c] * (bf16_value(xp[i * 16 + c]) - mu[c]) + k[c];
-      if (drp)
-        for (int c = 0; c < 16; c++) drp[i * 16 + c] += g[c];
-    }
+    for (int64_t q = 0; q < l.n * l.blocks; q++) bnb_grad_plane(dx, dr, fx, fr, dy, xs, ys, coef, mean, l, act, lo, hi, q, 1);
+  } else {
+#pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
+    for (int64_t q = 0; q < l.n * l.blocks; q++) bnb_grad_plane(dx, dr, fx, fr, dy, xs, ys, coef, mean, l, act, lo, hi, q, 0);
   }
 }
 
@@ -163,12 +229,13 @@ hakd_tensor *hakd_batchnorm2d_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *we
   if (x->dtype == HAKD_F32)
     return batchnorm2d_act_f32(ctx, x, weight, bias, running_mean, running_var, momentum, eps, residual, act);
   char xs[64], rs[64];
-  if (x->dtype != HAKD_BF16_BLOCKED || x->ndim != 4)
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d_act: input must be blocked bfloat16 (N, C, H, W), got %s",
+  if (!HAKD_IS_BLOCKED(x) || x->ndim != 4)
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d_act: input must be float32 or blocked (N, C, H, W), got %s",
                          hakd_shape_str(x, xs, sizeof xs));
-  if (residual && (residual->dtype != HAKD_BF16_BLOCKED || !hakd_same_shape(residual, x)))
-    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d_act: residual %s must be blocked bfloat16 like the input %s",
+  if (residual && (residual->dtype != x->dtype || !hakd_same_shape(residual, x)))
+    return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d_act: residual %s must be in the layout of the input %s",
                          hakd_shape_str(residual, rs, sizeof rs), hakd_shape_str(x, xs, sizeof xs));
+  int f32 = x->dtype == HAKD_F32_BLOCKED;
   bnb_layout l = bnb_layout_of(x);
   int64_t c_real = x->shape[1], cp = l.blocks * 16;
   if (!bnb_check_vector(ctx, weight, "weight", c_real) || !bnb_check_vector(ctx, bias, "bias", c_real) ||
@@ -182,22 +249,22 @@ hakd_tensor *hakd_batchnorm2d_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *we
                          hakd_shape_str(x, xs, sizeof xs));
   if (!batch_stats && (!running_mean || !running_var))
     return hakd_ctx_fail(ctx, HAKD_EINVAL, "batchnorm2d_act: eval mode needs running_mean and running_var");
-  hakd_tensor *y = hakd_tensor_new(ctx, HAKD_BF16_BLOCKED, 4, x->shape);
+  hakd_tensor *y = hakd_tensor_new(ctx, x->dtype, 4, x->shape);
   float *vec = hakd_ctx_alloc(ctx, 5 * (size_t)cp * sizeof(float)); /* mean, rstd, weight, scale, shift */
   double *stats = hakd_ctx_alloc(ctx, (2 * (size_t)cp + 1) * sizeof(double));
   if (!y || !vec || !stats) return NULL;
   memset(vec, 0, 5 * (size_t)cp * sizeof(float));
   float *mean = vec, *rstd = vec + cp, *w = vec + 2 * cp, *scale = vec + 3 * cp, *shift = vec + 4 * cp;
-  const uint16_t *xd = x->data;
+  const void *xd = x->data;
   double count = (double)(l.n * l.hw);
   if (batch_stats) {
     double *bmean = stats + 1, *bvar = stats + 1 + cp; /* stats[0]: the count travels with the sums */
-    bnb_sums(bmean, xd, l, NULL);
+    bnb_sums(bmean, xd, l, NULL, f32);
     stats[0] = count;
     if (sync && hakd_ctx_allreduce_sum(ctx, stats, 1 + cp)) return NULL;
     count = stats[0];
     for (int64_t c = 0; c < cp; c++) bmean[c] /= count;
-    bnb_sums(bvar, xd, l, bmean);
+    bnb_sums(bvar, xd, l, bmean, f32);
     if (sync && hakd_ctx_allreduce_sum(ctx, bvar, cp)) return NULL;
     if (count < 2)
       return hakd_ctx_fail(ctx, HAKD_ESHAPE, "batchnorm2d_act: training needs more than 1 value per channel, input %s",
@@ -226,21 +293,15 @@ hakd_tensor *hakd_batchnorm2d_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *we
     scale[c] = rstd[c] * w[c];
     shift[c] = (bias ? hakd_f32(bias)[c] : 0.0f) - mean[c] * scale[c];
   }
-  const uint16_t *rd = residual ? residual->data : NULL;
-  uint16_t *yd = y->data;
+  const void *rd = residual ? residual->data : NULL;
+  void *yd = y->data;
   float hi = act == HAKD_ACT_RELU6 ? 6.0f : INFINITY, lo = act == HAKD_ACT_NONE ? -INFINITY : 0.0f;
+  if (f32) {
 #pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
-  for (int64_t q = 0; q < l.n * l.blocks; q++) {
-    int64_t b = q % l.blocks, p = q * l.hw * 16;
-    const float *sc = scale + b * 16, *sh = shift + b * 16;
-    for (int64_t i = 0; i < l.hw; i++)
-      for (int c = 0; c < 16; c++) { /* compares, not fminf/fmaxf (as conv2d_affine_act) */
-        int64_t e = p + i * 16 + c;
-        float v = bf16_value(xd[e]) * sc[c] + sh[c];
-        if (rd) v += bf16_value(rd[e]);
-        v = v < lo ? lo : v;
-        yd[e] = bf16_round(v > hi ? hi : v);
-      }
+    for (int64_t q = 0; q < l.n * l.blocks; q++) bnb_forward_plane(yd, xd, rd, scale, shift, l, lo, hi, q, 1);
+  } else {
+#pragma omp parallel for schedule(static) if (l.n * l.blocks * l.hw > 2048)
+    for (int64_t q = 0; q < l.n * l.blocks; q++) bnb_forward_plane(yd, xd, rd, scale, shift, l, lo, hi, q, 0);
   }
   hakd_tensor *inputs[4] = {x, weight, bias, residual};
   hakd_node *node = hakd_record(ctx, "batchnorm2d_act", bnb_backward, y, residual ? 4 : 3, inputs);

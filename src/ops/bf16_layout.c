@@ -21,7 +21,9 @@ typedef enum {
   BF16_LAYOUT_TO_F32,
   BF16_LAYOUT_MAXPOOL,
   BF16_LAYOUT_GRAD_TO_PLAIN,   /* += blocked float32 -> NCHW float32 (to_bf16_blocked's backward) */
-  BF16_LAYOUT_GRAD_TO_BLOCKED  /* += NCHW float32 -> blocked float32 (to_f32's backward) */
+  BF16_LAYOUT_GRAD_TO_BLOCKED, /* += NCHW float32 -> blocked float32 (to_f32's backward) */
+  F32_LAYOUT_TO_BLOCKED,       /* NCHW float32 -> blocked float32 (HAKD_F32_BLOCKED) */
+  F32_LAYOUT_TO_PLAIN          /* blocked float32 -> NCHW float32 */
 } bf16_layout_kind;
 
 typedef struct {
@@ -65,8 +67,9 @@ static int bf16_layout_entry_create(bf16_layout_entry *e) {
   dnnl_memory_desc_t plain, blocked, pooled;
   dnnl_dims_t dims = {e->dims[0], e->dims[1], e->dims[2], e->dims[3]};
   int grad = e->kind == BF16_LAYOUT_GRAD_TO_PLAIN || e->kind == BF16_LAYOUT_GRAD_TO_BLOCKED;
+  int f32 = grad || e->kind == F32_LAYOUT_TO_BLOCKED || e->kind == F32_LAYOUT_TO_PLAIN;
   DNNL_TRY(dnnl_memory_desc_init_by_tag(&plain, 4, dims, dnnl_f32, dnnl_nchw));
-  DNNL_TRY(dnnl_memory_desc_init_by_tag(&blocked, 4, dims, grad ? dnnl_f32 : dnnl_bf16, dnnl_nChw16c));
+  DNNL_TRY(dnnl_memory_desc_init_by_tag(&blocked, 4, dims, f32 ? dnnl_f32 : dnnl_bf16, dnnl_nChw16c));
   const dnnl_memory_desc_t *from = &blocked, *to = &plain;
   if (e->kind == BF16_LAYOUT_MAXPOOL) {
     const int64_t *k = e->window;
@@ -84,7 +87,8 @@ static int bf16_layout_entry_create(bf16_layout_entry *e) {
     DNNL_TRY(st);
     to = &pooled;
   } else {
-    if (e->kind == BF16_LAYOUT_TO_BLOCKED || e->kind == BF16_LAYOUT_GRAD_TO_BLOCKED) from = &plain, to = &blocked;
+    if (e->kind == BF16_LAYOUT_TO_BLOCKED || e->kind == BF16_LAYOUT_GRAD_TO_BLOCKED || e->kind == F32_LAYOUT_TO_BLOCKED)
+      from = &plain, to = &blocked;
     int rc = ops_dnnl_reorder_create(&e->prim, from, to, grad);
     if (rc) return rc;
   }
@@ -135,29 +139,36 @@ static void bf16_layout_convert_backward(hakd_ctx *ctx, hakd_node *node) {
   hakd_tensor *x = node->in[0];
   float *dx = hakd_grad(ctx, x);
   if (!dx || hakd_numel(x) == 0) return;
-  bf16_layout_kind kind = node->iarg[0] == HAKD_BF16_BLOCKED ? BF16_LAYOUT_GRAD_TO_PLAIN : BF16_LAYOUT_GRAD_TO_BLOCKED;
+  bf16_layout_kind kind = node->iarg[0] != HAKD_F32 ? BF16_LAYOUT_GRAD_TO_PLAIN : BF16_LAYOUT_GRAD_TO_BLOCKED;
   int rc = bf16_layout_run(x->shape, kind, NULL, node->out->grad, dx);
   if (rc) hakd_ctx_fail(ctx, rc, "%s backward: %s", node->op, hakd_error_message());
 }
 
+static const char *bf16_layout_dtype_name(hakd_dtype t) {
+  return t == HAKD_I32 ? "int32" : t == HAKD_F32 ? "float32" : t == HAKD_F32_BLOCKED ? "blocked float32" : "blocked bfloat16";
+}
+
+/* x (float32 NCHW, or either blocked layout when `to` is float32) in layout `to`. */
 static hakd_tensor *bf16_layout_convert(hakd_ctx *ctx, hakd_tensor *x, hakd_dtype to, const char *op) {
   if (!x || hakd_ctx_status(ctx)) return NULL;
   if (x->dtype == to) return x;
   char xs[64];
-  hakd_dtype from = to == HAKD_F32 ? HAKD_BF16_BLOCKED : HAKD_F32;
-  if (x->dtype != from || x->ndim != 4)
+  int from_ok = to == HAKD_F32 ? HAKD_IS_BLOCKED(x) : x->dtype == HAKD_F32;
+  if (!from_ok || x->ndim != 4)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "%s: expected a 4-D %s tensor, got %s %s", op,
-                         from == HAKD_F32 ? "float32" : "blocked bfloat16",
-                         x->dtype == HAKD_I32 ? "int32" : x->dtype == HAKD_F32 ? "float32" : "blocked bfloat16",
+                         to == HAKD_F32 ? "blocked" : "float32", bf16_layout_dtype_name(x->dtype),
                          hakd_shape_str(x, xs, sizeof xs));
-  if (!hakd_bf16_supported()) {
+  if ((to == HAKD_BF16_BLOCKED || x->dtype == HAKD_BF16_BLOCKED) && !hakd_bf16_supported()) {
     int why = hakd_bf16_check();
     return hakd_ctx_fail(ctx, why, "%s: %s", op, hakd_error_message());
   }
   hakd_tensor *y = hakd_tensor_new(ctx, to, 4, x->shape);
   if (!y || hakd_numel(y) == 0) return y;
-  int rc = bf16_layout_run(x->shape, to == HAKD_BF16_BLOCKED ? BF16_LAYOUT_TO_BLOCKED : BF16_LAYOUT_TO_F32, NULL,
-                           x->data, y->data);
+  bf16_layout_kind kind = to == HAKD_BF16_BLOCKED     ? BF16_LAYOUT_TO_BLOCKED
+                          : to == HAKD_F32_BLOCKED    ? F32_LAYOUT_TO_BLOCKED
+                          : x->dtype == HAKD_F32_BLOCKED ? F32_LAYOUT_TO_PLAIN
+                                                         : BF16_LAYOUT_TO_F32;
+  int rc = bf16_layout_run(x->shape, kind, NULL, x->data, y->data);
   if (rc) return hakd_ctx_fail(ctx, rc, "%s %s: %s", op, hakd_shape_str(x, xs, sizeof xs), hakd_error_message());
   hakd_node *node = hakd_record(ctx, op, bf16_layout_convert_backward, y, 1, &x);
   if (node) {
@@ -172,6 +183,10 @@ hakd_tensor *hakd_to_bf16_blocked(hakd_ctx *ctx, hakd_tensor *x) {
 }
 
 hakd_tensor *hakd_to_f32(hakd_ctx *ctx, hakd_tensor *x) { return bf16_layout_convert(ctx, x, HAKD_F32, "to_f32"); }
+
+hakd_tensor *hakd_to_f32_blocked(hakd_ctx *ctx, hakd_tensor *x) {
+  return bf16_layout_convert(ctx, x, HAKD_F32_BLOCKED, "to_f32_blocked");
+}
 
 /* ---- ops on blocked tensors (ops_internal.h): max pooling for inference; global average
  * pooling and concatenation with their gradients ---- */

@@ -949,13 +949,26 @@ static void conv2d_backward(hakd_ctx *ctx, hakd_node *node) {
   unsigned fresh = (fx ? 1u : 0) | (fw ? 2u : 0) | (fb ? 4u : 0);
   if (hakd_ctx_status(ctx) || (!dx && !dw && !db)) return;
   int rc;
-  if (x->dtype == HAKD_BF16_BLOCKED) { /* as the forward ran it (hakd_conv2d) */
-    s.bf16 = s.src_blocked = s.dst_blocked = 1;
+  if (HAKD_IS_BLOCKED(x)) { /* as the forward ran it (hakd_conv2d) */
+    s.src_blocked = s.dst_blocked = 1;
+    if (x->dtype == HAKD_BF16_BLOCKED) s.bf16 = 1;
+    else s.blocked_f32 = 1;
     rc = conv2d_dnnl_backward(ctx, dx, dw, db, fresh, x->data, hakd_f32(w), node->out->grad, &s);
   } else {
     rc = conv2d_backward_dispatch(ctx, dx, dw, db, fresh, hakd_f32(x), hakd_f32(w), node->out->grad, &s);
   }
   if (rc != 0) hakd_ctx_fail(ctx, rc, "conv2d backward: %s", hakd_error_message());
+}
+
+/* Whether a float32 convolution of shape s (not blocked yet) runs on blocked float32 tensors: on
+ * the auto path, not depthwise, with none of its products on the tap path (which reads NCHW), and
+ * oneDNN's forward, backward-data and backward-weights kernels all direct (its GEMM convolution
+ * multiplies the padding, and on blocked memory its other kernel is the reference one). */
+static int conv2d_keeps_f32_blocked(const conv2d_shape *s) {
+  return conv2d_get_path() == CONV2D_PATH_AUTO && !conv2d_is_depthwise(s) && !s->bf16 &&
+         conv2d_auto_path(s) != CONV2D_PATH_TAPS && conv2d_auto_forward_path(s) != CONV2D_PATH_TAPS &&
+         conv2d_backward_by_taps(s) == 0 && conv2d_dnnl_forward_is_direct(s) && conv2d_dnnl_backward_is_direct(s, 0) &&
+         conv2d_dnnl_backward_is_direct(s, 1);
 }
 
 /* Validates the operands of a conv2d and fills *s; 0, or NULL-returning failure recorded in ctx.
@@ -966,7 +979,7 @@ static int conv2d_check(hakd_ctx *ctx, const hakd_tensor *x, const hakd_tensor *
   char xs[64], ws[64], bs[64];
   hakd_shape_str(x, xs, sizeof xs);
   hakd_shape_str(w, ws, sizeof ws);
-  if ((x->dtype != HAKD_F32 && !(take_blocked && x->dtype == HAKD_BF16_BLOCKED)) || x->ndim != 4)
+  if ((x->dtype != HAKD_F32 && !(take_blocked && HAKD_IS_BLOCKED(x))) || x->ndim != 4)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: input must be float32 (N, Cin, H, W), got %s", xs), -1;
   if (w->dtype != HAKD_F32 || w->ndim != 4)
     return hakd_ctx_fail(ctx, HAKD_ESHAPE, "conv2d: weight must be float32 (Cout, Cin/groups, kh, kw), got %s", ws), -1;
@@ -1016,8 +1029,17 @@ hakd_tensor *hakd_conv2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *w, hakd_ten
     if (s.dst_blocked && conv2d_regions_apply(&s))
       return hakd_to_bf16_blocked(ctx, hakd_conv2d(ctx, hakd_to_f32(ctx, x), w, b, stride, padding, dilation, groups));
   }
+  /* Blocked float32 input (float32 training's ResNet chain): oneDNN reads and writes the layout
+   * where it runs all three products as direct kernels and the plain rules would not skip padded
+   * taps; other convolutions convert (their gradients through the conversions). */
+  if (x->dtype == HAKD_F32_BLOCKED) {
+    if (!conv2d_keeps_f32_blocked(&s))
+      return hakd_to_f32_blocked(ctx, hakd_conv2d(ctx, hakd_to_f32(ctx, x), w, b, stride, padding, dilation, groups));
+    s.src_blocked = s.dst_blocked = s.blocked_f32 = 1;
+  }
   int64_t yshape[4] = {s.n, s.cout, s.oh, s.ow};
-  hakd_tensor *y = hakd_tensor_new(ctx, s.dst_blocked ? HAKD_BF16_BLOCKED : HAKD_F32, 4, yshape);
+  hakd_tensor *y = hakd_tensor_new(ctx, !s.dst_blocked ? HAKD_F32 : s.blocked_f32 ? HAKD_F32_BLOCKED : HAKD_BF16_BLOCKED,
+                                   4, yshape);
   if (!y) return NULL;
   if (s.n == 0 || s.cout == 0) return y;
   const float *bd = b ? hakd_f32(b) : NULL;

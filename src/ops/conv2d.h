@@ -20,6 +20,7 @@ typedef struct {
    * of float32 NCHW, and the fused forward's post-ops (y = act(conv + y), y holding the residual) */
   int64_t src_blocked, dst_blocked, post_sum;
   int64_t dst_f32; /* with dst_blocked: the blocked output holds float32 (conv2d_regions' sums) */
+  int64_t blocked_f32; /* src and dst blocked float32 (HAKD_F32_BLOCKED), products in float32 */
   int64_t post_act; /* hakd_activation */
   /* a band of h rows (input and output) out of images of band_of_h rows: how conv2d_dnnl cuts a
    * 1x1 stride-1 convolution to bound its scratch; 0: whole images */

@@ -29,6 +29,7 @@ typedef struct {
   dnnl_memory_t user, inner;
   dnnl_primitive_t reorder, reorder_set;
   size_t inner_bytes;
+  int same_layout; /* an accumulated output in the primitive's own layout: written in place when set */
 } conv2d_dnnl_arg;
 
 typedef struct {
@@ -101,9 +102,10 @@ static int conv2d_dnnl_descs_init(conv2d_dnnl_descs *d, const conv2d_shape *s) {
   dnnl_dims_t weights = {s->groups, s->cout / s->groups, s->cin / s->groups, s->kh, s->kw};
   int grouped = s->groups > 1, wdims = grouped ? 5 : 4;
   const int64_t *wshape = grouped ? weights : weights + 1;
-  DNNL_TRY(s->src_blocked ? dnnl_memory_desc_init_by_tag(&d->src, 4, src, dnnl_bf16, dnnl_nChw16c)
+  dnnl_data_type_t src_type = s->blocked_f32 ? dnnl_f32 : dnnl_bf16, dst_type = s->dst_f32 || s->blocked_f32 ? dnnl_f32 : dnnl_bf16;
+  DNNL_TRY(s->src_blocked ? dnnl_memory_desc_init_by_tag(&d->src, 4, src, src_type, dnnl_nChw16c)
                           : dnnl_memory_desc_init_by_tag(&d->src, 4, src, dnnl_f32, dnnl_nchw));
-  DNNL_TRY(s->dst_blocked ? dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, s->dst_f32 ? dnnl_f32 : dnnl_bf16, dnnl_nChw16c)
+  DNNL_TRY(s->dst_blocked ? dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dst_type, dnnl_nChw16c)
                           : dnnl_memory_desc_init_by_tag(&d->dst, 4, dst, dnnl_f32, dnnl_nchw));
   if (s->band_of_h) { /* rows of NCHW images band_of_h rows high: channel stride band_of_h * w */
     dnnl_dims_t src_strides = {s->cin * s->band_of_h * s->w, s->band_of_h * s->w, s->w, 1};
@@ -145,7 +147,8 @@ static int conv2d_dnnl_arg_add(conv2d_dnnl_op *op, int id, dnnl_query_t query, i
   const dnnl_memory_desc_t *prim_md = dnnl_primitive_desc_query_md(op->pd, query, index);
   if (!prim_md) return hakd_error(HAKD_EUNSUPPORTED, "oneDNN: no memory descriptor for argument %d", id);
   DNNL_TRY(dnnl_memory_create(&a->user, user_md, conv2d_dnnl_engine, DNNL_MEMORY_NONE));
-  if (dnnl_memory_desc_equal(user_md, prim_md) && !accumulate) return 0;
+  a->same_layout = dnnl_memory_desc_equal(user_md, prim_md);
+  if (a->same_layout && !accumulate) return 0;
   a->inner_bytes = dnnl_memory_desc_get_size(prim_md);
   DNNL_TRY(dnnl_memory_create(&a->inner, prim_md, conv2d_dnnl_engine, DNNL_MEMORY_NONE));
   if (!is_output) return ops_dnnl_reorder_create(&a->reorder, user_md, prim_md, 0);
@@ -377,6 +380,10 @@ static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs, unsigned la
   for (int i = 0; i < op->n_args; i++) {
     conv2d_dnnl_arg *a = &op->args[i];
     DNNL_TRY(dnnl_memory_set_data_handle(a->user, ptrs[i]));
+    if ((set >> i & 1) && a->is_output && a->same_layout) {
+      args[n++] = (dnnl_exec_arg_t){a->id, a->user}; /* written where it belongs */
+      continue;
+    }
     if ((laid >> i & 1) && a->inner) {
       DNNL_TRY(dnnl_memory_set_data_handle(a->inner, ptrs[i]));
     } else if (a->inner) {
@@ -396,7 +403,7 @@ static int conv2d_dnnl_op_run(conv2d_dnnl_op *op, void *const *ptrs, unsigned la
   DNNL_TRY(dnnl_primitive_execute(op->prim, conv2d_dnnl_stream, n, args));
   for (int i = 0; i < op->n_args; i++) {
     conv2d_dnnl_arg *a = &op->args[i];
-    if (a->is_output && a->inner) {
+    if (a->is_output && a->inner && !((set >> i & 1) && a->same_layout)) {
       int rc = conv2d_dnnl_reorder_run((set >> i & 1) && a->reorder_set ? a->reorder_set : a->reorder, a->inner, a->user);
       if (rc) return rc;
     }
