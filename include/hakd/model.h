@@ -33,9 +33,10 @@ typedef struct {
   hakd_tensor *logits;    /* (N, K, h, w) at the model's native output stride */
   hakd_tensor *aux;       /* auxiliary head logits or NULL */
   /* backbone stage features 1..4; in the bf16 precision (inference, and training unless
-   * HAKD_BF16_BLOCKED_TRAIN=0) a CNN's are blocked bfloat16 (HAKD_BF16_BLOCKED), as its
-   * convolutions left them: hakd_to_f32 gives float32 NCHW (and returns a float32 tensor as it
-   * is), carrying the gradient back in training */
+   * HAKD_BF16_BLOCKED_TRAIN=0) a CNN's are blocked bfloat16 (HAKD_BF16_BLOCKED), and in float32
+   * training a ResNet's are blocked float32 (HAKD_F32_BLOCKED, unless HAKD_F32_BLOCKED_TRAIN=0),
+   * as its convolutions left them: hakd_to_f32 gives float32 NCHW (and returns a float32 tensor
+   * as it is), carrying the gradient back in training */
   hakd_tensor *stages[4];
 } hakd_model_output;
 

@@ -87,12 +87,13 @@ hakd_tensor *hakd_slice(hakd_ctx *ctx, hakd_tensor *x, int dim, int64_t start, i
 hakd_tensor *hakd_batchnorm2d(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias,
                               hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps);
 /* act(batchnorm2d(x) + residual) on blocked bfloat16 x (HAKD_BF16_BLOCKED, bf16 training's CNN
- * chain) in one pass, with its gradient: statistics and their updates as hakd_batchnorm2d
- * (training: batch statistics, PyTorch's running-stat update with the unbiased variance, SyncBN
- * when the context synchronises; eval: running statistics), computed in double from the bfloat16
- * values; output blocked bfloat16. residual NULL or blocked of x's shape. The activation's
- * gradient mask comes from the rounded output (ReLU6: values within half a bfloat16 step of 6
- * count as clipped). reference: relu(bn(x) + residual) */
+ * chain) or blocked float32 x (HAKD_F32_BLOCKED, float32 training's ResNet chain) in one pass,
+ * with its gradient: statistics and their updates as hakd_batchnorm2d (training: batch
+ * statistics, PyTorch's running-stat update with the unbiased variance, SyncBN when the context
+ * synchronises; eval: running statistics), summed in double from the stored values; output in
+ * x's layout. residual NULL or in x's layout and shape. In bfloat16 the activation's gradient
+ * mask comes from the rounded output (ReLU6: values within half a bfloat16 step of 6 count as
+ * clipped). Float32 NCHW x runs the NCHW kernel (batchnorm.c). reference: relu(bn(x) + residual) */
 hakd_tensor *hakd_batchnorm2d_act(hakd_ctx *ctx, hakd_tensor *x, hakd_tensor *weight, hakd_tensor *bias,
                                   hakd_tensor *running_mean, hakd_tensor *running_var, float momentum, float eps,
                                   hakd_tensor *residual, hakd_activation act);

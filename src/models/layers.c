@@ -130,17 +130,13 @@ hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x) {
 }
 
 /* HAKD_F32_BLOCKED_TRAIN=0 keeps float32 training on NCHW tensors (the earlier path, for
- * comparisons; tests/test_fresh_grads.c and tests/test_model_cnn.c compare the two). */
+ * comparisons; model_cnn.f32_blocked_chain_matches_nchw_training_step compares the two). */
 hakd_tensor *layer_dense_chain_begin(hakd_ctx *ctx, hakd_tensor *x) {
   if (hakd_ctx_precision(ctx) == HAKD_FP32 && hakd_ctx_grad(ctx)) {
     int on = layer_env_switch(ctx, "HAKD_F32_BLOCKED_TRAIN"); /* a bad value fails ctx */
     return on == 1 ? hakd_to_f32_blocked(ctx, x) : on == 0 ? x : NULL;
   }
   return layer_chain_begin(ctx, x);
-}
-
-hakd_tensor *layer_chain_stage(hakd_ctx *ctx, hakd_tensor *x) {
-  return x && x->dtype == HAKD_F32_BLOCKED ? hakd_to_f32(ctx, x) : x;
 }
 
 

@@ -45,12 +45,10 @@ int layer_chain_blocked(hakd_ctx *ctx);
 hakd_tensor *layer_chain_begin(hakd_ctx *ctx, hakd_tensor *x);
 /* layer_chain_begin for a backbone of dense convolutions (ResNet): also in float32 while
  * gradients are recorded (training, unless HAKD_F32_BLOCKED_TRAIN=0), x becomes blocked float32
- * (HAKD_F32_BLOCKED) and layer_conv_bn_forward keeps it; the backbone hands its stages on as
- * float32 NCHW (layer_chain_stage). Not for depthwise convolutions, which would convert at each. */
+ * (HAKD_F32_BLOCKED) and layer_conv_bn_forward keeps it, up to the stage outputs (the heads get
+ * them as float32 NCHW, hakd_model_forward). Not for depthwise convolutions, which would convert
+ * at each. */
 hakd_tensor *layer_dense_chain_begin(hakd_ctx *ctx, hakd_tensor *x);
-/* A stage output as heads and distillation read it: blocked float32 converts to float32 NCHW
- * (the chain goes on with x); any other x as it is. */
-hakd_tensor *layer_chain_stage(hakd_ctx *ctx, hakd_tensor *x);
 
 /* An image-pooling branch (N, C, 1, 1) spread bilinearly (align_corners=False) over like's map,
  * in like's layout: in bf16 inference the map is blocked bfloat16, and only the pooled values

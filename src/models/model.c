@@ -246,8 +246,15 @@ int hakd_model_forward(hakd_model *m, hakd_ctx *ctx, hakd_tensor *x, hakd_model_
   hakd_arena_mark mark = hakd_ctx_mark(ctx);
   rc = m->backbone->forward(m->backbone, ctx, x, out->stages);
   if (rc) return rc;
-  out->logits = m->head->forward(m->head, ctx, out->stages);
-  if (m->aux) out->aux = m->aux->forward(m->aux, ctx, out->stages);
+  /* float32 training's blocked stages (HAKD_F32_BLOCKED) reach the heads as float32 NCHW; the
+   * caller gets them blocked (hakd_to_f32 converts, as for bf16), so a copy no head reads dies
+   * with the model's block instead of living to the end of the step beside its original */
+  hakd_tensor *head_in[4];
+  for (int i = 0; i < 4; i++)
+    head_in[i] = out->stages[i] && out->stages[i]->dtype == HAKD_F32_BLOCKED ? hakd_to_f32(ctx, out->stages[i])
+                                                                              : out->stages[i];
+  out->logits = m->head->forward(m->head, ctx, head_in);
+  if (m->aux) out->aux = m->aux->forward(m->aux, ctx, head_in);
   hakd_tensor *keep[6] = {out->logits, out->aux, out->stages[0], out->stages[1], out->stages[2], out->stages[3]};
   hakd_ctx_collapse(ctx, mark, 6, keep);
   if (hakd_ctx_status(ctx)) return hakd_ctx_status(ctx);

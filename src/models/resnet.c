@@ -102,10 +102,10 @@ static int resnet_forward(backbone *base, hakd_ctx *ctx, hakd_tensor *x, hakd_te
       x = block_forward(ctx, &r->blocks[l][i], x);
       hakd_ctx_collapse(ctx, mark, 1, &x);
     }
-    /* still blocked in bf16 (inference and training): the next stage and a CNN head's
-     * convolutions read it as it is, and whatever needs float32 converts (hakd_model_output);
-     * float32 training's chain hands the heads float32 NCHW */
-    stages[l] = layer_chain_stage(ctx, x);
+    /* still blocked in bf16 (inference and training) and in float32 training: the next stage
+     * and a CNN head's convolutions read it as it is, and whatever needs float32 converts
+     * (hakd_model_output; hakd_model_forward for float32 training's heads) */
+    stages[l] = x;
   }
   return hakd_ctx_status(ctx);
 }
