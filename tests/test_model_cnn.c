@@ -8,6 +8,7 @@
 
 #include "harness.h"
 #include "param_fill.h"
+#include "rand_fill.h"
 #include "hakd/io.h"
 #include "hakd/model.h"
 #include "hakd/ops.h"
@@ -514,12 +515,6 @@ static void chain_step_free(chain_step *r) {
   memset(r, 0, sizeof *r);
 }
 
-static float *copy_of(const float *src, int64_t n) {
-  float *dst = malloc((size_t)(n ? n : 1) * sizeof(float));
-  if (dst) memcpy(dst, src, (size_t)n * sizeof(float));
-  return dst;
-}
-
 static int chain_train_step(const char *model, float width, int size, int batch_stats, const char *chain,
                             chain_step *r) {
   memset(r, 0, sizeof *r);
@@ -549,14 +544,14 @@ static int chain_train_step(const char *model, float width, int size, int batch_
       hakd_params_zero_grad(params);
       rc = loss ? hakd_backward(ctx, loss) : hakd_ctx_status(ctx);
       if (!rc) {
-        r->loss = copy_of(hakd_f32(loss), 1);
+        r->loss = copy_floats(hakd_f32(loss), 1);
         r->n_logits = hakd_numel(out.logits);
-        r->logits = copy_of(hakd_f32(out.logits), r->n_logits);
+        r->logits = copy_floats(hakd_f32(out.logits), r->n_logits);
         r->n_params = params->count;
         r->grads = calloc((size_t)params->count, sizeof *r->grads);
         for (int i = 0; r->grads && i < params->count; i++)
           if (params->items[i]->requires_grad)
-            r->grads[i] = copy_of(hakd_param_grad(params->items[i]), hakd_numel(params->items[i]));
+            r->grads[i] = copy_floats(hakd_param_grad(params->items[i]), hakd_numel(params->items[i]));
       }
     }
   }

@@ -551,6 +551,15 @@ void hakd_node_reads_no_data(hakd_ctx *ctx, hakd_node *node) {
   hakd_node_unneeded(ctx, node, -1);
 }
 
+/* Bytes of t's gradient: a blocked bfloat16 activation's gradient is float32 in the same blocked
+ * layout (padding channels zero): sums of several consumers' gradients (a residual's two paths)
+ * keep float32 precision, and the ops read it block by block like the activation (hakd/tensor.h). */
+static size_t grad_bytes(const hakd_tensor *t) {
+  return t->dtype == HAKD_BF16_BLOCKED   ? hakd_tensor_bytes(t) * 2
+         : t->dtype == HAKD_F32_BLOCKED ? hakd_tensor_bytes(t)
+                                         : (size_t)hakd_numel(t) * sizeof(float);
+}
+
 float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t) {
   if (!t || !t->requires_grad) return NULL;
   if (t->grad_stale) return hakd_param_grad(t);
@@ -560,12 +569,7 @@ float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t) {
     return t->grad;
   }
   if (!t->grad) {
-    /* a blocked bfloat16 activation's gradient is float32 in the same blocked layout (padding
-     * channels zero): sums of several consumers' gradients (a residual's two paths) keep float32
-     * precision, and the ops read it block by block like the activation (hakd/tensor.h) */
-    size_t bytes = t->dtype == HAKD_BF16_BLOCKED   ? hakd_tensor_bytes(t) * 2
-                   : t->dtype == HAKD_F32_BLOCKED ? hakd_tensor_bytes(t)
-                                                   : (size_t)hakd_numel(t) * sizeof(float);
+    size_t bytes = grad_bytes(t);
     t->grad = buffer_alloc(ctx, bytes, BUFFER_GRAD, &t->grad_buffer);
     if (t->grad) memset(t->grad, 0, bytes);
   }
@@ -594,8 +598,7 @@ float *hakd_grad_fresh(hakd_ctx *ctx, hakd_tensor *t, int *fresh) {
   int layout_ok = t->dtype == HAKD_F32 || (HAKD_IS_BLOCKED(t) && t->ndim == 4 && t->shape[1] % 16 == 0);
   if (t->grad || t->is_param || !layout_ok || (t->node && t->node->grad_is_input_grad) || !fresh_grads_enabled())
     return hakd_grad(ctx, t);
-  size_t bytes = t->dtype == HAKD_BF16_BLOCKED ? hakd_tensor_bytes(t) * 2 : (size_t)hakd_numel(t) * sizeof(float);
-  t->grad = buffer_alloc(ctx, bytes, BUFFER_GRAD, &t->grad_buffer);
+  t->grad = buffer_alloc(ctx, grad_bytes(t), BUFFER_GRAD, &t->grad_buffer);
   *fresh = t->grad != NULL;
   return t->grad;
 }

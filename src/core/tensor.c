@@ -99,8 +99,8 @@ hakd_tensor *hakd_params_find(const hakd_params *p, const char *name) {
 void hakd_params_zero_grad(hakd_params *p) {
   for (int i = 0; i < p->count; i++)
     if (p->items[i]->grad) {
-      memset(p->items[i]->grad, 0, (size_t)hakd_numel(p->items[i]) * sizeof(float));
-      p->items[i]->grad_stale = 0;
+      p->items[i]->grad_stale = 1;
+      hakd_param_grad(p->items[i]); /* zeroes it now */
     }
 }
 

@@ -530,13 +530,13 @@ static float *conv2d_dnnl_zeros(hakd_ctx *ctx, size_t n) {
   return p;
 }
 
-/* dy in the layout both backward primitives read, reordered once into op scratch from ctx; NULL
- * where the call runs in parts or the two primitives want different layouts (each then reorders
- * its own), or with ctx failed. */
-static void *conv2d_dnnl_shared_dy(hakd_ctx *ctx, const float *dy, const conv2d_shape *s) {
+/* dy in the layout both backward primitives read, reordered once into op scratch from ctx, with
+ * *entry the shape's cache entry; NULL where the call runs in parts or the two primitives want
+ * different layouts (each then reorders its own), or with ctx failed. */
+static void *conv2d_dnnl_shared_dy(hakd_ctx *ctx, const float *dy, const conv2d_shape *s, conv2d_dnnl_entry **entry) {
   conv2d_dnnl_cut c = conv2d_dnnl_cut_of(s);
-  conv2d_dnnl_entry *e;
-  if (c.images != s->n || c.rows != s->h || conv2d_dnnl_entry_get(s, 1, &e)) return NULL;
+  if (c.images != s->n || c.rows != s->h || conv2d_dnnl_entry_get(s, 1, entry)) return NULL;
+  conv2d_dnnl_entry *e = *entry;
   conv2d_dnnl_arg *a = &e->backward_data.args[0], *b = &e->backward_weights.args[1]; /* their DIFF_DST */
   const dnnl_memory_desc_t *ma = NULL, *mb = NULL;
   if (!a->inner || !b->inner || dnnl_memory_get_memory_desc(a->inner, &ma) != dnnl_success ||
@@ -557,17 +557,15 @@ int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, unsigne
   int rc;
   /* with both gradients wanted, dy is reordered once (an r50-d8 training step reorders a gradient
    * of every convolution's output twice otherwise) */
-  void *laid_dy = dx && (dw || db) ? conv2d_dnnl_shared_dy(ctx, dy, s) : NULL;
+  conv2d_dnnl_entry *e = NULL;
+  void *laid_dy = dx && (dw || db) ? conv2d_dnnl_shared_dy(ctx, dy, s, &e) : NULL;
   if (hakd_ctx_status(ctx)) return hakd_ctx_status(ctx);
   if (dx) {
     /* arguments: diff_dst, weights, diff_src */
     void *ptrs[3] = {laid_dy ? laid_dy : (void *)dy, (void *)w, dx};
     unsigned set_dx = set & 1u ? 1u << 2 : 0;
-    conv2d_dnnl_entry *e;
-    rc = laid_dy ? conv2d_dnnl_entry_get(s, 1, &e) : 0;
-    if (!rc)
-      rc = laid_dy ? conv2d_dnnl_op_run(&e->backward_data, ptrs, 1u << 0, set_dx)
-                   : conv2d_dnnl_run_cut(s, 1, ptrs, 3, 2, 0, set_dx);
+    rc = laid_dy ? conv2d_dnnl_op_run(&e->backward_data, ptrs, 1u << 0, set_dx)
+                 : conv2d_dnnl_run_cut(s, 1, ptrs, 3, 2, 0, set_dx);
     if (rc) {
       hakd_ctx_scratch_free(ctx, laid_dy);
       return rc;
@@ -584,9 +582,7 @@ int conv2d_dnnl_backward(hakd_ctx *ctx, float *dx, float *dw, float *db, unsigne
   void *ptrs[4] = {(void *)x, laid_dy ? laid_dy : (void *)dy, dw, db};
   unsigned set_dw = (set & 2u ? 1u << 2 : 0) | (set & 4u ? 1u << 3 : 0);
   if (!laid_dy) return conv2d_dnnl_run_cut(s, 2, ptrs, s->has_bias ? 4 : 3, 0, 1, set_dw);
-  conv2d_dnnl_entry *e;
-  rc = conv2d_dnnl_entry_get(s, 1, &e);
-  if (!rc) rc = conv2d_dnnl_op_run(&e->backward_weights, ptrs, 1u << 1, set_dw);
+  rc = conv2d_dnnl_op_run(&e->backward_weights, ptrs, 1u << 1, set_dw);
   hakd_ctx_scratch_free(ctx, laid_dy);
   return rc;
 }

@@ -225,8 +225,8 @@ double hakd_optim_step(hakd_optimizer *o, float lr) {
 
 void hakd_optim_zero_grad(hakd_optimizer *o) {
   for (int i = 0; i < o->count; i++) {
-    memset(o->entries[i].param->grad, 0, (size_t)hakd_numel(o->entries[i].param) * sizeof(float));
-    o->entries[i].param->grad_stale = 0;
+    o->entries[i].param->grad_stale = 1;
+    hakd_param_grad(o->entries[i].param); /* zeroes it now */
   }
 }
 
