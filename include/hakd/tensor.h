@@ -236,7 +236,8 @@ float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t);
  * *fresh is 0 and the buffer is hakd_grad's, to add to. This saves zeroing the buffer and reading
  * it back, two passes over every gradient of a training step (PyTorch's autograd likewise takes
  * the first gradient as it is). HAKD_FRESH_GRADS=0 in the environment (read once per process)
- * makes *fresh always 0: the zero-and-add path, kept for comparisons. */
+ * makes *fresh always 0: the zero-and-add path, kept for comparisons; any value but 0 or 1
+ * fails the context (NULL). */
 float *hakd_grad_fresh(hakd_ctx *ctx, hakd_tensor *t, int *fresh);
 /* Runs the tape backwards from `loss` (seeded with dL/dloss = 1 for every element, so a
  * scalar loss is the usual case). Parameter grads are accumulated (+=). Gradients of

@@ -576,12 +576,13 @@ float *hakd_grad(hakd_ctx *ctx, hakd_tensor *t) {
   return t->grad;
 }
 
-/* HAKD_FRESH_GRADS: 1 (the default: unset, empty or "1") or 0; any other value counts as 1. */
+/* HAKD_FRESH_GRADS: 1 (the default: unset, empty or "1") or 0; any other value is -1 (a typo must
+ * not silently measure the other path: hakd_grad_fresh fails the context). */
 static int fresh_grads_enabled(void) {
-  static int enabled = -1;
-  if (enabled < 0) {
+  static int enabled = -2;
+  if (enabled == -2) {
     const char *env = getenv("HAKD_FRESH_GRADS");
-    enabled = !(env && strcmp(env, "0") == 0);
+    enabled = !env || !*env || strcmp(env, "1") == 0 ? 1 : strcmp(env, "0") == 0 ? 0 : -1;
   }
   return enabled;
 }
@@ -589,6 +590,10 @@ static int fresh_grads_enabled(void) {
 float *hakd_grad_fresh(hakd_ctx *ctx, hakd_tensor *t, int *fresh) {
   *fresh = 0;
   if (!t || !t->requires_grad) return NULL;
+  if (fresh_grads_enabled() < 0) {
+    hakd_ctx_fail(ctx, HAKD_EINVAL, "HAKD_FRESH_GRADS=%s: expected 0 or 1", getenv("HAKD_FRESH_GRADS"));
+    return NULL;
+  }
   if (t->grad_stale && t->grad && t->dtype == HAKD_F32 && fresh_grads_enabled()) {
     t->grad_stale = 0;
     *fresh = 1;
